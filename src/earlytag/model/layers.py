@@ -1,0 +1,57 @@
+"""The arithmetic of one encoder layer, split where early exit needs to split it.
+
+A post-LayerNorm transformer layer is ``attention -> output projection + residual + LN -> FFN + residual
++ LN``. Every function here works on whatever rows it is given: a dense ``(B, T, d)`` batch, or the packed
+``(N_active, d)`` rows of the token-exit engine. Weights are read from :class:`LayerParts`, i.e. from the
+installed transformers modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import LayerParts
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(B, T, d) -> (B, h, T, d/h)``"""
+    b, t, d = x.shape
+    return x.view(b, t, num_heads, d // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(B, h, T, d/h) -> (B, T, d)``"""
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, num_heads: int,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """Scaled dot-product attention. ``q (B, Tq, d)``, ``k, v (B, Tk, d)``, ``bias`` additive and
+    broadcastable to ``(B, h, Tq, Tk)``; returns ``(B, Tq, d)``."""
+    out = F.scaled_dot_product_attention(
+        split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads),
+        attn_mask=bias, dropout_p=dropout_p,
+    )  # (B, h, Tq, d/h)
+    return merge_heads(out)
+
+
+def finish(parts: LayerParts, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Output projection, residual + LayerNorm, FFN, residual + LayerNorm. ``(..., d) -> (..., d)``"""
+    x = parts.attn_norm(parts.attn_out_dropout(parts.attn_out(ctx)) + residual)
+    return parts.ffn_norm(parts.ffn_dropout(parts.ffn_out(parts.act(parts.ffn_in(x)))) + x)
+
+
+def dense_layer(parts: LayerParts, h: torch.Tensor, bias: torch.Tensor | None, num_heads: int) -> torch.Tensor:
+    """One full layer over every row of ``h (B, T, d)``; dropout follows the modules' training mode."""
+    dropout_p = parts.attn_dropout if parts.attn_out.training else 0.0
+    ctx = attend(parts.query(h), parts.key(h), parts.value(h), bias, num_heads, dropout_p)  # (B, T, d)
+    return finish(parts, ctx, h)
+
+
+def key_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, Tk)`` bool (True = attend) -> additive ``(B, 1, 1, Tk)`` bias, 0 or the dtype's minimum."""
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    bias.masked_fill_(~key_mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]

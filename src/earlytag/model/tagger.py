@@ -1,0 +1,272 @@
+"""The early-exit tagger: an installed Hugging Face encoder plus one exit head per layer.
+
+Built from its config alone (``EarlyExitTagger(config, encoder_config)``), like a transformers model;
+``forward`` returns a :class:`TaggerOutput` and computes the loss only when labels are given (``-100`` marks
+ignored positions). Heads read the first sub-word of each word: the batch carries ``word_pos (B, W)``,
+the index of that sub-word, and labels are per word ``(B, W)``.
+
+Saved as a directory a transformers user recognises: ``config.json`` (the encoder's config plus an
+``"earlytag"`` section), ``model.safetensors`` (encoder weights under the encoder's usual prefix, so
+``AutoModel.from_pretrained(dir)`` loads the fine-tuned encoder, and ``exit_heads.*``), tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import ConfigError, EarlytagError
+from .adapters import adapter_for
+from .config import TaggerConfig
+from .layers import dense_layer, key_bias
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+HEAD_PREFIX = "exit_heads"
+
+
+@dataclass
+class TaggerOutput:
+    logits: list[torch.Tensor]  # one (B, W, C) per layer that ran
+    loss: torch.Tensor | None = None  # weighted sum over layers, Σ (l+1)·CE_l / Σ (l+1)
+    layer_losses: torch.Tensor | None = None  # (L,) mean cross-entropy of each layer (0 where nothing counted)
+
+
+class ExitHead(nn.Module):
+    """Dropout + linear classifier on one layer's hidden states."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(h))
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' load-time chatter (unused pooler weights and the like)."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    bars = hf_logging.is_progress_bar_enabled()
+    logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _drop_pooler(encoder: nn.Module) -> nn.Module:
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+class EarlyExitTagger(nn.Module):
+    def __init__(self, config: TaggerConfig, encoder_config, encoder: nn.Module | None = None):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.config = config
+        if encoder is None:
+            with quiet_transformers():
+                encoder = AutoModel.from_config(encoder_config)
+        self.encoder = _drop_pooler(encoder)
+        self.encoder_config = self.encoder.config
+        self.adapter = adapter_for(self.encoder)
+        self.heads = nn.ModuleList(
+            ExitHead(self.adapter.hidden_size, config.num_labels, config.head_dropout)
+            for _ in range(self.adapter.num_layers)
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.adapter.embed(input_ids)  # (B, T, d)
+
+    def attention_bias(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Additive bias ``(B, 1|h, T, T)``: padding keys masked, plus any relative position bias."""
+        bias = key_bias(key_mask, dtype)  # (B, 1, 1, T)
+        pos = self.adapter.position_bias(key_mask.shape[1], key_mask.device)
+        return bias if pos is None else bias + pos[None].to(dtype)  # (B, h, T, T)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, T) 1 = token, 0 = padding
+        word_pos: torch.Tensor,  # (B, W) index of each word's first sub-word
+        labels: torch.Tensor | None = None,  # (B, W) label ids, -100 = ignore
+        word_exit: torch.Tensor | None = None,  # (B, W) layer after which each word halts (self-sampling)
+        token_word: torch.Tensor | None = None,  # (B, T) word of each sub-word, -1 for special tokens/padding
+        kv: str = "keep",  # halted tokens stay keys/values ("keep") or leave attention ("drop")
+        num_layers: int | None = None,  # run only the first k layers (static truncation)
+    ) -> TaggerOutput:
+        n_run = self.num_layers if num_layers is None else num_layers
+        if not 1 <= n_run <= self.num_layers:
+            raise ConfigError("num_layers", f"must be between 1 and {self.num_layers}, got {n_run}")
+        mask = attention_mask.bool()
+        h = self.embed(input_ids)  # (B, T, d)
+        token_exit = None
+        if word_exit is not None:
+            if token_word is None:
+                raise ConfigError("token_word", "needed with word_exit")
+            # a sub-word halts with its word; special tokens never halt
+            token_exit = torch.where(
+                token_word >= 0, word_exit.gather(1, token_word.clamp(min=0)), torch.full_like(token_word, n_run)
+            )  # (B, T)
+        bias = self.attention_bias(mask, h.dtype)
+        gather_idx = word_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])  # (B, W, d)
+        logits = []
+        for layer, parts in enumerate(self.adapter.layers[:n_run]):
+            if token_exit is None:
+                h = dense_layer(parts, h, bias, self.adapter.num_heads)
+            else:
+                active = token_exit >= layer  # (B, T)
+                layer_bias = bias if kv == "keep" else self.attention_bias(mask & active, h.dtype)
+                h = torch.where(active.unsqueeze(-1), dense_layer(parts, h, layer_bias, self.adapter.num_heads), h)
+            logits.append(self.heads[layer](h.gather(1, gather_idx)))  # (B, W, C)
+        out = TaggerOutput(logits=logits)
+        if labels is not None:
+            out.loss, out.layer_losses = self.loss(logits, labels, word_exit)
+        return out
+
+    @staticmethod
+    def loss(logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None):
+        """Σ_l (l+1)·CE_l / Σ_l (l+1); with ``word_exit`` a layer only counts the words still active there."""
+        sums, counts = [], []
+        for layer, lg in enumerate(logits):
+            target = labels if word_exit is None else labels.masked_fill(word_exit < layer, -100)
+            sums.append(F.cross_entropy(lg.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"))
+            counts.append((target != -100).sum())
+        count = torch.stack(counts)  # (L,)
+        layer_losses = torch.stack(sums) / count.clamp(min=1)  # (L,)
+        weights = torch.arange(1, len(logits) + 1, device=count.device) * (count > 0)  # layers with nothing count 0
+        loss = (layer_losses * weights).sum() / weights.sum().clamp(min=1)
+        return loss, layer_losses.detach()
+
+    # ----------------------------------------------------------------- save / load
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> Path:
+        """Write config, weights and tokenizer; the directory appears whole or not at all."""
+        directory = Path(directory)
+        tmp = directory.with_name(f".{directory.name}.saving-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            config = self.encoder_config.to_dict()
+            config["id2label"] = {str(i): lab for i, lab in enumerate(self.config.labels)}
+            config["label2id"] = {lab: i for i, lab in enumerate(self.config.labels)}
+            config["earlytag"] = self.config.to_dict()
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            save_file(self._export_state(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
+            _replace_dir(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+    def _export_state(self) -> dict[str, torch.Tensor]:
+        prefix = self.encoder.base_model_prefix
+        state = {f"{prefix}.{k}": v.detach().contiguous().clone() for k, v in self.encoder.state_dict().items()}
+        for i, head in enumerate(self.heads):
+            state[f"{HEAD_PREFIX}.{i}.weight"] = head.linear.weight.detach().contiguous().clone()
+            state[f"{HEAD_PREFIX}.{i}.bias"] = head.linear.bias.detach().contiguous().clone()
+        return state
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> EarlyExitTagger:
+        """Load a saved tagger. Reads JSON and safetensors only: nothing in the directory is executed."""
+        from transformers import AutoConfig
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
+        try:
+            raw = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise EarlytagError(f"{config_path}: invalid JSON ({err})") from None
+        if "earlytag" not in raw:
+            raise EarlytagError(f"{config_path}: no 'earlytag' section; this is not an earlytag model")
+        tagger_config = TaggerConfig.from_dict(raw["earlytag"])
+        try:
+            with quiet_transformers():
+                encoder_config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+        except (ValueError, OSError, KeyError) as err:
+            raise EarlytagError(f"{config_path}: cannot build the encoder config: {err}") from None
+        model = cls(tagger_config, encoder_config)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise EarlytagError(f"{directory}: missing {WEIGHTS_NAME}")
+        model._import_state(load_file(str(weights)), weights)
+        model.eval()
+        return model
+
+    def _import_state(self, state: dict[str, torch.Tensor], source) -> None:
+        prefix = self.encoder.base_model_prefix + "."
+        encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
+        missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+        if missing or unexpected:
+            raise EarlytagError(f"{source}: encoder weights do not fit the config "
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for i, head in enumerate(self.heads):
+            try:
+                w, b = state[f"{HEAD_PREFIX}.{i}.weight"], state[f"{HEAD_PREFIX}.{i}.bias"]
+            except KeyError:
+                raise EarlytagError(f"{source}: no weights for exit head {i}") from None
+            if w.shape != head.linear.weight.shape:
+                raise EarlytagError(f"{source}: exit head {i} has shape {tuple(w.shape)}, "
+                                    f"expected {tuple(head.linear.weight.shape)}")
+            with torch.no_grad():
+                head.linear.weight.copy_(w)
+                head.linear.bias.copy_(b)
+
+
+def update_saved_config(directory: str | os.PathLike, settings: dict) -> None:
+    """Update keys of the ``earlytag`` section of a saved model's config.json (atomically)."""
+    from ..errors import atomic_write_text
+
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw.setdefault("earlytag", {}).update(settings)
+    atomic_write_text(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` (kept as a backup until the move succeeded)."""
+    backup = None
+    if dst.exists():
+        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, backup)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if backup is not None:
+            os.replace(backup, dst)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

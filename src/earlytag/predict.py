@@ -1,0 +1,152 @@
+"""``earlytag predict``: read documents, tag them, write JSON lines or CoNLL.
+
+Inputs (``--input-format auto`` goes by extension): ``text`` (one document per non-empty line), ``jsonl``
+(``{"text": ...}`` or ``{"tokens": [...]}`` per line; other fields such as ``id`` are carried over),
+``conll``/``conllu``/``uner`` (pre-tokenised; tags in the file are ignored).
+Output files are written atomically: a failed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from .api import ExitLike, Tagger
+from .data import schemes
+from .data.readers import iter_lines, read_conll, read_conllu, read_uner
+from .data.types import Sentence
+from .engine import ExitStats
+from .errors import DataError
+
+INPUT_FORMATS = ("auto", "text", "jsonl", "conll", "conllu", "uner")
+OUTPUT_FORMATS = ("jsonl", "conll")
+
+
+def guess_input_format(path: str) -> str:
+    name = path.lower()
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith(".conllu"):
+        return "conllu"
+    if name.endswith(".iob2"):
+        return "uner"
+    if name.endswith((".conll", ".bio", ".iob")):
+        return "conll"
+    return "text"
+
+
+def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterator[tuple[Sentence, dict]]:
+    """Yield ``(sentence, extra fields)`` for every document of ``path`` (``-`` = standard input)."""
+    fmt = guess_input_format(path) if input_format == "auto" else input_format
+    if fmt not in INPUT_FORMATS:
+        raise DataError(f"unknown input format {input_format!r}; expected one of {', '.join(INPUT_FORMATS)}", path)
+    if fmt in ("conll", "conllu", "uner"):
+        if path == "-":
+            raise DataError(f"{fmt} input must be a file, not standard input", path)
+        reader = {"conll": lambda p: read_conll(p, tag_col=None), "conllu": read_conllu, "uner": read_uner}[fmt]
+        for sent in reader(path):
+            sent.tags = None
+            yield sent, ({"id": sent.id} if sent.id else {})
+        return
+    lines = _stdin_lines() if path == "-" else iter_lines(path)
+    for number, line in lines:
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        if fmt == "text":
+            yield tagger.to_sentence(line, where), {}
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, number) from None
+        if not isinstance(obj, dict):
+            raise DataError("expected a JSON object with 'text' or 'tokens'", path, number)
+        try:
+            sent = tagger.to_sentence(obj, where)
+        except DataError as err:
+            raise DataError(err.message, path, number) from None
+        extra = {k: v for k, v in obj.items() if k not in ("text", "tokens", "tags", "spaces")}
+        yield sent, extra
+
+
+def _stdin_lines() -> Iterator[tuple[int, str]]:
+    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+    try:
+        for number, line in enumerate(stream, start=1):
+            yield number, line.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise DataError("not valid UTF-8", "<stdin>") from None
+
+
+def write_document(out: TextIO, doc: dict, fmt: str, tagger: Tagger) -> None:
+    if fmt == "jsonl":
+        out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        return
+    tags = [t["tag"] for t in doc["tokens"]]
+    scheme = tagger.config.input_scheme
+    if tagger.config.is_chunking and scheme and scheme != "iob2":
+        tags = schemes.from_iob2(tags, scheme)
+    for tok, tag in zip(doc["tokens"], tags):
+        out.write(f"{tok['text']}\t{tag}\n")
+    out.write("\n")
+
+
+def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_format: str = "jsonl",
+                 input_format: str = "auto", exit: ExitLike = None, batch_size: int = 32,
+                 chunk_size: int = 4096, progress: bool = False) -> dict[str, Any]:
+    """Tag a whole file; returns run statistics (documents, FLOPs speed-up, mean exit layer, seconds)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise DataError(f"unknown output format {output_format!r}; expected jsonl or conll", output)
+    cfg = tagger.exit_config(exit)
+    stats = ExitStats(tagger.num_layers)
+    model_seconds = 0.0
+    n_docs = 0
+    target, tmp = _open_output(output)
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr)
+        chunk: list[tuple[Sentence, dict]] = []
+        inputs = read_inputs(tagger, input_path, input_format)
+        while True:
+            chunk.clear()
+            for item in inputs:
+                chunk.append(item)
+                if len(chunk) >= chunk_size:
+                    break
+            if not chunk:
+                break
+            docs, pred = tagger.documents([s for s, _ in chunk], cfg, batch_size)
+            stats = stats + pred.stats
+            model_seconds += pred.model_seconds
+            for doc, (_, extra) in zip(docs, chunk):
+                write_document(target, {**extra, **doc} if extra else doc, output_format, tagger)
+            n_docs += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        if tmp is not None:
+            target.close()
+            os.replace(tmp, output)
+    finally:
+        if tmp is not None:
+            if not target.closed:
+                target.close()
+            if Path(tmp).exists():
+                Path(tmp).unlink()
+    return {"documents": n_docs, "exit": cfg.to_dict(), "flops_speedup": stats.flops_speedup,
+            "mean_exit_layer": stats.mean_exit_layer, "inference_seconds": model_seconds}
+
+
+def _open_output(output: str) -> tuple[TextIO, str | None]:
+    if output == "-":
+        return sys.stdout, None
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+    return open(tmp, "w", encoding="utf-8"), tmp

@@ -1,0 +1,41 @@
+"""Plain-text tables for the terminal and markdown tables for the docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def format_layer_table(rows: list[dict[str, Any]], title: str = "score") -> str:
+    lines = [f"{'layer':>5}  {title:>7}"]
+    lines += [f"{r['layer']:>5}  {pct(r['score']):>7}" for r in rows]
+    return "\n".join(lines)
+
+
+def format_evaluation(result: dict[str, Any], task: str) -> str:
+    main = "accuracy" if task == "pos" else "f1"
+    lines = [
+        f"data: {result.get('data')}  ({result['sentences']} sentences, {result['tokens']} words)",
+        f"exit: {result['exit']}",
+        f"{main}: {pct(result[main])}   precision {pct(result['precision'])}   recall {pct(result['recall'])}"
+        f"   accuracy {pct(result['accuracy'])}",
+        f"FLOPs speed-up {result['flops_speedup']:.2f}x   mean exit layer {result['mean_exit_layer']:.2f}"
+        f"   inference {result['inference_seconds']:.2f}s   total {result['seconds']:.2f}s",
+    ]
+    if result.get("per_type") and task != "pos":
+        lines.append(f"\n{'type':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for name, s in result["per_type"].items():
+            lines.append(f"{name:<10}{pct(s['precision']):>10}{pct(s['recall']):>10}{pct(s['f1']):>10}{s['support']:>10}")
+    if result.get("per_layer"):
+        lines.append("\nevery exit head at full depth:")
+        lines.append(format_layer_table(result["per_layer"], main))
+    return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)

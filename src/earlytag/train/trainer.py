@@ -1,0 +1,294 @@
+"""Training: stage 1 (all exit heads and the encoder jointly) and stage 2 (self-sampling).
+
+Stage 1 loss is Σ_l (l+1)·CE_l / Σ_l (l+1). The encoder is frozen for the first ``freeze_epochs`` so the new
+heads settle; heads and encoder have their own learning rates, both with linear warm-up and decay (the
+encoder's schedule starts when it is unfrozen). Gradients are clipped, everything is seeded, and the
+checkpoint with the best dev score is kept (last layer at full depth for stage 1; token exit at
+``select_exit`` for stage 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..api import Tagger
+from ..data import schemes
+from ..data.batching import Featurizer, Window, collate
+from ..data.datasets import Dataset, load_dataset
+from ..errors import ConfigError, DataError, atomic_write_text
+from ..model.config import TaggerConfig
+from ..model.encoders import DEFAULT_ENCODER, load_encoder
+from ..model.tagger import EarlyExitTagger
+from .self_sampling import SamplingConfig, cache_layer_outputs, sample_exits
+
+
+@dataclass
+class TrainConfig:
+    train: str
+    output: str
+    dev: str | None = None
+    task: str = "ner"
+    encoder: str = DEFAULT_ENCODER
+    stage: str = "joint"  # joint (stage 1) | self-sampling (stage 2, needs init)
+    init: str | None = None  # stage-1 model directory for self-sampling
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5  # encoder
+    head_lr: float = 1e-3
+    warmup: float = 0.1  # share of each schedule spent warming up
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    freeze_epochs: int = 1
+    seed: int = 42
+    head_dropout: float = 0.1
+    max_length: int = 512
+    label_scheme: str = "iob2"  # what the heads predict for chunk tasks: iob2 | iobes
+    scheme: str = "auto"  # chunk scheme of the input files
+    strict: bool = False
+    tag_field: str = "upos"
+    train_limit: int | None = None  # use only the first N training sentences
+    dev_limit: int | None = None
+    eval_batch_size: int = 64
+    kv: str = "keep"  # self-sampling: train for kv=keep or kv=drop inference
+    sample_window: tuple[int, int] = (2, 7)
+    sample_threshold: tuple[float, float] = (0.01, 0.25)
+    full_share: float = 0.125
+    aggressive_share: float = 0.125
+    flooding: float | None = None  # self-sampling: flood the loss at this multiple of the stage-1 loss
+    select_exit: dict[str, Any] = field(default_factory=lambda: {"policy": "token", "threshold": 0.1, "window": 2})
+    progress: bool = True
+    data_dir: str | None = None
+
+    def validate(self) -> TrainConfig:
+        if self.stage not in ("joint", "self-sampling"):
+            raise ConfigError("stage", f"expected joint or self-sampling, got {self.stage!r}")
+        if self.stage == "self-sampling" and not self.init:
+            raise ConfigError("init", "self-sampling starts from a stage-1 model: give --init MODEL_DIR")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.freeze_epochs < 0:
+            raise ConfigError("freeze_epochs", "must be >= 0")
+        if self.label_scheme not in ("iob2", "iobes"):
+            raise ConfigError("label_scheme", "expected iob2 or iobes")
+        if self.kv not in ("keep", "drop"):
+            raise ConfigError("kv", "expected keep or drop")
+        return self
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _limit(dataset: Dataset, n: int | None) -> Dataset:
+    if n is not None and n < len(dataset.sentences):
+        dataset.sentences = dataset.sentences[:n]
+    return dataset
+
+
+def _label_ids(dataset: Dataset, labels: list[str], label_scheme: str, chunking: bool) -> list[list[int]]:
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = []
+    for sent in dataset.sentences:
+        tags = schemes.from_iob2(sent.tags, label_scheme) if chunking and label_scheme != "iob2" else sent.tags
+        try:
+            out.append([index[t] for t in tags])
+        except KeyError as err:
+            raise DataError(f"label {err.args[0]!r} is not among the model's labels", sent.source) from None
+    return out
+
+
+def _batches(windows: list[Window], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length: sort within pools of 50 batches, then shuffle the batches."""
+    order = list(range(len(windows)))
+    rng.shuffle(order)
+    pool = batch_size * 50
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i:i + pool], key=lambda j: len(windows[j]))
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _schedule(step: int, start: int, total: int, warmup: float) -> float:
+    """Linear warm-up then linear decay over steps [start, total); 0 before start."""
+    if step < start:
+        return 0.0
+    span = max(total - start, 1)
+    pos = step - start
+    warm = max(int(warmup * span), 1)
+    return (pos + 1) / warm if pos < warm else max(0.0, (span - pos) / max(span - warm, 1))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a tagger; returns the training log (also written to ``OUTPUT/training_log.json``)."""
+    cfg.validate()
+    seed_everything(cfg.seed)
+    started = time.perf_counter()
+    chunking = cfg.task in ("ner", "chunk")
+    load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir)
+    train_set = _limit(load_dataset(cfg.train, cfg.task, **load_kw), cfg.train_limit)
+    dev_set = _limit(load_dataset(cfg.dev, cfg.task, **load_kw), cfg.dev_limit) if cfg.dev else None
+
+    if cfg.stage == "joint":
+        encoder, tokenizer, resolved = load_encoder(cfg.encoder)
+        labels = sorted({t for s in train_set.sentences for t in
+                         (schemes.from_iob2(s.tags, cfg.label_scheme) if chunking else s.tags)})
+        if chunking and "O" in labels:  # O first, by convention
+            labels = ["O"] + [lab for lab in labels if lab != "O"]
+        tagger_cfg = TaggerConfig(
+            labels=labels, task=cfg.task, input_scheme=train_set.scheme if chunking else None,
+            label_scheme=cfg.label_scheme if chunking else None, head_dropout=cfg.head_dropout,
+            max_length=min(cfg.max_length, encoder.config.max_position_embeddings),
+            word_splitter="chars" if cfg.task == "cws" else "regex", encoder_name=cfg.encoder,
+        )
+        model = EarlyExitTagger(tagger_cfg, encoder.config, encoder)
+        tagger = Tagger(model, tokenizer)
+    else:
+        tagger = Tagger.from_pretrained(cfg.init)
+        model, tokenizer = tagger.model, tagger.tokenizer
+        if model.config.task != cfg.task:
+            raise ConfigError("task", f"the init model was trained for {model.config.task}, not {cfg.task}")
+        resolved = cfg.init
+
+    featurizer = Featurizer(tokenizer, model.config.max_length, model.config.window_overlap)
+    label_ids = _label_ids(train_set, model.config.labels, model.config.label_scheme or "iob2", chunking)
+    windows = featurizer.windows([s.tokens for s in train_set.sentences], label_ids)
+
+    sampling = cache = None
+    if cfg.stage == "self-sampling":
+        sampling = SamplingConfig(cfg.sample_window, cfg.sample_threshold, cfg.full_share, cfg.aggressive_share)
+        with tqdm(total=len(windows), desc="caching stage-1 predictions", disable=not cfg.progress,
+                  file=sys.stderr) as bar:
+            cache = cache_layer_outputs(model, windows, featurizer.pad_id, cfg.eval_batch_size, progress=bar)
+
+    rng = random.Random(cfg.seed)
+    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    freeze_steps = steps_per_epoch * min(cfg.freeze_epochs, cfg.epochs) if cfg.stage == "joint" else 0
+    optimizer = _optimizer(model, cfg)
+    scheds = [lambda s: _schedule(s, freeze_steps, total_steps, cfg.warmup),  # encoder (decay)
+              lambda s: _schedule(s, freeze_steps, total_steps, cfg.warmup),  # encoder (no decay)
+              lambda s: _schedule(s, 0, total_steps, cfg.warmup)]  # heads
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheds)
+
+    output = Path(cfg.output)
+    log: dict[str, Any] = {"config": _jsonable(asdict(cfg)), "encoder_path": resolved, "epochs": [],
+                           "train_sentences": len(train_set.sentences), "train_windows": len(windows),
+                           "dev_sentences": len(dev_set.sentences) if dev_set else 0,
+                           "torch_threads": torch.get_num_threads()}
+    if cache is not None:
+        log["stage1_train_loss"] = cache.loss
+    best = -1.0
+    step = 0
+    for epoch in range(cfg.epochs):
+        frozen = step < freeze_steps
+        for p in model.encoder.parameters():
+            p.requires_grad_(not frozen)
+        model.train()
+        epoch_start = time.perf_counter()
+        losses = []
+        bar = tqdm(_batches(windows, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}"
+                   + (" (encoder frozen)" if frozen else ""), disable=not cfg.progress, file=sys.stderr)
+        for idx in bar:
+            batch = collate([windows[i] for i in idx], featurizer.pad_id)
+            word_exit = None
+            if cache is not None:
+                word_exit = sample_exits(cache, idx, batch.word_pos.shape[1], sampling, rng)
+            out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
+                        word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv)
+            loss = out.loss
+            if cfg.flooding is not None and cache is not None:
+                level = cfg.flooding * cache.loss
+                loss = (loss - level).abs() + level
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(out.loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        bar.close()
+        entry: dict[str, Any] = {"epoch": epoch + 1, "encoder_frozen": frozen, "train_loss": float(np.mean(losses)),
+                                 "seconds": time.perf_counter() - epoch_start}
+        model.eval()
+        if dev_set is not None:
+            entry.update(_dev_scores(tagger, dev_set, cfg))
+            score = entry["selection_score"]
+        else:
+            score = float(epoch)  # no dev data: keep the last epoch
+        entry["best"] = score > best
+        log["epochs"].append(entry)
+        if score > best:
+            best = score
+            model.config.training = {"stage": cfg.stage, "epoch": epoch + 1, "train": str(cfg.train),
+                                     "dev": str(cfg.dev), "selection_score": score, "seed": cfg.seed,
+                                     "kv": cfg.kv if cfg.stage == "self-sampling" else "keep"}
+            tagger.save_pretrained(output)
+        _print_epoch(entry)
+    log["best_selection_score"] = best
+    log["seconds"] = time.perf_counter() - started
+    atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
+    return log
+
+
+def _optimizer(model: EarlyExitTagger, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.encoder.named_parameters():
+        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return torch.optim.AdamW([
+        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
+        {"params": list(model.heads.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0},
+    ])
+
+
+def _dev_scores(tagger: Tagger, dev_set: Dataset, cfg: TrainConfig) -> dict[str, Any]:
+    docs = [s.tokens for s in dev_set.sentences]
+    gold = [s.tags for s in dev_set.sentences]
+    from ..metrics import task_scores
+
+    per_layer = [task_scores(cfg.task, gold, tags)["score"] for tags in tagger.layer_tags(docs, cfg.eval_batch_size)]
+    out: dict[str, Any] = {"dev_per_layer": per_layer, "selection_score": per_layer[-1]}
+    if cfg.stage == "self-sampling":
+        exit_cfg = dict(cfg.select_exit, kv=cfg.kv)
+        pred = tagger.predict_words(docs, exit_cfg, cfg.eval_batch_size)
+        score = task_scores(cfg.task, gold, pred.tags)["score"]
+        out.update({"dev_exit": exit_cfg, "dev_exit_score": score, "dev_exit_flops_speedup": pred.stats.flops_speedup,
+                    "selection_score": score})
+    return out
+
+
+def _print_epoch(entry: dict[str, Any]) -> None:
+    parts = [f"epoch {entry['epoch']}: loss {entry['train_loss']:.4f}, {entry['seconds']:.0f}s"]
+    if "dev_per_layer" in entry:
+        parts.append("dev per layer " + " ".join(f"{100 * s:.2f}" for s in entry["dev_per_layer"]))
+    if "dev_exit_score" in entry:
+        parts.append(f"dev token-exit {100 * entry['dev_exit_score']:.2f} at {entry['dev_exit_flops_speedup']:.2f}x")
+    print("; ".join(parts) + (" *" if entry.get("best") else ""), file=sys.stderr)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    return obj
