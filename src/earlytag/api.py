@@ -37,6 +37,14 @@ class Prediction:
     exit_layers: list[list[int]]  # 1-based
     stats: ExitStats
     model_seconds: float  # time in the engine (encoder + heads), tokenisation excluded
+    doc_flops: list[float]  # FLOPs spent on each document
+    doc_flops_full: list[float]  # FLOPs each document costs at full depth
+
+    def flops_speedup(self, docs: Sequence[int] | None = None) -> float:
+        """FLOPs speed-up over all documents, or over the documents with the given indices."""
+        idx = range(len(self.doc_flops)) if docs is None else docs
+        spent = sum(self.doc_flops[i] for i in idx)
+        return sum(self.doc_flops_full[i] for i in idx) / spent if spent else 1.0
 
 
 class Tagger:
@@ -98,9 +106,25 @@ class Tagger:
         else:
             raise ConfigError("exit", f"expected a policy name, dict or ExitConfig, got {type(exit).__name__}")
         base.update({k: v for k, v in overrides.items() if v is not None})
-        if "target_speedup" in base and base["target_speedup"] is not None:
-            raise ConfigError("exit.target_speedup", "needs dev data: use earlytag.calibrate.calibrate() first")
+        target = base.pop("target_speedup", None)
+        if target is not None:
+            return self.setting_for_speedup(target, base.get("policy"))
         return ExitConfig.from_dict(base).validated(self.num_layers)
+
+    def setting_for_speedup(self, target: float, policy: str | None = None) -> ExitConfig:
+        """The best-scoring setting that reached ``target`` in the model's stored calibration table
+        (written by ``earlytag calibrate``); the fastest one if none reached it."""
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 1.0 <= target <= 100:
+            raise ConfigError("exit.target_speedup", f"must be a number between 1 and 100, got {target!r}")
+        table = (self.config.exit_calibration or {}).get("table")
+        if not table:
+            raise ConfigError("exit.target_speedup", "this model has no calibration table; run "
+                                                     "`earlytag calibrate MODEL DEV --target-speedup X` once")
+        rows = [r for r in table if policy in (None, "none") or r["exit"]["policy"] == policy] or table
+        reaching = [r for r in rows if r["flops_speedup"] >= target]
+        best = (max(reaching, key=lambda r: (r["score"], r["flops_speedup"])) if reaching
+                else max(rows, key=lambda r: r["flops_speedup"]))
+        return ExitConfig.from_dict(best["exit"]).validated(self.num_layers)
 
     def set_default_exit(self, exit: ExitLike, save_to: str | os.PathLike | None = None) -> ExitConfig:
         """Make ``exit`` the model's default; with ``save_to`` also rewrite that directory's config.json."""
@@ -125,6 +149,8 @@ class Tagger:
         exits: list[list[int]] = [[] for _ in windows]
         stats = ExitStats(self.num_layers)
         seconds = 0.0
+        doc_flops = [0.0] * len(docs)
+        doc_flops_full = [0.0] * len(docs)
         for idx in length_sorted_batches(windows, batch_size):
             batch = collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device)
             start = time.perf_counter()
@@ -132,13 +158,16 @@ class Tagger:
             seconds += time.perf_counter() - start
             stats = stats + out.stats
             p, s, e = out.pred.tolist(), out.score.tolist(), out.exit_layer.tolist()
+            fl, ff = out.flops.tolist(), out.flops_full.tolist()
             for row, i in enumerate(idx):
                 k = windows[i].num_words
                 preds[i], scores[i], exits[i] = p[row][:k], s[row][:k], [x + 1 for x in e[row][:k]]
+                doc_flops[windows[i].doc] += fl[row]
+                doc_flops_full[windows[i].doc] += ff[row]
         lengths = [len(d) for d in docs]
         merged = [merge_windows(windows, lengths, v) for v in (preds, scores, exits)]
         tags = [self._decode(ids) for ids in merged[0]]
-        return Prediction(tags, merged[1], merged[2], stats, seconds)
+        return Prediction(tags, merged[1], merged[2], stats, seconds, doc_flops, doc_flops_full)
 
     def layer_tags(self, docs: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[list[str]]]:
         """The prediction of every exit head at full depth: ``[layer][doc][word]`` (one forward per batch)."""

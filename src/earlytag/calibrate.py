@@ -70,9 +70,10 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
     result = Calibration(best["exit"], target_speedup, best["flops_speedup"], best["score"], bool(reaching),
                          [{**r, "exit": r["exit"].to_dict()} for r in table])
     tagger.set_default_exit(best["exit"], save_to=save_to)
+    record = {**result.to_dict(), "data": str(dataset.path), "sentences": len(sentences), "table": result.table}
+    tagger.config.exit_calibration = record
     if save_to is not None:
         from .model.tagger import update_saved_config
 
-        update_saved_config(save_to, {"exit_calibration": {**result.to_dict(), "data": str(dataset.path),
-                                                            "sentences": len(sentences)}})
+        update_saved_config(save_to, {"exit_calibration": record})
     return result

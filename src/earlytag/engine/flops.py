@@ -21,15 +21,16 @@ import torch
 
 
 def layer_flops(n: torch.Tensor, a: torch.Tensor, d: int, f: int, kv: str = "keep") -> torch.Tensor:
-    """FLOPs of one layer for per-sentence live ``n (B,)`` and active ``a (B,)`` token counts (a scalar tensor)."""
+    """FLOPs of one layer per sentence ``(B,)``, from live ``n (B,)`` and active ``a (B,)`` token counts."""
     n = n.double()
     a = a.double()
     kv_rows = n if kv == "keep" else a
-    return (4 * kv_rows * d * d + 4 * a * d * d + 4 * a * d * f + 4 * a * kv_rows * d).sum()
+    return 4 * kv_rows * d * d + 4 * a * d * d + 4 * a * d * f + 4 * a * kv_rows * d
 
 
-def head_flops(words: int | torch.Tensor, d: int, num_labels: int) -> torch.Tensor:
-    return torch.as_tensor(words, dtype=torch.float64) * (2 * d * num_labels)
+def head_flops(words: torch.Tensor, d: int, num_labels: int) -> torch.Tensor:
+    """FLOPs of an exit head on ``words`` active words (per sentence or in total)."""
+    return words.double() * (2 * d * num_labels)
 
 
 @dataclass

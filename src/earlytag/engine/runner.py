@@ -41,6 +41,8 @@ class EngineOutput:
     score: torch.Tensor  # (B, W) probability of that label
     exit_layer: torch.Tensor  # (B, W) 0-based layer each word exited at, -1 on padding
     stats: ExitStats
+    flops: torch.Tensor  # (B,) FLOPs spent on each sentence
+    flops_full: torch.Tensor  # (B,) FLOPs each sentence costs at full depth
     trace: torch.Tensor | None = None  # (B, L, W) uncertainty the policy saw after each layer (NaN: not live)
 
 
@@ -108,9 +110,10 @@ class Engine:
         h = model.embed(batch.input_ids)  # (B, T, d)
 
         n_tokens = tok_mask.sum(1)  # (B,)
-        stats = ExitStats(num_layers, sentences=big_b, words=int(word_mask.sum()), tokens=int(n_tokens.sum()))
-        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(stats.words, d, c)
-        flops = torch.zeros((), dtype=torch.float64)
+        n_words = word_mask.sum(1)  # (B,)
+        stats = ExitStats(num_layers, sentences=big_b, words=int(n_words.sum()), tokens=int(n_tokens.sum()))
+        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(n_words, d, c)  # (B,)
+        flops = torch.zeros(big_b, dtype=torch.float64, device=dev)  # (B,)
         exit_sum = torch.zeros((), dtype=torch.float64)
 
         for layer in range(policy.num_layers):
@@ -134,7 +137,7 @@ class Engine:
             total_act = int(n_act.sum())
             stats.active_tokens[layer] += total_act
             kv_rows = tok_mask.sum(1) if cfg.kv == "keep" else n_act
-            flops += layer_flops(kv_rows, n_act, d, f, cfg.kv)
+            flops.index_add_(0, rows, layer_flops(kv_rows, n_act, d, f, cfg.kv))
 
             fused = self._layer(layer)
             if total_act >= self.dense_above * h.shape[0] * h.shape[1]:
@@ -152,7 +155,7 @@ class Engine:
             tok = word_pos.view(-1).index_select(0, widx) + (widx // w) * t_len
             head = model.heads[layer].linear
             probs = F.linear(h.view(-1, d).index_select(0, tok), head.weight, head.bias).softmax(-1)  # (N_w, C)
-            flops += head_flops(widx.numel(), d, c)
+            flops.index_add_(0, rows, head_flops(active_w.sum(1), d, c))
             score, pred = probs.max(-1)
             unc.view(-1).index_copy_(0, widx, uncertainty(probs, cfg.criterion))
             cur_pred.view(-1).index_copy_(0, widx, pred)
@@ -171,10 +174,10 @@ class Engine:
                 exit_sum += hidx.numel() * (layer + 1)
                 active_w = active_w & ~halt
 
-        stats.flops = float(flops)
-        stats.flops_full = float(flops_full)
+        stats.flops = float(flops.sum())
+        stats.flops_full = float(flops_full.sum())
         stats.exit_layer_sum = float(exit_sum)
-        return EngineOutput(out_pred, out_score, out_exit, stats, trace_t)
+        return EngineOutput(out_pred, out_score, out_exit, stats, flops, flops_full, trace_t)
 
     # ------------------------------------------------------------------ layer steps
 

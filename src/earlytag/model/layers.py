@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .adapters import LayerParts
+from .adapters import EncoderAdapter, LayerParts
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -55,3 +55,10 @@ def key_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
     bias.masked_fill_(~key_mask, torch.finfo(dtype).min)
     return bias[:, None, None, :]
+
+
+def attention_bias(adapter: EncoderAdapter, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Dense additive bias ``(B, 1|h, T, T)``: masked keys plus the encoder's position bias, if any."""
+    bias = key_bias(key_mask, dtype)  # (B, 1, 1, T)
+    pos = adapter.position_bias(key_mask.shape[1], key_mask.device)
+    return bias if pos is None else bias + pos[None].to(dtype)  # (B, h, T, T)

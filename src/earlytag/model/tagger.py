@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import ConfigError, EarlytagError
 from .adapters import adapter_for
 from .config import TaggerConfig
-from .layers import dense_layer, key_bias
+from .layers import attention_bias, dense_layer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -102,12 +102,6 @@ class EarlyExitTagger(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.adapter.embed(input_ids)  # (B, T, d)
 
-    def attention_bias(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Additive bias ``(B, 1|h, T, T)``: padding keys masked, plus any relative position bias."""
-        bias = key_bias(key_mask, dtype)  # (B, 1, 1, T)
-        pos = self.adapter.position_bias(key_mask.shape[1], key_mask.device)
-        return bias if pos is None else bias + pos[None].to(dtype)  # (B, h, T, T)
-
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, T)
@@ -132,7 +126,7 @@ class EarlyExitTagger(nn.Module):
             token_exit = torch.where(
                 token_word >= 0, word_exit.gather(1, token_word.clamp(min=0)), torch.full_like(token_word, n_run)
             )  # (B, T)
-        bias = self.attention_bias(mask, h.dtype)
+        bias = attention_bias(self.adapter, mask, h.dtype)
         gather_idx = word_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])  # (B, W, d)
         logits = []
         for layer, parts in enumerate(self.adapter.layers[:n_run]):
@@ -140,7 +134,7 @@ class EarlyExitTagger(nn.Module):
                 h = dense_layer(parts, h, bias, self.adapter.num_heads)
             else:
                 active = token_exit >= layer  # (B, T)
-                layer_bias = bias if kv == "keep" else self.attention_bias(mask & active, h.dtype)
+                layer_bias = bias if kv == "keep" else attention_bias(self.adapter, mask & active, h.dtype)
                 h = torch.where(active.unsqueeze(-1), dense_layer(parts, h, layer_bias, self.adapter.num_heads), h)
             logits.append(self.heads[layer](h.gather(1, gather_idx)))  # (B, W, C)
         out = TaggerOutput(logits=logits)

@@ -48,8 +48,9 @@ def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_i
         for row, i in enumerate(idx):
             k = windows[i].num_words
             unc[i], pred[i] = u[row, :, :k].clone(), p[row, :, :k].clone()
-        total_loss += float(out.loss)
-        n_batches += 1
+        if out.loss is not None:
+            total_loss += float(out.loss)
+            n_batches += 1
         if progress is not None:
             progress.update(len(idx))
     return LayerCache(unc, pred, total_loss / max(n_batches, 1))

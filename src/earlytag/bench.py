@@ -1,0 +1,255 @@
+"""``earlytag bench``: sweep exit settings, measure score, FLOPs speed-up and wall-clock speed-up.
+
+For every policy and batch size, the full-depth baseline and each setting are timed in the same process
+over the same pre-built batches (tokenisation and padding excluded), after a warm-up, as the median of
+``repeats`` passes. ``wall_speedup`` is baseline time / setting time; the baseline is re-measured before
+each policy's sweep so slow drift of a noisy machine does not pile up. Scores come from one pass over
+all sentences (they do not depend on the batch size; ``tests/test_engine.py`` checks that).
+
+Writes ``results.json`` (a list of rows), ``results.md`` and ``results.png`` (score vs speed-up) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .api import Tagger
+from .data.batching import collate, length_sorted_batches
+from .engine import ExitConfig, ExitStats
+from .errors import ConfigError, atomic_write_text
+from .metrics import task_scores
+from .report import markdown_table
+
+TARGETS = (1.5, 2.0, 3.0, 4.0)
+
+
+def default_grid(policy: str, num_layers: int, kv: str = "keep") -> list[ExitConfig]:
+    if policy == "static":
+        return [ExitConfig("static", layer=k) for k in range(1, num_layers)]
+    if policy == "sentence":
+        return [ExitConfig("sentence", threshold=t, kv=kv) for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.45)]
+    if policy == "token":
+        return [ExitConfig("token", threshold=t, window=2, kv=kv)
+                for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)]
+    if policy == "patience":
+        return [ExitConfig("patience", patience=p, kv=kv) for p in range(1, max(num_layers - 1, 2))]
+    raise ConfigError("policies", f"unknown policy {policy!r}")
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    data: str
+    out: str
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    policies: list[str] = field(default_factory=lambda: ["static", "sentence", "token", "patience"])
+    repeats: int = 3
+    limit: int | None = None
+    timing_limit_b1: int | None = 400  # batch size 1 is timed on the first N sentences
+    kv: list[str] = field(default_factory=lambda: ["keep"])
+    data_dir: str | None = None
+    progress: bool = True
+    target_speedup: float | None = None
+    calibration_data: str | None = None
+    label: str | None = None
+    extra: list[ExitConfig] = field(default_factory=list)  # settings to add to the sweep
+
+
+def _time_pass(tagger: Tagger, batches: list, cfg: ExitConfig) -> tuple[float, ExitStats]:
+    stats = ExitStats(tagger.num_layers)
+    start = time.perf_counter()
+    for batch in batches:
+        stats = stats + tagger.engine.run(batch, cfg).stats
+    return time.perf_counter() - start, stats
+
+
+def _timed(tagger: Tagger, batches: list, cfg: ExitConfig, repeats: int) -> tuple[float, ExitStats]:
+    _time_pass(tagger, batches[: max(2, len(batches) // 10)], cfg)  # warm-up
+    runs = [_time_pass(tagger, batches, cfg) for _ in range(repeats)]
+    return statistics.median(t for t, _ in runs), runs[0][1]
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "cuda": torch.cuda.is_available()}
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    tagger = Tagger.from_pretrained(cfg.model)
+    if cfg.repeats < 1:
+        raise ConfigError("repeats", "must be at least 1")
+    dataset = tagger.load(cfg.data, data_dir=cfg.data_dir)
+    sentences = dataset.sentences[: cfg.limit] if cfg.limit else dataset.sentences
+    docs = [s.tokens for s in sentences]
+    gold = [s.tags for s in sentences]
+    num_layers = tagger.num_layers
+
+    settings: list[ExitConfig] = []
+    for policy in cfg.policies:
+        for kv in (cfg.kv if policy in ("sentence", "token") else ["keep"]):
+            settings += default_grid(policy, num_layers, kv)
+    settings += cfg.extra
+    calibration = None
+    if cfg.target_speedup:
+        from .calibrate import calibrate
+
+        dev = cfg.calibration_data or (tagger.config.training or {}).get("dev")
+        if not dev or dev == "None":
+            raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
+        calibration = calibrate(tagger, dev, cfg.target_speedup, save_to=cfg.model, data_dir=cfg.data_dir)
+        settings.append(calibration.exit)
+
+    # pre-built batches per batch size: timing covers the model only
+    windows = tagger.featurizer.windows(docs)
+    batches: dict[int, list] = {}
+    for bs in cfg.batch_sizes:
+        wins = windows
+        if bs == 1 and cfg.timing_limit_b1:
+            wins = [w for w in windows if w.doc < cfg.timing_limit_b1]
+        batches[bs] = [collate([wins[i] for i in idx], tagger.featurizer.pad_id).to(tagger.device)
+                       for idx in length_sorted_batches(wins, bs)]
+
+    baseline_cfg = ExitConfig("none")
+    total = (len(settings) + 1) * (1 + len(cfg.batch_sizes)) + len(cfg.policies) * len(cfg.batch_sizes)
+    bar = tqdm(total=total, desc="bench", disable=not cfg.progress, file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+
+    def score_of(exit_cfg: ExitConfig) -> float:
+        pred = tagger.predict_words(docs, exit_cfg, max(cfg.batch_sizes))
+        bar.update(1)
+        return task_scores(tagger.config.task, gold, pred.tags)["score"]
+
+    full_score = score_of(baseline_cfg)
+    groups: list[tuple[str, list[ExitConfig]]] = []
+    for exit_cfg in settings:
+        key = exit_cfg.policy + ("-drop" if exit_cfg.kv == "drop" else "")
+        if not groups or groups[-1][0] != key:
+            groups.append((key, []))
+        groups[-1][1].append(exit_cfg)
+    scores = {id(c): score_of(c) for c in settings}
+    for bs in cfg.batch_sizes:
+        base_time, base_stats = _timed(tagger, batches[bs], baseline_cfg, cfg.repeats)
+        bar.update(1)
+        rows.append(_row("none", baseline_cfg, bs, full_score, base_stats, base_time, base_time, cfg))
+        for key, group in groups:
+            base_time, _ = _timed(tagger, batches[bs], baseline_cfg, cfg.repeats)  # re-measured per policy
+            bar.update(1)
+            for exit_cfg in group:
+                seconds, stats = _timed(tagger, batches[bs], exit_cfg, cfg.repeats)
+                bar.update(1)
+                rows.append(_row(key, exit_cfg, bs, scores[id(exit_cfg)], stats, seconds, base_time, cfg))
+    bar.close()
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"model": cfg.model, "label": cfg.label or Path(cfg.model).name, "data": str(dataset.path),
+            "sentences": len(docs), "timing_sentences_b1": cfg.timing_limit_b1, "repeats": cfg.repeats,
+            "task": tagger.config.task, "num_layers": num_layers, "machine": machine_info(),
+            "calibration": calibration.to_dict() if calibration else None,
+            "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("earlytag") else None}
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    md = render_markdown(rows, meta)
+    atomic_write_text(out / "results.md", md + "\n")
+    plot(rows, meta, out / "results.png")
+    return {"rows": rows, "meta": meta, "markdown": md}
+
+
+def _row(policy: str, exit_cfg: ExitConfig, bs: int, score: float, stats: ExitStats, seconds: float,
+         base_seconds: float, cfg: BenchConfig) -> dict[str, Any]:
+    wall = base_seconds / seconds if seconds else 0.0
+    return {
+        "policy": policy, "settings": exit_cfg.to_dict(), "describe": exit_cfg.describe(), "batch_size": bs,
+        "score": score, "flops_speedup": stats.flops_speedup, "wall_speedup": wall,
+        "mean_exit_layer": stats.mean_exit_layer, "wall_over_flops": wall / stats.flops_speedup,
+        "seconds": seconds, "baseline_seconds": base_seconds, "timed_sentences": stats.sentences,
+        "packed_layer_steps": stats.packed_layers, "dense_layer_steps": stats.dense_layers,
+    }
+
+
+def nearest(rows: list[dict], policy: str, bs: int, target: float) -> dict | None:
+    """The row of ``policy`` at batch size ``bs`` whose FLOPs speed-up is nearest ``target`` (within 25%)."""
+    cands = [r for r in rows if r["policy"] == policy and r["batch_size"] == bs]
+    if not cands:
+        return None
+    best = min(cands, key=lambda r: abs(r["flops_speedup"] - target))
+    return best if abs(best["flops_speedup"] - target) <= 0.25 * target else None
+
+
+def render_markdown(rows: list[dict], meta: dict) -> str:
+    task_metric = "accuracy" if meta["task"] == "pos" else "F1"
+    m = meta["machine"]
+    lines = [f"Model `{meta['label']}` ({meta['num_layers']} layers) on `{Path(meta['data']).name}` "
+             f"({meta['sentences']} sentences; batch size 1 timed on the first {meta['timing_sentences_b1']}); "
+             f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}; "
+             f"median of {meta['repeats']} passes after a warm-up.", ""]
+    policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"))
+    full = next(r for r in rows if r["policy"] == "none")
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    lines.append(f"Full depth: {task_metric} {100 * full['score']:.2f}.")
+    lines.append("")
+    lines.append(f"**{task_metric} at a FLOPs speed-up of about 1.5x / 2x / 3x / 4x** (the setting of each policy "
+                 "whose FLOPs speed-up is nearest the target; wall-clock speed-up at batch "
+                 f"{batch_sizes[-1]} in brackets):")
+    lines.append("")
+    header = ["policy"] + [f"~{t:g}x" for t in TARGETS]
+    table = []
+    for policy in policies:
+        cells = [policy]
+        for target in TARGETS:
+            r = nearest(rows, policy, batch_sizes[-1], target)
+            cells.append("-" if r is None else
+                         f"{100 * r['score']:.2f} ({r['flops_speedup']:.2f}x; wall {r['wall_speedup']:.2f}x)")
+        table.append(cells)
+    lines.append(markdown_table(header, table))
+    for bs in batch_sizes:
+        lines += ["", f"**All settings, batch size {bs}:**", ""]
+        table = [[r["policy"], r["describe"], f"{100 * r['score']:.2f}", f"{r['flops_speedup']:.2f}x",
+                  f"{r['wall_speedup']:.2f}x", f"{r['wall_over_flops']:.2f}", f"{r['mean_exit_layer']:.2f}",
+                  f"{r['seconds']:.2f}"]
+                 for r in rows if r["batch_size"] == bs]
+        lines.append(markdown_table(["policy", "setting", task_metric, "FLOPs speed-up", "wall speed-up",
+                                     "wall/FLOPs", "mean exit layer", "seconds"], table))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], meta: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is optional (pip install earlytag[bench])
+        return
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    full = next(r for r in rows if r["policy"] == "none")
+    for ax, (xkey, bs, title) in zip(axes, [("flops_speedup", batch_sizes[-1], "FLOPs speed-up"),
+                                            ("wall_speedup", batch_sizes[-1], f"wall-clock speed-up (batch {batch_sizes[-1]})")]):
+        for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"):
+            pts = sorted((r[xkey], 100 * r["score"]) for r in rows if r["policy"] == policy and r["batch_size"] == bs)
+            ax.plot([1.0] + [p[0] for p in pts], [100 * full["score"]] + [p[1] for p in pts], marker="o",
+                    label=policy, linestyle="--" if policy == "static" else "-")
+        ax.set_xlabel(title)
+        ax.set_ylabel("accuracy" if meta["task"] == "pos" else "F1")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{meta['label']} on {Path(meta['data']).name}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

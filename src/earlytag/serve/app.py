@@ -1,0 +1,283 @@
+"""``earlytag serve``: FastAPI app with micro-batching, limits, Prometheus metrics and a page at ``/``.
+
+- ``POST /predict`` ``{"texts": [...], "exit": {...}}`` -> ``{"results": [...], "stats": {...}}``
+- ``GET /health`` (alive), ``GET /ready`` (503 until the model is loaded), ``GET /metrics`` (Prometheus),
+  ``GET /info`` (model facts for the page), OpenAPI docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..api import Tagger
+from ..errors import EarlytagError
+from .batching import MicroBatcher
+
+
+@dataclass
+class Limits:
+    max_texts: int = 64  # texts per request
+    max_chars: int = 20_000  # characters per text
+    max_body_bytes: int = 2_000_000  # request body
+
+
+class ExitSettings(BaseModel):
+    """Exit settings of one request; omitted fields take the model's stored default."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["none", "static", "sentence", "token", "patience"] | None = None
+    threshold: float | list[float] | None = None
+    window: int | None = None
+    patience: int | None = None
+    patience_window: bool | None = None
+    layer: int | None = None
+    criterion: Literal["entropy", "maxprob"] | None = None
+    pool: Literal["max", "mean"] | None = None
+    upper_multiplier: float | None = None
+    kv: Literal["keep", "drop"] | None = None
+    target_speedup: float | None = Field(None, description="pick the setting for this FLOPs speed-up from the "
+                                                           "model's calibration table")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(..., min_length=1, description="raw texts to tag")
+    exit: ExitSettings | None = None
+
+
+class Stats(BaseModel):
+    mean_exit_layer: float
+    flops_speedup: float
+
+
+class PredictResponse(BaseModel):
+    results: list[dict[str, Any]]
+    stats: Stats
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over ``max_bytes`` get 413 before they are read whole."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(send)
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send):
+        body = (f'{{"detail": "request body larger than {self.max_bytes} bytes"}}').encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the app's own."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("earlytag_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("earlytag_request_seconds", "request latency", ["endpoint"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.texts = Counter("earlytag_texts", "texts tagged", registry=self.registry)
+        self.words = Counter("earlytag_words", "words tagged", registry=self.registry)
+        self.exit_layers = Counter("earlytag_word_exit_layers", "sum of the exit layers of all words",
+                                   registry=self.registry)
+        self.mean_exit_layer = Gauge("earlytag_mean_exit_layer", "mean exit layer of all words so far",
+                                     registry=self.registry)
+        self.request_exit_layer = Histogram("earlytag_request_mean_exit_layer", "mean exit layer per request",
+                                            registry=self.registry, buckets=tuple(range(1, 25)))
+        self.batch_texts = Histogram("earlytag_engine_batch_texts", "texts per engine call",
+                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.loaded = Gauge("earlytag_model_loaded", "1 once the model is loaded", registry=self.registry)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("earlytag.serve") / "static"))
+
+
+def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: float = 5.0, batching: bool = True,
+               limits: Limits | None = None, load_in_background: bool = True) -> FastAPI:
+    """The service for a model directory (loaded in a background thread: ``/ready`` says when) or a Tagger."""
+    limits = limits or Limits()
+    metrics = Metrics()
+    state: dict[str, Any] = {"tagger": model if isinstance(model, Tagger) else None, "error": None, "batcher": None}
+
+    def load() -> None:
+        try:
+            state["tagger"] = Tagger.from_pretrained(model)
+        except Exception as err:  # noqa: BLE001 - reported by /ready
+            state["error"] = str(err)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if state["tagger"] is None:
+            if load_in_background:  # /health answers at once, /ready says 503 until the model is in
+                threading.Thread(target=load, name="earlytag-load", daemon=True).start()
+            else:
+                load()
+        starter = asyncio.get_running_loop().create_task(_start_batcher())
+        yield
+        starter.cancel()
+        if state["batcher"] is not None:
+            await state["batcher"].stop()
+
+    async def _start_batcher():
+        while state["tagger"] is None and state["error"] is None:
+            await asyncio.sleep(0.05)
+        if state["tagger"] is not None:
+            batcher = MicroBatcher(state["tagger"], max_batch, max_wait_ms, batching,
+                                   on_batch=metrics.batch_texts.observe)
+            batcher.start()
+            state["batcher"] = batcher
+            metrics.loaded.set(1)
+
+    app = FastAPI(title="earlytag", version=_version(), lifespan=lifespan,
+                  description="Early-exit sequence labeling: every token reports the layer it exited at.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.state.limits = limits
+    app.state.metrics = metrics
+    app.state.model_state = state
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        endpoint = request.url.path if request.url.path in ("/predict", "/health", "/ready", "/metrics", "/info", "/") \
+            else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(EarlytagError)
+    async def earlytag_error(request: Request, err: EarlytagError):
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if state["error"] is not None:
+            return JSONResponse({"ready": False, "error": state["error"]}, status_code=503)
+        if state["batcher"] is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/info")
+    async def info():
+        tagger = state["tagger"]
+        if tagger is None:
+            return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
+        calib = tagger.config.exit_calibration or {}
+        speedups = sorted({round(r["flops_speedup"], 2) for r in calib.get("table", [])})
+        return {"task": tagger.config.task, "labels": tagger.labels, "num_layers": tagger.num_layers,
+                "default_exit": tagger.default_exit.to_dict(), "limits": limits.__dict__,
+                "max_target_speedup": speedups[-1] if speedups else None,
+                "batching": batching, "encoder": tagger.config.encoder_name}
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(req: PredictRequest):
+        batcher: MicroBatcher | None = state["batcher"]
+        if batcher is None:
+            return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
+        if len(req.texts) > limits.max_texts:
+            return JSONResponse({"detail": f"too many texts: {len(req.texts)} > {limits.max_texts} per request"},
+                                status_code=413)
+        for i, text in enumerate(req.texts):
+            if len(text) > limits.max_chars:
+                return JSONResponse({"detail": f"texts[{i}] has {len(text)} characters; the limit is "
+                                               f"{limits.max_chars}"}, status_code=413)
+        tagger = batcher.tagger
+        settings = req.exit.model_dump(exclude_none=True) if req.exit else {}
+        exit_cfg = tagger.exit_config(settings or None)
+        sentences = [tagger.to_sentence(t, f"texts[{i}]") for i, t in enumerate(req.texts)]
+        result = await batcher.submit(sentences, exit_cfg)
+        n_words = sum(len(d["tokens"]) for d in result.docs)
+        metrics.texts.inc(len(req.texts))
+        metrics.words.inc(n_words)
+        metrics.exit_layers.inc(result.mean_exit_layer * n_words)
+        if metrics.words._value.get():
+            metrics.mean_exit_layer.set(metrics.exit_layers._value.get() / metrics.words._value.get())
+        metrics.request_exit_layer.observe(result.mean_exit_layer)
+        return {"results": result.docs,
+                "stats": {"mean_exit_layer": result.mean_exit_layer, "flops_speedup": result.flops_speedup}}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((_static_dir() / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=str(_static_dir())), name="static")
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
+          batching: bool = True) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(model, max_batch, max_wait_ms, batching), host=host, port=port, log_level="info")

@@ -1,0 +1,61 @@
+"""Every adapter, run layer by layer through earlytag's layer code, equals the installed transformers forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig, ElectraConfig, MPNetConfig, RobertaConfig, XLMRobertaConfig
+
+from earlytag.errors import ConfigError
+from earlytag.model.adapters import BertAdapter, MPNetAdapter, adapter_for
+from earlytag.model.layers import attention_bias, dense_layer
+
+from .conftest import TINY, tiny_model
+
+CONFIGS = {
+    "bert": (BertConfig, {}, BertAdapter),
+    "roberta": (RobertaConfig, {}, BertAdapter),
+    "xlm-roberta": (XLMRobertaConfig, {}, BertAdapter),
+    "electra": (ElectraConfig, {"embedding_size": 16}, BertAdapter),
+    "mpnet": (MPNetConfig, {}, MPNetAdapter),
+}
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_layerwise_forward_equals_transformers(family):
+    cls, extra, adapter_cls = CONFIGS[family]
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(cls(vocab_size=200, **TINY, **extra)).eval()
+    adapter = adapter_for(encoder)
+    assert isinstance(adapter, adapter_cls)
+    ids = torch.randint(5, 200, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = encoder.config.pad_token_id
+    with torch.no_grad():
+        reference = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = adapter.embed(ids)
+        bias = attention_bias(adapter, mask.bool(), h.dtype)
+        for parts in adapter.layers:
+            h = dense_layer(parts, h, bias, adapter.num_heads)
+    assert torch.allclose(h[mask.bool()], reference[mask.bool()], atol=1e-5)
+
+
+def test_mpnet_position_bias_is_shared_and_cached():
+    model = tiny_model("mpnet")
+    assert model.adapter.position_bias(9).requires_grad  # training: computed afresh, with gradients
+    with torch.no_grad():
+        a = model.adapter.position_bias(9)
+        assert a.shape == (TINY["num_attention_heads"], 9, 9)
+        assert model.adapter.position_bias(9) is a  # cached in inference
+        model.encoder.encoder.relative_attention_bias.weight.add_(1.0)
+        assert not torch.equal(model.adapter.position_bias(9), a)  # an update invalidates the cache
+
+
+def test_unsupported_family_is_a_clear_error():
+    from transformers import GPT2Config
+
+    encoder = AutoModel.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50))
+    with pytest.raises(ConfigError, match="model type 'gpt2' is not supported"):
+        adapter_for(encoder)

@@ -1,0 +1,143 @@
+"""The CLI verbs end to end on a tiny model; bad input gives one line naming the file/line, never a traceback,
+and no half-written output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from earlytag import Tagger
+from earlytag.cli import main
+
+from .conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("cli") / "model"
+    tagger = Tagger(tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")),
+                    tokenizer)
+    tagger.model.config.training = {"dev": "uner-en-ewt:dev"}
+    tagger.save_pretrained(path)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_evaluate_predict(capsys, tmp_path, tiny_encoder_dirs, shared_data):
+    out_dir = tmp_path / "m"
+    code, out, err = run(capsys, "train", "--train", "uner-en-ewt:train", "--dev", "uner-en-ewt:dev", "--task", "ner",
+                         "--encoder", tiny_encoder_dirs["bert"], "--output", out_dir, "--epochs", 1,
+                         "--train-limit", 64, "--dev-limit", 32, "--quiet", "--data-dir", shared_data)
+    assert code == 0, err
+    assert json.loads(out)["output"] == str(out_dir)
+
+    metrics = tmp_path / "metrics.json"
+    code, out, err = run(capsys, "evaluate", out_dir, "uner-en-ewt:dev", "--json", metrics, "--exit", "token",
+                         "--threshold", "0.2", "--window", "1")
+    assert code == 0, err
+    assert "every exit head" in out
+    result = json.loads(metrics.read_text())
+    for key in ("f1", "precision", "recall", "accuracy", "per_type", "per_layer", "sentences", "tokens", "seconds",
+                "exit", "flops_speedup", "mean_exit_layer", "inference_seconds"):
+        assert key in result
+    assert result["sentences"] == 2001 and result["exit"]["window"] == 1
+
+    code, out, _ = run(capsys, "evaluate", out_dir, "uner-en-ewt:dev", "--layer", 1, "--json", "-", "--no-per-layer")
+    assert code == 0
+    assert '"policy": "static"' in out
+
+
+def test_predict_jsonl_offsets(capsys, model_dir, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 7, "text": "Angela  Merkel visited Paris."}) + "\n"
+                   + json.dumps({"tokens": ["New", "York"]}) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, "predict", model_dir, src, "--output", out, "--exit", "token", "--threshold", "0.3")
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert docs[0]["id"] == 7
+    assert [t["text"] for t in docs[0]["tokens"]] == ["Angela", "Merkel", "visited", "Paris", "."]
+    for doc in docs:
+        for tok in doc["tokens"]:
+            assert doc["text"][tok["start"]:tok["end"]] == tok["text"]
+            assert {"tag", "score", "exit_layer"} <= set(tok)
+    assert docs[1]["text"] == "New York"
+    assert json.loads(err.strip().splitlines()[-1])["documents"] == 2
+
+
+def test_predict_stdin_and_conll(capsys, model_dir, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Hello Paris\n\nBye\n".encode())))
+    code, out, _ = run(capsys, "predict", model_dir, "-", "--format", "conll")
+    assert code == 0
+    blocks = out.strip().split("\n\n")
+    assert [line.split("\t")[0] for line in blocks[0].splitlines()] == ["Hello", "Paris"]
+    assert len(blocks) == 2
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"text": "ok"}\n{"txt": "x"}\n', "in.jsonl:2: expected a 'text' or 'tokens' field"),
+    ('{"text": "ok"}\n{"text": \n', "in.jsonl:2: invalid JSON"),
+    (b"fine\n\xff\n", "in.txt:2: not valid UTF-8"),
+])
+def test_predict_bad_input_is_one_line_and_leaves_no_file(capsys, model_dir, tmp_path, content, fragment):
+    name = "in.txt" if isinstance(content, bytes) else "in.jsonl"
+    src = tmp_path / name
+    src.write_bytes(content) if isinstance(content, bytes) else src.write_text(content)
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, "predict", model_dir, src, "--output", out)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["evaluate", "{model}", "{tmp}/missing.conll"], "missing.conll: no such file"),
+    (["evaluate", "{tmp}", "uner-en-ewt:dev"], "not an earlytag model directory"),
+    (["evaluate", "{model}", "uner-en-ewt:dev", "--exit", "token"], "exit.threshold: the token policy needs a threshold"),
+    (["evaluate", "{model}", "uner-en-ewt:dev", "--layer", "9"], "exit.layer"),
+    (["evaluate", "{model}", "uner-en-ewt:nope"], "has splits train, dev, test"),
+    (["train", "--train", "{tmp}/bad.conll", "--output", "{tmp}/o", "--encoder", "x"], "bad.conll:2: expected 2 columns"),
+])
+def test_errors_are_single_lines(capsys, model_dir, tmp_path, argv, fragment):
+    (tmp_path / "bad.conll").write_text("EU B-ORG\nrejects\n")
+    argv = [a.format(model=model_dir, tmp=tmp_path) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert fragment in err
+    assert err.startswith("earlytag: error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibrate_stores_default_exit(capsys, model_dir, tmp_path, shared_data):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    code, out, err = run(capsys, "calibrate", copy, "uner-en-ewt:dev", "--target-speedup", 1.5, "--limit", 40)
+    assert code == 0, err
+    result = json.loads(out)
+    stored = json.loads((copy / "config.json").read_text())["earlytag"]
+    assert stored["exit"] == result["exit"]
+    assert stored["exit_calibration"]["target_speedup"] == 1.5
+    assert Tagger.from_pretrained(copy).default_exit.policy == "token"
+    # --target-speedup on evaluate calibrates on the model's dev set, then evaluates with it
+    code, out, err = run(capsys, "evaluate", copy, "uner-en-ewt:test", "--target-speedup", 2, "--no-per-layer",
+                         "--json", "-")
+    assert code == 0, err
+    assert "calibrated on uner-en-ewt:dev" in err
+
+
+def test_data_list_and_version(capsys):
+    code, out, _ = run(capsys, "data", "list")
+    assert code == 0 and "uner-en-ewt" in out
+    with pytest.raises(SystemExit):
+        main(["--version"])

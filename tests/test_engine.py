@@ -1,0 +1,232 @@
+"""The early-exit engine: exactness with exit disabled, batch independence, the exit rules, FLOPs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from earlytag.data.batching import Featurizer, collate
+from earlytag.engine import Engine, ExitConfig, ExitPolicy
+from earlytag.engine.policies import simulate_exits, uncertainty, window_max
+from earlytag.errors import ConfigError
+
+from .conftest import tiny_model
+
+SENTENCES = [
+    ["Angela", "Merkel", "visited", "Paris", "yesterday", "."],
+    ["Hi"],
+    ["The", "extraordinarily", "unbelievable", "internationalization", "of", "Zürich", "'s", "banks"],
+    ["Obama", "met", "Putin", "in", "Geneva", "on", "Tuesday", "and", "they", "talked", "for", "hours", "."],
+]
+
+
+def batch_of(tokenizer, docs, pad_id=0):
+    feat = Featurizer(tokenizer, 128)
+    return collate(feat.windows(docs), feat.pad_id)
+
+
+def mixed_threshold(model, batch) -> float:
+    """A threshold that halts about half of the words at layer 1 and lets the rest climb."""
+    with torch.no_grad():
+        probs = model(batch.input_ids, batch.attention_mask, batch.word_pos).logits[0].softmax(-1)
+    return float(uncertainty(probs)[batch.word_mask].median())
+
+
+def mixed(model, batch, **kw) -> ExitConfig:
+    return ExitConfig(policy="token", threshold=mixed_threshold(model, batch), window=0, upper_multiplier=1.0, **kw)
+
+
+def full_forward_probs(model, batch, **kw):
+    with torch.no_grad():
+        return model(batch.input_ids, batch.attention_mask, batch.word_pos, **kw).logits[-1].softmax(-1)
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("cfg", [
+    ExitConfig(),
+    ExitConfig(policy="token", threshold=0.0),
+    ExitConfig(policy="token", threshold=0.0, kv="drop"),
+    ExitConfig(policy="sentence", threshold=0.0),
+    ExitConfig(policy="patience", patience=99),
+], ids=lambda c: c.describe())
+@pytest.mark.parametrize("dense_above", [0.0, 2.0], ids=["dense", "packed"])
+def test_exit_disabled_equals_full_forward(tokenizer, family, cfg, dense_above):
+    model = tiny_model(family)
+    batch = batch_of(tokenizer, SENTENCES)
+    ref = full_forward_probs(model, batch)
+    out = Engine(model, dense_above=dense_above).run(batch, cfg)
+    m = batch.word_mask
+    assert torch.equal(out.pred[m], ref.argmax(-1)[m])
+    assert torch.allclose(out.score[m], ref.max(-1).values[m], atol=1e-5)
+    assert (out.exit_layer[m] == model.num_layers - 1).all()
+    assert (out.exit_layer[~m] == -1).all()
+    if cfg.policy == "none":
+        assert out.stats.flops_speedup == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("kv", ["keep", "drop"])
+def test_packed_equals_dense_masked_forward(tokenizer, family, kv):
+    """The packed engine equals the dense forward with halted states frozen at their exit layers."""
+    model = tiny_model(family, seed=3)
+    batch = batch_of(tokenizer, SENTENCES)
+    out = Engine(model, dense_above=2.0).run(batch, mixed(model, batch, kv=kv))
+    assert 0 < (out.exit_layer[batch.word_mask] < model.num_layers - 1).float().mean() < 1  # a real mix
+    with torch.no_grad():
+        fwd = model(batch.input_ids, batch.attention_mask, batch.word_pos, word_exit=out.exit_layer.clamp(min=0),
+                    token_word=batch.token_word, kv=kv)
+    probs = torch.stack(fwd.logits, 1).softmax(-1)  # (B, L, W, C)
+    at_exit = probs.gather(1, out.exit_layer.clamp(min=0)[:, None, :, None].expand(-1, 1, -1, probs.shape[-1]))[:, 0]
+    m = batch.word_mask
+    assert torch.allclose(out.score[m], at_exit.max(-1).values[m], atol=1e-5)
+    assert torch.equal(out.pred[m], at_exit.argmax(-1)[m])
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("policy", ["token", "token-drop", "sentence", "patience"])
+def test_results_do_not_depend_on_batch_composition(tokenizer, family, policy):
+    model = tiny_model(family, seed=3)
+    engine = Engine(model)
+    tau = mixed_threshold(model, batch_of(tokenizer, SENTENCES))
+    cfg = {
+        "token": mixed(model, batch_of(tokenizer, SENTENCES)),
+        "token-drop": mixed(model, batch_of(tokenizer, SENTENCES), kv="drop"),
+        "sentence": ExitConfig(policy="sentence", threshold=tau, pool="mean"),
+        "patience": ExitConfig(policy="patience", patience=1),
+    }[policy]
+    together = engine.run(batch_of(tokenizer, SENTENCES), cfg)
+    reordered = engine.run(batch_of(tokenizer, SENTENCES[::-1]), cfg)
+    for i, sent in enumerate(SENTENCES):
+        alone = engine.run(batch_of(tokenizer, [sent]), cfg)
+        n = len(sent)
+        j = len(SENTENCES) - 1 - i
+        assert torch.equal(alone.exit_layer[0, :n], together.exit_layer[i, :n])
+        assert torch.equal(alone.exit_layer[0, :n], reordered.exit_layer[j, :n])
+        assert torch.equal(alone.pred[0, :n], together.pred[i, :n])
+        assert torch.allclose(alone.score[0, :n], together.score[i, :n], atol=1e-5)
+
+
+def test_subwords_halt_with_their_word_and_specials_stay(tokenizer):
+    """Active-token counts per layer = sub-words of the still-active words + the specials of live sentences."""
+    model = tiny_model("bert", seed=3)
+    batch = batch_of(tokenizer, SENTENCES)
+    out = Engine(model).run(batch, mixed(model, batch))
+    subwords = torch.zeros_like(batch.word_pos)  # (B, W) sub-words per word
+    for b in range(batch.size):
+        tw = batch.token_word[b]
+        for w in range(int(batch.word_mask[b].sum())):
+            subwords[b, w] = int((tw == w).sum())
+    specials = ((batch.token_word < 0) & batch.attention_mask.bool()).sum(1)  # (B,)
+    assert (subwords[batch.word_mask] >= 1).all() and subwords.max() > 1  # some words have several pieces
+    for layer in range(model.num_layers):
+        active_w = batch.word_mask & (out.exit_layer >= layer)
+        live = active_w.any(1)
+        expected = int((subwords * active_w).sum() + specials[live].sum())
+        assert out.stats.active_tokens[layer] == expected
+
+
+def test_everything_halts_at_layer_one(tokenizer):
+    model = tiny_model("bert")
+    batch = batch_of(tokenizer, SENTENCES)
+    out = Engine(model).run(batch, ExitConfig(policy="token", threshold=1.01, window=2, upper_multiplier=1.0))
+    assert (out.exit_layer[batch.word_mask] == 0).all()
+    assert out.stats.active_tokens[1:] == [0] * (model.num_layers - 1)
+    assert out.stats.mean_exit_layer == pytest.approx(1.0)
+    assert out.stats.flops_speedup > model.num_layers * 0.9
+    ref = torch.stack(model(batch.input_ids, batch.attention_mask, batch.word_pos).logits).softmax(-1)[0]
+    assert torch.equal(out.pred[batch.word_mask], ref.argmax(-1)[batch.word_mask])
+
+
+def test_empty_and_one_word_sentences(tokenizer):
+    model = tiny_model("bert")
+    batch = batch_of(tokenizer, [[], ["Hi"], [], ["Hello", "there"]])
+    for cfg in (ExitConfig(), ExitConfig(policy="token", threshold=0.5), ExitConfig(policy="sentence", threshold=0.5)):
+        out = Engine(model).run(batch, cfg)
+        assert (out.exit_layer[0] == -1).all() and (out.exit_layer[2] == -1).all()
+        assert (out.exit_layer[1, :1] >= 0).all() and (out.exit_layer[3, :2] >= 0).all()
+        assert out.stats.words == 3
+
+
+def test_static_runs_exactly_k_layers(tokenizer):
+    model = tiny_model("bert")
+    calls = [0] * model.num_layers
+    hooks = [parts.ffn_in.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, parts in enumerate(model.adapter.layers)]
+    batch = batch_of(tokenizer, SENTENCES)
+    out = Engine(model).run(batch, ExitConfig(policy="static", layer=2))
+    for h in hooks:
+        h.remove()
+    assert calls == [1, 1, 0]
+    assert (out.exit_layer[batch.word_mask] == 1).all()
+    ref = model(batch.input_ids, batch.attention_mask, batch.word_pos, num_layers=2).logits[-1]
+    assert torch.equal(out.pred[batch.word_mask], ref.argmax(-1)[batch.word_mask])
+    assert out.stats.flops_speedup == pytest.approx(1.5, rel=0.05)
+
+
+# ----------------------------------------------------------------------------- policies as pure tensor code
+
+
+def test_uncertainty_criteria():
+    probs = torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    assert torch.allclose(uncertainty(probs), torch.tensor([0.0, 1.0, 0.6309]), atol=1e-4)
+    assert torch.allclose(uncertainty(probs, "maxprob"), torch.tensor([0.0, 2 / 3, 0.5]))
+
+
+def test_window_rule():
+    unc = torch.tensor([[0.0, 0.0, 0.75, 0.0, 0.0, 0.0, 0.0]])
+    mask = torch.ones_like(unc, dtype=torch.bool)
+    assert window_max(unc, mask, 1).tolist() == [[0.0, 0.75, 0.75, 0.75, 0.0, 0.0, 0.0]]
+    policy = ExitPolicy(ExitConfig(policy="token", threshold=0.5, window=2), num_layers=4)
+    halt = policy.halt(0, unc, torch.zeros_like(unc, dtype=torch.long), mask.clone(), mask, {})
+    assert halt.tolist() == [[False, False, False, False, False, True, True]]
+    # padding words never hold a word back; a halted word's (old) uncertainty still counts
+    mask[0, 6] = False
+    halt = policy.halt(0, unc, torch.zeros_like(unc, dtype=torch.long), mask.clone(), mask, {})
+    assert halt.tolist() == [[False, False, False, False, False, True, False]]
+
+
+def test_thresholds_lower_and_upper_half():
+    cfg = ExitConfig(policy="token", threshold=0.1)
+    assert cfg.thresholds(6) == [0.1] * 3 + [0.2] * 3
+    assert ExitConfig(policy="token", threshold=[0.1, 0.2, 0.3]).thresholds(3) == [0.1, 0.2, 0.3]
+
+
+def test_sentence_rule_max_and_mean():
+    unc = torch.tensor([[0.1, 0.3], [0.1, 0.1]])
+    mask = torch.ones_like(unc, dtype=torch.bool)
+    pol = ExitPolicy(ExitConfig(policy="sentence", threshold=0.2), 4)
+    assert pol.halt(0, unc, None, mask.clone(), mask, {}).tolist() == [[False, False], [True, True]]
+    pol = ExitPolicy(ExitConfig(policy="sentence", threshold=0.25, pool="mean"), 4)
+    assert pol.halt(0, unc, None, mask.clone(), mask, {}).tolist() == [[True, True], [True, True]]
+
+
+def test_patience_rule():
+    # layer predictions of 3 words over 5 layers
+    pred = torch.tensor([[[1, 2, 3], [1, 2, 4], [1, 5, 4], [1, 5, 4], [1, 5, 4]]])  # (B, L, W)
+    unc = torch.zeros(pred.shape)
+    mask = torch.ones((1, 3), dtype=torch.bool)
+    # word 1 changes its mind at layer 3 and never gets 2 patient layers: it runs to the last layer
+    exits = simulate_exits(unc, pred, mask, ExitConfig(policy="patience", patience=2))
+    assert exits.tolist() == [[2, 4, 3]]
+    exits = simulate_exits(unc, pred, mask, ExitConfig(policy="patience", patience=1))
+    assert exits.tolist() == [[1, 1, 2]]
+    # with the window, word 1 waits for word 2 (and then for itself); halted word 0 no longer holds it
+    exits = simulate_exits(unc, pred, mask, ExitConfig(policy="patience", patience=1, patience_window=True, window=1))
+    assert exits.tolist() == [[1, 3, 3]]
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"policy": "fast"}, "exit.policy"),
+    ({"policy": "token"}, "exit.threshold"),
+    ({"policy": "token", "threshold": -1}, "exit.threshold"),
+    ({"policy": "token", "threshold": [0.1, 0.2]}, "exit.threshold"),
+    ({"policy": "static", "layer": 9}, "exit.layer"),
+    ({"policy": "token", "threshold": 0.1, "window": -1}, "exit.window"),
+    ({"policy": "patience", "patience": 0}, "exit.patience"),
+    ({"policy": "none", "kv": "maybe"}, "exit.kv"),
+    ({"policy": "none", "speed": 2}, "exit.speed"),
+])
+def test_invalid_exit_settings_name_the_field(settings, field):
+    with pytest.raises(ConfigError) as info:
+        ExitConfig.from_dict(settings).validated(6)
+    assert info.value.field == field

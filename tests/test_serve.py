@@ -1,0 +1,160 @@
+"""The HTTP service with the real app (TestClient) on a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from earlytag import Tagger  # noqa: E402
+from earlytag.serve.app import Limits, create_app  # noqa: E402
+
+from .conftest import tiny_model  # noqa: E402
+
+LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("serve") / "model"
+    tagger = Tagger(tiny_model("bert", labels=LABELS), tokenizer)
+    tagger.model.config.exit_calibration = {"table": [
+        {"exit": {"policy": "token", "threshold": 0.05, "window": 2}, "score": 0.8, "flops_speedup": 1.4},
+        {"exit": {"policy": "token", "threshold": 0.2, "window": 2}, "score": 0.7, "flops_speedup": 2.1},
+        {"exit": {"policy": "token", "threshold": 0.4, "window": 1}, "score": 0.5, "flops_speedup": 3.2},
+    ]}
+    tagger.save_pretrained(path)
+    return path
+
+
+def wait_ready(client, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("service never became ready")
+
+
+@pytest.fixture(scope="module")
+def client(model_dir):
+    app = create_app(str(model_dir), limits=Limits(max_texts=4, max_chars=200, max_body_bytes=4000))
+    with TestClient(app) as c:
+        wait_ready(c)
+        yield c
+
+
+def test_health_ready_and_docs(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"ready": True}
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_ready_is_503_until_loaded(model_dir, monkeypatch):
+    import earlytag.serve.app as app_module
+
+    slow = Tagger.from_pretrained
+
+    def slow_load(path):
+        time.sleep(1.0)
+        return slow(path)
+
+    monkeypatch.setattr(app_module.Tagger, "from_pretrained", staticmethod(slow_load))
+    with TestClient(create_app(str(model_dir))) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/ready").status_code == 503
+        assert c.post("/predict", json={"texts": ["x"]}).status_code == 503
+        wait_ready(c)
+
+
+def test_predict_matches_the_python_api(client, model_dir):
+    texts = ["Angela Merkel visited Paris.", "Hello there"]
+    exit = {"policy": "token", "threshold": 0.3, "window": 1}
+    body = client.post("/predict", json={"texts": texts, "exit": exit}).json()
+    tagger = Tagger.from_pretrained(model_dir)
+    expected, pred = tagger.documents([tagger.to_sentence(t) for t in texts], exit)
+    assert body["results"] == expected
+    assert set(body["stats"]) == {"mean_exit_layer", "flops_speedup"}
+    layers = [t["exit_layer"] for d in expected for t in d["tokens"]]
+    assert body["stats"]["mean_exit_layer"] == pytest.approx(sum(layers) / len(layers))
+    assert body["stats"]["flops_speedup"] == pytest.approx(pred.flops_speedup())
+
+
+def test_default_exit_and_target_speedup(client):
+    assert client.post("/predict", json={"texts": ["a b"]}).status_code == 200
+    body = client.post("/predict", json={"texts": ["Paris is nice"], "exit": {"target_speedup": 2.0}}).json()
+    assert "results" in body
+
+
+@pytest.mark.parametrize("payload, status, fragment", [
+    ({"texts": ["a"] * 5}, 413, "too many texts"),
+    ({"texts": ["x" * 201]}, 413, "texts[0] has 201 characters"),
+    ({"texts": []}, 422, ""),
+    ({"texts": "not a list"}, 422, ""),
+    ({"texts": ["a"], "exit": {"policy": "token"}}, 422, "exit.threshold"),
+    ({"texts": ["a"], "exit": {"policy": "warp"}}, 422, ""),
+    ({"texts": ["a"], "exit": {"policy": "static", "layer": 99}}, 422, "exit.layer"),
+    ({"texts": ["a"], "exit": {"threshold": -1, "policy": "sentence"}}, 422, "exit.threshold"),
+    ({"texts": ["a"], "exit": {"target_speedup": 0.5}}, 422, "exit.target_speedup"),
+    ({"texts": ["a"], "exit": {"speed": 3}}, 422, ""),
+])
+def test_bad_requests(client, payload, status, fragment):
+    r = client.post("/predict", json=payload)
+    assert r.status_code == status, r.text
+    assert fragment in str(r.json()["detail"])
+
+
+def test_body_too_large_and_service_survives(client):
+    r = client.post("/predict", content=b'{"texts": ["' + b"a" * 5000 + b'"]}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert "larger than 4000 bytes" in r.json()["detail"]
+    r = client.post("/predict", content=b"{broken", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert client.post("/predict", json={"texts": ["still alive"]}).status_code == 200
+
+
+def test_metrics_in_prometheus_format(client):
+    client.post("/predict", json={"texts": ["count me"]})
+    text = client.get("/metrics").text
+    assert 'earlytag_requests_total{endpoint="/predict",status="200"}' in text
+    assert "earlytag_request_seconds_bucket" in text
+    assert "earlytag_mean_exit_layer" in text
+    assert "earlytag_model_loaded 1.0" in text
+
+
+def test_page_is_served(client):
+    html = client.get("/").text
+    assert 'id="tag-button"' in html and "/static/app.js" in html
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_concurrent_requests_share_engine_calls(model_dir):
+    """Micro-batching: requests arriving together run in one engine call, each gets its own answer."""
+    import httpx
+
+    app = create_app(str(model_dir), max_batch=64, max_wait_ms=50)
+    texts = [f"Text number {i} about Paris" for i in range(12)]
+    expected = {t: Tagger.from_pretrained(model_dir)(t) for t in texts}
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                while (await c.get("/ready")).status_code != 200:
+                    await asyncio.sleep(0.05)
+                answers = await asyncio.gather(*(c.post("/predict", json={"texts": [t]}) for t in texts))
+                metrics = (await c.get("/metrics")).text
+        return answers, metrics
+
+    answers, metrics = asyncio.run(scenario())
+    for text, r in zip(texts, answers):
+        assert r.status_code == 200
+        assert r.json()["results"][0] == expected[text]
+    count = next(line for line in metrics.splitlines() if line.startswith("earlytag_engine_batch_texts_count"))
+    assert float(count.split()[-1]) < len(texts)  # fewer engine calls than requests
