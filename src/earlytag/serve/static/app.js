@@ -63,22 +63,27 @@ function renderDocument(doc) {
   out.className = "document";
   const spanAt = new Map(doc.spans.map((s) => [s.start, s]));
   let pos = 0;
-  let group = null;  // the entity element tokens are currently added to
+  let group = null;  // the entity element that tokens are currently added to
+  const closeGroup = () => {
+    if (!group) return;
+    const label = document.createElement("span");
+    label.className = "label"; label.textContent = group.dataset.label;
+    group.appendChild(label);
+    group = null;
+  };
   for (const tok of doc.tokens) {
+    if (group && tok.start >= group.end) closeGroup();
+    const gap = document.createTextNode(doc.text.slice(pos, tok.start));
     const span = spanAt.get(tok.start);
     if (span) {
+      closeGroup();
+      out.appendChild(gap);
       group = document.createElement("span");
-      group.className = "entity"; group.dataset.label = span.label;
+      group.className = "entity"; group.dataset.label = span.label; group.end = span.end;
       group.title = `${span.label} (${(span.score * 100).toFixed(1)}%)`;
-      out.appendChild(document.createTextNode(doc.text.slice(pos, tok.start)));
       out.appendChild(group);
-      group.end = span.end;
-    } else if (!group || tok.start >= group.end) {
-      if (group) { const lab = document.createElement("span"); lab.className = "label"; lab.textContent = group.dataset.label; group.appendChild(lab); }
-      group = null;
-      out.appendChild(document.createTextNode(doc.text.slice(pos, tok.start)));
     } else {
-      group.appendChild(document.createTextNode(doc.text.slice(pos, tok.start)));
+      (group || out).appendChild(gap);
     }
     const el = document.createElement("span");
     el.className = "token"; el.dataset.exitLayer = tok.exit_layer; el.dataset.tag = tok.tag;
@@ -89,7 +94,7 @@ function renderDocument(doc) {
     (group || out).appendChild(el);
     pos = tok.end;
   }
-  if (group) { const lab = document.createElement("span"); lab.className = "label"; lab.textContent = group.dataset.label; group.appendChild(lab); }
+  closeGroup();
   out.appendChild(document.createTextNode(doc.text.slice(pos)));
   return out;
 }

@@ -1,0 +1,116 @@
+"""The page at / in a real browser: Debian's chromium + chromedriver (headless), driven by selenium."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+selenium = pytest.importorskip("selenium")
+pytest.importorskip("uvicorn")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+from earlytag import Tagger  # noqa: E402
+from earlytag.serve.app import create_app  # noqa: E402
+
+from .conftest import tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tokenizer):
+    import uvicorn
+
+    model_dir = tmp_path_factory.mktemp("browser") / "model"
+    torch_model = tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), seed=5)
+    # make the tiny model predict entities (bias towards B-LOC) and be sure of some words early
+    import torch
+
+    with torch.no_grad():
+        for head in torch_model.heads:
+            head.linear.bias[3] += 1.0
+        torch_model.heads[0].linear.weight.mul_(40.0)
+    Tagger(torch_model, tokenizer).save_pretrained(model_dir)
+    port = free_port()
+    config = uvicorn.Config(create_app(str(model_dir)), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1200,900"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_page_tags_text_highlights_spans_and_shades_exit_layers(server, browser, tmp_path):
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    assert "3 layers" in browser.find_element(By.ID, "model-info").text
+
+    text = browser.find_element(By.ID, "text")
+    text.clear()
+    text.send_keys("Angela Merkel flew from Berlin to Paris on Monday.")
+    Select(browser.find_element(By.ID, "policy")).select_by_value("token")
+    browser.execute_script("const s = document.getElementById('speed'); s.value = 0.3; s.dispatchEvent(new Event('input'));")
+    browser.find_element(By.ID, "tag-button").click()
+
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#output .token"))
+    tokens = browser.find_elements(By.CSS_SELECTOR, "#output .token")
+    assert [t.text for t in tokens][:3] == ["Angela", "Merkel", "flew"]
+    layers = {int(t.get_attribute("data-exit-layer")) for t in tokens}
+    assert layers <= {1, 2, 3} and len(layers) > 1  # words exit at different layers
+    shades = {t.value_of_css_property("background-color") for t in tokens}
+    assert len(shades) == len(layers)  # one shade per exit layer
+    entities = browser.find_elements(By.CSS_SELECTOR, "#output .entity")
+    assert entities, "no highlighted entity spans"
+    assert all(e.get_attribute("data-label") in ("PER", "LOC") for e in entities)
+    stats = browser.find_element(By.ID, "stats").text
+    assert "mean exit layer" in stats and "FLOPs speed-up" in stats
+    assert browser.find_element(By.ID, "error").text == ""
+
+    shot = tmp_path / "page.png"  # kept under the test's tmp dir
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 5000
+
+
+def test_page_shows_service_errors(server, browser):
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    browser.find_element(By.ID, "text").send_keys("x" * 25_000)  # over the per-text limit
+    browser.find_element(By.ID, "tag-button").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    assert "characters" in browser.find_element(By.ID, "error").text
