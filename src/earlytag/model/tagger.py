@@ -72,6 +72,17 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def max_positions(encoder_config) -> int:
+    """Sub-word tokens (special tokens included) the encoder's position embeddings can take.
+
+    RoBERTa-style and MPNet position ids start after the padding index, so two slots are not usable.
+    """
+    n = getattr(encoder_config, "max_position_embeddings", 512)
+    if encoder_config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        n -= encoder_config.pad_token_id + 1
+    return n
+
+
 def _drop_pooler(encoder: nn.Module) -> nn.Module:
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
@@ -89,6 +100,7 @@ class EarlyExitTagger(nn.Module):
                 encoder = AutoModel.from_config(encoder_config)
         self.encoder = _drop_pooler(encoder)
         self.encoder_config = self.encoder.config
+        config.max_length = min(config.max_length, max_positions(self.encoder_config))
         self.adapter = adapter_for(self.encoder)
         self.heads = nn.ModuleList(
             ExitHead(self.adapter.hidden_size, config.num_labels, config.head_dropout)

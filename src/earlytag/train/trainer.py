@@ -154,7 +154,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         tagger_cfg = TaggerConfig(
             labels=labels, task=cfg.task, input_scheme=train_set.scheme if chunking else None,
             label_scheme=cfg.label_scheme if chunking else None, head_dropout=cfg.head_dropout,
-            max_length=min(cfg.max_length, encoder.config.max_position_embeddings),
+            max_length=cfg.max_length,  # clamped to the encoder's positions by the model
             word_splitter="chars" if cfg.task == "cws" else "regex", encoder_name=cfg.encoder,
         )
         model = EarlyExitTagger(tagger_cfg, encoder.config, encoder)
