@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,16 +34,18 @@ from .report import markdown_table
 TARGETS = (1.5, 2.0, 3.0, 4.0)
 
 
-def default_grid(policy: str, num_layers: int, kv: str = "keep") -> list[ExitConfig]:
+def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default") -> list[ExitConfig]:
+    small = size == "small"
+    thresholds = (0.01, 0.03, 0.07, 0.15, 0.25, 0.4) if small else (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
     if policy == "static":
         return [ExitConfig("static", layer=k) for k in range(1, num_layers)]
     if policy == "sentence":
-        return [ExitConfig("sentence", threshold=t, kv=kv) for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.45)]
+        return [ExitConfig("sentence", threshold=t, kv=kv) for t in thresholds]
     if policy == "token":
-        return [ExitConfig("token", threshold=t, window=2, kv=kv)
-                for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)]
+        return [ExitConfig("token", threshold=t, window=2, kv=kv) for t in thresholds]
     if policy == "patience":
-        return [ExitConfig("patience", patience=p, kv=kv) for p in range(1, max(num_layers - 1, 2))]
+        ps = (1, 2, 3, 4, 6) if small else range(1, max(num_layers - 1, 2))
+        return [ExitConfig("patience", patience=p) for p in ps if p < num_layers]
     raise ConfigError("policies", f"unknown policy {policy!r}")
 
 
@@ -55,6 +58,7 @@ class BenchConfig:
     policies: list[str] = field(default_factory=lambda: ["static", "sentence", "token", "patience"])
     repeats: int = 3
     limit: int | None = None
+    timing_limit: int | None = None  # batch sizes > 1 are timed on the first N sentences (default: all)
     timing_limit_b1: int | None = 400  # batch size 1 is timed on the first N sentences
     kv: list[str] = field(default_factory=lambda: ["keep"])
     data_dir: str | None = None
@@ -63,20 +67,40 @@ class BenchConfig:
     calibration_data: str | None = None
     label: str | None = None
     extra: list[ExitConfig] = field(default_factory=list)  # settings to add to the sweep
+    grid: str = "default"  # default | small (fewer settings, for 12-layer models on a CPU)
+    compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
 
 
-def _time_pass(tagger: Tagger, batches: list, cfg: ExitConfig) -> tuple[float, ExitStats]:
+def _paired(tagger: Tagger, batches: list, cfg: ExitConfig, repeats: int, base: Callable | None = None):
+    """Time ``cfg`` against the full-depth baseline, batch by batch in alternation, ``repeats`` times.
+
+    Alternating per batch makes both see the same machine state, so a noisy machine moves both alike.
+    Returns (median of baseline/setting time ratios, median setting seconds, median baseline seconds, stats).
+    """
+    base = base or (lambda b: tagger.engine.run(b, _FULL))
+    for b in batches[: max(2, len(batches) // 20)]:  # warm-up
+        base(b)
+        tagger.engine.run(b, cfg)
+    ratios, secs, base_secs = [], [], []
     stats = ExitStats(tagger.num_layers)
-    start = time.perf_counter()
-    for batch in batches:
-        stats = stats + tagger.engine.run(batch, cfg).stats
-    return time.perf_counter() - start, stats
+    for r in range(repeats):
+        tb = tc = 0.0
+        for b in batches:
+            t0 = time.perf_counter()
+            base(b)
+            t1 = time.perf_counter()
+            out = tagger.engine.run(b, cfg)
+            tc += time.perf_counter() - t1
+            tb += t1 - t0
+            if r == 0:
+                stats = stats + out.stats
+        ratios.append(tb / tc)
+        secs.append(tc)
+        base_secs.append(tb)
+    return statistics.median(ratios), statistics.median(secs), statistics.median(base_secs), stats
 
 
-def _timed(tagger: Tagger, batches: list, cfg: ExitConfig, repeats: int) -> tuple[float, ExitStats]:
-    _time_pass(tagger, batches[: max(2, len(batches) // 10)], cfg)  # warm-up
-    runs = [_time_pass(tagger, batches, cfg) for _ in range(repeats)]
-    return statistics.median(t for t, _ in runs), runs[0][1]
+_FULL = ExitConfig("none")
 
 
 def machine_info() -> dict[str, Any]:
@@ -87,10 +111,16 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.is_available()}
 
 
+def _batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None) -> list:
+    windows = tagger.featurizer.windows(docs[:limit] if limit else docs)
+    return [collate([windows[i] for i in idx], tagger.featurizer.pad_id).to(tagger.device)
+            for idx in length_sorted_batches(windows, batch_size)]
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    tagger = Tagger.from_pretrained(cfg.model)
     if cfg.repeats < 1:
         raise ConfigError("repeats", "must be at least 1")
+    tagger = Tagger.from_pretrained(cfg.model)
     dataset = tagger.load(cfg.data, data_dir=cfg.data_dir)
     sentences = dataset.sentences[: cfg.limit] if cfg.limit else dataset.sentences
     docs = [s.tokens for s in sentences]
@@ -100,7 +130,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     settings: list[ExitConfig] = []
     for policy in cfg.policies:
         for kv in (cfg.kv if policy in ("sentence", "token") else ["keep"]):
-            settings += default_grid(policy, num_layers, kv)
+            settings += default_grid(policy, num_layers, kv, cfg.grid)
     settings += cfg.extra
     calibration = None
     if cfg.target_speedup:
@@ -112,54 +142,44 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         calibration = calibrate(tagger, dev, cfg.target_speedup, save_to=cfg.model, data_dir=cfg.data_dir)
         settings.append(calibration.exit)
 
-    # pre-built batches per batch size: timing covers the model only
-    windows = tagger.featurizer.windows(docs)
-    batches: dict[int, list] = {}
-    for bs in cfg.batch_sizes:
-        wins = windows
-        if bs == 1 and cfg.timing_limit_b1:
-            wins = [w for w in windows if w.doc < cfg.timing_limit_b1]
-        batches[bs] = [collate([wins[i] for i in idx], tagger.featurizer.pad_id).to(tagger.device)
-                       for idx in length_sorted_batches(wins, bs)]
+    # pre-built batches per batch size: timing covers the model only, not tokenisation or padding
+    limits = {bs: (cfg.timing_limit_b1 if bs == 1 else cfg.timing_limit) for bs in cfg.batch_sizes}
+    batches = {bs: _batches(tagger, docs, bs, limits[bs]) for bs in cfg.batch_sizes}
+    others = [Tagger.from_pretrained(m) for m in cfg.compare_models]
 
-    baseline_cfg = ExitConfig("none")
-    total = (len(settings) + 1) * (1 + len(cfg.batch_sizes)) + len(cfg.policies) * len(cfg.batch_sizes)
+    total = len(settings) * (1 + len(cfg.batch_sizes)) + (1 + len(cfg.batch_sizes)) * (1 + len(others))
     bar = tqdm(total=total, desc="bench", disable=not cfg.progress, file=sys.stderr)
     rows: list[dict[str, Any]] = []
 
-    def score_of(exit_cfg: ExitConfig) -> float:
-        pred = tagger.predict_words(docs, exit_cfg, max(cfg.batch_sizes))
+    def score_of(t: Tagger, exit_cfg: ExitConfig) -> float:
+        pred = t.predict_words(docs, exit_cfg, max(cfg.batch_sizes))
         bar.update(1)
-        return task_scores(tagger.config.task, gold, pred.tags)["score"]
+        return task_scores(t.config.task, gold, pred.tags)["score"]
 
-    full_score = score_of(baseline_cfg)
-    groups: list[tuple[str, list[ExitConfig]]] = []
-    for exit_cfg in settings:
-        key = exit_cfg.policy + ("-drop" if exit_cfg.kv == "drop" else "")
-        if not groups or groups[-1][0] != key:
-            groups.append((key, []))
-        groups[-1][1].append(exit_cfg)
-    scores = {id(c): score_of(c) for c in settings}
+    full_score = score_of(tagger, _FULL)
+    scores = {id(c): score_of(tagger, c) for c in settings}
+    other_scores = [score_of(t, _FULL) for t in others]
     for bs in cfg.batch_sizes:
-        base_time, base_stats = _timed(tagger, batches[bs], baseline_cfg, cfg.repeats)
+        _, base_secs, _, base_stats = _paired(tagger, batches[bs], _FULL, cfg.repeats)
         bar.update(1)
-        rows.append(_row("none", baseline_cfg, bs, full_score, base_stats, base_time, base_time, cfg))
-        for key, group in groups:
-            base_time, _ = _timed(tagger, batches[bs], baseline_cfg, cfg.repeats)  # re-measured per policy
+        rows.append(_row("none", _FULL, bs, full_score, base_stats, 1.0, base_secs, base_secs))
+        for exit_cfg in settings:
+            wall, secs, base_secs, stats = _paired(tagger, batches[bs], exit_cfg, cfg.repeats)
             bar.update(1)
-            for exit_cfg in group:
-                seconds, stats = _timed(tagger, batches[bs], exit_cfg, cfg.repeats)
-                bar.update(1)
-                rows.append(_row(key, exit_cfg, bs, scores[id(exit_cfg)], stats, seconds, base_time, cfg))
+            key = exit_cfg.policy + ("-drop" if exit_cfg.kv == "drop" else "")
+            rows.append(_row(key, exit_cfg, bs, scores[id(exit_cfg)], stats, wall, secs, base_secs))
+        for path, other, score in zip(cfg.compare_models, others, other_scores):
+            rows.append(_compare_row(tagger, other, path, docs, bs, limits[bs], score, cfg.repeats))
+            bar.update(1)
     bar.close()
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"model": cfg.model, "label": cfg.label or Path(cfg.model).name, "data": str(dataset.path),
-            "sentences": len(docs), "timing_sentences_b1": cfg.timing_limit_b1, "repeats": cfg.repeats,
-            "task": tagger.config.task, "num_layers": num_layers, "machine": machine_info(),
-            "calibration": calibration.to_dict() if calibration else None,
-            "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("earlytag") else None}
+            "sentences": len(docs), "timing_sentences": {str(bs): limits[bs] or len(docs) for bs in cfg.batch_sizes},
+            "repeats": cfg.repeats, "task": tagger.config.task, "num_layers": num_layers,
+            "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
+            "compare_models": cfg.compare_models}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     md = render_markdown(rows, meta)
@@ -168,9 +188,41 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return {"rows": rows, "meta": meta, "markdown": md}
 
 
-def _row(policy: str, exit_cfg: ExitConfig, bs: int, score: float, stats: ExitStats, seconds: float,
-         base_seconds: float, cfg: BenchConfig) -> dict[str, Any]:
-    wall = base_seconds / seconds if seconds else 0.0
+def _compare_row(tagger: Tagger, other: Tagger, path: str, docs, bs: int, limit: int | None, score: float,
+                 repeats: int) -> dict[str, Any]:
+    """Another (smaller) model at full depth, timed in alternation with this model at full depth."""
+    mine = _batches(tagger, docs, bs, limit)
+    theirs = _batches(other, docs, bs, limit)
+    ratios, secs, base_secs = [], [], []
+    flops = flops_full = 0.0
+    for r in range(repeats + 1):  # the first round warms up
+        tb = tc = 0.0
+        for a, b in zip(mine, theirs):
+            t0 = time.perf_counter()
+            out_a = tagger.engine.run(a, _FULL)
+            t1 = time.perf_counter()
+            out_b = other.engine.run(b, _FULL)
+            tc += time.perf_counter() - t1
+            tb += t1 - t0
+            if r == 0:
+                flops_full += out_a.stats.flops_full
+                flops += out_b.stats.flops
+        if r:
+            ratios.append(tb / tc)
+            secs.append(tc)
+            base_secs.append(tb)
+    label = other.config.encoder_name or Path(path).name
+    wall = statistics.median(ratios)
+    return {"policy": f"smaller model: {label}", "settings": {"model": str(path), "policy": "none"},
+            "describe": f"{label}, {other.num_layers} layers, full depth", "batch_size": bs, "score": score,
+            "flops_speedup": flops_full / flops, "wall_speedup": wall, "mean_exit_layer": float(other.num_layers),
+            "wall_over_flops": wall / (flops_full / flops), "seconds": statistics.median(secs),
+            "baseline_seconds": statistics.median(base_secs), "timed_sentences": len(docs[:limit] if limit else docs),
+            "packed_layer_steps": 0, "dense_layer_steps": 0}
+
+
+def _row(policy: str, exit_cfg: ExitConfig, bs: int, score: float, stats: ExitStats, wall: float, seconds: float,
+         base_seconds: float) -> dict[str, Any]:
     return {
         "policy": policy, "settings": exit_cfg.to_dict(), "describe": exit_cfg.describe(), "batch_size": bs,
         "score": score, "flops_speedup": stats.flops_speedup, "wall_speedup": wall,
@@ -192,11 +244,14 @@ def nearest(rows: list[dict], policy: str, bs: int, target: float) -> dict | Non
 def render_markdown(rows: list[dict], meta: dict) -> str:
     task_metric = "accuracy" if meta["task"] == "pos" else "F1"
     m = meta["machine"]
+    timed = ", ".join(f"batch {bs}: {n}" for bs, n in meta["timing_sentences"].items())
     lines = [f"Model `{meta['label']}` ({meta['num_layers']} layers) on `{Path(meta['data']).name}` "
-             f"({meta['sentences']} sentences; batch size 1 timed on the first {meta['timing_sentences_b1']}); "
-             f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}; "
+             f"({meta['sentences']} sentences scored; sentences timed: {timed}); "
+             f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}. "
+             f"Wall-clock speed-up: full depth and the setting timed batch by batch in alternation, "
              f"median of {meta['repeats']} passes after a warm-up.", ""]
-    policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"))
+    policies = list(dict.fromkeys(r["policy"] for r in rows
+                                  if r["policy"] != "none" and not r["policy"].startswith("smaller model")))
     full = next(r for r in rows if r["policy"] == "none")
     batch_sizes = sorted({r["batch_size"] for r in rows})
     lines.append(f"Full depth: {task_metric} {100 * full['score']:.2f}.")
@@ -215,6 +270,10 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
                          f"{100 * r['score']:.2f} ({r['flops_speedup']:.2f}x; wall {r['wall_speedup']:.2f}x)")
         table.append(cells)
     lines.append(markdown_table(header, table))
+    for r in rows:
+        if r["policy"].startswith("smaller model") and r["batch_size"] == batch_sizes[-1]:
+            lines += ["", f"{r['describe']}: {task_metric} {100 * r['score']:.2f} at {r['flops_speedup']:.2f}x FLOPs "
+                          f"(wall {r['wall_speedup']:.2f}x at batch {r['batch_size']})."]
     for bs in batch_sizes:
         lines += ["", f"**All settings, batch size {bs}:**", ""]
         table = [[r["policy"], r["describe"], f"{100 * r['score']:.2f}", f"{r['flops_speedup']:.2f}x",

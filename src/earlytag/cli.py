@@ -136,9 +136,10 @@ def cmd_bench(args) -> int:
 
     cfg = BenchConfig(model=args.model, data=args.data, out=args.out, batch_sizes=args.batch_sizes,
                       policies=args.policies, repeats=args.repeats, limit=args.limit,
-                      timing_limit_b1=args.timing_limit_b1, kv=args.kv_modes, data_dir=args.data_dir,
-                      progress=not args.quiet, target_speedup=args.target_speedup,
-                      calibration_data=args.calibration_data, label=args.label)
+                      timing_limit=args.timing_limit, timing_limit_b1=args.timing_limit_b1, kv=args.kv_modes,
+                      data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
+                      calibration_data=args.calibration_data, label=args.label, grid=args.grid,
+                      compare_models=args.compare_model or [])
     result = run_bench(cfg)
     print(result["markdown"])
     return 0
@@ -291,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, help="use only the first N sentences")
+    p.add_argument("--timing-limit", type=int, help="sentences timed at batch sizes > 1 (default: all)")
     p.add_argument("--timing-limit-b1", type=int, default=400, help="sentences timed at batch size 1")
+    p.add_argument("--grid", choices=["default", "small"], default="default", help="small: fewer settings")
+    p.add_argument("--compare-model", action="append", help="another (smaller) model timed at full depth against "
+                                                             "this one in the same process (repeatable)")
     p.add_argument("--target-speedup", type=float)
     p.add_argument("--calibration-data")
     p.add_argument("--label", help="name of this model in the results")

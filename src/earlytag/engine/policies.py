@@ -121,6 +121,21 @@ def uncertainty(probs: torch.Tensor, criterion: str = "entropy") -> torch.Tensor
     return ent / math.log(c)
 
 
+def head_scores(logits: torch.Tensor, criterion: str = "entropy") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(..., C)`` logits -> probability of the best label, the label, and its uncertainty in [0, 1].
+
+    Works from log-probabilities: one softmax pass serves all three (this runs at every layer)."""
+    logp = logits.log_softmax(-1)
+    best, pred = logp.max(-1)
+    score = best.exp()
+    if criterion == "maxprob":
+        return score, pred, 1.0 - score
+    c = logits.shape[-1]
+    if c < 2:
+        return score, pred, torch.zeros_like(score)
+    return score, pred, (logp.exp() * logp).sum(-1) * (-1.0 / math.log(c))
+
+
 def window_max(values: torch.Tensor, word_mask: torch.Tensor, k: int) -> torch.Tensor:
     """Max of ``values (B, W)`` over words j-k..j+k (padding words count as 0)."""
     if k == 0:

@@ -17,7 +17,8 @@ One layer step, packed (the hot path; see docs/design.md):
 
 When most positions are active the dense step (all rows, halted ones restored) is faster; the switch is
 made per layer. Sentences whose words have all halted leave the batch. No Python loop runs over tokens
-or words, and there is no per-token ``.item()``: a layer costs a handful of host syncs for its sizes.
+or words and nothing is read back per token: a layer costs a few host reads of sizes. Bookkeeping that
+is not needed to decide (FLOPs, histograms, the outputs of halted words) is done once, after the loop.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..model.adapters import LayerParts
 from ..model.layers import attend, finish, key_bias
 from ..model.tagger import EarlyExitTagger
 from .flops import ExitStats, head_flops, layer_flops
-from .policies import ExitConfig, ExitPolicy, uncertainty
+from .policies import ExitConfig, ExitPolicy, head_scores
 
 
 @dataclass
@@ -68,6 +69,38 @@ class _FusedLayer:
         return self._version() != self.version
 
 
+class _Rows:
+    """The working state of the live sentences, compacted together when sentences finish."""
+
+    names = ("rows", "h", "tok_mask", "token_word", "word_pos", "word_mask", "active_w", "unc", "pred", "score",
+             "exit")
+
+    def __init__(self, **tensors: torch.Tensor):
+        self.__dict__.update(tensors)
+        self.state: dict[str, torch.Tensor] = {}
+        self._derive()
+
+    def _derive(self) -> None:
+        """Tensors that only change when the batch is compacted."""
+        b, t = self.tok_mask.shape
+        self.special = self.token_word < 0  # (b, T)
+        self.token_word_c = self.token_word.clamp(min=0)
+        self.word_flat = (self.word_pos + torch.arange(b, device=self.h.device)[:, None] * t).view(-1)  # (b*W,)
+        self.n_tokens = self.tok_mask.sum(1)  # (b,)
+        self.padded = not bool(self.tok_mask.all())
+        self.pad_bias = key_bias(self.tok_mask, self.h.dtype) if self.padded else None  # (b, 1, 1, T)
+
+    def keep(self, keep: torch.Tensor) -> None:
+        for name in self.names:
+            setattr(self, name, getattr(self, name).index_select(0, keep))
+        self.state = {k: v.index_select(0, keep) for k, v in self.state.items()}
+        t_live = int(self.tok_mask.sum(1).max())
+        if t_live < self.h.shape[1]:  # drop padding columns no live sentence needs
+            self.h = self.h[:, :t_live].contiguous()
+            self.tok_mask, self.token_word = self.tok_mask[:, :t_live], self.token_word[:, :t_live]
+        self._derive()
+
+
 class Engine:
     """Early-exit inference over :class:`Batch` objects for one :class:`EarlyExitTagger`."""
 
@@ -92,135 +125,131 @@ class Engine:
         big_b, w = batch.word_pos.shape
         dev = batch.input_ids.device
 
-        # outputs for the whole batch, filled as words exit
+        # outputs for the whole batch, written when sentences leave the batch
         out_pred = torch.zeros((big_b, w), dtype=torch.long, device=dev)
         out_score = torch.zeros((big_b, w), device=dev)
         out_exit = torch.full((big_b, w), -1, dtype=torch.long, device=dev)
         trace_t = torch.full((big_b, num_layers, w), float("nan"), device=dev) if trace else None
 
-        # working state of live sentences
-        rows = torch.arange(big_b, device=dev)  # batch row of each working row
-        tok_mask = batch.attention_mask.bool()
-        token_word, word_pos, word_mask = batch.token_word, batch.word_pos, batch.word_mask
-        active_w = word_mask.clone()
-        unc = torch.zeros((big_b, w), device=dev)
-        cur_pred = torch.zeros((big_b, w), dtype=torch.long, device=dev)
-        cur_score = torch.zeros((big_b, w), device=dev)
-        state = policy.init_state(word_mask)
-        h = model.embed(batch.input_ids)  # (B, T, d)
+        word_mask = batch.word_mask
+        s = _Rows(rows=torch.arange(big_b, device=dev), h=model.embed(batch.input_ids),  # h: (B, T, d)
+                  tok_mask=batch.attention_mask.bool(), token_word=batch.token_word, word_pos=batch.word_pos,
+                  word_mask=word_mask, active_w=word_mask.clone(), unc=torch.zeros((big_b, w), device=dev),
+                  pred=torch.zeros((big_b, w), dtype=torch.long, device=dev), score=torch.zeros((big_b, w), device=dev),
+                  exit=torch.full((big_b, w), -1, dtype=torch.long, device=dev))
+        s.state = policy.init_state(word_mask)
+        stats = ExitStats(num_layers, sentences=big_b, words=int(word_mask.sum()), tokens=int(s.n_tokens.sum()))
+        counts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per layer, for FLOPs
 
-        n_tokens = tok_mask.sum(1)  # (B,)
-        n_words = word_mask.sum(1)  # (B,)
-        stats = ExitStats(num_layers, sentences=big_b, words=int(n_words.sum()), tokens=int(n_tokens.sum()))
-        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(n_words, d, c)  # (B,)
-        flops = torch.zeros(big_b, dtype=torch.float64, device=dev)  # (B,)
-        exit_sum = torch.zeros((), dtype=torch.float64)
+        def flush(idx: torch.Tensor) -> None:  # working rows idx -> outputs
+            rows = s.rows.index_select(0, idx)
+            out_pred.index_copy_(0, rows, s.pred.index_select(0, idx))
+            out_score.index_copy_(0, rows, s.score.index_select(0, idx))
+            out_exit.index_copy_(0, rows, s.exit.index_select(0, idx))
 
         for layer in range(policy.num_layers):
-            alive = active_w.any(1)  # (b,)
+            alive = s.active_w.any(1)  # (b,)
             if not bool(alive.all()):  # finished sentences leave the batch
+                flush((~alive).nonzero().squeeze(1))
                 keep = alive.nonzero().squeeze(1)
                 if keep.numel() == 0:
                     break
-                rows, h, tok_mask, token_word, word_pos, word_mask, active_w, unc, cur_pred, cur_score = (
-                    t.index_select(0, keep) for t in
-                    (rows, h, tok_mask, token_word, word_pos, word_mask, active_w, unc, cur_pred, cur_score))
-                state = {k: v.index_select(0, keep) for k, v in state.items()}
-                t_live = int(tok_mask.sum(1).max())
-                if t_live < h.shape[1]:
-                    h, tok_mask, token_word = h[:, :t_live].contiguous(), tok_mask[:, :t_live], token_word[:, :t_live]
+                s.keep(keep)
 
             # sub-words follow their word; special tokens stay active while their sentence is live
-            word_active_t = active_w.gather(1, token_word.clamp(min=0))  # (b, T)
-            active_t = tok_mask & ((token_word < 0) | word_active_t)
+            active_t = s.tok_mask & (s.special | s.active_w.gather(1, s.token_word_c))  # (b, T)
             n_act = active_t.sum(1)  # (b,)
             total_act = int(n_act.sum())
             stats.active_tokens[layer] += total_act
-            kv_rows = tok_mask.sum(1) if cfg.kv == "keep" else n_act
-            flops.index_add_(0, rows, layer_flops(kv_rows, n_act, d, f, cfg.kv))
 
             fused = self._layer(layer)
-            if total_act >= self.dense_above * h.shape[0] * h.shape[1]:
+            if total_act >= self.dense_above * s.h.shape[0] * s.h.shape[1]:
                 stats.dense_layers += 1
-                h = self._dense_step(fused, h, tok_mask, active_t, total_act, cfg.kv)
+                s.h = self._dense_step(fused, s, active_t, total_act, cfg.kv)
             else:
                 stats.packed_layers += 1
-                h = self._packed_step(fused, h, tok_mask, active_t, n_act, cfg.kv)
+                s.h = self._packed_step(fused, s, active_t, n_act, cfg.kv)
 
+            words_before = s.active_w.sum(1)  # (b,) words whose head runs at this layer
+            counts.append((s.rows, s.n_tokens if cfg.kv == "keep" else n_act, n_act,
+                           words_before if policy.needs_head(layer) else torch.zeros_like(words_before)))
             if not policy.needs_head(layer):
                 continue
             # exit head on the first sub-word of every active word (packed)
-            b_live, t_len = tok_mask.shape
-            widx = active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat word index
-            tok = word_pos.view(-1).index_select(0, widx) + (widx // w) * t_len
+            widx = s.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat word index
             head = model.heads[layer].linear
-            probs = F.linear(h.view(-1, d).index_select(0, tok), head.weight, head.bias).softmax(-1)  # (N_w, C)
-            flops.index_add_(0, rows, head_flops(active_w.sum(1), d, c))
-            score, pred = probs.max(-1)
-            unc.view(-1).index_copy_(0, widx, uncertainty(probs, cfg.criterion))
-            cur_pred.view(-1).index_copy_(0, widx, pred)
-            cur_score.view(-1).index_copy_(0, widx, score)
+            hw = s.h.view(-1, d).index_select(0, s.word_flat.index_select(0, widx))  # (N_w, d)
+            score, pred, unc = head_scores(F.linear(hw, head.weight, head.bias), cfg.criterion)
+            s.unc.view(-1).index_copy_(0, widx, unc)
+            s.pred.view(-1).index_copy_(0, widx, pred)
+            s.score.view(-1).index_copy_(0, widx, score)
             if trace_t is not None:
-                trace_t[:, layer].index_copy_(0, rows, unc)
+                trace_t[:, layer].index_copy_(0, s.rows, s.unc)
 
-            halt = policy.halt(layer, unc, cur_pred, active_w, word_mask, state)  # (b, W)
-            hidx = halt.view(-1).nonzero().squeeze(1)
-            if hidx.numel():
-                hb, hw = rows.index_select(0, hidx // w), hidx % w
-                out_pred[hb, hw] = cur_pred.view(-1).index_select(0, hidx)
-                out_score[hb, hw] = cur_score.view(-1).index_select(0, hidx)
-                out_exit[hb, hw] = layer
-                stats.words_exited[layer] += hidx.numel()
-                exit_sum += hidx.numel() * (layer + 1)
-                active_w = active_w & ~halt
+            halt = policy.halt(layer, s.unc, s.pred, s.active_w, s.word_mask, s.state)  # (b, W)
+            s.exit.masked_fill_(halt, layer)
+            s.active_w = s.active_w & ~halt
+        flush(torch.arange(s.rows.shape[0], device=dev))
 
+        # bookkeeping, once per batch
+        rows, kv_rows, act, words = (torch.cat(x) for x in zip(*counts))
+        flops = torch.zeros(big_b, dtype=torch.float64, device=dev)
+        flops.index_add_(0, rows, layer_flops(kv_rows, act, d, f, cfg.kv) + head_flops(words, d, c))
+        n_tokens, n_words = batch.attention_mask.sum(1), word_mask.sum(1)
+        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(n_words, d, c)
+        exited = out_exit[word_mask]
+        hist = torch.bincount(exited, minlength=num_layers)
+        stats.words_exited = hist.tolist()
+        stats.exit_layer_sum = float((exited + 1).sum())
         stats.flops = float(flops.sum())
         stats.flops_full = float(flops_full.sum())
-        stats.exit_layer_sum = float(exit_sum)
         return EngineOutput(out_pred, out_score, out_exit, stats, flops, flops_full, trace_t)
 
     # ------------------------------------------------------------------ layer steps
 
-    def _bias(self, key_mask: torch.Tensor, dtype: torch.dtype, query_pos: torch.Tensor | None = None,
-              key_pos: torch.Tensor | None = None, full_len: int | None = None) -> torch.Tensor | None:
-        """Additive attention bias: masked keys, plus the encoder's position bias (MPNet) where it has one.
-
-        ``query_pos (b, Tq)`` / ``key_pos (b, Tk)`` are the sequence positions of packed queries/keys.
-        """
-        pos = self.adapter.position_bias(full_len or key_mask.shape[1], key_mask.device)
-        bias = None if bool(key_mask.all()) else key_bias(key_mask, dtype)  # (b, 1, 1, Tk)
-        if pos is None:
-            return bias
-        if query_pos is not None:
-            pos = pos[:, query_pos]  # (h, b, Tq, T)
-            pos = pos.gather(3, key_pos[None, :, None, :].expand(pos.shape[0], -1, pos.shape[2], -1)) \
-                if key_pos is not None else pos
-            pos = pos.permute(1, 0, 2, 3)  # (b, h, Tq, Tk)
-        else:
-            pos = pos[None]  # (1, h, T, T)
-        return pos if bias is None else bias + pos
-
-    def _dense_step(self, fl: _FusedLayer, h, tok_mask, active_t, total_act: int, kv: str) -> torch.Tensor:
+    def _dense_step(self, fl: _FusedLayer, s: _Rows, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
+        h = s.h
         d = h.shape[-1]
         q, k, v = F.linear(h, fl.wqkv, fl.bqkv).split(d, -1)  # (b, T, d) each
-        key_mask = tok_mask if kv == "keep" else active_t
-        ctx = attend(q, k, v, self._bias(key_mask, h.dtype), self.adapter.num_heads)  # (b, T, d)
-        out = finish(fl.parts, ctx, h)
-        if total_act < int(tok_mask.sum()):  # halted tokens keep their state
+        all_active = total_act == int(s.n_tokens.sum())
+        if kv == "keep" or all_active:
+            bias = s.pad_bias
+        else:
+            bias = key_bias(active_t, h.dtype)
+        pos = self.adapter.position_bias(h.shape[1], h.device)  # (h, T, T) or None
+        if pos is not None:
+            bias = pos[None] if bias is None else bias + pos[None]
+        out = finish(fl.parts, attend(q, k, v, bias, self.adapter.num_heads), h)  # (b, T, d)
+        if not all_active:  # halted tokens keep their state
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
 
-    def _packed_step(self, fl: _FusedLayer, h, tok_mask, active_t, n_act, kv: str) -> torch.Tensor:
+    def _packed_step(self, fl: _FusedLayer, s: _Rows, active_t: torch.Tensor, n_act: torch.Tensor,
+                     kv: str) -> torch.Tensor:
+        h = s.h
         b, t, d = h.shape
+        heads = self.adapter.num_heads
+        pos = self.adapter.position_bias(t, h.device)  # (h, T, T) or None
         flat = active_t.view(-1).nonzero().squeeze(1)  # (N_a,) index into the (b*T) rows
         x = h.view(-1, d).index_select(0, flat)  # (N_a, d)
+        if b == 1:  # one sentence: no padding to manage
+            if kv == "keep":
+                q = F.linear(x, fl.wq, fl.bq)
+                k, v = F.linear(h[0], fl.wkv, fl.bkv).split(d, -1)  # (T, d): halted tokens are keys too
+                bias = None if pos is None else pos[:, flat][None]  # (1, h, N_a, T)
+            else:
+                q, k, v = F.linear(x, fl.wqkv, fl.bqkv).split(d, -1)  # (N_a, d)
+                bias = None if pos is None else pos[:, flat][:, :, flat][None]  # (1, h, N_a, N_a)
+            ctx = attend(q[None], k[None], v[None], bias, heads)[0]  # (N_a, d)
+            y = finish(fl.parts, ctx, x)
+            return h.view(-1, d).index_copy(0, flat, y).view(b, t, d)
+
         ta = int(n_act.max())
         bi, ti = flat // t, flat % t
         slot = bi * ta + (active_t.cumsum(1) - 1).view(-1).index_select(0, flat)  # row in the (b*Ta) padding
         query_pos = None
-        if self.adapter.has_position_bias:
+        if pos is not None:
             query_pos = torch.zeros(b * ta, dtype=torch.long, device=h.device).index_copy_(0, slot, ti).view(b, ta)
-        packed_mask = torch.arange(ta, device=h.device)[None, :] < n_act[:, None]  # (b, Ta)
 
         def pad(rows: torch.Tensor) -> torch.Tensor:  # (N_a, d) -> (b, Ta, d)
             return rows.new_zeros(b * ta, rows.shape[-1]).index_copy_(0, slot, rows).view(b, ta, -1)
@@ -228,11 +257,18 @@ class Engine:
         if kv == "keep":
             q = F.linear(x, fl.wq, fl.bq)  # (N_a, d)
             k, v = F.linear(h, fl.wkv, fl.bkv).split(d, -1)  # (b, T, d): halted tokens are keys too
-            bias = self._bias(tok_mask, h.dtype, query_pos, None, t)
+            bias = s.pad_bias  # (b, 1, 1, T)
+            if pos is not None:
+                pb = pos[:, query_pos].permute(1, 0, 2, 3)  # (b, h, Ta, T)
+                bias = pb if bias is None else bias + pb
         else:
             q, k, v = F.linear(x, fl.wqkv, fl.bqkv).split(d, -1)  # (N_a, d): only active tokens are keys
             k, v = pad(k), pad(v)
-            bias = self._bias(packed_mask, h.dtype, query_pos, query_pos, t)
-        ctx = attend(pad(q), k, v, bias, self.adapter.num_heads)  # (b, Ta, d)
+            bias = key_bias(torch.arange(ta, device=h.device)[None, :] < n_act[:, None], h.dtype)  # (b, 1, 1, Ta)
+            if pos is not None:
+                pb = pos[:, query_pos]  # (h, b, Ta, T)
+                pb = pb.gather(3, query_pos[None, :, None, :].expand(pb.shape[0], -1, ta, -1))  # (h, b, Ta, Ta)
+                bias = bias + pb.permute(1, 0, 2, 3)
+        ctx = attend(pad(q), k, v, bias, heads)  # (b, Ta, d)
         y = finish(fl.parts, ctx.reshape(-1, d).index_select(0, slot), x)  # (N_a, d)
         return h.view(-1, d).index_copy(0, flat, y).view(b, t, d)

@@ -38,9 +38,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 def finish(parts: LayerParts, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """Output projection, residual + LayerNorm, FFN, residual + LayerNorm. ``(..., d) -> (..., d)``"""
-    x = parts.attn_norm(parts.attn_out_dropout(parts.attn_out(ctx)) + residual)
-    return parts.ffn_norm(parts.ffn_dropout(parts.ffn_out(parts.act(parts.ffn_in(x)))) + x)
+    """Output projection, residual + LayerNorm, FFN, residual + LayerNorm. ``(..., d) -> (..., d)``
+
+    Dropout runs only in training mode (in inference the calls are skipped: this is the hot path)."""
+    out = parts.attn_out(ctx)
+    if parts.attn_out.training:
+        out = parts.attn_out_dropout(out)
+    x = parts.attn_norm(out + residual)
+    out = parts.ffn_out(parts.act(parts.ffn_in(x)))
+    if parts.ffn_out.training:
+        out = parts.ffn_dropout(out)
+    return parts.ffn_norm(out + x)
 
 
 def dense_layer(parts: LayerParts, h: torch.Tensor, bias: torch.Tensor | None, num_heads: int) -> torch.Tensor:

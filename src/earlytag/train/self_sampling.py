@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.batching import Window, collate
-from ..engine.policies import ExitConfig, simulate_exits, uncertainty
+from ..engine.policies import ExitConfig, head_scores, simulate_exits
 from ..model.tagger import EarlyExitTagger
 
 
@@ -43,8 +43,7 @@ def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_i
         idx = order[start:start + batch_size]
         batch = collate([windows[i] for i in idx], pad_id)
         out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels)
-        probs = torch.stack(out.logits, 1).softmax(-1)  # (B, L, W, C)
-        u, p = uncertainty(probs, criterion), probs.argmax(-1)  # (B, L, W)
+        _, p, u = head_scores(torch.stack(out.logits, 1), criterion)  # (B, L, W) each
         for row, i in enumerate(idx):
             k = windows[i].num_words
             unc[i], pred[i] = u[row, :, :k].clone(), p[row, :, :k].clone()

@@ -1,0 +1,51 @@
+"""earlytag bench on a tiny model: rows of the documented shape, markdown, plot; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from earlytag import Tagger
+from earlytag.cli import main
+
+from .conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("bench")
+    labels = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
+    Tagger(tiny_model("bert", labels=labels), tokenizer).save_pretrained(root / "big")
+    small = tiny_model("bert", labels=labels)
+    Tagger(small, tokenizer).save_pretrained(root / "small")
+    return root
+
+
+def test_bench_writes_results(models, tmp_path, capsys, shared_data):
+    out = tmp_path / "bench"
+    code = main(["bench", str(models / "big"), "uner-en-ewt:dev", "--out", str(out), "--limit", "40",
+                 "--timing-limit-b1", "10", "--repeats", "1", "--grid", "small", "--kv-modes", "keep", "drop",
+                 "--compare-model", str(models / "small"), "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())
+    for row in rows:
+        assert {"policy", "settings", "batch_size", "score", "flops_speedup", "wall_speedup",
+                "mean_exit_layer"} <= set(row)
+    policies = {r["policy"] for r in rows}
+    assert {"none", "static", "sentence", "token", "patience", "token-drop", "sentence-drop"} <= policies
+    assert any(p.startswith("smaller model") for p in policies)
+    assert {r["batch_size"] for r in rows} == {1, 32}
+    full = [r for r in rows if r["policy"] == "none"]
+    assert all(r["wall_speedup"] == 1.0 and r["flops_speedup"] == pytest.approx(1.0) for r in full)
+    static1 = next(r for r in rows if r["policy"] == "static" and r["settings"]["layer"] == 1)
+    assert static1["flops_speedup"] > 2.5  # 1 of 3 layers
+    # scores do not depend on the batch size
+    by_setting = {}
+    for r in rows:
+        by_setting.setdefault(json.dumps(r["settings"], sort_keys=True), set()).add(r["score"])
+    assert all(len(v) == 1 for v in by_setting.values())
+    assert (out / "results.png").stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    assert "All settings, batch size 1" in md and "~2x" in md
+    assert "| token |" in capsys.readouterr().out
