@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-share", type=float)
     p.add_argument("--aggressive-share", type=float)
     p.add_argument("--flooding", type=float, help="self-sampling: flood the loss at this multiple of the stage-1 loss")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU if any, else cpu)")
     p.add_argument("--quiet", action="store_true")
     data_opts(p)
     p.set_defaults(func=cmd_train)

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 from .api import ExitLike, Tagger
 from .data import schemes
 from .data.readers import iter_lines, read_conll, read_conllu, read_uner
@@ -108,10 +110,8 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
     model_seconds = 0.0
     n_docs = 0
     target, tmp = _open_output(output)
+    bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr, leave=False)
     try:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr)
         chunk: list[tuple[Sentence, dict]] = []
         inputs = read_inputs(tagger, input_path, input_format)
         while True:
@@ -129,11 +129,11 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
                 write_document(target, {**extra, **doc} if extra else doc, output_format, tagger)
             n_docs += len(chunk)
             bar.update(len(chunk))
-        bar.close()
         if tmp is not None:
             target.close()
             os.replace(tmp, output)
     finally:
+        bar.close()
         if tmp is not None:
             if not target.closed:
                 target.close()

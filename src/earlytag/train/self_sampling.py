@@ -35,15 +35,17 @@ class LayerCache:
 def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_id: int, batch_size: int = 64,
                         criterion: str = "entropy", progress=None) -> LayerCache:
     model.eval()
+    device = next(model.parameters()).device
     unc: list[torch.Tensor] = [None] * len(windows)  # type: ignore[list-item]
     pred: list[torch.Tensor] = [None] * len(windows)  # type: ignore[list-item]
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
     total_loss, n_batches = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = collate([windows[i] for i in idx], pad_id)
+        batch = collate([windows[i] for i in idx], pad_id).to(device)
         out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels)
         _, p, u = head_scores(torch.stack(out.logits, 1), criterion)  # (B, L, W) each
+        p, u = p.cpu(), u.cpu()
         for row, i in enumerate(idx):
             k = windows[i].num_words
             unc[i], pred[i] = u[row, :, :k].clone(), p[row, :, :k].clone()

@@ -70,6 +70,7 @@ class TrainConfig:
     select_exit: dict[str, Any] = field(default_factory=lambda: {"policy": "token", "threshold": 0.1, "window": 2})
     progress: bool = True
     data_dir: str | None = None
+    device: str | None = None  # default: the GPU of this process when there is one, else the CPU
 
     def validate(self) -> TrainConfig:
         if self.stage not in ("joint", "self-sampling"):
@@ -86,6 +87,45 @@ class TrainConfig:
         if self.kv not in ("keep", "drop"):
             raise ConfigError("kv", "expected keep or drop")
         return self
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun / Accelerate launch (rank 0 of 1 when launched plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    active: bool = False  # torch.distributed is initialised (launched by torchrun or accelerate)
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        if "LOCAL_RANK" not in os.environ:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), True)
+
+    def device(self, requested: str | None) -> torch.device:
+        if requested:
+            return torch.device(requested)
+        return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=True)  # heads of layers no word reaches
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def seed_everything(seed: int) -> None:
@@ -139,6 +179,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a tagger; returns the training log (also written to ``OUTPUT/training_log.json``)."""
     cfg.validate()
     seed_everything(cfg.seed)
+    dist = Distributed.from_env()
+    device = dist.device(cfg.device)
+    main_process = dist.rank == 0
     started = time.perf_counter()
     chunking = cfg.task in ("ner", "chunk")
     load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir)
@@ -158,9 +201,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             word_splitter="chars" if cfg.task == "cws" else "regex", encoder_name=cfg.encoder,
         )
         model = EarlyExitTagger(tagger_cfg, encoder.config, encoder)
-        tagger = Tagger(model, tokenizer)
+        tagger = Tagger(model, tokenizer, device)
     else:
-        tagger = Tagger.from_pretrained(cfg.init)
+        tagger = Tagger.from_pretrained(cfg.init, device=str(device))
         model, tokenizer = tagger.model, tagger.tokenizer
         if model.config.task != cfg.task:
             raise ConfigError("task", f"the init model was trained for {model.config.task}, not {cfg.task}")
@@ -177,8 +220,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                   file=sys.stderr) as bar:
             cache = cache_layer_outputs(model, windows, featurizer.pad_id, cfg.eval_batch_size, progress=bar)
 
-    rng = random.Random(cfg.seed)
-    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    rng = random.Random(cfg.seed)  # batch order: the same on every process
+    sample_rng = rng if dist.world == 1 else random.Random(cfg.seed + 1 + dist.rank)
+    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size) // dist.world
     total_steps = steps_per_epoch * cfg.epochs
     freeze_steps = steps_per_epoch * min(cfg.freeze_epochs, cfg.epochs) if cfg.stage == "joint" else 0
     optimizer = _optimizer(model, cfg)
@@ -201,17 +245,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for p in model.encoder.parameters():
             p.requires_grad_(not frozen)
         model.train()
+        runner = dist.wrap(model, device)  # DDP under torchrun / accelerate (re-wrapped when freezing changes)
         epoch_start = time.perf_counter()
         losses = []
-        bar = tqdm(_batches(windows, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}"
-                   + (" (encoder frozen)" if frozen else ""), disable=not cfg.progress, file=sys.stderr)
+        batches = _batches(windows, cfg.batch_size, rng)
+        batches = batches[dist.rank: len(batches) // dist.world * dist.world: dist.world]  # this process's share
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (encoder frozen)" if frozen else ""),
+                   disable=not cfg.progress or not main_process, file=sys.stderr)
         for idx in bar:
-            batch = collate([windows[i] for i in idx], featurizer.pad_id)
+            batch = collate([windows[i] for i in idx], featurizer.pad_id).to(device)
             word_exit = None
             if cache is not None:
-                word_exit = sample_exits(cache, idx, batch.word_pos.shape[1], sampling, rng)
-            out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
-                        word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv)
+                word_exit = sample_exits(cache, idx, batch.word_pos.shape[1], sampling, sample_rng).to(device)
+            out = runner(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
+                         word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv)
             loss = out.loss
             if cfg.flooding is not None and cache is not None:
                 level = cfg.flooding * cache.loss
@@ -228,23 +275,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         entry: dict[str, Any] = {"epoch": epoch + 1, "encoder_frozen": frozen, "train_loss": float(np.mean(losses)),
                                  "seconds": time.perf_counter() - epoch_start}
         model.eval()
-        if dev_set is not None:
-            entry.update(_dev_scores(tagger, dev_set, cfg))
-            score = entry["selection_score"]
-        else:
-            score = float(epoch)  # no dev data: keep the last epoch
-        entry["best"] = score > best
-        log["epochs"].append(entry)
-        if score > best:
-            best = score
-            model.config.training = {"stage": cfg.stage, "epoch": epoch + 1, "train": str(cfg.train),
-                                     "dev": str(cfg.dev), "selection_score": score, "seed": cfg.seed,
-                                     "kv": cfg.kv if cfg.stage == "self-sampling" else "keep"}
-            tagger.save_pretrained(output)
-        _print_epoch(entry)
+        if main_process:  # evaluation and checkpoints: the first process only
+            if dev_set is not None:
+                entry.update(_dev_scores(tagger, dev_set, cfg))
+                score = entry["selection_score"]
+            else:
+                score = float(epoch)  # no dev data: keep the last epoch
+            entry["best"] = score > best
+            log["epochs"].append(entry)
+            if score > best:
+                best = score
+                model.config.training = {"stage": cfg.stage, "epoch": epoch + 1, "train": str(cfg.train),
+                                         "dev": str(cfg.dev), "selection_score": score, "seed": cfg.seed,
+                                         "kv": cfg.kv if cfg.stage == "self-sampling" else "keep",
+                                         "processes": dist.world}
+                tagger.save_pretrained(output)
+            _print_epoch(entry)
+        dist.barrier()
     log["best_selection_score"] = best
     log["seconds"] = time.perf_counter() - started
-    atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
+    log["processes"] = dist.world
+    if main_process:
+        atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
     return log
 
 
