@@ -164,6 +164,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    from .serve.loadtest import SAMPLE_TEXTS, compare, markdown, run_load
+
+    texts = SAMPLE_TEXTS
+    if args.data:
+        from .api import Tagger
+
+        sentences = Tagger.from_pretrained(args.model).load(args.data, data_dir=args.data_dir).sentences
+        texts = [s.text for s in sentences[: args.limit]]
+    settings = _exit_settings(args) or None
+    kw = dict(requests=args.requests, concurrency=args.concurrency, texts_per_request=args.texts_per_request,
+              exit=settings, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    results = compare(args.model, texts, **kw) if not args.no_compare else [run_load(args.model, texts, **kw)]
+    print(markdown(results))
+    if args.json:
+        atomic_write_text(args.json, json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    return 0 if all(r.errors == 0 and r.wrong == 0 for r in results) else 1
+
+
 def cmd_data(args) -> int:
     from .data.datasets import KNOWN, resolve
 
@@ -324,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--no-batching", action="store_true", help="run every request on its own")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("loadtest", help="bounded load test of the service on loopback, with and without batching")
+    p.add_argument("model")
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--texts-per-request", type=int, default=2)
+    p.add_argument("--data", help="take the texts from this data set (default: built-in sentences)")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--no-compare", action="store_true", help="only the micro-batched service")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--data-dir")
+    _exit_args(p, calibrate=False)
+    p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("data", help="list or fetch the known public data sets")
     p.add_argument("action", choices=["list", "get"])
