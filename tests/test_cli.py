@@ -79,7 +79,7 @@ def test_predict_jsonl_offsets(capsys, model_dir, tmp_path):
 def test_predict_stdin_and_conll(capsys, model_dir, monkeypatch):
     import io
 
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Hello Paris\n\nBye\n".encode())))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Hello Paris\n\nBye\n")))
     code, out, _ = run(capsys, "predict", model_dir, "-", "--format", "conll")
     assert code == 0
     blocks = out.strip().split("\n\n")

@@ -75,7 +75,6 @@ def _percentile(values: list[float], q: float) -> float:
 def run_load(model_dir: str, texts: list[str], requests: int = 200, concurrency: int = 200,
              texts_per_request: int = 2, exit: dict | None = None, batching: bool = True,
              max_batch: int = 64, max_wait_ms: float = 5.0) -> LoadResult:
-    import httpx
     import uvicorn
 
     from .app import create_app

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Issue 3 figures: every exit policy of the all-MiniLM-L6-v2 models on the UNER / UD English EWT test sets,
+# at batch sizes 1 and 32. Run on an otherwise idle machine (the bench alternates baseline and setting
+# batch by batch, but a busy CPU still distorts small-batch timings).
+set -euo pipefail
+OUT=${OUT:-models}
+B="--repeats 3 --timing-limit 1000 --timing-limit-b1 300 --quiet"
+earlytag bench "$OUT/minilm-ner" uner-en-ewt:test --out docs/bench/minilm-ner $B \
+  --label "all-MiniLM-L6-v2 NER, stage 1"
+earlytag bench "$OUT/minilm-ner-ss" uner-en-ewt:test --out docs/bench/minilm-ner-ss $B --policies token sentence \
+  --label "all-MiniLM-L6-v2 NER, self-sampling"
+earlytag bench "$OUT/minilm-ner-ss-drop" uner-en-ewt:test --out docs/bench/minilm-ner-ss-drop $B --policies token \
+  --kv-modes drop --label "all-MiniLM-L6-v2 NER, self-sampling for kv=drop"
+earlytag bench "$OUT/minilm-pos" ud-en-ewt:test --out docs/bench/minilm-pos $B \
+  --label "all-MiniLM-L6-v2 UPOS, stage 1"
+earlytag bench "$OUT/minilm-pos-ss" ud-en-ewt:test --out docs/bench/minilm-pos-ss $B --policies token sentence \
+  --label "all-MiniLM-L6-v2 UPOS, self-sampling"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Per-layer dev and test scores of trained models (every exit head at full depth), and their training logs.
+# Usage: scripts/eval_models.sh minilm-ner minilm-pos ...   (model directories under $OUT, default models/)
+set -euo pipefail
+OUT=${OUT:-models}
+for name in "$@"; do
+  case "$name" in *ner*) data=uner-en-ewt ;; *pos*) data=ud-en-ewt ;; *) echo "unknown task of $name" >&2; exit 2 ;; esac
+  for split in dev test; do
+    earlytag evaluate "$OUT/$name" "$data:$split" --exit none --json "docs/eval/$name-$split.json" > /dev/null
+  done
+  cp "$OUT/$name/training_log.json" "docs/train/$name.json"
+done

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Render docs/results.md from docs/results.template.md and the committed result files.
+
+Every number in docs/results.md comes from a JSON file written by an earlytag command (evaluate --json,
+bench, loadtest --json, training_log.json); this script only formats them. Placeholders in the template:
+
+    <!-- layers NAME -->                per-layer dev/test table of docs/eval/NAME-{dev,test}.json
+    <!-- training NAMES... -->          training time and epochs from docs/train/NAME.json
+    <!-- targets BENCH TARGETS... -->   score at each FLOPs target per policy (nearest setting) from docs/bench/BENCH
+    <!-- wall BENCH -->                 wall/FLOPs ratios of every setting at each batch size
+    <!-- compare BENCH:POLICY[=label]... TARGETS... -->  one row per (bench, policy) across several benches
+    <!-- load FILE -->                  load test results (docs/serve/FILE.json)
+    <!-- file PATH -->                  a file verbatim (e.g. a bench's results.md)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+sys.path.insert(0, str(ROOT / "src"))
+
+from earlytag.bench import nearest  # noqa: E402
+from earlytag.report import markdown_table  # noqa: E402
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def load(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def layers(name: str) -> str:
+    dev, test = load(DOCS / "eval" / f"{name}-dev.json"), load(DOCS / "eval" / f"{name}-test.json")
+    metric = "accuracy" if "pos" in name else "F1"
+    rows = [[d["layer"], pct(d["score"]), pct(t["score"])] for d, t in zip(dev["per_layer"], test["per_layer"])]
+    return markdown_table(["exit head (layer)", f"dev {metric}", f"test {metric}"], rows)
+
+
+def training(*names: str) -> str:
+    rows = []
+    for name in names:
+        log = load(DOCS / "train" / f"{name}.json")
+        cfg = log["config"]
+        best = max(log["epochs"], key=lambda e: e["selection_score"])
+        rows.append([name, cfg.get("encoder") if cfg["stage"] == "joint" else f"init {Path(cfg['init']).name}",
+                     cfg["stage"] + (f" (kv={cfg['kv']})" if cfg["stage"] != "joint" else ""), log["train_sentences"],
+                     len(log["epochs"]), best["epoch"], f"{log['seconds'] / 60:.0f} min", pct(best["selection_score"])])
+    return markdown_table(["model", "encoder", "stage", "train sentences", "epochs", "best epoch", "training time",
+                           "dev selection score"], rows)
+
+
+def _rows(bench: str):
+    return load(DOCS / "bench" / bench / "results.json"), load(DOCS / "bench" / bench / "meta.json")
+
+
+def targets(bench: str, *ts: str) -> str:
+    rows, meta = _rows(bench)
+    bs = max(r["batch_size"] for r in rows)
+    full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
+    out = [["full depth", *[f"{pct(full['score'])} (1.00x)"] * len(ts)]]
+    policies = dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none" and not r["policy"].startswith("smaller"))
+    for policy in policies:
+        cells = [policy]
+        for t in ts:
+            r = nearest(rows, policy, bs, float(t))
+            cells.append("-" if r is None else f"{pct(r['score'])} ({r['flops_speedup']:.2f}x, {r['describe'].split(' ', 1)[-1]})")
+        out.append(cells)
+    return markdown_table(["policy", *[f"~{t}x FLOPs" for t in ts]], out)
+
+
+def wall(bench: str) -> str:
+    rows, meta = _rows(bench)
+    sizes = sorted({r["batch_size"] for r in rows})
+    settings = dict.fromkeys((r["policy"], r["describe"]) for r in rows if r["policy"] != "none")
+    out = []
+    for policy, describe in settings:
+        by_bs = {r["batch_size"]: r for r in rows if (r["policy"], r["describe"]) == (policy, describe)}
+        first = by_bs[sizes[0]]
+        out.append([policy, describe.split(" ", 1)[-1] if policy in describe else describe, pct(first["score"]),
+                    f"{first['flops_speedup']:.2f}x"]
+                   + [f"{by_bs[bs]['wall_speedup']:.2f}x ({by_bs[bs]['wall_over_flops']:.2f})" for bs in sizes])
+    return markdown_table(["policy", "setting", "score", "FLOPs speed-up"]
+                          + [f"wall speed-up, batch {bs} (wall/FLOPs)" for bs in sizes], out)
+
+
+def compare(*args: str) -> str:
+    specs = [a for a in args if ":" in a]
+    ts = [float(a) for a in args if ":" not in a]
+    out = []
+    for spec in specs:
+        bench, _, policy = spec.partition(":")
+        policy, _, label = policy.partition("=")
+        rows, meta = _rows(bench)
+        bs = max(r["batch_size"] for r in rows)
+        if policy == "none" or policy.startswith("smaller"):
+            r = next(r for r in rows if r["batch_size"] == bs and (r["policy"] == policy or
+                                                                  (policy.startswith("smaller") and r["policy"].startswith("smaller"))))
+            out.append([label or policy, pct(r["score"]), f"{r['flops_speedup']:.2f}x FLOPs, {r['wall_speedup']:.2f}x wall"]
+                       + ["" for _ in ts])
+            continue
+        cells = [label or f"{policy} ({bench})", "", ""]
+        for t in ts:
+            r = nearest(rows, policy, bs, t)
+            cells.append("-" if r is None else f"{pct(r['score'])} ({r['flops_speedup']:.2f}x; wall {r['wall_speedup']:.2f}x)")
+        out.append(cells)
+    return markdown_table(["", "score", "speed-up"] + [f"~{t:g}x FLOPs" for t in ts], out)
+
+
+def load_test(name: str) -> str:
+    results = load(DOCS / "serve" / f"{name}.json")
+    rows = [[r["mode"], r["requests"], r["concurrency"], r["errors"], r["wrong"], f"{r['p50_ms']:.0f}",
+             f"{r['p90_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['requests_per_s']:.1f}", f"{r['texts_per_s']:.1f}",
+             r["engine_calls"]] for r in results]
+    table = markdown_table(["mode", "requests", "concurrent", "errors", "wrong answers", "p50 ms", "p90 ms", "p99 ms",
+                            "requests/s", "texts/s", "engine calls"], rows)
+    if len(results) == 2:
+        table += f"\n\nThroughput with micro-batching / without: {results[0]['texts_per_s'] / results[1]['texts_per_s']:.2f}x."
+    return table
+
+
+def file(path: str) -> str:
+    return (ROOT / path).read_text(encoding="utf-8").strip()
+
+
+HANDLERS = {"layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+            "load": load_test, "file": file}
+
+
+def render(template: str) -> str:
+    def sub(match: re.Match) -> str:
+        kind, *args = match.group(1).split()
+        return f"{match.group(0)}\n{HANDLERS[kind](*args)}"
+
+    return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|file)\b[^>]*?) -->", sub, template)
+
+
+if __name__ == "__main__":
+    src = DOCS / "results.template.md"
+    (DOCS / "results.md").write_text(render(src.read_text(encoding="utf-8")), encoding="utf-8")
+    print("wrote", DOCS / "results.md")
