@@ -141,7 +141,18 @@ def render(template: str) -> str:
     return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|file)\b[^>]*?) -->", sub, template)
 
 
+def rerender_benches() -> None:
+    """Re-render every docs/bench/*/results.md from its JSON (the tables follow the current code)."""
+    from earlytag.bench import render_markdown
+
+    for folder in sorted((DOCS / "bench").glob("*/")):
+        if (folder / "results.json").is_file():
+            md = render_markdown(load(folder / "results.json"), load(folder / "meta.json"))
+            (folder / "results.md").write_text(md + "\n", encoding="utf-8")
+
+
 if __name__ == "__main__":
+    rerender_benches()
     src = DOCS / "results.template.md"
     (DOCS / "results.md").write_text(render(src.read_text(encoding="utf-8")), encoding="utf-8")
     print("wrote", DOCS / "results.md")

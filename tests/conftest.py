@@ -11,6 +11,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EARLYTAG_DATA", REPO.parent / "shared" / "data")).resolve()
+USER_CACHE = Path(os.environ.get("EARLYTAG_CACHE", Path.home() / ".cache" / "earlytag"))  # before tests isolate it
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=128)

@@ -10,7 +10,7 @@ from earlytag.errors import ConfigError
 from earlytag.model.adapters import BertAdapter, MPNetAdapter, adapter_for
 from earlytag.model.layers import attention_bias, dense_layer
 
-from .conftest import TINY, tiny_model
+from .conftest import TINY, USER_CACHE, tiny_model
 
 CONFIGS = {
     "bert": (BertConfig, {}, BertAdapter),
@@ -59,3 +59,24 @@ def test_unsupported_family_is_a_clear_error():
     encoder = AutoModel.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50))
     with pytest.raises(ConfigError, match="model type 'gpt2' is not supported"):
         adapter_for(encoder)
+
+
+def test_pretrained_mpnet_matches_transformers():
+    """all-mpnet-base-v2 itself (when `make mpnet` assembled it): relative position bias and all 12 layers."""
+    from transformers import AutoTokenizer
+
+    path = USER_CACHE / "encoders" / "all-mpnet-base-v2"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip("all-mpnet-base-v2 is not assembled (make mpnet)")
+    encoder = AutoModel.from_pretrained(str(path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    enc = tok(["Angela Merkel visited Paris on Tuesday.", "Short one."], padding=True, return_tensors="pt")
+    adapter = adapter_for(encoder)
+    with torch.no_grad():
+        reference = encoder(**enc).last_hidden_state
+        h = adapter.embed(enc["input_ids"])
+        bias = attention_bias(adapter, enc["attention_mask"].bool(), h.dtype)
+        for parts in adapter.layers:
+            h = dense_layer(parts, h, bias, adapter.num_heads)
+    mask = enc["attention_mask"].bool()
+    assert torch.allclose(h[mask], reference[mask], atol=1e-4)

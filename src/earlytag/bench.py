@@ -233,12 +233,12 @@ def _row(policy: str, exit_cfg: ExitConfig, bs: int, score: float, stats: ExitSt
 
 
 def nearest(rows: list[dict], policy: str, bs: int, target: float) -> dict | None:
-    """The row of ``policy`` at batch size ``bs`` whose FLOPs speed-up is nearest ``target`` (within 25%)."""
+    """The row of ``policy`` at batch size ``bs`` whose FLOPs speed-up is nearest ``target`` (within 15%)."""
     cands = [r for r in rows if r["policy"] == policy and r["batch_size"] == bs]
     if not cands:
         return None
     best = min(cands, key=lambda r: abs(r["flops_speedup"] - target))
-    return best if abs(best["flops_speedup"] - target) <= 0.25 * target else None
+    return best if abs(best["flops_speedup"] - target) <= 0.15 * target else None
 
 
 def render_markdown(rows: list[dict], meta: dict) -> str:

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Where the time of an early-exit run goes, next to full depth: GEMMs, other operators, Python.
+
+    python scripts/profile_engine.py MODEL_DIR DATA --batch-size 32 --sentences 1000 \
+        --exit '{"policy": "token", "threshold": 0.2}' [--json OUT]
+
+Runs full depth and the setting once each under torch.profiler on the same pre-built batches and splits
+the wall time into matrix multiplications (aten::addmm/mm/bmm), the other operators, and what is left
+(the Python interpreter and framework dispatch around the operators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from earlytag import Tagger
+from earlytag.data.batching import collate, length_sorted_batches
+from earlytag.engine import ExitConfig, ExitStats
+
+GEMM = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul")
+
+
+def measure(tagger: Tagger, batches: list, cfg: ExitConfig) -> dict:
+    for b in batches[:3]:
+        tagger.engine.run(b, cfg)
+    stats = ExitStats(tagger.num_layers)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for b in batches:
+            stats = stats + tagger.engine.run(b, cfg).stats
+        wall = time.perf_counter() - start
+    ops = prof.key_averages()
+    total = sum(k.self_cpu_time_total for k in ops) / 1e6
+    gemm = sum(k.self_cpu_time_total for k in ops if k.key in GEMM) / 1e6
+    calls = sum(k.count for k in ops)
+    top = sorted(ops, key=lambda k: -k.self_cpu_time_total)[:8]
+    return {"exit": cfg.describe(), "wall_s": wall, "gemm_s": gemm, "other_ops_s": total - gemm,
+            "python_and_dispatch_s": max(wall - total, 0.0), "operator_calls": calls,
+            "flops_speedup": stats.flops_speedup, "dense_layer_steps": stats.dense_layers,
+            "packed_layer_steps": stats.packed_layers,
+            "top_operators": [(k.key, round(k.self_cpu_time_total / 1e6, 4), k.count) for k in top]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sentences", type=int, default=1000)
+    p.add_argument("--exit", default='{"policy": "token", "threshold": 0.2}')
+    p.add_argument("--json")
+    args = p.parse_args()
+    tagger = Tagger.from_pretrained(args.model)
+    docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
+    windows = tagger.featurizer.windows(docs)
+    batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
+               for idx in length_sorted_batches(windows, args.batch_size)]
+    full = measure(tagger, batches, ExitConfig())
+    early = measure(tagger, batches, tagger.exit_config(json.loads(args.exit)))
+    result = {"batch_size": args.batch_size, "sentences": len(docs), "torch_threads": torch.get_num_threads(),
+              "full": full, "early": early,
+              "ratios": {k: full[k] / early[k] for k in ("wall_s", "gemm_s", "other_ops_s", "python_and_dispatch_s")
+                         if early[k]}}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
