@@ -15,3 +15,6 @@ earlytag bench "$OUT/minilm-pos" ud-en-ewt:test --out docs/bench/minilm-pos $B \
   --label "all-MiniLM-L6-v2 UPOS, stage 1"
 earlytag bench "$OUT/minilm-pos-ss" ud-en-ewt:test --out docs/bench/minilm-pos-ss $B --policies token sentence \
   --label "all-MiniLM-L6-v2 UPOS, self-sampling"
+# the same engine without refilling thin layers across batches (each batch of 32 climbs on its own)
+earlytag bench "$OUT/minilm-ner" uner-en-ewt:test --out docs/bench/minilm-ner-norefill $B --no-refill \
+  --policies token sentence --batch-sizes 32 --label "all-MiniLM-L6-v2 NER, stage 1, no refill"

@@ -233,3 +233,29 @@ def test_invalid_exit_settings_name_the_field(settings, field):
     with pytest.raises(ConfigError) as info:
         ExitConfig.from_dict(settings).validated(6)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("policy", ["token", "token-drop", "sentence", "patience"])
+def test_refill_across_batches_gives_the_same_results(tokenizer, family, policy):
+    """run_many parks thin groups and merges them with the next batch's survivors: same answers per sentence."""
+    model = tiny_model(family, seed=3)
+    docs = SENTENCES + [s[::-1] for s in SENTENCES] + [["One"], SENTENCES[3] * 2, []]
+    feat = Featurizer(tokenizer, 128)
+    windows = feat.windows(docs)
+    batches = [collate(windows[i:i + 3], feat.pad_id) for i in range(0, len(windows), 3)]  # sizes differ
+    tau = mixed_threshold(model, batches[0])
+    cfg = {"token": ExitConfig("token", threshold=tau, window=1), "token-drop": ExitConfig("token", threshold=tau,
+           window=1, kv="drop"), "sentence": ExitConfig("sentence", threshold=tau, pool="mean"),
+           "patience": ExitConfig("patience", patience=1)}[policy]
+    engine = Engine(model, refill_tokens=10_000)  # everything waits for company: maximal merging
+    alone = [engine.run(b, cfg) for b in batches]
+    together = engine.run_many(batches, cfg)
+    for a, t, b in zip(alone, together, batches):
+        m = b.word_mask
+        assert torch.equal(a.exit_layer, t.exit_layer)
+        assert torch.equal(a.pred[m], t.pred[m])
+        assert torch.allclose(a.score[m], t.score[m], atol=1e-5)
+        assert torch.allclose(a.flops, t.flops)
+        assert a.stats.active_tokens == t.stats.active_tokens
+        assert a.stats.words_exited == t.stats.words_exited

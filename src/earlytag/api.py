@@ -49,11 +49,12 @@ class Prediction:
 
 class Tagger:
     def __init__(self, model: EarlyExitTagger, tokenizer, device: str | torch.device | None = None,
-                 batch_size: int = 32):
+                 batch_size: int = 32, refill: bool = True):
         self.device = torch.device(device or "cpu")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.refill = refill  # let thin later layers of a batch wait for the next batch (Engine.run_many)
         cfg = model.config
         self.featurizer = Featurizer(tokenizer, cfg.max_length, cfg.window_overlap)
         self.engine = Engine(self.model)
@@ -148,14 +149,17 @@ class Tagger:
         scores: list[list[float]] = [[] for _ in windows]
         exits: list[list[int]] = [[] for _ in windows]
         stats = ExitStats(self.num_layers)
-        seconds = 0.0
         doc_flops = [0.0] * len(docs)
         doc_flops_full = [0.0] * len(docs)
-        for idx in length_sorted_batches(windows, batch_size):
-            batch = collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device)
-            start = time.perf_counter()
-            out = self.engine.run(batch, cfg)
-            seconds += time.perf_counter() - start
+        order = list(length_sorted_batches(windows, batch_size))
+        batches = [collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device) for idx in order]
+        start = time.perf_counter()
+        if batch_size > 1:  # thin later layers of one batch wait for the next batch's survivors
+            outs = self.engine.run_many(batches, cfg, refill=self.refill)
+        else:
+            outs = [self.engine.run(b, cfg) for b in batches]
+        seconds = time.perf_counter() - start
+        for idx, out in zip(order, outs):
             stats = stats + out.stats
             p, s, e = out.pred.tolist(), out.score.tolist(), out.exit_layer.tolist()
             fl, ff = out.flops.tolist(), out.flops_full.tolist()

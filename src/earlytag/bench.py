@@ -16,7 +16,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,31 +68,44 @@ class BenchConfig:
     extra: list[ExitConfig] = field(default_factory=list)  # settings to add to the sweep
     grid: str = "default"  # default | small (fewer settings, for 12-layer models on a CPU)
     compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
+    refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
+    refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
 
 
-def _paired(tagger: Tagger, batches: list, cfg: ExitConfig, repeats: int, base: Callable | None = None):
-    """Time ``cfg`` against the full-depth baseline, batch by batch in alternation, ``repeats`` times.
+def _paired(tagger: Tagger, units: list[list], cfg: ExitConfig, repeats: int, refill: bool = False):
+    """Time ``cfg`` against the full-depth baseline, unit by unit in alternation, ``repeats`` times.
 
-    Alternating per batch makes both see the same machine state, so a noisy machine moves both alike.
-    Returns (median of baseline/setting time ratios, median setting seconds, median baseline seconds, stats).
+    A unit is one batch (batch size 1) or a few consecutive batches that the engine may refill across
+    (``Engine.run_many``). Alternating per unit makes both see the same machine state, so a noisy machine
+    moves both alike. Returns (median of baseline/setting time ratios, median setting seconds, median
+    baseline seconds, stats of the setting).
     """
-    base = base or (lambda b: tagger.engine.run(b, _FULL))
-    for b in batches[: max(2, len(batches) // 20)]:  # warm-up
-        base(b)
-        tagger.engine.run(b, cfg)
+    def base(unit):
+        for b in unit:
+            tagger.engine.run(b, _FULL)
+
+    def setting(unit):
+        if refill:
+            return tagger.engine.run_many(unit, cfg)
+        return [tagger.engine.run(b, cfg) for b in unit]
+
+    for unit in units[: max(1, len(units) // 20)]:  # warm-up
+        base(unit)
+        setting(unit)
     ratios, secs, base_secs = [], [], []
     stats = ExitStats(tagger.num_layers)
     for r in range(repeats):
         tb = tc = 0.0
-        for b in batches:
+        for unit in units:
             t0 = time.perf_counter()
-            base(b)
+            base(unit)
             t1 = time.perf_counter()
-            out = tagger.engine.run(b, cfg)
+            outs = setting(unit)
             tc += time.perf_counter() - t1
             tb += t1 - t0
             if r == 0:
-                stats = stats + out.stats
+                for out in outs:
+                    stats = stats + out.stats
         ratios.append(tb / tc)
         secs.append(tc)
         base_secs.append(tb)
@@ -160,11 +172,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     scores = {id(c): score_of(tagger, c) for c in settings}
     other_scores = [score_of(t, _FULL) for t in others]
     for bs in cfg.batch_sizes:
-        _, base_secs, _, base_stats = _paired(tagger, batches[bs], _FULL, cfg.repeats)
+        size = 1 if bs == 1 else cfg.refill_unit
+        units = [batches[bs][i:i + size] for i in range(0, len(batches[bs]), size)]
+        refill = cfg.refill and bs > 1
+        _, base_secs, _, base_stats = _paired(tagger, units, _FULL, cfg.repeats)
         bar.update(1)
         rows.append(_row("none", _FULL, bs, full_score, base_stats, 1.0, base_secs, base_secs))
         for exit_cfg in settings:
-            wall, secs, base_secs, stats = _paired(tagger, batches[bs], exit_cfg, cfg.repeats)
+            wall, secs, base_secs, stats = _paired(tagger, units, exit_cfg, cfg.repeats, refill)
             bar.update(1)
             key = exit_cfg.policy + ("-drop" if exit_cfg.kv == "drop" else "")
             rows.append(_row(key, exit_cfg, bs, scores[id(exit_cfg)], stats, wall, secs, base_secs))
@@ -178,6 +193,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     meta = {"model": cfg.model, "label": cfg.label or Path(cfg.model).name, "data": str(dataset.path),
             "sentences": len(docs), "timing_sentences": {str(bs): limits[bs] or len(docs) for bs in cfg.batch_sizes},
             "repeats": cfg.repeats, "task": tagger.config.task, "num_layers": num_layers,
+            "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": tagger.engine.refill_tokens,
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
             "compare_models": cfg.compare_models}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
@@ -248,8 +264,10 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Model `{meta['label']}` ({meta['num_layers']} layers) on `{Path(meta['data']).name}` "
              f"({meta['sentences']} sentences scored; sentences timed: {timed}); "
              f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}. "
-             f"Wall-clock speed-up: full depth and the setting timed batch by batch in alternation, "
-             f"median of {meta['repeats']} passes after a warm-up.", ""]
+             f"Wall-clock speed-up: full depth and the setting timed in alternation, unit by unit "
+             f"(batch size 1: one sentence; larger: {meta.get('refill_unit', 1)} batches, "
+             + ("the engine refilling thin layers across them" if meta.get("refill") else "no refill")
+             + f"), median of {meta['repeats']} passes after a warm-up.", ""]
     policies = list(dict.fromkeys(r["policy"] for r in rows
                                   if r["policy"] != "none" and not r["policy"].startswith("smaller model")))
     full = next(r for r in rows if r["policy"] == "none")

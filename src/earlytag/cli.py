@@ -139,7 +139,7 @@ def cmd_bench(args) -> int:
                       timing_limit=args.timing_limit, timing_limit_b1=args.timing_limit_b1, kv=args.kv_modes,
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
-                      compare_models=args.compare_model or [])
+                      compare_models=args.compare_model or [], refill=not args.no_refill)
     result = run_bench(cfg)
     print(result["markdown"])
     return 0
@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-limit", type=int, help="sentences timed at batch sizes > 1 (default: all)")
     p.add_argument("--timing-limit-b1", type=int, default=400, help="sentences timed at batch size 1")
     p.add_argument("--grid", choices=["default", "small"], default="default", help="small: fewer settings")
+    p.add_argument("--no-refill", action="store_true", help="time every batch on its own (no refill of thin "
+                                                            "layers across consecutive batches)")
     p.add_argument("--compare-model", action="append", help="another (smaller) model timed at full depth against "
                                                              "this one in the same process (repeatable)")
     p.add_argument("--target-speedup", type=float)

@@ -69,19 +69,24 @@ class _FusedLayer:
         return self._version() != self.version
 
 
-class _Rows:
-    """The working state of the live sentences, compacted together when sentences finish."""
+class _Group:
+    """The working state of live sentences that climb together (one input batch, or several merged).
 
-    names = ("rows", "h", "tok_mask", "token_word", "word_pos", "word_mask", "active_w", "unc", "pred", "score",
-             "exit")
+    ``origin`` (b, 2) holds each row's input batch and row there; ``layer`` is the next layer to run.
+    """
 
-    def __init__(self, **tensors: torch.Tensor):
+    per_row = ("origin", "h", "tok_mask", "token_word", "word_pos", "word_mask", "active_w", "unc", "pred", "score",
+               "exit")
+    pad_values = {"token_word": -1, "exit": -1}  # padding when groups of different sizes are merged
+
+    def __init__(self, layer: int, state: dict[str, torch.Tensor], **tensors: torch.Tensor):
         self.__dict__.update(tensors)
-        self.state: dict[str, torch.Tensor] = {}
+        self.layer = layer
+        self.state = state
         self._derive()
 
     def _derive(self) -> None:
-        """Tensors that only change when the batch is compacted."""
+        """Tensors that only change when the group is compacted or merged."""
         b, t = self.tok_mask.shape
         self.special = self.token_word < 0  # (b, T)
         self.token_word_c = self.token_word.clamp(min=0)
@@ -89,9 +94,20 @@ class _Rows:
         self.n_tokens = self.tok_mask.sum(1)  # (b,)
         self.padded = not bool(self.tok_mask.all())
         self.pad_bias = key_bias(self.tok_mask, self.h.dtype) if self.padded else None  # (b, 1, 1, T)
+        self.active_t: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.h.shape[0]
+
+    def active_tokens(self) -> torch.Tensor:
+        """``(b, T)``: sub-words of active words, and the special tokens of live sentences."""
+        if self.active_t is None:
+            self.active_t = self.tok_mask & (self.special | self.active_w.gather(1, self.token_word_c))
+        return self.active_t
 
     def keep(self, keep: torch.Tensor) -> None:
-        for name in self.names:
+        for name in self.per_row:
             setattr(self, name, getattr(self, name).index_select(0, keep))
         self.state = {k: v.index_select(0, keep) for k, v in self.state.items()}
         t_live = int(self.tok_mask.sum(1).max())
@@ -100,14 +116,59 @@ class _Rows:
             self.tok_mask, self.token_word = self.tok_mask[:, :t_live], self.token_word[:, :t_live]
         self._derive()
 
+    @classmethod
+    def merge(cls, a: _Group, b: _Group) -> _Group:
+        """Two groups at the same layer become one (padded to the longer sentences and word lists)."""
+        t = max(a.h.shape[1], b.h.shape[1])
+        w = max(a.word_pos.shape[1], b.word_pos.shape[1])
+        tensors = {}
+        for name in cls.per_row:
+            x, y = getattr(a, name), getattr(b, name)
+            if name != "origin":
+                size = t if name in ("h", "tok_mask", "token_word") else w
+                x, y = (_pad_dim1(z, size, cls.pad_values.get(name, 0)) for z in (x, y))
+            tensors[name] = torch.cat([x, y])
+        state = {k: torch.cat([_pad_dim1(a.state[k], w, 0), _pad_dim1(b.state[k], w, 0)]) for k in a.state}
+        return cls(a.layer, state, **tensors)
+
+
+def _pad_dim1(x: torch.Tensor, size: int, value) -> torch.Tensor:
+    if x.shape[1] == size:
+        return x
+    pad = x.new_full((x.shape[0], size - x.shape[1], *x.shape[2:]), value)
+    return torch.cat([x, pad], 1)
+
+
+class _Outputs:
+    """Outputs of one input batch, filled as its sentences finish (in whatever group they finish)."""
+
+    def __init__(self, batch: Batch, index: int, num_layers: int):
+        big_b, w = batch.word_pos.shape
+        dev = batch.input_ids.device
+        self.batch = batch
+        self.index = index
+        self.pred = torch.zeros((big_b, w), dtype=torch.long, device=dev)
+        self.score = torch.zeros((big_b, w), device=dev)
+        self.exit = torch.full((big_b, w), -1, dtype=torch.long, device=dev)
+        self.stats = ExitStats(num_layers, sentences=big_b, words=int(batch.word_mask.sum()),
+                               tokens=int(batch.attention_mask.sum()))
+        self.records: list[tuple[torch.Tensor, ...]] = []  # per layer step: rows, kv rows, active, head words
+
 
 class Engine:
-    """Early-exit inference over :class:`Batch` objects for one :class:`EarlyExitTagger`."""
+    """Early-exit inference over :class:`Batch` objects for one :class:`EarlyExitTagger`.
 
-    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8):
+    :meth:`run` tags one batch. :meth:`run_many` tags a sequence of batches and, under early exit, keeps the
+    later layers busy: when the sentences still climbing in a batch leave fewer than ``refill_tokens``
+    active tokens at a layer, they wait there for the survivors of the next batch and climb on together
+    (results are the same; GEMMs on a handful of rows are inefficient).
+    """
+
+    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384):
         self.model = model
         self.adapter = model.adapter
         self.dense_above = dense_above  # run a layer densely when this share of positions is active
+        self.refill_tokens = refill_tokens
         self._fused: list[_FusedLayer | None] = [None] * model.num_layers
 
     def _layer(self, i: int) -> _FusedLayer:
@@ -118,96 +179,138 @@ class Engine:
 
     @torch.inference_mode()
     def run(self, batch: Batch, cfg: ExitConfig, trace: bool = False) -> EngineOutput:
-        model = self.model
-        num_layers = model.num_layers
-        policy = ExitPolicy(cfg, num_layers)
-        d, f, c = self.adapter.hidden_size, self.adapter.intermediate_size, model.config.num_labels
+        """Tag one batch. ``trace=True`` also returns the uncertainty the policy saw after each layer."""
+        return self._run([batch], cfg, refill=False, trace=trace)[0]
+
+    @torch.inference_mode()
+    def run_many(self, batches: list[Batch], cfg: ExitConfig, refill: bool = True) -> list[EngineOutput]:
+        """Tag several batches; with ``refill`` thin later layers wait for the next batch's survivors."""
+        return self._run(batches, cfg, refill=refill and cfg.policy in ("sentence", "token", "patience"))
+
+    def _run(self, batches: list[Batch], cfg: ExitConfig, refill: bool, trace: bool = False) -> list[EngineOutput]:
+        policy = ExitPolicy(cfg, self.model.num_layers)
+        outs = [_Outputs(b, i, self.model.num_layers) for i, b in enumerate(batches)]
+        traces = ([torch.full((b.word_pos.shape[0], self.model.num_layers, b.word_pos.shape[1]), float("nan"),
+                              device=b.input_ids.device) for b in batches] if trace else None)
+        parked: dict[int, _Group] = {}  # layer -> sentences waiting there for company
+        for i, batch in enumerate(batches):
+            self._climb(self._start(batch, i, policy), policy, cfg, outs, traces, parked if refill else None)
+        while parked:  # no more batches: the waiting groups finish, lowest layer first (merging on the way up)
+            group = parked.pop(min(parked))
+            self._climb(group, policy, cfg, outs, traces, parked, final=True)
+        return [self._finish(o, cfg, None if traces is None else traces[i]) for i, o in enumerate(outs)]
+
+    def _start(self, batch: Batch, index: int, policy: ExitPolicy) -> _Group:
         big_b, w = batch.word_pos.shape
         dev = batch.input_ids.device
+        origin = torch.stack([torch.full((big_b,), index, dtype=torch.long, device=dev),
+                              torch.arange(big_b, device=dev)], 1)  # (B, 2)
+        return _Group(0, policy.init_state(batch.word_mask), origin=origin, h=self.model.embed(batch.input_ids),
+                      tok_mask=batch.attention_mask.bool(), token_word=batch.token_word, word_pos=batch.word_pos,
+                      word_mask=batch.word_mask, active_w=batch.word_mask.clone(),
+                      unc=torch.zeros((big_b, w), device=dev), pred=torch.zeros((big_b, w), dtype=torch.long, device=dev),
+                      score=torch.zeros((big_b, w), device=dev), exit=torch.full((big_b, w), -1, dtype=torch.long, device=dev))
 
-        # outputs for the whole batch, written when sentences leave the batch
-        out_pred = torch.zeros((big_b, w), dtype=torch.long, device=dev)
-        out_score = torch.zeros((big_b, w), device=dev)
-        out_exit = torch.full((big_b, w), -1, dtype=torch.long, device=dev)
-        trace_t = torch.full((big_b, num_layers, w), float("nan"), device=dev) if trace else None
-
-        word_mask = batch.word_mask
-        s = _Rows(rows=torch.arange(big_b, device=dev), h=model.embed(batch.input_ids),  # h: (B, T, d)
-                  tok_mask=batch.attention_mask.bool(), token_word=batch.token_word, word_pos=batch.word_pos,
-                  word_mask=word_mask, active_w=word_mask.clone(), unc=torch.zeros((big_b, w), device=dev),
-                  pred=torch.zeros((big_b, w), dtype=torch.long, device=dev), score=torch.zeros((big_b, w), device=dev),
-                  exit=torch.full((big_b, w), -1, dtype=torch.long, device=dev))
-        s.state = policy.init_state(word_mask)
-        stats = ExitStats(num_layers, sentences=big_b, words=int(word_mask.sum()), tokens=int(s.n_tokens.sum()))
-        counts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per layer, for FLOPs
-
-        def flush(idx: torch.Tensor) -> None:  # working rows idx -> outputs
-            rows = s.rows.index_select(0, idx)
-            out_pred.index_copy_(0, rows, s.pred.index_select(0, idx))
-            out_score.index_copy_(0, rows, s.score.index_select(0, idx))
-            out_exit.index_copy_(0, rows, s.exit.index_select(0, idx))
-
-        for layer in range(policy.num_layers):
-            alive = s.active_w.any(1)  # (b,)
-            if not bool(alive.all()):  # finished sentences leave the batch
-                flush((~alive).nonzero().squeeze(1))
+    def _climb(self, g: _Group, policy: ExitPolicy, cfg: ExitConfig, outs: list[_Outputs], traces,
+               parked: dict[int, _Group] | None, final: bool = False) -> None:
+        """Run ``g`` up the layers until its sentences are done or it parks to wait for company."""
+        while True:
+            alive = g.active_w.any(1)  # (b,)
+            if not bool(alive.all()):  # finished sentences leave the group
+                self._emit(g, (~alive).nonzero().squeeze(1), outs)
                 keep = alive.nonzero().squeeze(1)
                 if keep.numel() == 0:
-                    break
-                s.keep(keep)
+                    return
+                g.keep(keep)
+            if g.layer >= policy.num_layers:
+                return
+            if parked is not None:
+                if g.layer in parked:
+                    g = _Group.merge(parked.pop(g.layer), g)
+                elif not final and g.layer > 0 and int(g.active_tokens().sum()) < self.refill_tokens:
+                    parked[g.layer] = g
+                    return
+            self._step(g, policy, cfg, outs, traces)
 
-            # sub-words follow their word; special tokens stay active while their sentence is live
-            active_t = s.tok_mask & (s.special | s.active_w.gather(1, s.token_word_c))  # (b, T)
-            n_act = active_t.sum(1)  # (b,)
-            total_act = int(n_act.sum())
-            stats.active_tokens[layer] += total_act
+    def _step(self, g: _Group, policy: ExitPolicy, cfg: ExitConfig, outs: list[_Outputs], traces) -> None:
+        """One layer for group ``g``: the layer, the exit head, the policy."""
+        layer = g.layer
+        d = self.adapter.hidden_size
+        active_t = g.active_tokens()  # (b, T)
+        n_act = active_t.sum(1)  # (b,)
+        total_act = int(n_act.sum())
+        fused = self._layer(layer)
+        dense = total_act >= self.dense_above * g.h.shape[0] * g.h.shape[1]
+        if dense:
+            g.h = self._dense_step(fused, g, active_t, total_act, cfg.kv)
+        else:
+            g.h = self._packed_step(fused, g, active_t, n_act, cfg.kv)
+        head_runs = policy.needs_head(layer)
+        words = g.active_w.sum(1) if head_runs else torch.zeros_like(n_act)  # (b,) words whose head runs
+        record = (torch.full_like(n_act, layer), g.origin, g.n_tokens if cfg.kv == "keep" else n_act, n_act, words)
+        batch_ids = g.origin[:, 0]
+        for i in (batch_ids.unique().tolist() if len(outs) > 1 else [0]):
+            o = outs[i]
+            o.records.append(record)
+            o.stats.dense_layers += dense
+            o.stats.packed_layers += not dense
+        g.layer += 1
+        if not head_runs:
+            return
+        # exit head on the first sub-word of every active word (packed)
+        widx = g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat word index
+        head = self.model.heads[layer].linear
+        hw = g.h.view(-1, d).index_select(0, g.word_flat.index_select(0, widx))  # (N_w, d)
+        score, pred, unc = head_scores(F.linear(hw, head.weight, head.bias), cfg.criterion)
+        g.unc.view(-1).index_copy_(0, widx, unc)
+        g.pred.view(-1).index_copy_(0, widx, pred)
+        g.score.view(-1).index_copy_(0, widx, score)
+        if traces is not None:  # tests only: a loop over rows is fine here
+            for r, (i, row) in enumerate(g.origin.tolist()):
+                traces[i][row, layer] = g.unc[r, : traces[i].shape[2]]
+        halt = policy.halt(layer, g.unc, g.pred, g.active_w, g.word_mask, g.state)  # (b, W)
+        g.exit.masked_fill_(halt, layer)
+        g.active_w = g.active_w & ~halt
+        g.active_t = None
 
-            fused = self._layer(layer)
-            if total_act >= self.dense_above * s.h.shape[0] * s.h.shape[1]:
-                stats.dense_layers += 1
-                s.h = self._dense_step(fused, s, active_t, total_act, cfg.kv)
-            else:
-                stats.packed_layers += 1
-                s.h = self._packed_step(fused, s, active_t, n_act, cfg.kv)
+    def _emit(self, g: _Group, idx: torch.Tensor, outs: list[_Outputs]) -> None:
+        """Copy the finished rows ``idx`` of ``g`` into the outputs of their input batches."""
+        origin = g.origin.index_select(0, idx)
+        for i in (origin[:, 0].unique().tolist() if len(outs) > 1 else [0]):
+            sel = idx if len(outs) == 1 else idx[origin[:, 0] == i]
+            rows = g.origin.index_select(0, sel)[:, 1]
+            o = outs[i]
+            w = o.pred.shape[1]
+            o.pred.index_copy_(0, rows, g.pred.index_select(0, sel)[:, :w])
+            o.score.index_copy_(0, rows, g.score.index_select(0, sel)[:, :w])
+            o.exit.index_copy_(0, rows, g.exit.index_select(0, sel)[:, :w])
 
-            words_before = s.active_w.sum(1)  # (b,) words whose head runs at this layer
-            counts.append((s.rows, s.n_tokens if cfg.kv == "keep" else n_act, n_act,
-                           words_before if policy.needs_head(layer) else torch.zeros_like(words_before)))
-            if not policy.needs_head(layer):
-                continue
-            # exit head on the first sub-word of every active word (packed)
-            widx = s.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat word index
-            head = model.heads[layer].linear
-            hw = s.h.view(-1, d).index_select(0, s.word_flat.index_select(0, widx))  # (N_w, d)
-            score, pred, unc = head_scores(F.linear(hw, head.weight, head.bias), cfg.criterion)
-            s.unc.view(-1).index_copy_(0, widx, unc)
-            s.pred.view(-1).index_copy_(0, widx, pred)
-            s.score.view(-1).index_copy_(0, widx, score)
-            if trace_t is not None:
-                trace_t[:, layer].index_copy_(0, s.rows, s.unc)
-
-            halt = policy.halt(layer, s.unc, s.pred, s.active_w, s.word_mask, s.state)  # (b, W)
-            s.exit.masked_fill_(halt, layer)
-            s.active_w = s.active_w & ~halt
-        flush(torch.arange(s.rows.shape[0], device=dev))
-
-        # bookkeeping, once per batch
-        rows, kv_rows, act, words = (torch.cat(x) for x in zip(*counts))
-        flops = torch.zeros(big_b, dtype=torch.float64, device=dev)
-        flops.index_add_(0, rows, layer_flops(kv_rows, act, d, f, cfg.kv) + head_flops(words, d, c))
-        n_tokens, n_words = batch.attention_mask.sum(1), word_mask.sum(1)
-        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(n_words, d, c)
-        exited = out_exit[word_mask]
-        hist = torch.bincount(exited, minlength=num_layers)
-        stats.words_exited = hist.tolist()
+    def _finish(self, o: _Outputs, cfg: ExitConfig, trace) -> EngineOutput:
+        """Bookkeeping, once per input batch: FLOPs per sentence, exit histogram, statistics."""
+        d, f, c = self.adapter.hidden_size, self.adapter.intermediate_size, self.model.config.num_labels
+        batch, stats = o.batch, o.stats
+        big_b = batch.word_pos.shape[0]
+        flops = torch.zeros(big_b, dtype=torch.float64, device=batch.input_ids.device)
+        if o.records:
+            layers, origin, kv_rows, act, words = (torch.cat(x) for x in zip(*o.records))
+            mine = origin[:, 0] == o.index
+            if not bool(mine.all()):
+                layers, origin, kv_rows, act, words = (x[mine] for x in (layers, origin, kv_rows, act, words))
+            flops.index_add_(0, origin[:, 1], layer_flops(kv_rows, act, d, f, cfg.kv) + head_flops(words, d, c))
+            stats.active_tokens = torch.zeros(stats.num_layers, dtype=torch.long).index_add_(
+                0, layers.cpu(), act.cpu()).tolist()
+        n_tokens, n_words = batch.attention_mask.sum(1), batch.word_mask.sum(1)
+        flops_full = stats.num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(n_words, d, c)
+        exited = o.exit[batch.word_mask]
+        stats.words_exited = torch.bincount(exited, minlength=stats.num_layers).tolist()
         stats.exit_layer_sum = float((exited + 1).sum())
         stats.flops = float(flops.sum())
         stats.flops_full = float(flops_full.sum())
-        return EngineOutput(out_pred, out_score, out_exit, stats, flops, flops_full, trace_t)
+        return EngineOutput(o.pred, o.score, o.exit, stats, flops, flops_full, trace)
 
     # ------------------------------------------------------------------ layer steps
 
-    def _dense_step(self, fl: _FusedLayer, s: _Rows, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
+    def _dense_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
         h = s.h
         d = h.shape[-1]
         q, k, v = F.linear(h, fl.wqkv, fl.bqkv).split(d, -1)  # (b, T, d) each
@@ -224,7 +327,7 @@ class Engine:
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
 
-    def _packed_step(self, fl: _FusedLayer, s: _Rows, active_t: torch.Tensor, n_act: torch.Tensor,
+    def _packed_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, n_act: torch.Tensor,
                      kv: str) -> torch.Tensor:
         h = s.h
         b, t, d = h.shape
