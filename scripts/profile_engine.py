@@ -25,20 +25,27 @@ from earlytag.engine import ExitConfig, ExitStats
 GEMM = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul")
 
 
+def run(tagger: Tagger, batches: list, cfg: ExitConfig) -> list:
+    """As the Tagger runs them: batch size 1 one by one, larger batches refilling thin layers (run_many)."""
+    if batches[0].size > 1:
+        return tagger.engine.run_many(batches, cfg)
+    return [tagger.engine.run(b, cfg) for b in batches]
+
+
 def measure(tagger: Tagger, batches: list, cfg: ExitConfig) -> dict:
-    for b in batches[:3]:
-        tagger.engine.run(b, cfg)
+    run(tagger, batches[:8], cfg)  # warm-up
     stats = ExitStats(tagger.num_layers)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        for b in batches:
-            stats = stats + tagger.engine.run(b, cfg).stats
+        outs = run(tagger, batches, cfg)
         wall = time.perf_counter() - start
+    for out in outs:
+        stats = stats + out.stats
     ops = prof.key_averages()
     total = sum(k.self_cpu_time_total for k in ops) / 1e6
     gemm = sum(k.self_cpu_time_total for k in ops if k.key in GEMM) / 1e6
     calls = sum(k.count for k in ops)
-    top = sorted(ops, key=lambda k: -k.self_cpu_time_total)[:8]
+    top = sorted(ops, key=lambda k: -k.self_cpu_time_total)[:14]
     return {"exit": cfg.describe(), "wall_s": wall, "gemm_s": gemm, "other_ops_s": total - gemm,
             "python_and_dispatch_s": max(wall - total, 0.0), "operator_calls": calls,
             "flops_speedup": stats.flops_speedup, "dense_layer_steps": stats.dense_layers,

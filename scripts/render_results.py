@@ -97,6 +97,7 @@ def compare(*args: str) -> str:
     for spec in specs:
         bench, _, policy = spec.partition(":")
         policy, _, label = policy.partition("=")
+        label = label.replace("_", " ")  # labels are single words in the template: _ stands for a space
         rows, meta = _rows(bench)
         bs = max(r["batch_size"] for r in rows)
         if policy == "none" or policy.startswith("smaller"):

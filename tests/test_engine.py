@@ -259,3 +259,41 @@ def test_refill_across_batches_gives_the_same_results(tokenizer, family, policy)
         assert torch.allclose(a.flops, t.flops)
         assert a.stats.active_tokens == t.stats.active_tokens
         assert a.stats.words_exited == t.stats.words_exited
+
+
+def reference_flops(batch, exit_layer, num_layers, d, f, c, kv, heads_everywhere):
+    """FLOPs per sentence by the formula of docs/design.md, counted in plain loops, layer by layer."""
+    out = []
+    for b in range(batch.size):
+        exits = [int(e) for e, m in zip(exit_layer[b], batch.word_mask[b]) if m]
+        tokens = [int(w) for w, m in zip(batch.token_word[b], batch.attention_mask[b]) if m]
+        total = 0.0
+        for layer in range(num_layers):
+            if not any(e >= layer for e in exits):
+                continue  # the sentence has left the batch
+            a = sum(1 for w in tokens if w < 0 or exits[w] >= layer)  # specials + sub-words of active words
+            n = len(tokens) if kv == "keep" else a
+            total += 4 * n * d * d + 4 * a * d * d + 4 * a * d * f + 4 * a * n * d
+            if heads_everywhere or layer == num_layers - 1:
+                total += 2 * sum(1 for e in exits if e >= layer) * d * c
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("name", ["none", "static", "token", "token-drop", "sentence", "patience"])
+def test_flops_per_sentence_follow_the_formula(tokenizer, name):
+    model = tiny_model("bert", seed=3)
+    batch = batch_of(tokenizer, SENTENCES + [[]])
+    cfg = {"none": ExitConfig(), "static": ExitConfig("static", layer=2), "token": mixed(model, batch),
+           "token-drop": mixed(model, batch, kv="drop"), "sentence": ExitConfig("sentence", threshold=0.5),
+           "patience": ExitConfig("patience", patience=1)}[name]
+    out = Engine(model).run(batch, cfg)
+    a = model.adapter
+    depth = cfg.layer or model.num_layers
+    expected = reference_flops(batch, out.exit_layer, depth, a.hidden_size, a.intermediate_size,
+                               model.config.num_labels, cfg.kv, cfg.policy not in ("none", "static"))
+    assert out.flops.tolist() == pytest.approx(expected)
+    full = reference_flops(batch, torch.full_like(out.exit_layer, model.num_layers - 1), model.num_layers,
+                           a.hidden_size, a.intermediate_size, model.config.num_labels, "keep", False)
+    assert out.flops_full.tolist() == pytest.approx(full)  # the empty sentence costs nothing at any depth
+    assert out.stats.flops == pytest.approx(sum(expected))

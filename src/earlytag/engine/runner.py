@@ -79,10 +79,11 @@ class _Group:
                "exit")
     pad_values = {"token_word": -1, "exit": -1}  # padding when groups of different sizes are merged
 
-    def __init__(self, layer: int, state: dict[str, torch.Tensor], **tensors: torch.Tensor):
+    def __init__(self, layer: int, state: dict[str, torch.Tensor], batches: set[int], **tensors: torch.Tensor):
         self.__dict__.update(tensors)
         self.layer = layer
         self.state = state
+        self.batches = batches  # input batches with rows in this group
         self._derive()
 
     def _derive(self) -> None:
@@ -91,8 +92,8 @@ class _Group:
         self.special = self.token_word < 0  # (b, T)
         self.token_word_c = self.token_word.clamp(min=0)
         self.word_flat = (self.word_pos + torch.arange(b, device=self.h.device)[:, None] * t).view(-1)  # (b*W,)
-        self.n_tokens = self.tok_mask.sum(1)  # (b,)
-        self.padded = not bool(self.tok_mask.all())
+        self.total_tokens = int(self.tok_mask.sum())
+        self.padded = self.total_tokens < self.tok_mask.numel()
         self.pad_bias = key_bias(self.tok_mask, self.h.dtype) if self.padded else None  # (b, 1, 1, T)
         self.active_t: torch.Tensor | None = None
 
@@ -110,6 +111,8 @@ class _Group:
         for name in self.per_row:
             setattr(self, name, getattr(self, name).index_select(0, keep))
         self.state = {k: v.index_select(0, keep) for k, v in self.state.items()}
+        if len(self.batches) > 1:
+            self.batches = set(self.origin[:, 0].unique().tolist())
         t_live = int(self.tok_mask.sum(1).max())
         if t_live < self.h.shape[1]:  # drop padding columns no live sentence needs
             self.h = self.h[:, :t_live].contiguous()
@@ -129,7 +132,7 @@ class _Group:
                 x, y = (_pad_dim1(z, size, cls.pad_values.get(name, 0)) for z in (x, y))
             tensors[name] = torch.cat([x, y])
         state = {k: torch.cat([_pad_dim1(a.state[k], w, 0), _pad_dim1(b.state[k], w, 0)]) for k in a.state}
-        return cls(a.layer, state, **tensors)
+        return cls(a.layer, state, a.batches | b.batches, **tensors)
 
 
 def _pad_dim1(x: torch.Tensor, size: int, value) -> torch.Tensor:
@@ -152,7 +155,6 @@ class _Outputs:
         self.exit = torch.full((big_b, w), -1, dtype=torch.long, device=dev)
         self.stats = ExitStats(num_layers, sentences=big_b, words=int(batch.word_mask.sum()),
                                tokens=int(batch.attention_mask.sum()))
-        self.records: list[tuple[torch.Tensor, ...]] = []  # per layer step: rows, kv rows, active, head words
 
 
 class Engine:
@@ -198,14 +200,14 @@ class Engine:
         while parked:  # no more batches: the waiting groups finish, lowest layer first (merging on the way up)
             group = parked.pop(min(parked))
             self._climb(group, policy, cfg, outs, traces, parked, final=True)
-        return [self._finish(o, cfg, None if traces is None else traces[i]) for i, o in enumerate(outs)]
+        return [self._finish(o, cfg, policy, None if traces is None else traces[i]) for i, o in enumerate(outs)]
 
     def _start(self, batch: Batch, index: int, policy: ExitPolicy) -> _Group:
         big_b, w = batch.word_pos.shape
         dev = batch.input_ids.device
         origin = torch.stack([torch.full((big_b,), index, dtype=torch.long, device=dev),
                               torch.arange(big_b, device=dev)], 1)  # (B, 2)
-        return _Group(0, policy.init_state(batch.word_mask), origin=origin, h=self.model.embed(batch.input_ids),
+        return _Group(0, policy.init_state(batch.word_mask), {index}, origin=origin, h=self.model.embed(batch.input_ids),
                       tok_mask=batch.attention_mask.bool(), token_word=batch.token_word, word_pos=batch.word_pos,
                       word_mask=batch.word_mask, active_w=batch.word_mask.clone(),
                       unc=torch.zeros((big_b, w), device=dev), pred=torch.zeros((big_b, w), dtype=torch.long, device=dev),
@@ -237,25 +239,18 @@ class Engine:
         layer = g.layer
         d = self.adapter.hidden_size
         active_t = g.active_tokens()  # (b, T)
-        n_act = active_t.sum(1)  # (b,)
-        total_act = int(n_act.sum())
+        total_act = int(active_t.sum())
         fused = self._layer(layer)
         dense = total_act >= self.dense_above * g.h.shape[0] * g.h.shape[1]
         if dense:
             g.h = self._dense_step(fused, g, active_t, total_act, cfg.kv)
         else:
-            g.h = self._packed_step(fused, g, active_t, n_act, cfg.kv)
-        head_runs = policy.needs_head(layer)
-        words = g.active_w.sum(1) if head_runs else torch.zeros_like(n_act)  # (b,) words whose head runs
-        record = (torch.full_like(n_act, layer), g.origin, g.n_tokens if cfg.kv == "keep" else n_act, n_act, words)
-        batch_ids = g.origin[:, 0]
-        for i in (batch_ids.unique().tolist() if len(outs) > 1 else [0]):
-            o = outs[i]
-            o.records.append(record)
-            o.stats.dense_layers += dense
-            o.stats.packed_layers += not dense
+            g.h = self._packed_step(fused, g, active_t, active_t.sum(1), cfg.kv)
+        for i in g.batches:
+            outs[i].stats.dense_layers += dense
+            outs[i].stats.packed_layers += not dense
         g.layer += 1
-        if not head_runs:
+        if not policy.needs_head(layer):
             return
         # exit head on the first sub-word of every active word (packed)
         widx = g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat word index
@@ -276,8 +271,8 @@ class Engine:
     def _emit(self, g: _Group, idx: torch.Tensor, outs: list[_Outputs]) -> None:
         """Copy the finished rows ``idx`` of ``g`` into the outputs of their input batches."""
         origin = g.origin.index_select(0, idx)
-        for i in (origin[:, 0].unique().tolist() if len(outs) > 1 else [0]):
-            sel = idx if len(outs) == 1 else idx[origin[:, 0] == i]
+        for i in g.batches:
+            sel = idx if len(g.batches) == 1 else idx[origin[:, 0] == i]
             rows = g.origin.index_select(0, sel)[:, 1]
             o = outs[i]
             w = o.pred.shape[1]
@@ -285,24 +280,33 @@ class Engine:
             o.score.index_copy_(0, rows, g.score.index_select(0, sel)[:, :w])
             o.exit.index_copy_(0, rows, g.exit.index_select(0, sel)[:, :w])
 
-    def _finish(self, o: _Outputs, cfg: ExitConfig, trace) -> EngineOutput:
-        """Bookkeeping, once per input batch: FLOPs per sentence, exit histogram, statistics."""
+    def _finish(self, o: _Outputs, cfg: ExitConfig, policy: ExitPolicy, trace) -> EngineOutput:
+        """Bookkeeping, once per input batch, from the exit layers alone.
+
+        A word is active at layers 0..exit, its sub-words with it; a sentence is live (its special tokens
+        active, all its tokens keys/values under kv=keep) up to the last exit of its words. That gives every
+        layer's live and active token counts per sentence, hence FLOPs and statistics, without recording
+        anything during the climb.
+        """
         d, f, c = self.adapter.hidden_size, self.adapter.intermediate_size, self.model.config.num_labels
         batch, stats = o.batch, o.stats
-        big_b = batch.word_pos.shape[0]
-        flops = torch.zeros(big_b, dtype=torch.float64, device=batch.input_ids.device)
-        if o.records:
-            layers, origin, kv_rows, act, words = (torch.cat(x) for x in zip(*o.records))
-            mine = origin[:, 0] == o.index
-            if not bool(mine.all()):
-                layers, origin, kv_rows, act, words = (x[mine] for x in (layers, origin, kv_rows, act, words))
-            flops.index_add_(0, origin[:, 1], layer_flops(kv_rows, act, d, f, cfg.kv) + head_flops(words, d, c))
-            stats.active_tokens = torch.zeros(stats.num_layers, dtype=torch.long).index_add_(
-                0, layers.cpu(), act.cpu()).tolist()
-        n_tokens, n_words = batch.attention_mask.sum(1), batch.word_mask.sum(1)
-        flops_full = stats.num_layers * layer_flops(n_tokens, n_tokens, d, f) + head_flops(n_words, d, c)
+        num_layers = stats.num_layers
+        layers = torch.arange(num_layers, device=o.exit.device)  # (L,)
+        tok_mask = batch.attention_mask.bool()  # (B, T)
+        last = o.exit.max(1).values  # (B,) last layer each sentence is live at (-1: never)
+        tok_exit = torch.where(batch.token_word >= 0, o.exit.gather(1, batch.token_word.clamp(min=0)),
+                               last[:, None]).masked_fill_(~tok_mask, -1)  # (B, T) specials: while live
+        active = (tok_exit.unsqueeze(-1) >= layers).sum(1)  # (B, L) tokens computed at each layer
+        n_tokens = tok_mask.sum(1)  # (B,)
+        live = n_tokens[:, None] * (last[:, None] >= layers)  # (B, L) tokens of live sentences
+        heads = torch.tensor([policy.needs_head(i) for i in range(num_layers)], device=layers.device)  # (L,)
+        head_words = ((o.exit.unsqueeze(-1) >= layers) & heads).sum((1, 2))  # (B,) word-layers a head ran on
+        flops = layer_flops(live, active, d, f, cfg.kv).sum(1) + head_flops(head_words, d, c)  # (B,)
+        n_words = batch.word_mask.sum(1)  # (B,) a sentence without words is not run at any depth
+        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) * (n_words > 0) + head_flops(n_words, d, c)
+        stats.active_tokens = active.sum(0).tolist()
         exited = o.exit[batch.word_mask]
-        stats.words_exited = torch.bincount(exited, minlength=stats.num_layers).tolist()
+        stats.words_exited = torch.bincount(exited, minlength=num_layers).tolist()
         stats.exit_layer_sum = float((exited + 1).sum())
         stats.flops = float(flops.sum())
         stats.flops_full = float(flops_full.sum())
@@ -314,7 +318,7 @@ class Engine:
         h = s.h
         d = h.shape[-1]
         q, k, v = F.linear(h, fl.wqkv, fl.bqkv).split(d, -1)  # (b, T, d) each
-        all_active = total_act == int(s.n_tokens.sum())
+        all_active = total_act == s.total_tokens
         if kv == "keep" or all_active:
             bias = s.pad_bias
         else:
@@ -345,7 +349,8 @@ class Engine:
                 bias = None if pos is None else pos[:, flat][:, :, flat][None]  # (1, h, N_a, N_a)
             ctx = attend(q[None], k[None], v[None], bias, heads)[0]  # (N_a, d)
             y = finish(fl.parts, ctx, x)
-            return h.view(-1, d).index_copy(0, flat, y).view(b, t, d)
+            h.view(-1, d).index_copy_(0, flat, y)  # in place: the group owns h, K/V are already computed
+            return h
 
         ta = int(n_act.max())
         bi, ti = flat // t, flat % t
@@ -374,4 +379,5 @@ class Engine:
                 bias = bias + pb.permute(1, 0, 2, 3)
         ctx = attend(pad(q), k, v, bias, heads)  # (b, Ta, d)
         y = finish(fl.parts, ctx.reshape(-1, d).index_select(0, slot), x)  # (N_a, d)
-        return h.view(-1, d).index_copy(0, flat, y).view(b, t, d)
+        h.view(-1, d).index_copy_(0, flat, y)  # in place: the group owns h, K/V are already computed
+        return h
