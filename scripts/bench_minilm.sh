@@ -18,3 +18,6 @@ earlytag bench "$OUT/minilm-pos-ss" ud-en-ewt:test --out docs/bench/minilm-pos-s
 # the same engine without refilling thin layers across batches (each batch of 32 climbs on its own)
 earlytag bench "$OUT/minilm-ner" uner-en-ewt:test --out docs/bench/minilm-ner-norefill $B --no-refill \
   --policies token sentence --batch-sizes 32 --label "all-MiniLM-L6-v2 NER, stage 1, no refill"
+# self-sampling with loss flooding (scripts/train_minilm_flood.sh), token exit only
+earlytag bench "$OUT/minilm-ner-ss-flood" uner-en-ewt:test --out docs/bench/minilm-ner-ss-flood $B --policies token \
+  --label "all-MiniLM-L6-v2 NER, self-sampling with flooding"

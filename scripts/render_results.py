@@ -10,6 +10,10 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
     <!-- wall BENCH -->                 wall/FLOPs ratios of every setting at each batch size
     <!-- compare BENCH:POLICY[=label]... TARGETS... -->  one row per (bench, policy) across several benches
     <!-- load FILE -->                  load test results (docs/serve/FILE.json)
+    <!-- ray FILE -->                   a Ray corpus run (docs/serve/FILE.json, the last line `predict --engine ray` logs)
+    <!-- profile NAMES... -->           torch.profiler split of full depth vs early exit (docs/bench/NAME.json)
+    <!-- gemm NAME -->                  GEMM throughput against rows (scripts/gemm_rows.py --json)
+    <!-- verdict BENCHES... T:LOSS... -->  token exit against issue 4's targets, static and the smaller model
     <!-- file PATH -->                  a file verbatim (e.g. a bench's results.md)
 """
 
@@ -118,12 +122,79 @@ def load_test(name: str) -> str:
     results = load(DOCS / "serve" / f"{name}.json")
     rows = [[r["mode"], r["requests"], r["concurrency"], r["errors"], r["wrong"], f"{r['p50_ms']:.0f}",
              f"{r['p90_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['requests_per_s']:.1f}", f"{r['texts_per_s']:.1f}",
-             r["engine_calls"]] for r in results]
+             r["engine_calls"], f"{r['texts_per_s'] * r['seconds'] / r['engine_calls']:.1f}"] for r in results]
     table = markdown_table(["mode", "requests", "concurrent", "errors", "wrong answers", "p50 ms", "p90 ms", "p99 ms",
-                            "requests/s", "texts/s", "engine calls"], rows)
+                            "requests/s", "texts/s", "engine calls", "texts per engine call"], rows)
     if len(results) == 2:
         table += f"\n\nThroughput with micro-batching / without: {results[0]['texts_per_s'] / results[1]['texts_per_s']:.2f}x."
     return table
+
+
+def ray_run(name: str) -> str:
+    r = load(DOCS / "serve" / f"{name}.json")
+    return markdown_table(["documents", "actors", "cluster CPUs", "exit", "seconds", "documents/s", "FLOPs speed-up"],
+                          [[r["documents"], r["actors"], r["cluster_cpus"], f"{r['exit']['policy']} τ={r['exit']['threshold']}",
+                            f"{r['seconds']:.1f}", f"{r['documents'] / r['seconds']:.0f}", f"{r['flops_speedup']:.2f}x"]])
+
+
+def profile(*names: str) -> str:
+    """Full depth next to early exit under torch.profiler (scripts/profile_engine.py --json)."""
+    rows = []
+    for name in names:
+        p = load(DOCS / "bench" / f"{name}.json")
+        for key in ("full", "early"):
+            e = p[key]
+            rows.append([p["batch_size"], e["exit"], f"{e['flops_speedup']:.2f}x", f"{e['wall_s']:.3f}", f"{e['gemm_s']:.3f}",
+                         f"{e['other_ops_s']:.3f}", f"{e['python_and_dispatch_s']:.3f}", e["operator_calls"],
+                         f"{e['dense_layer_steps']} / {e['packed_layer_steps']}"])
+        r = p["ratios"]
+        rows.append([p["batch_size"], "**full / early**", "", f"**{r['wall_s']:.2f}x**", f"{r['gemm_s']:.2f}x",
+                     f"{r['other_ops_s']:.2f}x", f"{r['python_and_dispatch_s']:.2f}x", "", ""])
+    return markdown_table(["batch", "exit", "FLOPs speed-up", "wall s", "GEMM s", "other operators s",
+                           "Python + dispatch s", "operator calls", "dense / packed layer steps"], rows)
+
+
+def gemm(name: str) -> str:
+    g = load(DOCS / "bench" / f"{name}.json")
+    return markdown_table(["rows (active tokens)", *g["rows"]],
+                          [[f"GFLOPS, {shape}", *vals] for shape, vals in g["gflops"].items()])
+
+
+TOKEN_FAMILY = ("token", "token-drop")
+
+
+def verdict(*args: str) -> str:
+    """Against the targets of issue 4: ``verdict BENCH... 2:0.3 3:0.8 4:1.5`` (speed-up:allowed score loss).
+
+    The full-depth and static rows come from the first bench (the stage-1 model), the smaller model's row
+    from whichever bench timed one; token exit is the best-scoring token setting (keep or drop, any of the
+    benches) whose FLOPs speed-up is nearest each target (within 15%)."""
+    benches = [a for a in args if ":" not in a]
+    targets = [(float(t), None if loss == "-" else float(loss)) for t, loss in (a.split(":") for a in args if ":" in a)]
+    rows = {b: _rows(b)[0] for b in benches}
+    bs = max(r["batch_size"] for r in rows[benches[0]])
+    full = next(r for r in rows[benches[0]] if r["policy"] == "none" and r["batch_size"] == bs)
+    smaller = next((r for b in benches for r in rows[b] if r["policy"].startswith("smaller") and r["batch_size"] == bs),
+                   None)
+    out = []
+    for t, allowed in targets:
+        cands = [(r, b) for b in benches for pol in TOKEN_FAMILY if (r := nearest(rows[b], pol, bs, t))]
+        static = nearest(rows[benches[0]], "static", bs, t)
+        if not cands:
+            out.append([f"{t:g}x", "-" if allowed is None else f"{allowed:.1f}", "-", "-", "-", "-", "-", "-"])
+            continue
+        best, bench = max(cands, key=lambda c: c[0]["score"])
+        loss = full["score"] - best["score"]
+        ahead = all(best["score"] > other["score"] for other in (static, smaller) if other is not None)
+        out.append([f"{t:g}x", "-" if allowed is None else f"{allowed:.1f}", f"{pct(best['score'])} ({best['describe']}, {bench}, "
+                    f"{best['flops_speedup']:.2f}x FLOPs, wall {best['wall_speedup']:.2f}x)", pct(loss),
+                    "-" if allowed is None else ("yes" if 100 * loss <= allowed else "**no**"),
+                    "-" if static is None else f"{pct(static['score'])} ({static['describe']})",
+                    "-" if smaller is None else f"{pct(smaller['score'])} ({smaller['flops_speedup']:.1f}x FLOPs)",
+                    "yes" if ahead else "**no**"])
+    return (f"Full depth: {pct(full['score'])}.\n\n" +
+            markdown_table(["FLOPs speed-up", "allowed loss", "best token exit", "loss", "within target",
+                            "static truncation", "smaller model", "token exit ahead of both"], out))
 
 
 def file(path: str) -> str:
@@ -131,7 +202,7 @@ def file(path: str) -> str:
 
 
 HANDLERS = {"layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
-            "load": load_test, "file": file}
+            "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "file": file}
 
 
 def render(template: str) -> str:
@@ -139,7 +210,7 @@ def render(template: str) -> str:
         kind, *args = match.group(1).split()
         return f"{match.group(0)}\n{HANDLERS[kind](*args)}"
 
-    return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|file)\b[^>]*?) -->", sub, template)
+    return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|ray|profile|gemm|verdict|file)\b[^>]*?) -->", sub, template)
 
 
 def rerender_benches() -> None:
