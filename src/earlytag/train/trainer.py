@@ -182,7 +182,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     dist = Distributed.from_env()
     device = dist.device(cfg.device)
     main_process = dist.rank == 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     chunking = cfg.task in ("ner", "chunk")
     load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir)
     train_set = _limit(load_dataset(cfg.train, cfg.task, **load_kw), cfg.train_limit)
@@ -294,6 +294,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dist.barrier()
     log["best_selection_score"] = best
     log["seconds"] = time.perf_counter() - started
+    # CPU time of this process (all its threads): unlike wall time, not inflated when the machine is shared
+    log["cpu_seconds"] = time.process_time() - cpu_started
+    log["torch_threads"] = torch.get_num_threads()
     log["processes"] = dist.world
     if main_process:
         atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
