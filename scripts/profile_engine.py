@@ -4,21 +4,25 @@
     python scripts/profile_engine.py MODEL_DIR DATA --batch-size 32 --sentences 1000 \
         --exit '{"policy": "token", "threshold": 0.2}' [--json OUT]
 
-Runs full depth and the setting once each under torch.profiler on the same pre-built batches and splits
+Runs full depth and the setting under torch.profiler (3 passes each, alternating; medians) on the same pre-built batches and splits
 the wall time into matrix multiplications (aten::addmm/mm/bmm), the other operators, and what is left
-(the Python interpreter and framework dispatch around the operators).
+(the Python interpreter and framework dispatch around the operators). The profiler adds a cost to every
+operator, which distorts small batches most, so the speed-up is also timed without it, as `earlytag bench`
+times it (full depth and the setting in alternation, median of 3 passes): ``unprofiled``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from earlytag import Tagger
+from earlytag.bench import _paired
 from earlytag.data.batching import collate, length_sorted_batches
 from earlytag.engine import ExitConfig, ExitStats
 
@@ -53,6 +57,15 @@ def measure(tagger: Tagger, batches: list, cfg: ExitConfig) -> dict:
             "top_operators": [(k.key, round(k.self_cpu_time_total / 1e6, 4), k.count) for k in top]}
 
 
+def median_pass(runs: list[dict]) -> dict:
+    """The median of every timed figure over several profiled passes of the same setting."""
+    out = dict(runs[0])
+    for key in ("wall_s", "gemm_s", "other_ops_s", "python_and_dispatch_s"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["passes"] = len(runs)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
@@ -67,10 +80,19 @@ def main() -> None:
     windows = tagger.featurizer.windows(docs)
     batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
                for idx in length_sorted_batches(windows, args.batch_size)]
-    full = measure(tagger, batches, ExitConfig())
-    early = measure(tagger, batches, tagger.exit_config(json.loads(args.exit)))
+    cfgs = {"full": ExitConfig(), "early": tagger.exit_config(json.loads(args.exit))}
+    passes = {k: [] for k in cfgs}
+    for _ in range(3):  # alternating profiled passes; the median of each figure (this machine is noisy)
+        for key, cfg in cfgs.items():
+            passes[key].append(measure(tagger, batches, cfg))
+    full, early = (median_pass(passes[k]) for k in cfgs)
+    size = 1 if args.batch_size == 1 else 8  # as earlytag bench: units of 8 batches that the engine refills across
+    units = [batches[i:i + size] for i in range(0, len(batches), size)]
+    speedup, early_s, full_s, _ = _paired(tagger, units, tagger.exit_config(json.loads(args.exit)), 3,
+                                          refill=args.batch_size > 1)
     result = {"batch_size": args.batch_size, "sentences": len(docs), "torch_threads": torch.get_num_threads(),
               "full": full, "early": early,
+              "unprofiled": {"full_s": full_s, "early_s": early_s, "wall_speedup": speedup},
               "ratios": {k: full[k] / early[k] for k in ("wall_s", "gemm_s", "other_ops_s", "python_and_dispatch_s")
                          if early[k]}}
     print(json.dumps(result, indent=2))

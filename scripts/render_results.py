@@ -14,6 +14,7 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
     <!-- profile NAMES... -->           torch.profiler split of full depth vs early exit (docs/bench/NAME.json)
     <!-- gemm NAME -->                  GEMM throughput against rows (scripts/gemm_rows.py --json)
     <!-- verdict BENCHES... T:LOSS... -->  token exit against issue 4's targets, static and the smaller model
+    <!-- wallcheck BENCH POLICY... BS:TARGET... -->  settings whose wall/FLOPs ratio reaches the target
     <!-- file PATH -->                  a file verbatim (e.g. a bench's results.md)
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -95,6 +97,23 @@ def wall(bench: str) -> str:
                           + [f"wall speed-up, batch {bs} (wall/FLOPs)" for bs in sizes], out)
 
 
+def wallcheck(bench: str, *args: str) -> str:
+    """``wallcheck BENCH POLICY... BS:TARGET...``: how many settings of each policy reach wall/FLOPs >= target."""
+    policies = [a for a in args if ":" not in a]
+    targets = [(int(bs), float(t)) for bs, t in (a.split(":") for a in args if ":" in a)]
+    rows, _ = _rows(bench)
+    out = []
+    for policy in policies:
+        for bs, target in targets:
+            ratios = [r["wall_over_flops"] for r in rows if r["policy"] == policy and r["batch_size"] == bs]
+            if not ratios:
+                continue
+            met = sum(x >= target for x in ratios)
+            out.append([policy, bs, f"≥ {target:g}", f"{met} of {len(ratios)}", f"{min(ratios):.2f} – {max(ratios):.2f}",
+                        f"{statistics.median(ratios):.2f}"])
+    return markdown_table(["policy", "batch size", "target wall/FLOPs", "settings reaching it", "range", "median"], out)
+
+
 def compare(*args: str) -> str:
     specs = [a for a in args if ":" in a]
     ts = [float(a) for a in args if ":" not in a]
@@ -148,16 +167,18 @@ def profile(*names: str) -> str:
             rows.append([p["batch_size"], e["exit"], f"{e['flops_speedup']:.2f}x", f"{e['wall_s']:.3f}", f"{e['gemm_s']:.3f}",
                          f"{e['other_ops_s']:.3f}", f"{e['python_and_dispatch_s']:.3f}", e["operator_calls"],
                          f"{e['dense_layer_steps']} / {e['packed_layer_steps']}"])
-        r = p["ratios"]
-        rows.append([p["batch_size"], "**full / early**", "", f"**{r['wall_s']:.2f}x**", f"{r['gemm_s']:.2f}x",
-                     f"{r['other_ops_s']:.2f}x", f"{r['python_and_dispatch_s']:.2f}x", "", ""])
+        r, u = p["ratios"], p["unprofiled"]
+        rows.append([p["batch_size"], "**full / early**", "", f"{r['wall_s']:.2f}x", f"{r['gemm_s']:.2f}x",
+                     f"{r['other_ops_s']:.2f}x", f"{r['python_and_dispatch_s']:.2f}x", "", "",
+                     f"**{u['wall_speedup']:.2f}x**"])
     return markdown_table(["batch", "exit", "FLOPs speed-up", "wall s", "GEMM s", "other operators s",
-                           "Python + dispatch s", "operator calls", "dense / packed layer steps"], rows)
+                           "Python + dispatch s", "operator calls", "dense / packed layer steps",
+                           "wall speed-up without the profiler"], [row + [""] * (10 - len(row)) for row in rows])
 
 
 def gemm(name: str) -> str:
     g = load(DOCS / "bench" / f"{name}.json")
-    return markdown_table(["rows (active tokens)", *g["rows"]],
+    return markdown_table(["rows (active tokens)", *map(str, g["rows"])],
                           [[f"GFLOPS, {shape}", *vals] for shape, vals in g["gflops"].items()])
 
 
@@ -203,15 +224,20 @@ def file(path: str) -> str:
 
 
 HANDLERS = {"layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
-            "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "file": file}
+            "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck, "file": file}
 
 
 def render(template: str) -> str:
     def sub(match: re.Match) -> str:
         kind, *args = match.group(1).split()
-        return f"{match.group(0)}\n{HANDLERS[kind](*args)}"
+        try:
+            return f"{match.group(0)}\n{HANDLERS[kind](*args)}"
+        except FileNotFoundError as err:  # a figure not measured yet: say so on the page, do not invent it
+            missing = Path(err.filename).relative_to(ROOT)
+            print(f"render_results: {missing} is missing; its table is left out", file=sys.stderr)
+            return f"{match.group(0)}\n*(not measured yet: `{missing}` is missing)*"
 
-    return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|ray|profile|gemm|verdict|file)\b[^>]*?) -->", sub, template)
+    return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|ray|profile|gemm|verdict|wallcheck|file)\b[^>]*?) -->", sub, template)
 
 
 def rerender_benches() -> None:
