@@ -17,3 +17,5 @@ earlytag predict "$OUT/minilm-ner" /tmp/earlytag-corpus.jsonl --output /tmp/earl
   --exit token --threshold 0.1 --batch-size 32 2> /tmp/earlytag-ray.log
 tail -n 1 /tmp/earlytag-ray.log > docs/serve/ray-minilm-ner.json
 wc -l /tmp/earlytag-tagged.jsonl
+# the page at / with the real model (Debian chromium + chromedriver)
+python scripts/page_screenshot.py "$OUT/minilm-ner" docs/serve/page-minilm-ner.png
