@@ -68,8 +68,11 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch):
         raise urllib.error.URLError("connection refused")
 
     monkeypatch.setattr(datasets, "fetch_bytes", broken)
-    with pytest.raises(DataError, match="download failed: connection refused"):
+    with pytest.raises(DataError, match="download failed: connection refused") as info:
         resolve("ud-en-ewt:test")
+    message = str(info.value)  # says where it looked, and what to do
+    assert message.startswith("ud-en-ewt:test: not found in ")
+    assert f"{tmp_path / 'empty'} (no such directory)" in message and "EARLYTAG_DATA" in message
     assert calls == ["https://raw.githubusercontent.com/UniversalDependencies/UD_English-EWT/master/en_ewt-ud-test.conllu"]
     assert not list((tmp_path / "cache").rglob("*")) or not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
 

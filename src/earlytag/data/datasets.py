@@ -117,10 +117,15 @@ def resolve(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
                 if (folder / name).is_file():
                     return folder / name
     target = cache_dir() / "data" / dataset.folder / dataset.files[split]
+    searched = ", ".join(f"{d}{'' if d.is_dir() else ' (no such directory)'}" for d in data_dirs(data_dir))
+    where = f"{searched or 'no data directory (--data-dir / EARLYTAG_DATA unset)'} nor in the cache {cache_dir() / 'data'}"
     if not download or offline():
-        raise DataError(f"{spec} is not in {', '.join(map(str, data_dirs(data_dir))) or 'any data directory'} "
-                        "nor in the cache, and downloading is off (EARLYTAG_OFFLINE)", spec)
-    return download_to(dataset.url(split), target)
+        raise DataError(f"not found in {where}, and downloading is off (EARLYTAG_OFFLINE)", spec)
+    try:
+        return download_to(dataset.url(split), target)
+    except DataError as err:
+        raise DataError(f"not found in {where}; {err.message} ({err.path}). Point --data-dir or EARLYTAG_DATA "
+                        f"at a directory that holds {dataset.folder}/", spec) from None
 
 
 def download_to(url: str, target: Path) -> Path:
