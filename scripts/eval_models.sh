@@ -8,5 +8,6 @@ for name in "$@"; do
   for split in dev test; do
     earlytag evaluate "$OUT/$name" "$data:$split" --exit none --json "docs/eval/$name-$split.json" > /dev/null
   done
-  cp "$OUT/$name/training_log.json" "docs/train/$name.json"
+  if [ -f "$OUT/$name/training_log.json" ]; then cp "$OUT/$name/training_log.json" "docs/train/$name.json"
+  else echo "$name: no training_log.json (training did not finish); docs/train/$name.json left as it is" >&2; fi
 done

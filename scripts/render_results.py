@@ -52,7 +52,12 @@ def layers(name: str) -> str:
 def training(*names: str) -> str:
     rows = []
     for name in names:
-        log = load(DOCS / "train" / f"{name}.json")
+        path = DOCS / "train" / f"{name}.json"
+        if not path.exists():  # a run that did not finish: a row that says so, not a guess
+            print(f"render_results: {path.relative_to(ROOT)} is missing; its row says so", file=sys.stderr)
+            rows.append([name, *["-"] * 7, "no training log (see text)"])
+            continue
+        log = load(path)
         cfg = log["config"]
         best = max(log["epochs"], key=lambda e: e["selection_score"])
         rows.append([name, cfg.get("encoder") if cfg["stage"] == "joint" else f"init {Path(cfg['init']).name}",

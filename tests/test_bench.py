@@ -49,3 +49,11 @@ def test_bench_writes_results(models, tmp_path, capsys, shared_data):
     md = (out / "results.md").read_text()
     assert "All settings, batch size 1" in md and "~2x" in md
     assert "| token |" in capsys.readouterr().out
+
+
+def test_small_grid_keeps_the_static_depths_nearest_the_targets():
+    from earlytag.bench import default_grid
+
+    assert [c.layer for c in default_grid("static", 12, size="small")] == [3, 4, 6, 8]
+    assert [c.layer for c in default_grid("static", 6, size="small")] == [2, 3, 4]
+    assert [c.layer for c in default_grid("static", 6)] == [1, 2, 3, 4, 5]

@@ -36,8 +36,9 @@ TARGETS = (1.5, 2.0, 3.0, 4.0)
 def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default") -> list[ExitConfig]:
     small = size == "small"
     thresholds = (0.01, 0.03, 0.07, 0.15, 0.25, 0.4) if small else (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
-    if policy == "static":
-        return [ExitConfig("static", layer=k) for k in range(1, num_layers)]
+    if policy == "static":  # the small grid: only the depths nearest the target speed-ups
+        ks = sorted({min(max(round(num_layers / t), 1), num_layers - 1) for t in TARGETS}) if small else range(1, num_layers)
+        return [ExitConfig("static", layer=k) for k in ks]
     if policy == "sentence":
         return [ExitConfig("sentence", threshold=t, kv=kv) for t in thresholds]
     if policy == "token":
