@@ -7,32 +7,27 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import tempfile
-import threading
-import time
 
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from earlytag.serve.app import create_app
+from earlytag.serve.loadtest import serve_in_thread
 
 TEXT = ("Angela Merkel met Emmanuel Macron in Paris on Monday, and the two leaders later flew to Brussels "
         "for talks with the European Commission about Google and Microsoft.")
 
 
 def main(model: str, out: str, threshold: float = 0.1) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    with serve_in_thread(create_app(model)) as url:
+        screenshot(url, out, threshold)
+
+
+def screenshot(url: str, out: str, threshold: float) -> None:
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     with tempfile.TemporaryDirectory() as profile:
@@ -42,7 +37,7 @@ def main(model: str, out: str, threshold: float = 0.1) -> None:
             opts.add_argument(flag)
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
         try:
-            driver.get(f"http://127.0.0.1:{port}/")
+            driver.get(url + "/")
             wait = WebDriverWait(driver, 60)
             wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
             box = driver.find_element(By.ID, "text")
@@ -56,7 +51,6 @@ def main(model: str, out: str, threshold: float = 0.1) -> None:
             driver.save_screenshot(out)
         finally:
             driver.quit()
-            server.should_exit = True
 
 
 if __name__ == "__main__":

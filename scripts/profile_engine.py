@@ -88,7 +88,7 @@ def main() -> None:
     full, early = (median_pass(passes[k]) for k in cfgs)
     size = 1 if args.batch_size == 1 else 8  # as earlytag bench: units of 8 batches that the engine refills across
     units = [batches[i:i + size] for i in range(0, len(batches), size)]
-    speedup, early_s, full_s, _ = _paired(tagger, units, tagger.exit_config(json.loads(args.exit)), 3,
+    speedup, early_s, full_s, _ = _paired(tagger, units, cfgs["early"], 3,
                                           refill=args.batch_size > 1)
     result = {"batch_size": args.batch_size, "sentences": len(docs), "torch_threads": torch.get_num_threads(),
               "full": full, "early": early,

@@ -216,11 +216,12 @@ def verdict(*args: str) -> str:
         best, bench = max(cands, key=lambda c: c[0]["score"])
         loss = full["score"] - best["score"]
         own = next(r for r in rows[bench] if r["policy"] == "none" and r["batch_size"] == bs)  # same weights, full depth
+        own_loss = own["score"] - best["score"]
         ahead = all(best["score"] > other["score"] for other in (static, smaller) if other is not None)
         out.append([f"{t:g}x", "-" if allowed is None else f"{allowed:.1f}", f"{pct(best['score'])} ({best['describe']}, {bench}, "
                     f"{best['flops_speedup']:.2f}x FLOPs, wall {best['wall_speedup']:.2f}x)", pct(loss),
-                    f"{pct(own['score'] - best['score'])} (of {pct(own['score'])})",
-                    "-" if allowed is None else ("yes" if 100 * max(loss, own["score"] - best["score"]) <= allowed else "**no**"),
+                    f"{pct(own_loss)} (of {pct(own['score'])})",
+                    "-" if allowed is None else ("yes" if 100 * max(loss, own_loss) <= allowed else "**no**"),
                     "-" if static is None else f"{pct(static['score'])} ({static['describe']})",
                     "-" if smaller is None else f"{pct(smaller['score'])} ({smaller['flops_speedup']:.1f}x FLOPs)",
                     "yes" if ahead else "**no**"])

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -19,6 +16,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from earlytag import Tagger  # noqa: E402
 from earlytag.serve.app import create_app  # noqa: E402
+from earlytag.serve.loadtest import serve_in_thread  # noqa: E402
 
 from .conftest import tiny_model  # noqa: E402
 
@@ -27,16 +25,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tokenizer):
-    import uvicorn
-
     model_dir = tmp_path_factory.mktemp("browser") / "model"
     torch_model = tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), seed=5)
     # make the tiny model predict entities (bias towards B-LOC) and be sure of some words early
@@ -47,17 +37,8 @@ def server(tmp_path_factory, tokenizer):
             head.linear.bias[3] += 1.0
         torch_model.heads[0].linear.weight.mul_(40.0)
     Tagger(torch_model, tokenizer).save_pretrained(model_dir)
-    port = free_port()
-    config = uvicorn.Config(create_app(str(model_dir)), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(str(model_dir))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

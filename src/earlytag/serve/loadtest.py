@@ -14,6 +14,8 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a background thread; yields its base URL and
+    stops the server on exit. ``config``: more ``uvicorn.Config`` options (e.g. ``backlog``)."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def same_document(a: dict, b: dict, tol: float = 1e-4) -> bool:
     if a["text"] != b["text"] or len(a["tokens"]) != len(b["tokens"]):
         return False
@@ -75,8 +97,6 @@ def _percentile(values: list[float], q: float) -> float:
 def run_load(model_dir: str, texts: list[str], requests: int = 200, concurrency: int = 200,
              texts_per_request: int = 2, exit: dict | None = None, batching: bool = True,
              max_batch: int = 64, max_wait_ms: float = 5.0) -> LoadResult:
-    import uvicorn
-
     from .app import create_app
 
     payloads = [[texts[(i * texts_per_request + j) % len(texts)] for j in range(texts_per_request)]
@@ -85,16 +105,8 @@ def run_load(model_dir: str, texts: list[str], requests: int = 200, concurrency:
     expected = {t: tagger(t, exit=exit) for t in {t for p in payloads for t in p}}
 
     app = create_app(model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with serve_in_thread(app, backlog=4096) as url:
         return asyncio.run(_drive(url, payloads, expected, concurrency, exit, "batched" if batching else "unbatched"))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 async def _drive(url: str, payloads: list[list[str]], expected: dict, concurrency: int, exit: dict | None,
