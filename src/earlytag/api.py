@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .data import schemes
-from .data.batching import Featurizer, collate, length_sorted_batches, merge_windows, split_words
+from .data.batching import Featurizer, check_text, collate, length_sorted_batches, merge_windows, split_words
 from .data.datasets import Dataset, load_dataset
 from .data.segmentation import word_spans
 from .data.types import Sentence
@@ -65,15 +65,20 @@ class Tagger:
     def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, batch_size: int = 32) -> Tagger:
         from transformers import AutoTokenizer
 
+        from .model.encoders import check_tokenizer
+
         model = EarlyExitTagger.from_pretrained(directory)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError) as err:
             raise EarlytagError(f"{directory}: cannot load the tokenizer: {err}") from None
+        check_tokenizer(tokenizer, model.encoder_config, directory)
         return cls(model, tokenizer, device, batch_size)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        return self.model.save_pretrained(directory, self.tokenizer)
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False,
+                        extra_files: dict[str, str] | None = None) -> Path:
+        """Save the model and tokenizer; an existing model is replaced only with ``overwrite=True``."""
+        return self.model.save_pretrained(directory, self.tokenizer, overwrite=overwrite, extra_files=extra_files)
 
     @property
     def config(self):
@@ -228,9 +233,12 @@ class Tagger:
             else:
                 raise DataError("expected a 'text' or 'tokens' field", where)
         if isinstance(item, str):
+            check_text(item, where)
             words = split_words(item, self.config.word_splitter)
             return Sentence([w for w, _, _ in words], text_override=item, token_offsets=[(s, e) for _, s, e in words])
         if isinstance(item, (list, tuple)) and all(isinstance(t, str) and t for t in item):
+            for i, tok in enumerate(item):
+                check_text(tok, f"{where}.tokens[{i}]")
             spaces = [self.config.word_splitter != "chars"] * len(item)
             return Sentence(list(item), spaces=spaces)
         raise DataError("a text must be a string or a list of non-empty strings", where)

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
 from .engine import ExitConfig, ExitStats
-from .errors import ConfigError, atomic_write_text
+from .errors import ConfigError
 from .metrics import task_scores
 from .report import markdown_table
+from .storage import atomic_write_text
 
 TARGETS = (1.5, 2.0, 3.0, 4.0)
 

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, EarlytagError, atomic_write_text
+from .errors import ConfigError, EarlytagError
+from .storage import atomic_write_text
 
 DEMO_SENTENCES = [
     "Barack Obama visited the headquarters of Microsoft in Redmond on Tuesday.",
@@ -157,10 +158,12 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve.app import serve
+    from .serve.app import Limits, serve
 
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, request_timeout_s=args.request_timeout,
+                    read_timeout_s=args.read_timeout, max_queue_words=args.max_queue_words)
     serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          batching=not args.no_batching)
+          batching=not args.no_batching, limits=limits)
     return 0
 
 
@@ -216,7 +219,8 @@ def cmd_demo(args) -> int:
     out = Path(args.output)
     log = train(TrainConfig(train="uner-en-ewt:train", dev="uner-en-ewt:dev", output=str(out), task="ner",
                             epochs=args.epochs, train_limit=args.train_limit, dev_limit=args.dev_limit,
-                            lr=1e-4, freeze_epochs=1, progress=not args.quiet, data_dir=args.data_dir))
+                            lr=1e-4, freeze_epochs=1, progress=not args.quiet, data_dir=args.data_dir,
+                            made_by="earlytag demo", overwrite=_made_by_demo(out)))
     tagger = Tagger.from_pretrained(out)
     best = max(log["epochs"], key=lambda e: e["selection_score"])
     print(f"\nTrained on {log['train_sentences']} sentences in {log['seconds']:.0f}s; "
@@ -230,6 +234,15 @@ def cmd_demo(args) -> int:
             print(f"  {doc['text']}\n    entities: {ents}\n    exit layer per word: {layers}")
     print(f"\nmodel saved in {out}/ (try: earlytag predict {out} - <<< 'Angela Merkel visited Paris.')")
     return 0
+
+
+def _made_by_demo(directory: Path) -> bool:
+    """The demo replaces the model it wrote itself on an earlier run, and nothing else."""
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        return raw["earlytag"]["training"].get("made_by") == "earlytag demo"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------- parser
@@ -250,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", help="dev data for checkpoint selection")
     p.add_argument("--task", choices=["ner", "chunk", "pos", "cws"], default="ner")
     p.add_argument("--encoder", help="Hugging Face name or local directory (default all-MiniLM-L6-v2)")
-    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--output", required=True, help="model directory to write (new or empty; an existing model "
+                                                   "only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the model in --output (files earlytag did not write are kept)")
     p.add_argument("--stage", choices=["joint", "self-sampling"], help="joint (stage 1) or self-sampling (stage 2)")
     p.add_argument("--init", help="stage-1 model directory to start self-sampling from")
     p.add_argument("--epochs", type=int)
@@ -344,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--no-batching", action="store_true", help="run every request on its own")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=20_000, help="characters per text (more: 413)")
+    p.add_argument("--request-timeout", type=float, default=60.0,
+                   help="seconds a request may take, queueing included (then 504 and its work is dropped)")
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its whole request (then 408 and the connection closes)")
+    p.add_argument("--max-queue-words", type=int, default=200_000,
+                   help="words allowed to wait for the model; beyond it requests get 503 with Retry-After")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("loadtest", help="bounded load test of the service on loopback, with and without batching")

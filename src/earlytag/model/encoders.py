@@ -122,4 +122,34 @@ def load_encoder(name: str):
         raise ConfigError("encoder", f"cannot load {name!r} (resolved to {path!r}): {err}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("encoder", f"{name!r} has no fast tokenizer; earlytag needs word alignment")
+    check_tokenizer(tokenizer, model.config, path)
     return model, tokenizer, path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model")
+
+
+def check_tokenizer(tokenizer, encoder_config, where) -> None:
+    """Stop with a clear error when a tokenizer cannot belong to the encoder: no tokenizer files in a local
+    directory, a vocabulary much smaller or larger than the embedding table, special token ids out of range.
+    (Without this, a directory missing its tokenizer files loads a near-empty tokenizer and every word
+    becomes [UNK].)"""
+    local = Path(str(where))
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise EarlytagError(f"{where}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+                            "copy the tokenizer the model was trained with into this directory")
+    rows = getattr(encoder_config, "vocab_size", None)
+    size = len(tokenizer)
+    if isinstance(rows, int) and rows > 0:
+        if size > rows:
+            raise EarlytagError(f"{where}: the tokenizer has {size} entries but the encoder's embedding table only "
+                                f"{rows} rows: the tokenizer does not belong to this model")
+        if size < rows - max(128, rows // 50):
+            raise EarlytagError(f"{where}: the tokenizer has {size} entries but the encoder's embedding table "
+                                f"{rows} rows: the tokenizer does not belong to this model")
+        for attr in ("cls_token_id", "sep_token_id", "pad_token_id", "unk_token_id"):
+            tid = getattr(tokenizer, attr, None)
+            if tid is not None and not 0 <= tid < rows:
+                raise EarlytagError(f"{where}: the tokenizer's {attr} {tid} is outside the embedding table "
+                                    f"({rows} rows)")

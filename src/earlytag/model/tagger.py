@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ConfigError, EarlytagError
+from ..storage import atomic_write_text, require_model_dir, save_dir
 from .adapters import adapter_for
 from .config import TaggerConfig
 from .layers import attention_bias, dense_layer
@@ -170,27 +170,28 @@ class EarlyExitTagger(nn.Module):
 
     # ----------------------------------------------------------------- save / load
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> Path:
-        """Write config, weights and tokenizer; the directory appears whole or not at all."""
-        directory = Path(directory)
-        tmp = directory.with_name(f".{directory.name}.saving-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None, overwrite: bool = False,
+                        extra_files: dict[str, str] | None = None) -> Path:
+        """Write config, weights and tokenizer (and ``extra_files``: name -> text) crash-safely: at every instant
+        ``directory`` holds a loadable model, the old one or the new one (:func:`earlytag.storage.save_dir`).
+        An existing model is replaced only with ``overwrite=True``; files earlytag did not write are kept."""
+
+        def write(tmp: Path) -> list[str]:
             config = self.encoder_config.to_dict()
             config["id2label"] = {str(i): lab for i, lab in enumerate(self.config.labels)}
             config["label2id"] = {lab: i for i, lab in enumerate(self.config.labels)}
             config["earlytag"] = self.config.to_dict()
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             save_file(self._export_state(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            names = [CONFIG_NAME, WEIGHTS_NAME]
             if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
-            _replace_dir(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return directory
+                names += [Path(f).name for f in tokenizer.save_pretrained(str(tmp))]
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+                names.append(name)
+            return names
+
+        return save_dir(directory, write, overwrite=overwrite)
 
     def _export_state(self) -> dict[str, torch.Tensor]:
         prefix = self.encoder.base_model_prefix
@@ -205,33 +206,55 @@ class EarlyExitTagger(nn.Module):
         """Load a saved tagger. Reads JSON and safetensors only: nothing in the directory is executed."""
         from transformers import AutoConfig
 
-        directory = Path(directory)
+        directory = require_model_dir(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
         try:
             raw = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             raise EarlytagError(f"{config_path}: invalid JSON ({err})") from None
-        if "earlytag" not in raw:
+        if not isinstance(raw, dict) or "earlytag" not in raw:
             raise EarlytagError(f"{config_path}: no 'earlytag' section; this is not an earlytag model")
-        tagger_config = TaggerConfig.from_dict(raw["earlytag"])
+        try:
+            tagger_config = TaggerConfig.from_dict(raw["earlytag"])
+        except ConfigError as err:
+            raise EarlytagError(f"{config_path}: earlytag.{err}") from None
+        except TypeError as err:
+            raise EarlytagError(f"{config_path}: earlytag: {err}") from None
         try:
             with quiet_transformers():
                 encoder_config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
-        except (ValueError, OSError, KeyError) as err:
+        except (ValueError, OSError, KeyError, TypeError) as err:
             raise EarlytagError(f"{config_path}: cannot build the encoder config: {err}") from None
-        model = cls(tagger_config, encoder_config)
+        try:
+            model = cls(tagger_config, encoder_config)
+        except EarlytagError as err:
+            raise EarlytagError(f"{config_path}: {err}") from None
+        except (ValueError, TypeError, AttributeError, RuntimeError) as err:
+            raise EarlytagError(f"{config_path}: the encoder config is not usable: {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}") from None
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise EarlytagError(f"{directory}: missing {WEIGHTS_NAME}")
-        model._import_state(load_file(str(weights)), weights)
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise EarlytagError(f"{weights}: not a readable safetensors file ({type(err).__name__})") from None
+        model._import_state(state, weights)
         model.eval()
         return model
 
     def _import_state(self, state: dict[str, torch.Tensor], source) -> None:
         prefix = self.encoder.base_model_prefix + "."
         encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        own = self.encoder.state_dict()
+        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in encoder_state.items()
+                 if k in own and v.shape != own[k].shape]
+        if wrong:
+            name, got, expected = wrong[0]
+            raise EarlytagError(f"{source}: {prefix}{name} has shape {got} but config.json describes {expected} "
+                                f"({len(wrong)} tensor(s) differ): the weights do not belong to this config")
         missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
         missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
         if missing or unexpected:
@@ -242,7 +265,7 @@ class EarlyExitTagger(nn.Module):
                 w, b = state[f"{HEAD_PREFIX}.{i}.weight"], state[f"{HEAD_PREFIX}.{i}.bias"]
             except KeyError:
                 raise EarlytagError(f"{source}: no weights for exit head {i}") from None
-            if w.shape != head.linear.weight.shape:
+            if w.shape != head.linear.weight.shape or b.shape != head.linear.bias.shape:
                 raise EarlytagError(f"{source}: exit head {i} has shape {tuple(w.shape)}, "
                                     f"expected {tuple(head.linear.weight.shape)}")
             with torch.no_grad():
@@ -252,27 +275,9 @@ class EarlyExitTagger(nn.Module):
 
 def update_saved_config(directory: str | os.PathLike, settings: dict) -> None:
     """Update keys of the ``earlytag`` section of a saved model's config.json (atomically)."""
-    from ..errors import atomic_write_text
-
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
     raw = json.loads(path.read_text(encoding="utf-8"))
     raw.setdefault("earlytag", {}).update(settings)
     atomic_write_text(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` (kept as a backup until the move succeeded)."""
-    backup = None
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, backup)
-    try:
-        os.replace(src, dst)
-    except OSError:
-        if backup is not None:
-            os.replace(backup, dst)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)

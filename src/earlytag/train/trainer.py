@@ -27,10 +27,11 @@ from ..api import Tagger
 from ..data import schemes
 from ..data.batching import Featurizer, Window, collate
 from ..data.datasets import Dataset, load_dataset
-from ..errors import ConfigError, DataError, atomic_write_text
+from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
 from ..model.tagger import EarlyExitTagger
+from ..storage import atomic_write_text, check_output_dir
 from .self_sampling import SamplingConfig, cache_layer_outputs, sample_exits
 
 
@@ -69,6 +70,8 @@ class TrainConfig:
     flooding: float | None = None  # self-sampling: flood the loss at this multiple of the stage-1 loss
     select_exit: dict[str, Any] = field(default_factory=lambda: {"policy": "token", "threshold": 0.1, "window": 2})
     progress: bool = True
+    made_by: str = "earlytag train"  # recorded in the model's config (the demo marks its own models)
+    overwrite: bool = False  # replace an existing model in `output` (files earlytag did not write are kept)
     data_dir: str | None = None
     device: str | None = None  # default: the GPU of this process when there is one, else the CPU
 
@@ -182,6 +185,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     dist = Distributed.from_env()
     device = dist.device(cfg.device)
     main_process = dist.rank == 0
+    if main_process:  # before any work: never replace what the user has not asked to replace
+        check_output_dir(cfg.output, cfg.overwrite)
     started, cpu_started = time.perf_counter(), time.process_time()
     chunking = cfg.task in ("ner", "chunk")
     load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir)
@@ -288,8 +293,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 model.config.training = {"stage": cfg.stage, "epoch": epoch + 1, "train": str(cfg.train),
                                          "dev": str(cfg.dev), "selection_score": score, "seed": cfg.seed,
                                          "kv": cfg.kv if cfg.stage == "self-sampling" else "keep",
-                                         "processes": dist.world}
-                tagger.save_pretrained(output)
+                                         "processes": dist.world, "made_by": cfg.made_by}
+                log["best_selection_score"] = best
+                # the output was checked (or cleared by --overwrite) before training: replace our own save
+                tagger.save_pretrained(output, overwrite=True,
+                                       extra_files={"training_log.json": json.dumps(log, indent=2) + "\n"})
             _print_epoch(entry)
         dist.barrier()
     log["best_selection_score"] = best
@@ -298,7 +306,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log["cpu_seconds"] = time.process_time() - cpu_started
     log["torch_threads"] = torch.get_num_threads()
     log["processes"] = dist.world
-    if main_process:
+    if main_process and output.is_dir():
         atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
     return log
 
