@@ -95,3 +95,23 @@ def test_page_shows_service_errors(server, browser):
     browser.find_element(By.ID, "tag-button").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "characters" in browser.find_element(By.ID, "error").text
+
+
+def test_page_highlights_the_right_text_after_emoji(server, browser):
+    """Offsets are code points; the page must not slice UTF-16 units (an emoji is two of them)."""
+    import httpx
+
+    text = "I 😀 love 🇫🇷 Paris and 𝔘nicode Berlin 😀."
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    browser.execute_script("document.getElementById('text').value = arguments[0];", text)  # send_keys: BMP only
+    Select(browser.find_element(By.ID, "policy")).select_by_value("none")
+    browser.find_element(By.ID, "tag-button").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#output .token"))
+    shown = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#output .token")]
+    doc = httpx.post(server + "/predict", json={"texts": [text], "exit": {"policy": "none"}}).json()["results"][0]
+    assert shown == [t["text"] for t in doc["tokens"]]
+    assert "Paris" in shown and "Berlin" in shown
+    rendered = browser.execute_script("const d = document.querySelector('#output .document').cloneNode(true);"
+                                      "d.querySelectorAll('.label').forEach((e) => e.remove()); return d.textContent;")
+    assert rendered == text  # gaps between the tokens are the right characters too

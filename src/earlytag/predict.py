@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
 from .api import ExitLike, Tagger
 from .data import schemes
-from .data.readers import iter_lines, read_conll, read_conllu, read_uner
+from .data.readers import iter_conll, iter_conllu, iter_lines, iter_uner, parse_json_line
 from .data.types import Sentence
 from .engine import ExitStats
 from .errors import DataError
+from .storage import AtomicFile
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "conll", "conllu", "uner")
 OUTPUT_FORMATS = ("jsonl", "conll")
@@ -50,7 +50,7 @@ def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterat
     if fmt in ("conll", "conllu", "uner"):
         if path == "-":
             raise DataError(f"{fmt} input must be a file, not standard input", path)
-        reader = {"conll": lambda p: read_conll(p, tag_col=None), "conllu": read_conllu, "uner": read_uner}[fmt]
+        reader = {"conll": lambda p: iter_conll(p, tag_col=None), "conllu": iter_conllu, "uner": iter_uner}[fmt]
         for sent in reader(path):
             sent.tags = None
             yield sent, ({"id": sent.id} if sent.id else {})
@@ -63,10 +63,7 @@ def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterat
         if fmt == "text":
             yield tagger.to_sentence(line, where), {}
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, number) from None
+        obj = parse_json_line(line, path, number)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object with 'text' or 'tokens'", path, number)
         try:
@@ -109,44 +106,37 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
     stats = ExitStats(tagger.num_layers)
     model_seconds = 0.0
     n_docs = 0
-    target, tmp = _open_output(output)
     bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr, leave=False)
-    try:
-        chunk: list[tuple[Sentence, dict]] = []
-        inputs = read_inputs(tagger, input_path, input_format)
-        while True:
-            chunk.clear()
-            for item in inputs:
-                chunk.append(item)
-                if len(chunk) >= chunk_size:
+    with _output(output) as target:
+        try:
+            chunk: list[tuple[Sentence, dict]] = []
+            inputs = read_inputs(tagger, input_path, input_format)
+            while True:  # the input is streamed: a chunk of documents at a time
+                chunk.clear()
+                for item in inputs:
+                    chunk.append(item)
+                    if len(chunk) >= chunk_size:
+                        break
+                if not chunk:
                     break
-            if not chunk:
-                break
-            docs, pred = tagger.documents([s for s, _ in chunk], cfg, batch_size)
-            stats = stats + pred.stats
-            model_seconds += pred.model_seconds
-            for doc, (_, extra) in zip(docs, chunk):
-                write_document(target, {**extra, **doc} if extra else doc, output_format, tagger)
-            n_docs += len(chunk)
-            bar.update(len(chunk))
-        if tmp is not None:
-            target.close()
-            os.replace(tmp, output)
-    finally:
-        bar.close()
-        if tmp is not None:
-            if not target.closed:
-                target.close()
-            if Path(tmp).exists():
-                Path(tmp).unlink()
+                docs, pred = tagger.documents([s for s, _ in chunk], cfg, batch_size)
+                stats = stats + pred.stats
+                model_seconds += pred.model_seconds
+                for doc, (_, extra) in zip(docs, chunk):
+                    write_document(target, {**extra, **doc} if extra else doc, output_format, tagger)
+                n_docs += len(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
     return {"documents": n_docs, "exit": cfg.to_dict(), "flops_speedup": stats.flops_speedup,
             "mean_exit_layer": stats.mean_exit_layer, "inference_seconds": model_seconds}
 
 
-def _open_output(output: str) -> tuple[TextIO, str | None]:
+@contextmanager
+def _output(output: str) -> Iterator[TextIO]:
+    """Standard output, or a file that appears whole when tagging succeeds and not at all otherwise."""
     if output == "-":
-        return sys.stdout, None
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.with_name(f".{path.name}.tmp-{os.getpid()}"))
-    return open(tmp, "w", encoding="utf-8"), tmp
+        yield sys.stdout
+        return
+    with AtomicFile(output) as f:
+        yield f

@@ -14,10 +14,23 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 IGNORE = -100
 _WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]", re.UNICODE)
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, where: str = "<input>") -> str:
+    """Reject text that is not valid Unicode (a lone UTF-16 surrogate, e.g. from a JSON ``"\\ud800"`` escape):
+    tokenizers cannot take it. The error names the field and the character position."""
+    bad = _SURROGATE_RE.search(text)
+    if bad is not None:
+        raise DataError(f"character {bad.start()} is a lone surrogate (U+{ord(bad.group()):04X}), which is not "
+                        "valid Unicode; remove it or replace it (e.g. with U+FFFD)", where)
+    return text
 
 
 def split_words(text: str, splitter: str = "regex") -> list[tuple[str, int, int]]:
@@ -139,7 +152,8 @@ class Featurizer:
             yield start, end
             if end >= n:
                 return
-            start = max(start + 1, end - self.overlap)
+            # the next window starts `overlap` words back, but always at least half a window further on
+            start = max(start + max(1, (end - start) // 2), end - self.overlap)
 
 
 def collate(windows: Sequence[Window], pad_id: int = 0) -> Batch:

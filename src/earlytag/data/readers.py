@@ -24,25 +24,39 @@ FORMATS = ("conll", "conllu", "uner", "jsonl")
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` of a UTF-8 file, line endings stripped; bad UTF-8 names its line."""
+    """Yield ``(line_number, text)`` of a UTF-8 file, line endings stripped; bad UTF-8 names its line.
+
+    Streams the file: memory does not grow with its size."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError("no such file", path) from None
     except IsADirectoryError:
         raise DataError("is a directory, expected a file", path) from None
     except OSError as err:
         raise DataError(f"cannot read: {err.strerror}", path) from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"not valid UTF-8 (byte {err.start + 1} of the line)", path, number) from None
+    with f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            raw = raw.rstrip(b"\n")
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"not valid UTF-8 (byte {err.start + 1} of the line)", path, number) from None
+
+
+def parse_json_line(line: str, path, number: int):
+    """``json.loads`` with errors that name the file and line (deep nesting included)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, number) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", path, number) from None
 
 
 def _require_sentences(sentences: list[Sentence], path) -> list[Sentence]:
@@ -64,36 +78,51 @@ def read_conll(
     sep: str = "auto",
     comments: bool = False,
 ) -> list[Sentence]:
-    """Read a CoNLL column file.
+    """Read a CoNLL column file (see :func:`iter_conll`)."""
+    return _require_sentences(list(iter_conll(path, token_col, tag_col, sep, comments)), path)
+
+
+def iter_conll(
+    path: str | os.PathLike,
+    token_col: int = 0,
+    tag_col: int | None = -1,
+    sep: str = "auto",
+    comments: bool = False,
+    text_comments: bool = False,
+) -> Iterator[Sentence]:
+    """Sentences of a CoNLL column file, streamed.
 
     ``sep='auto'`` splits a line on tabs when it has one, on runs of spaces otherwise. Every token line of a
-    file must have the same number of columns. ``tag_col=None`` reads tokens only.
+    file must have the same number of columns. ``tag_col=None`` reads tokens only. ``comments``: lines starting
+    with ``#`` are comments; ``text_comments``: a ``# text = ...`` comment gives the spacing of the next
+    sentence's tokens.
     """
-    sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
     lines: list[int] = []
     ncols: int | None = None
     first_line = 0
+    text: str | None = None
 
-    def flush() -> None:
-        if tokens:
-            sentences.append(
-                Sentence(list(tokens), list(tags) if tag_col is not None else None, None, f"{path}:{first_line}",
-                         lines=list(lines))
-            )
+    def sentence() -> Sentence:
+        sent = Sentence(list(tokens), list(tags) if tag_col is not None else None, None, f"{path}:{first_line}",
+                        lines=list(lines))
+        if text is not None:
+            sent.spaces = align_spaces(text, sent.tokens)
         tokens.clear()
         tags.clear()
         lines.clear()
+        return sent
 
     for number, line in iter_lines(path):
-        if not line.strip():
-            flush()
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                yield sentence()
+            text = None
             continue
         if comments and line.startswith("#"):
-            continue
-        if line.startswith("-DOCSTART-"):
-            flush()
+            if text_comments and line.startswith("# text = ") and not tokens:
+                text = line[len("# text = "):]
             continue
         if sep == "auto":
             cols = line.split("\t") if "\t" in line else line.split()
@@ -111,48 +140,27 @@ def read_conll(
         if not tokens:
             first_line = number
         token = cols[token_col]
-        if not token:
+        if not token or token.isspace():
             raise DataError("empty token", path, number)
         tokens.append(token)
         lines.append(number)
         if tag_col is not None:
             tags.append(_check_tag(cols[tag_col].strip(), path, number))
-    flush()
-    return _require_sentences(sentences, path)
+    if tokens:
+        yield sentence()
 
 
 def read_uner(path: str | os.PathLike) -> list[Sentence]:
+    """Universal NER ``.iob2`` (see :func:`iter_uner`)."""
+    return _require_sentences(list(iter_uner(path)), path)
+
+
+def iter_uner(path: str | os.PathLike) -> Iterator[Sentence]:
     """Universal NER ``.iob2``: comment lines, then ``index<TAB>token<TAB>tag[<TAB>...]``.
 
     The ``# text = ...`` comment, when present, gives the spacing of the tokens.
     """
-    sentences = read_conll(path, token_col=1, tag_col=2, sep="\t", comments=True)
-    texts = _comment_texts(path)
-    for sent in sentences:
-        text = texts.get(sent.lines[0])
-        if text is not None:
-            sent.spaces = align_spaces(text, sent.tokens)
-    return sentences
-
-
-def _comment_texts(path) -> dict[int, str]:
-    """Map the first token line of each sentence to its ``# text = `` comment."""
-    out: dict[int, str] = {}
-    pending: str | None = None
-    in_sentence = False
-    for number, line in iter_lines(path):
-        if line.startswith("# text = "):
-            pending = line[len("# text = "):]
-        elif line.startswith("#"):
-            continue
-        elif not line.strip():
-            in_sentence = False
-            pending = None
-        elif not in_sentence:
-            in_sentence = True
-            if pending is not None:
-                out[number] = pending
-    return out
+    return iter_conll(path, token_col=1, tag_col=2, sep="\t", comments=True, text_comments=True)
 
 
 def align_spaces(text: str, tokens: list[str]) -> list[bool] | None:
@@ -171,31 +179,34 @@ def align_spaces(text: str, tokens: list[str]) -> list[bool] | None:
 
 
 def read_conllu(path: str | os.PathLike, tag_field: str = "upos") -> list[Sentence]:
-    """Read CoNLL-U; ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5)."""
+    """Read CoNLL-U (see :func:`iter_conllu`)."""
+    return _require_sentences(list(iter_conllu(path, tag_field)), path)
+
+
+def iter_conllu(path: str | os.PathLike, tag_field: str = "upos") -> Iterator[Sentence]:
+    """Sentences of a CoNLL-U file, streamed; ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5)."""
     col = {"upos": 3, "xpos": 4}.get(tag_field.lower())
     if col is None:
         raise DataError(f"tag field must be upos or xpos, not {tag_field!r}", path)
-    sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
     spaces: list[bool] = []
     lines: list[int] = []
     sent_id: str | None = None
 
-    def flush() -> None:
-        nonlocal sent_id
-        if tokens:
-            sentences.append(Sentence(list(tokens), list(tags), list(spaces), f"{path}:{lines[0]}", sent_id,
-                                      list(lines)))
+    def sentence() -> Sentence:
+        sent = Sentence(list(tokens), list(tags), list(spaces), f"{path}:{lines[0]}", sent_id, list(lines))
         tokens.clear()
         tags.clear()
         spaces.clear()
         lines.clear()
-        sent_id = None
+        return sent
 
     for number, line in iter_lines(path):
         if not line.strip():
-            flush()
+            if tokens:
+                yield sentence()
+            sent_id = None
             continue
         if line.startswith("#"):
             if line.startswith("# sent_id = "):
@@ -209,12 +220,14 @@ def read_conllu(path: str | os.PathLike, tag_field: str = "upos") -> list[Senten
             continue
         if not word_id.isdigit():
             raise DataError(f"word ID must be an integer, n-m or n.m, not {word_id!r}", path, number)
+        if not cols[1] or cols[1].isspace():
+            raise DataError("empty word form (column 2)", path, number)
         tokens.append(cols[1])
         tags.append(_check_tag(cols[col], path, number))
         spaces.append("SpaceAfter=No" not in cols[9].split("|"))
         lines.append(number)
-    flush()
-    return _require_sentences(sentences, path)
+    if tokens:
+        yield sentence()
 
 
 def read_jsonl(path: str | os.PathLike, require_tags: bool = True) -> list[Sentence]:
@@ -223,10 +236,7 @@ def read_jsonl(path: str | os.PathLike, require_tags: bool = True) -> list[Sente
     for number, line in iter_lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, number) from None
+        obj = parse_json_line(line, path, number)
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object with 'tokens' and 'tags'", path, number)
         toks = obj.get("tokens")
@@ -243,8 +253,9 @@ def read_jsonl(path: str | os.PathLike, require_tags: bool = True) -> list[Sente
             for tag in tags:
                 _check_tag(tag, path, number)
         spaces = obj.get("spaces")
-        if spaces is not None and (not isinstance(spaces, list) or len(spaces) != len(toks)):
-            raise DataError("field 'spaces' must be a list of booleans as long as 'tokens'", path, number)
+        if spaces is not None and (not isinstance(spaces, list) or len(spaces) != len(toks)
+                                   or not all(isinstance(x, bool) for x in spaces)):
+            raise DataError("field 'spaces' must be a list of booleans (true/false) as long as 'tokens'", path, number)
         sentences.append(Sentence(toks, tags, spaces, f"{path}:{number}", obj.get("id"), [number] * len(toks)))
     return _require_sentences(sentences, path)
 

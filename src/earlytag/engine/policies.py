@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 POLICIES = ("none", "static", "sentence", "token", "patience")
+MAX_WINDOW = 4096  # words on each side; a window wider than the sentence is the sentence
 CRITERIA = ("entropy", "maxprob")
 
 
@@ -62,10 +63,12 @@ class ExitConfig:
                     raise ConfigError("exit.threshold", f"thresholds must be finite numbers >= 0, got {tau!r}")
         if not isinstance(self.upper_multiplier, (int, float)) or self.upper_multiplier < 0:
             raise ConfigError("exit.upper_multiplier", "must be a number >= 0")
-        if not isinstance(self.window, int) or self.window < 0:
-            raise ConfigError("exit.window", f"must be an integer >= 0, got {self.window!r}")
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ConfigError("exit.patience", f"must be an integer >= 1, got {self.patience!r}")
+        if not isinstance(self.upper_multiplier, (int, float)) or not math.isfinite(self.upper_multiplier):
+            raise ConfigError("exit.upper_multiplier", "must be a finite number >= 0")
+        if not isinstance(self.window, int) or isinstance(self.window, bool) or not 0 <= self.window <= MAX_WINDOW:
+            raise ConfigError("exit.window", f"must be an integer between 0 and {MAX_WINDOW}, got {self.window!r}")
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or not 1 <= self.patience <= 1000:
+            raise ConfigError("exit.patience", f"must be an integer between 1 and 1000, got {self.patience!r}")
         if self.policy == "static":
             if not isinstance(self.layer, int) or not 1 <= self.layer <= num_layers:
                 raise ConfigError("exit.layer", f"static exit needs a layer between 1 and {num_layers}, got {self.layer!r}")

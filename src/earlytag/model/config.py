@@ -28,6 +28,11 @@ class TaggerConfig:
     training: dict[str, Any] = field(default_factory=dict)  # how the model was trained (informational)
 
     def __post_init__(self):
+        for name, kinds in _TYPES.items():
+            value = getattr(self, name)
+            if not any(_is(value, k) for k in kinds):
+                expected = " or ".join(_KIND_NAMES[k] for k in kinds)
+                raise ConfigError(name, f"must be {expected}, got {value!r:.60}")
         if not self.labels:
             raise ConfigError("labels", "a tagger needs at least one label")
         if len(set(self.labels)) != len(self.labels):
@@ -38,6 +43,11 @@ class TaggerConfig:
             raise ConfigError("word_splitter", f"unknown splitter {self.word_splitter!r}")
         if self.max_length < 8:
             raise ConfigError("max_length", "must be at least 8 sub-word tokens")
+        if not 0 <= self.window_overlap <= self.max_length // 4:
+            raise ConfigError("window_overlap", f"must be between 0 and max_length/4 ({self.max_length // 4}) "
+                                                f"words, got {self.window_overlap}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError("head_dropout", f"must be in [0, 1), got {self.head_dropout}")
 
     @property
     def num_labels(self) -> int:
@@ -52,5 +62,33 @@ class TaggerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("earlytag", f"must be a JSON object, got {data!r:.60}")
         known = {f.name for f in fields(cls)}
+        if "labels" not in data:
+            raise ConfigError("labels", "missing")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "none":
+        return value is None
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "dict":
+        return isinstance(value, dict)
+    if kind == "labels":
+        return isinstance(value, list) and all(isinstance(x, str) and x for x in value)
+    raise ValueError(kind)
+
+
+_KIND_NAMES = {"none": "null", "int": "an integer", "float": "a number", "str": "a string", "dict": "an object",
+               "labels": "a list of non-empty strings"}
+_TYPES = {"labels": ("labels",), "task": ("str",), "input_scheme": ("str", "none"), "label_scheme": ("str", "none"),
+          "head_dropout": ("float",), "max_length": ("int",), "window_overlap": ("int",), "word_splitter": ("str",),
+          "encoder_name": ("str", "none"), "exit": ("dict", "none"), "exit_calibration": ("dict", "none"),
+          "training": ("dict",)}

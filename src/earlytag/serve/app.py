@@ -3,11 +3,17 @@
 - ``POST /predict`` ``{"texts": [...], "exit": {...}}`` -> ``{"results": [...], "stats": {...}}``
 - ``GET /health`` (alive), ``GET /ready`` (503 until the model is loaded), ``GET /metrics`` (Prometheus),
   ``GET /info`` (model facts for the page), OpenAPI docs at ``/docs``.
+
+Nobody is hurt by a neighbour: a request that breaks the model fails alone (the others of its engine call are
+retried without it), a long request runs in pieces that take turns with short ones, every request has a
+deadline (504) and is dropped when its client goes away, the queue is bounded (503 + ``Retry-After``), slow
+clients are cut off (408), and every response, 5xx included, is counted in ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -23,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import Tagger
 from ..errors import EarlytagError
-from .batching import MicroBatcher
+from .batching import MicroBatcher, Overloaded
 
 
 @dataclass
@@ -31,6 +37,11 @@ class Limits:
     max_texts: int = 64  # texts per request
     max_chars: int = 20_000  # characters per text
     max_body_bytes: int = 2_000_000  # request body
+    request_timeout_s: float = 60.0  # deadline of a request, queueing included (504 after it)
+    read_timeout_s: float = 30.0  # a client must send its whole request within this (408 after it)
+    max_queue_words: int = 200_000  # words waiting to be tagged; more gets 503 + Retry-After
+    quantum_words: int = 512  # words of one request per engine call: long requests take turns with short ones
+    max_call_words: int = 4096  # words per engine call
 
 
 class ExitSettings(BaseModel):
@@ -39,10 +50,10 @@ class ExitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: Literal["none", "static", "sentence", "token", "patience"] | None = None
     threshold: float | list[float] | None = None
-    window: int | None = None
-    patience: int | None = None
+    window: int | None = Field(None, ge=0, le=4096)
+    patience: int | None = Field(None, ge=1, le=1000)
     patience_window: bool | None = None
-    layer: int | None = None
+    layer: int | None = Field(None, ge=1, le=1000)
     criterion: Literal["entropy", "maxprob"] | None = None
     pool: Literal["max", "mean"] | None = None
     upper_multiplier: float | None = None
@@ -83,7 +94,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._reject(send)
+            return await _send_json(send, 413, {"detail": f"request body larger than {self.max_bytes} bytes"})
         received = 0
         started = False
 
@@ -105,13 +116,51 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await _send_json(send, 413, {"detail": f"request body larger than {self.max_bytes} bytes"})
 
-    async def _reject(self, send):
-        body = (f'{{"detail": "request body larger than {self.max_bytes} bytes"}}').encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+
+class Observe:
+    """Outermost ASGI middleware: counts every response by endpoint and status, and turns an unexpected
+    exception into a counted 500 answer instead of a dropped keep-alive connection."""
+
+    ENDPOINTS = ("/predict", "/health", "/ready", "/metrics", "/info", "/")
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def observing_send(message):
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        except Exception as err:  # noqa: BLE001 - one bad request must not take the connection down
+            status = 500
+            if not started:
+                await _send_json(send, 500, {"detail": f"internal error: {type(err).__name__}"})
+        finally:
+            path = scope.get("path", "")
+            endpoint = path if path in self.ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
 
 
 class Metrics:
@@ -135,6 +184,11 @@ class Metrics:
         self.batch_texts = Histogram("earlytag_engine_batch_texts", "texts per engine call",
                                      registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.loaded = Gauge("earlytag_model_loaded", "1 once the model is loaded", registry=self.registry)
+        self.queue_words = Gauge("earlytag_queue_words", "words waiting to be tagged", registry=self.registry)
+        self.rejected = Counter("earlytag_rejected_requests", "requests turned away", ["reason"],
+                                registry=self.registry)
+        self.dropped = Gauge("earlytag_dropped_requests", "requests dropped before all their work ran "
+                                                           "(deadline passed or client gone)", registry=self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -177,7 +231,8 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
             await asyncio.sleep(0.05)
         if state["tagger"] is not None:
             batcher = MicroBatcher(state["tagger"], max_batch, max_wait_ms, batching,
-                                   on_batch=metrics.batch_texts.observe)
+                                   on_batch=metrics.batch_texts.observe, quantum_words=limits.quantum_words,
+                                   max_call_words=limits.max_call_words, max_queue_words=limits.max_queue_words)
             batcher.start()
             state["batcher"] = batcher
             metrics.loaded.set(1)
@@ -185,27 +240,19 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
     app = FastAPI(title="earlytag", version=_version(), lifespan=lifespan,
                   description="Early-exit sequence labeling: every token reports the layer it exited at.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics)  # outermost: sees every status, 413 and 500 included
     app.state.limits = limits
     app.state.metrics = metrics
     app.state.model_state = state
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path if request.url.path in ("/predict", "/health", "/ready", "/metrics", "/info", "/") \
-            else "other"
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
 
     @app.exception_handler(EarlytagError)
     async def earlytag_error(request: Request, err: EarlytagError):
         return JSONResponse({"detail": str(err)}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception):
-        return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, status_code=500)
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, err: Overloaded):
+        metrics.rejected.labels("queue full").inc()
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(err.retry_after)})
 
     @app.get("/health")
     async def health() -> dict:
@@ -221,6 +268,10 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
+        batcher = state["batcher"]
+        if batcher is not None:
+            metrics.queue_words.set(batcher.queued_words)
+            metrics.dropped.set(batcher.dropped)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/info")
@@ -236,7 +287,7 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
                 "batching": batching, "encoder": tagger.config.encoder_name}
 
     @app.post("/predict", response_model=PredictResponse)
-    async def predict(req: PredictRequest):
+    async def predict(req: PredictRequest, request: Request):
         batcher: MicroBatcher | None = state["batcher"]
         if batcher is None:
             return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
@@ -251,7 +302,16 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
         settings = req.exit.model_dump(exclude_none=True) if req.exit else {}
         exit_cfg = tagger.exit_config(settings or None)
         sentences = [tagger.to_sentence(t, f"texts[{i}]") for i, t in enumerate(req.texts)]
-        result = await batcher.submit(sentences, exit_cfg)
+        future = batcher.submit(sentences, exit_cfg)
+        watcher = asyncio.create_task(_cancel_when_gone(request, future))
+        try:
+            result = await asyncio.wait_for(future, limits.request_timeout_s)  # cancels the work on timeout
+        except asyncio.TimeoutError:
+            metrics.rejected.labels("deadline").inc()
+            return JSONResponse({"detail": f"the request did not finish within {limits.request_timeout_s:g} s; "
+                                           "send fewer or shorter texts, or retry"}, status_code=504)
+        finally:
+            watcher.cancel()
         n_words = sum(len(d["tokens"]) for d in result.docs)
         metrics.texts.inc(len(req.texts))
         metrics.words.inc(n_words)
@@ -276,8 +336,26 @@ def _version() -> str:
     return __version__
 
 
+async def _cancel_when_gone(request: Request, future: asyncio.Future, every_s: float = 0.1) -> None:
+    """Cancel ``future`` (dropping the request's remaining work) when the client disconnects."""
+    while not future.done():
+        if await request.is_disconnected():
+            future.cancel()
+            return
+        await asyncio.sleep(every_s)
+
+
+def uvicorn_options(limits: Limits) -> dict[str, Any]:
+    """The uvicorn settings the service runs with: h11 with a deadline for reading each request."""
+    from .protocol import read_timeout_protocol
+
+    return {"http": read_timeout_protocol(limits.read_timeout_s), "timeout_keep_alive": 5}
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
-          batching: bool = True) -> None:
+          batching: bool = True, limits: Limits | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(model, max_batch, max_wait_ms, batching), host=host, port=port, log_level="info")
+    limits = limits or Limits()
+    uvicorn.run(create_app(model, max_batch, max_wait_ms, batching, limits), host=host, port=port, log_level="info",
+                **uvicorn_options(limits))

@@ -97,7 +97,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run_load(model_dir: str, texts: list[str], requests: int = 200, concurrency: int = 200,
              texts_per_request: int = 2, exit: dict | None = None, batching: bool = True,
              max_batch: int = 64, max_wait_ms: float = 5.0) -> LoadResult:
-    from .app import create_app
+    from .app import create_app, uvicorn_options
 
     payloads = [[texts[(i * texts_per_request + j) % len(texts)] for j in range(texts_per_request)]
                 for i in range(requests)]
@@ -105,7 +105,7 @@ def run_load(model_dir: str, texts: list[str], requests: int = 200, concurrency:
     expected = {t: tagger(t, exit=exit) for t in {t for p in payloads for t in p}}
 
     app = create_app(model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching)
-    with serve_in_thread(app, backlog=4096) as url:
+    with serve_in_thread(app, backlog=4096, **uvicorn_options(app.state.limits)) as url:
         return asyncio.run(_drive(url, payloads, expected, concurrency, exit, "batched" if batching else "unbatched"))
 
 

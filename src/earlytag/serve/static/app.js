@@ -58,7 +58,18 @@ function renderLegend() {
   }
 }
 
+// The service's offsets count Unicode code points (as Python does); JavaScript strings index UTF-16 units,
+// where a character outside the BMP (an emoji, a rare CJK character) takes two. Map one to the other.
+function utf16Offsets(text) {
+  const at = [0];
+  let units = 0;
+  for (const ch of text) { units += ch.length; at.push(units); }
+  return at;
+}
+
 function renderDocument(doc) {
+  const at = utf16Offsets(doc.text);
+  const slice = (start, end) => doc.text.slice(at[start], end === undefined ? undefined : at[end]);
   const out = document.createElement("p");
   out.className = "document";
   const spanAt = new Map(doc.spans.map((s) => [s.start, s]));
@@ -73,7 +84,7 @@ function renderDocument(doc) {
   };
   for (const tok of doc.tokens) {
     if (group && tok.start >= group.end) closeGroup();
-    const gap = document.createTextNode(doc.text.slice(pos, tok.start));
+    const gap = document.createTextNode(slice(pos, tok.start));
     const span = spanAt.get(tok.start);
     if (span) {
       closeGroup();
@@ -90,12 +101,12 @@ function renderDocument(doc) {
     const c = layerColor(tok.exit_layer, info.num_layers);
     el.style.background = c.bg; el.style.color = c.fg;
     el.title = `${tok.tag}, exited at layer ${tok.exit_layer}, p=${tok.score.toFixed(3)}`;
-    el.textContent = doc.text.slice(tok.start, tok.end);
+    el.textContent = slice(tok.start, tok.end);
     (group || out).appendChild(el);
     pos = tok.end;
   }
   closeGroup();
-  out.appendChild(document.createTextNode(doc.text.slice(pos)));
+  out.appendChild(document.createTextNode(slice(pos)));
   return out;
 }
 
