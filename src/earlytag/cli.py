@@ -176,6 +176,14 @@ def cmd_loadtest(args) -> int:
 
         sentences = Tagger.from_pretrained(args.model).load(args.data, data_dir=args.data_dir).sentences
         texts = [s.text for s in sentences[: args.limit]]
+    if args.scenario == "mixed":
+        from .serve.loadtest import markdown_mixed, run_mixed
+
+        mixed = run_mixed(args.model, texts, requests=args.requests, huge=args.huge, threads=args.threads)
+        print(markdown_mixed(mixed))
+        if args.json:
+            atomic_write_text(args.json, json.dumps(mixed.to_dict(), indent=2) + "\n")
+        return 0 if mixed.innocent_failures == 0 else 1
     settings = _exit_settings(args) or None
     kw = dict(requests=args.requests, concurrency=args.concurrency, texts_per_request=args.texts_per_request,
               exit=settings, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
@@ -380,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--no-compare", action="store_true", help="only the micro-batched service")
+    p.add_argument("--scenario", choices=["compare", "mixed"], default="compare",
+                   help="compare: the same load with and without micro-batching; mixed: a separate server process "
+                        "gets single sentences, medium and huge (64 x 20,000 characters) requests and 5%% "
+                        "poisoned ones all at once (isolation, fairness, memory, /metrics)")
+    p.add_argument("--threads", type=int, help="mixed: torch threads of the server process")
+    p.add_argument("--huge", type=int, default=2, help="mixed: requests of 64 texts x 20,000 characters")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--data-dir")
     _exit_args(p, calibrate=False)

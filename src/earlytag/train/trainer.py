@@ -299,6 +299,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 tagger.save_pretrained(output, overwrite=True,
                                        extra_files={"training_log.json": json.dumps(log, indent=2) + "\n"})
             _print_epoch(entry)
+        entry.update(memory_report())  # the allocator's freed blocks go back to the system: memory stays bounded
         dist.barrier()
     log["best_selection_score"] = best
     log["seconds"] = time.perf_counter() - started
@@ -309,6 +310,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if main_process and output.is_dir():
         atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
     return log
+
+
+def memory_report() -> dict[str, float]:
+    """Give freed heap memory back to the system (glibc keeps it after the peaks of evaluation and of long
+    batches), then report this process's resident memory now and at its peak, in MB."""
+    import ctypes
+    import gc
+    import resource
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    now = 0.0
+    try:
+        with open("/proc/self/status") as f:
+            now = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), 0.0)
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def _optimizer(model: EarlyExitTagger, cfg: TrainConfig) -> torch.optim.Optimizer:
