@@ -10,7 +10,7 @@ from earlytag.errors import ConfigError
 from earlytag.model.adapters import BertAdapter, MPNetAdapter, adapter_for
 from earlytag.model.layers import attention_bias, dense_layer
 
-from .conftest import TINY, USER_CACHE, tiny_model
+from .conftest import TINY, USER_CACHE, missing, tiny_model
 
 CONFIGS = {
     "bert": (BertConfig, {}, BertAdapter),
@@ -67,7 +67,7 @@ def test_pretrained_mpnet_matches_transformers():
 
     path = USER_CACHE / "encoders" / "all-mpnet-base-v2"
     if not (path / "model.safetensors").is_file():
-        pytest.skip("all-mpnet-base-v2 is not assembled (make mpnet)")
+        missing("all-mpnet-base-v2 is not assembled (make mpnet)")
     encoder = AutoModel.from_pretrained(str(path)).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     enc = tok(["Angela Merkel visited Paris on Tuesday.", "Short one."], padding=True, return_tensors="pt")

@@ -6,8 +6,10 @@ import shutil
 
 import pytest
 
-selenium = pytest.importorskip("selenium")
-pytest.importorskip("uvicorn")
+from .conftest import missing, need_module
+
+selenium = need_module("selenium")
+need_module("uvicorn")
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -44,7 +46,7 @@ def server(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
+        missing("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",

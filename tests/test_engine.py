@@ -7,7 +7,7 @@ import torch
 
 from earlytag.data.batching import Featurizer, collate
 from earlytag.engine import Engine, ExitConfig, ExitPolicy
-from earlytag.engine.policies import simulate_exits, uncertainty, window_max
+from earlytag.engine.policies import head_scores, simulate_exits, uncertainty, window_max
 from earlytag.errors import ConfigError
 
 from .conftest import tiny_model
@@ -261,8 +261,9 @@ def test_refill_across_batches_gives_the_same_results(tokenizer, family, policy)
         assert a.stats.words_exited == t.stats.words_exited
 
 
-def reference_flops(batch, exit_layer, num_layers, d, f, c, kv, heads_everywhere):
-    """FLOPs per sentence by the formula of docs/design.md, counted in plain loops, layer by layer."""
+def reference_flops(batch, exit_layer, num_layers, d, f, c, kv, heads_everywhere, rescore=False):
+    """FLOPs per sentence by the formula of docs/design.md, counted in plain loops, layer by layer. With
+    ``rescore`` the head of a layer scores every word of a live sentence, halted ones too."""
     out = []
     for b in range(batch.size):
         exits = [int(e) for e, m in zip(exit_layer[b], batch.word_mask[b]) if m]
@@ -275,25 +276,152 @@ def reference_flops(batch, exit_layer, num_layers, d, f, c, kv, heads_everywhere
             n = len(tokens) if kv == "keep" else a
             total += 4 * n * d * d + 4 * a * d * d + 4 * a * d * f + 4 * a * n * d
             if heads_everywhere or layer == num_layers - 1:
-                total += 2 * sum(1 for e in exits if e >= layer) * d * c
+                total += 2 * sum(1 for e in exits if rescore or e >= layer) * d * c
         out.append(total)
     return out
 
 
-@pytest.mark.parametrize("name", ["none", "static", "token", "token-drop", "sentence", "patience"])
+@pytest.mark.parametrize("name", ["none", "static", "token", "token-frozen", "token-drop", "sentence", "patience"])
 def test_flops_per_sentence_follow_the_formula(tokenizer, name):
     model = tiny_model("bert", seed=3)
     batch = batch_of(tokenizer, SENTENCES + [[]])
     cfg = {"none": ExitConfig(), "static": ExitConfig("static", layer=2), "token": mixed(model, batch),
-           "token-drop": mixed(model, batch, kv="drop"), "sentence": ExitConfig("sentence", threshold=0.5),
-           "patience": ExitConfig("patience", patience=1)}[name]
+           "token-frozen": mixed(model, batch, halted="frozen"), "token-drop": mixed(model, batch, kv="drop"),
+           "sentence": ExitConfig("sentence", threshold=0.5), "patience": ExitConfig("patience", patience=1)}[name]
     out = Engine(model).run(batch, cfg)
     a = model.adapter
     depth = cfg.layer or model.num_layers
     expected = reference_flops(batch, out.exit_layer, depth, a.hidden_size, a.intermediate_size,
-                               model.config.num_labels, cfg.kv, cfg.policy not in ("none", "static"))
+                               model.config.num_labels, cfg.kv, cfg.policy not in ("none", "static"),
+                               rescore=cfg.policy in ("token", "sentence") and cfg.halted == "rescore")
     assert out.flops.tolist() == pytest.approx(expected)
     full = reference_flops(batch, torch.full_like(out.exit_layer, model.num_layers - 1), model.num_layers,
                            a.hidden_size, a.intermediate_size, model.config.num_labels, "keep", False)
     assert out.flops_full.tolist() == pytest.approx(full)  # the empty sentence costs nothing at any depth
     assert out.stats.flops == pytest.approx(sum(expected))
+
+
+# ----------------------------------------------------------------------------- what the engine really computed
+
+
+class RowRecorder:
+    """Forward hooks on every layer's FFN input projection and exit head: rows each really multiplied."""
+
+    def __init__(self, model):
+        self.ffn = [0] * model.num_layers
+        self.head = [0] * model.num_layers
+        self.hooks = []
+        for i, parts in enumerate(model.adapter.layers):
+            self.hooks.append(parts.ffn_in.register_forward_hook(self._count(self.ffn, i)))
+            self.hooks.append(model.heads[i].linear.register_forward_hook(self._count(self.head, i)))
+
+    @staticmethod
+    def _count(store, i):
+        def hook(module, args, output):
+            store[i] += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+        return hook
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("halted", ["rescore", "frozen"])
+@pytest.mark.parametrize("kv", ["keep", "drop"])
+def test_rows_really_computed_match_active_tokens_and_flops(tokenizer, halted, kv):
+    """Packed steps: the FFN multiplies exactly the active tokens of each layer (counted here in plain loops from
+    the exit layers), the heads exactly the words the exit rule says, and the reported FLOPs are the formula
+    applied to those recorded rows."""
+    model = tiny_model("bert", seed=3)
+    batch = batch_of(tokenizer, SENTENCES)
+    cfg = mixed(model, batch, kv=kv, halted=halted)
+    rec = RowRecorder(model)
+    out = Engine(model, dense_above=2.0).run(batch, cfg)  # always packed: no wasted rows
+    rec.remove()
+    assert 0 < (out.exit_layer[batch.word_mask] < model.num_layers - 1).float().mean() < 1
+    a = model.adapter
+    d, f, c, L = a.hidden_size, a.intermediate_size, model.config.num_labels, model.num_layers
+    expected_tokens, expected_heads, live = [0] * L, [0] * L, [0] * L
+    for b in range(batch.size):
+        exits = [int(e) for e, m in zip(out.exit_layer[b], batch.word_mask[b]) if m]
+        tokens = [int(w) for w, m in zip(batch.token_word[b], batch.attention_mask[b]) if m]
+        for layer in range(L):
+            if max(exits) < layer:
+                continue  # the sentence has left
+            expected_tokens[layer] += sum(1 for w in tokens if w < 0 or exits[w] >= layer)
+            expected_heads[layer] += len(exits) if halted == "rescore" else sum(1 for e in exits if e >= layer)
+            live[layer] += len(tokens)
+    assert rec.ffn == expected_tokens == out.stats.active_tokens
+    assert rec.head == expected_heads
+    if halted == "rescore":
+        assert rec.head[-1] > sum(1 for e in out.exit_layer[batch.word_mask] if e == L - 1)  # halted words too
+    # the FLOPs formula on the recorded rows (K/V rows: live tokens with kv=keep, the active ones with drop)
+    per_sentence_kv = None if kv == "keep" else expected_tokens
+    flops = 0.0
+    for layer in range(L):
+        n_kv = live[layer] if per_sentence_kv is None else per_sentence_kv[layer]
+        flops += 4 * n_kv * d * d + 4 * rec.ffn[layer] * d * d + 4 * rec.ffn[layer] * d * f + 2 * rec.head[layer] * d * c
+    attention = sum(4 * pa * pn * d for pa, pn in _attention_pairs(batch, out.exit_layer, L, kv))
+    assert out.stats.flops == pytest.approx(flops + attention)
+
+
+def _attention_pairs(batch, exit_layer, num_layers, kv):
+    """(active, key) token counts per sentence and layer: the attention term needs them per sentence."""
+    for b in range(batch.size):
+        exits = [int(e) for e, m in zip(exit_layer[b], batch.word_mask[b]) if m]
+        tokens = [int(w) for w, m in zip(batch.token_word[b], batch.attention_mask[b]) if m]
+        for layer in range(num_layers):
+            if exits and max(exits) >= layer:
+                act = sum(1 for w in tokens if w < 0 or exits[w] >= layer)
+                yield act, (len(tokens) if kv == "keep" else act)
+
+
+def test_sentence_exit_inside_the_engine(tokenizer):
+    """SENTEE in the engine: a sentence whose most uncertain word is below τ after layer 1 leaves there, whole;
+    the others go on (the values come from the full-depth forward, which agrees up to the first exit)."""
+    model = tiny_model("bert", seed=3)
+    batch = batch_of(tokenizer, SENTENCES)
+    with torch.no_grad():
+        probs = model(batch.input_ids, batch.attention_mask, batch.word_pos).logits[0].softmax(-1)
+    worst = uncertainty(probs).masked_fill(~batch.word_mask, 0).max(1).values  # (B,)
+    order = worst.sort().values
+    tau = float(order[1] + order[2]) / 2  # two sentences leave after layer 1, two climb on
+    out = Engine(model).run(batch, ExitConfig("sentence", threshold=tau))
+    for b in range(batch.size):
+        exits = out.exit_layer[b][batch.word_mask[b]]
+        assert (exits == exits[0]).all()  # a sentence exits whole
+        assert (exits[0] == 0) == bool(worst[b] < tau)
+    assert (out.exit_layer[batch.word_mask] > 0).any()
+
+
+def test_merged_groups_count_each_layer_step_once(tokenizer):
+    model = tiny_model("bert", seed=3)
+    feat = Featurizer(tokenizer, 128)
+    windows = feat.windows(SENTENCES * 3)
+    batches = [collate(windows[i:i + 4], feat.pad_id) for i in range(0, len(windows), 4)]
+    cfg = mixed(model, batches[0])
+    engine = Engine(model, refill_tokens=10_000)  # groups wait for each other and merge
+    together = engine.run_many(batches, cfg)
+    steps = sum(o.stats.dense_layers + o.stats.packed_layers for o in together)
+    calls = [0]
+    counter = [model.adapter.layers[i].ffn_in.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+               for i in range(model.num_layers)]
+    engine.run_many(batches, cfg)
+    for h in counter:
+        h.remove()
+    assert steps == calls[0]  # one count per layer step that really ran
+
+
+def test_head_scores_never_nan():
+    logits = torch.tensor([[0.0, float("-inf"), 2.0], [float("-inf"), float("-inf"), 1.0]])
+    score, pred, unc = head_scores(logits)
+    assert not torch.isnan(unc).any() and not torch.isnan(score).any()
+    assert unc[1] == 0.0 and pred.tolist() == [2, 2]
+    for dtype in (torch.bfloat16, torch.float16):
+        _, _, u = head_scores(torch.tensor([[30.0, -30.0, 0.0]], dtype=dtype))
+        assert u.dtype == torch.float32 and torch.isfinite(u).all()
+
+
+def test_exit_config_from_dict_does_not_drop_target_speedup():
+    with pytest.raises(ConfigError, match="exit.target_speedup"):
+        ExitConfig.from_dict({"policy": "token", "threshold": 0.1, "target_speedup": 3})

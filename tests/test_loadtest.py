@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-pytest.importorskip("uvicorn")
+from .conftest import need_module
+
+need_module("uvicorn")
 
 from earlytag import Tagger  # noqa: E402
 from earlytag.cli import main  # noqa: E402

@@ -9,7 +9,9 @@ import pytest
 
 from earlytag.metrics import accuracy, chunk_scores, segmentation_scores, tag_scores, task_scores
 
-seqeval_metrics = pytest.importorskip("seqeval.metrics")
+from .conftest import need_module
+
+seqeval_metrics = need_module("seqeval.metrics")
 
 
 def corrupt(rng, tags):

@@ -100,6 +100,11 @@ class BaseTaggerTest:
                     best[w.start + j] = (margin, wi)
         alone = tagger.predict_words([words[windows[best[100][1]].start:][: windows[best[100][1]].num_words]])
         assert pred.tags[0][100] == alone.tags[0][100 - windows[best[100][1]].start]
+        # statistics count each word once (the overlaps are computed twice: that shows in tokens, not words)
+        assert pred.stats.words == 200 and pred.stats.sentences == 1
+        assert sum(pred.stats.words_exited) == 200
+        assert pred.stats.mean_exit_layer == pytest.approx(sum(pred.exit_layers[0]) / 200)
+        assert pred.stats.tokens == sum(len(w) for w in windows)  # what the engine computed
 
     def test_evaluate_returns_the_documented_fields(self, trained, shared_data):
         tagger = Tagger.from_pretrained(trained[0])

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-ray = pytest.importorskip("ray")
+from .conftest import need_module
+
+ray = need_module("ray")
 
 from earlytag import Tagger  # noqa: E402
 from earlytag.cli import main  # noqa: E402

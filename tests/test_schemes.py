@@ -9,6 +9,8 @@ import pytest
 
 from earlytag.data import schemes
 
+from .conftest import need_module
+
 
 def random_tags(rng, prefixes, n_max=9, types="XY"):
     return ["O" if p == "O" else f"{p}-{rng.choice(types)}" for p in (rng.choice(prefixes) for _ in range(rng.randint(0, n_max)))]
@@ -54,7 +56,7 @@ def test_parse_errors_give_index():
 
 @pytest.mark.parametrize("scheme, prefixes", [("iob2", "BIO"), ("iobes", "BIOES"), ("bilou", "BILOU")])
 def test_spans_equal_seqeval(scheme, prefixes):
-    seqeval = pytest.importorskip("seqeval")
+    seqeval = need_module("seqeval")
     from seqeval.metrics.sequence_labeling import get_entities
     from seqeval.scheme import BILOU, IOB2, IOBES, Tokens
 

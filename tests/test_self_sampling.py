@@ -9,8 +9,8 @@ import torch
 
 from earlytag.data.batching import Featurizer, collate
 from earlytag.engine import Engine, ExitConfig, simulate_exits
-from earlytag.engine.policies import uncertainty
-from earlytag.train.self_sampling import SamplingConfig, cache_layer_outputs, sample_exits
+from earlytag.model.tagger import EarlyExitTagger
+from earlytag.train.self_sampling import LayerCache, SamplingConfig, cache_layer_outputs, sample_exits
 
 from .conftest import tiny_model
 from .test_engine import SENTENCES, mixed
@@ -25,12 +25,13 @@ def windows_and_batch(tokenizer, labels=False):
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 @pytest.mark.parametrize("kv", ["keep", "drop"])
-@pytest.mark.parametrize("policy", ["token", "patience"])
+@pytest.mark.parametrize("policy", ["token", "token-frozen", "patience"])
 def test_simulated_exit_layers_equal_the_engines(tokenizer, family, kv, policy):
     """The simulator, fed the per-layer uncertainties the engine's policy saw, reproduces its exit layers."""
     model = tiny_model(family, seed=3)
     _, batch = windows_and_batch(tokenizer)
-    cfg = mixed(model, batch, kv=kv) if policy == "token" else ExitConfig(policy="patience", patience=1, kv=kv)
+    cfg = {"token": lambda: mixed(model, batch, kv=kv), "token-frozen": lambda: mixed(model, batch, kv=kv,
+           halted="frozen"), "patience": lambda: ExitConfig(policy="patience", patience=1, kv=kv)}[policy]()
     engine = Engine(model)
     out = engine.run(batch, cfg, trace=True)
     pred_trace = torch.zeros_like(out.trace, dtype=torch.long)
@@ -92,14 +93,130 @@ def test_kv_drop_with_exit_disabled_equals_full_forward(tokenizer, family):
     assert torch.allclose(out.score[batch.word_mask], ref[-1].softmax(-1).max(-1).values[batch.word_mask], atol=1e-5)
 
 
-def test_sample_exits_mixes_full_and_aggressive(tokenizer):
-    model = tiny_model("bert", seed=3)
-    windows, batch = windows_and_batch(tokenizer)
-    cache = cache_layer_outputs(model, windows, 0)
+def window_cache(num_layers=6, words=25, hard=10, copies=10):
+    """Sentences whose exit layers reveal the sampled window: every word is sure (0.005) from layer 1 on, except
+    one hard word that is unsure (1.0) below layer 4; words within k of it wait for it, the others leave at once."""
+    unc = torch.full((num_layers, words), 0.005)
+    unc[:3, hard] = 1.0
+    pred = torch.zeros((num_layers, words), dtype=torch.long)
+    return LayerCache([unc.clone() for _ in range(copies)], [pred] * copies, [None] * copies, 0.0)
+
+
+def threshold_cache(copies=10):
+    """Sentences whose exit layer reveals the sampled τ: all words 0.04 at layer 1, 0.02 at 2, 0.009 at 3."""
+    unc = torch.tensor([[0.04] * 5, [0.02] * 5, [0.009] * 5, [0.0] * 5, [0.0] * 5, [0.0] * 5])
+    pred = torch.zeros((6, 5), dtype=torch.long)
+    return LayerCache([unc.clone() for _ in range(copies)], [pred] * copies, [None] * copies, 0.0)
+
+
+def test_sampled_exits_follow_the_authors_recipe():
+    """Windows, thresholds and the full/small shares, read back from exit layers that depend on the sample."""
+    cfg = SamplingConfig()  # the authors': k in 2..7, τ from the set, 4 of 10 full, 2 of 10 smallest k or largest τ
     rng = random.Random(0)
-    cfg = SamplingConfig(full_share=0.5, aggressive_share=0.0)
-    exits = sample_exits(cache, list(range(len(windows))), batch.word_pos.shape[1], cfg, rng)
-    full_rows = [(exits[i, : w.num_words] == model.num_layers - 1).all().item() for i, w in enumerate(windows)]
-    assert sum(full_rows) >= 2
-    probs = torch.tensor([[0.5, 0.5]])
-    assert uncertainty(probs).item() == pytest.approx(1.0)
+    ks, full_rows = [], []
+    for _ in range(300):
+        exits = sample_exits(window_cache(), list(range(10)), 25, cfg, rng)
+        full = (exits == 5).all(1)
+        full_rows.append(int(full.sum()))
+        for row in exits[~full]:
+            held = int((row[:10] == 3).sum() + (row[11:] == 3).sum())  # words waiting for the hard one
+            assert held % 2 == 0 and (row[[i for i in range(25) if i != 10]] != 3).sum() == 24 - held
+            ks.append(held // 2)
+    assert full_rows == [4] * 300  # exactly 4 of 10 at full depth, every batch
+    counts = {k: ks.count(k) for k in set(ks)}
+    assert set(counts) == {2, 3, 4, 5, 6, 7}
+    # k=2 comes from 1/6 of the 4 sampled rows plus half of the 2 small rows: (4/6 + 1) of 6 non-full rows
+    assert abs(counts[2] / len(ks) - (4 / 6 + 1) / 6) < 0.04
+    taus = []
+    for _ in range(300):
+        exits = sample_exits(threshold_cache(), list(range(10)), 5, cfg, rng)
+        for row in exits[~(exits == 5).all(1)]:
+            taus.append(int(row[0]))  # 0: τ >= 0.05, 1: τ = 0.03, 2: τ = 0.01
+    share = {layer: taus.count(layer) / len(taus) for layer in (0, 1, 2)}
+    # sampled rows draw τ from 7 values (4 of them >= 0.05); half of the small rows take the largest τ (0.25)
+    assert abs(share[2] - (4 * (1 / 7) + 1 * (1 / 7)) / 6) < 0.04
+    assert abs(share[1] - share[2]) < 0.05 and share[0] > 0.65
+
+
+def test_small_rows_take_both_extremes_with_rule_both():
+    cfg = SamplingConfig(full_share=0.0, small_share=1.0, small_rule="both")
+    exits = sample_exits(window_cache(), list(range(10)), 25, cfg, random.Random(1))
+    held = ((exits[:, :10] == 3).sum(1) + (exits[:, 11:] == 3).sum(1))
+    assert held.tolist() == [4] * 10  # k = 2 everywhere
+    exits = sample_exits(threshold_cache(), list(range(10)), 5, cfg, random.Random(1))
+    assert (exits == 0).all()  # τ = 0.25 everywhere
+
+
+def test_a_halted_word_holds_its_neighbours_back_only_when_rescored():
+    """Word 2 halts after layer 1 (its window 1..3 is sure there); at layer 2 its head is unsure again (0.8).
+    With rescore (the paper) that keeps words 1 and 3, in its window, from halting at layer 2; frozen, it keeps
+    the 0.0 it halted with and holds nobody back."""
+    unc = torch.tensor([[[0.9, 0.9, 0.9, 0.9, 0.9],
+                         [0.9, 0.0, 0.0, 0.0, 0.9],
+                         [0.0, 0.0, 0.8, 0.0, 0.0],
+                         [0.0, 0.0, 0.0, 0.0, 0.0]]])
+    pred = torch.zeros(unc.shape, dtype=torch.long)
+    mask = torch.ones((1, 5), dtype=torch.bool)
+    base = dict(policy="token", threshold=0.5, window=1, upper_multiplier=1.0)
+    assert simulate_exits(unc, pred, mask, ExitConfig(**base, halted="rescore")).tolist() == [[2, 3, 1, 3, 2]]
+    assert simulate_exits(unc, pred, mask, ExitConfig(**base, halted="frozen")).tolist() == [[2, 2, 1, 2, 2]]
+
+
+def test_layer_loss_batch_sum_and_token_flooding_by_hand():
+    torch.manual_seed(0)
+    logits = [torch.randn(2, 3, 4) for _ in range(3)]  # 3 layers, 2 sentences of up to 3 words, 4 labels
+    labels = torch.tensor([[0, 1, 2], [3, 0, -100]])
+    word_exit = torch.tensor([[0, 2, 1], [2, 0, 2]])
+    ce = torch.stack([torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels.flatten().clamp(min=0),
+                                                        reduction="none").view(2, 3) for lg in logits])  # (L, B, W)
+    real = labels != -100
+    active = torch.stack([(word_exit >= layer) & real for layer in range(3)])
+    loss, layer_losses = EarlyExitTagger.loss(logits, labels, word_exit, reduction="batch-sum")
+    expected_layers = torch.stack([(ce[layer] * active[layer]).sum() / real.sum() for layer in range(3)])
+    assert torch.allclose(layer_losses, expected_layers)
+    assert torch.allclose(loss, (expected_layers * torch.tensor([1.0, 2.0, 3.0])).sum() / 6)
+    mean_loss, mean_layers = EarlyExitTagger.loss(logits, labels, word_exit, reduction="active-mean")
+    assert torch.allclose(mean_layers, torch.stack([(ce[i] * active[i]).sum() / active[i].sum() for i in range(3)]))
+    level = torch.rand(2, 3, 3)  # (B, L, W)
+    flooded, flooded_layers = EarlyExitTagger.loss(logits, labels, word_exit, reduction="batch-sum", flood=level)
+    lv = level.permute(1, 0, 2)  # (L, B, W)
+    by_hand = torch.stack([(((ce[i] - lv[i]).abs() + lv[i]) * active[i]).sum() / real.sum() for i in range(3)])
+    assert torch.allclose(flooded_layers, by_hand)
+
+
+def test_joint_loss_weighting_by_hand():
+    """Stage 1: Σ_l (l+1)·CE_l / Σ_l (l+1) with CE_l the mean over all words."""
+    torch.manual_seed(1)
+    logits = [torch.randn(2, 4, 5) for _ in range(4)]
+    labels = torch.tensor([[0, 1, 2, 3], [4, 0, -100, -100]])
+    ce = [torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels.flatten(), ignore_index=-100) for lg in logits]
+    expected = sum((i + 1) * c for i, c in enumerate(ce)) / (1 + 2 + 3 + 4)
+    for reduction in ("active-mean", "batch-sum"):
+        loss, _ = EarlyExitTagger.loss(logits, labels, reduction=reduction)
+        assert torch.allclose(loss, expected)
+
+
+def test_self_sampling_trains_end_to_end_and_honours_freezing(tmp_path, tokenizer, shared_data):
+    from earlytag import Tagger
+    from earlytag.train.trainer import TrainConfig, train
+
+    init = tmp_path / "stage1"
+    Tagger(tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"), seed=3),
+           tokenizer).save_pretrained(init)
+    common = dict(train="uner-en-ewt:train", dev="uner-en-ewt:dev", task="ner", stage="self-sampling", init=str(init),
+                  train_limit=64, dev_limit=24, batch_size=16, lr=1e-3, head_lr=1e-2, progress=False,
+                  data_dir=str(shared_data))
+    log = train(TrainConfig(output=str(tmp_path / "frozen"), epochs=1, freeze_epochs=1, **common))
+    assert log["epochs"][0]["encoder_frozen"] and log["recipe"]["flooding"] == "token"
+    before, after = Tagger.from_pretrained(init).model, Tagger.from_pretrained(tmp_path / "frozen").model
+    assert all(torch.equal(a, b) for a, b in zip(before.encoder.state_dict().values(),
+                                                 after.encoder.state_dict().values()))  # frozen: untouched
+    assert not torch.equal(before.heads[0].linear.weight, after.heads[0].linear.weight)
+    log = train(TrainConfig(output=str(tmp_path / "trained"), epochs=2, freeze_epochs=1, **common))
+    assert [e["encoder_frozen"] for e in log["epochs"]] == [True, False]
+    assert "dev_exit_score" in log["epochs"][-1] and log["epochs"][-1]["dev_exit"]["halted"] == "rescore"
+    trained = Tagger.from_pretrained(tmp_path / "trained")
+    assert not torch.equal(before.encoder.embeddings.word_embeddings.weight,
+                           trained.model.encoder.embeddings.word_embeddings.weight)
+    doc = trained("Angela Merkel visited Paris.", exit={"policy": "token", "threshold": 0.2})
+    assert len(doc["tokens"]) == 5

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-pytest.importorskip("fastapi")
+from .conftest import need_module
+
+need_module("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from earlytag import Tagger  # noqa: E402

@@ -176,6 +176,15 @@ class Tagger:
         lengths = [len(d) for d in docs]
         merged = [merge_windows(windows, lengths, v) for v in (preds, scores, exits)]
         tags = [self._decode(ids) for ids in merged[0]]
+        # words count once each, with the exit layer of the window their prediction comes from (overlapping
+        # windows of long documents compute some words twice: that work stays in tokens, active tokens, FLOPs)
+        word_exits = [e for doc in merged[2] for e in doc]
+        stats.sentences = len(docs)
+        stats.words = len(word_exits)
+        stats.exit_layer_sum = float(sum(word_exits))
+        stats.words_exited = [0] * self.num_layers
+        for e in word_exits:
+            stats.words_exited[e - 1] += 1
         return Prediction(tags, merged[1], merged[2], stats, seconds, doc_flops, doc_flops_full)
 
     def layer_tags(self, docs: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[list[str]]]:
@@ -204,17 +213,11 @@ class Tagger:
         return next(self.pipe([text], exit=exit))
 
     def pipe(self, texts: Iterable[str | Sequence[str] | dict], batch_size: int | None = None,
-             exit: ExitLike = None, chunk_size: int = 2048) -> Iterator[dict]:
+             exit: ExitLike = None, chunk_size: int = 2048, chunk_words: int = 50_000) -> Iterator[dict]:
         """Tag many texts; yields one document dict per input, in order. Inputs are raw strings, lists of
         words, or dicts with ``text`` or ``tokens``."""
         cfg = self.exit_config(exit)
-        chunk: list[Sentence] = []
-        for item in texts:
-            chunk.append(self.to_sentence(item))
-            if len(chunk) >= chunk_size:
-                yield from self.documents(chunk, cfg, batch_size)[0]
-                chunk = []
-        if chunk:
+        for chunk in chunked((self.to_sentence(item) for item in texts), chunk_size, chunk_words, len):
             yield from self.documents(chunk, cfg, batch_size)[0]
 
     def documents(self, sentences: Sequence[Sentence], exit: ExitLike = None,
@@ -300,6 +303,21 @@ class Tagger:
             "seconds": time.perf_counter() - start,
         })
         return result
+
+
+def chunked(items: Iterable, max_items: int, max_words: int, words_of) -> Iterator[list]:
+    """Consecutive lists of ``items`` with at most ``max_items`` items and ``max_words`` words (at least one
+    item): what is tagged together, so memory is bounded by these, not by the whole input."""
+    chunk: list = []
+    words = 0
+    for item in items:
+        chunk.append(item)
+        words += words_of(item)
+        if len(chunk) >= max_items or words >= max_words:
+            yield chunk
+            chunk, words = [], 0
+    if chunk:
+        yield chunk
 
 
 def _brief(scores: dict) -> dict:

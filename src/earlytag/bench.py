@@ -25,29 +25,32 @@ from tqdm.auto import tqdm
 
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
-from .engine import ExitConfig, ExitStats
+from .engine import REGISTRY, ExitConfig, ExitStats
+from .engine.policies import TARGETS
 from .errors import ConfigError
 from .metrics import task_scores
 from .report import markdown_table
 from .storage import atomic_write_text
 
-TARGETS = (1.5, 2.0, 3.0, 4.0)
+
+def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default",
+                 halted: str = "rescore") -> list[ExitConfig]:
+    """The settings the bench sweeps for ``policy`` (each policy brings its own grid)."""
+    rule = REGISTRY.get(policy)
+    if rule is None:
+        raise ConfigError("policies", f"unknown policy {policy!r}; expected one of {', '.join(REGISTRY)}")
+    grid = rule.grid(num_layers, size, kv)
+    if "halted" in rule.settings:
+        for cfg in grid:
+            cfg.halted = halted
+    return grid
 
 
-def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default") -> list[ExitConfig]:
-    small = size == "small"
-    thresholds = (0.01, 0.03, 0.07, 0.15, 0.25, 0.4) if small else (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
-    if policy == "static":  # the small grid: only the depths nearest the target speed-ups
-        ks = sorted({min(max(round(num_layers / t), 1), num_layers - 1) for t in TARGETS}) if small else range(1, num_layers)
-        return [ExitConfig("static", layer=k) for k in ks]
-    if policy == "sentence":
-        return [ExitConfig("sentence", threshold=t, kv=kv) for t in thresholds]
-    if policy == "token":
-        return [ExitConfig("token", threshold=t, window=2, kv=kv) for t in thresholds]
-    if policy == "patience":
-        ps = (1, 2, 3, 4, 6) if small else range(1, max(num_layers - 1, 2))
-        return [ExitConfig("patience", patience=p) for p in ps if p < num_layers]
-    raise ConfigError("policies", f"unknown policy {policy!r}")
+def row_key(cfg: ExitConfig) -> str:
+    """The name of a setting's curve in the results: the policy, -drop for kv=drop, -frozen for halted=frozen."""
+    rule = cfg.rule
+    return (cfg.policy + ("-drop" if cfg.kv == "drop" and "kv" in rule.settings else "")
+            + ("-frozen" if cfg.halted == "frozen" and "halted" in rule.settings else ""))
 
 
 @dataclass
@@ -62,6 +65,7 @@ class BenchConfig:
     timing_limit: int | None = None  # batch sizes > 1 are timed on the first N sentences (default: all)
     timing_limit_b1: int | None = 400  # batch size 1 is timed on the first N sentences
     kv: list[str] = field(default_factory=lambda: ["keep"])
+    halted: list[str] = field(default_factory=lambda: ["rescore"])  # token exit: rescore and/or frozen
     data_dir: str | None = None
     progress: bool = True
     target_speedup: float | None = None
@@ -143,8 +147,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     settings: list[ExitConfig] = []
     for policy in cfg.policies:
-        for kv in (cfg.kv if policy in ("sentence", "token") else ["keep"]):
-            settings += default_grid(policy, num_layers, kv, cfg.grid)
+        settings_of = REGISTRY[policy].settings if policy in REGISTRY else ()
+        for kv in (cfg.kv if "kv" in settings_of else ["keep"]):
+            for halted in (cfg.halted if "halted" in settings_of else ["rescore"]):
+                settings += default_grid(policy, num_layers, kv, cfg.grid, halted)
     settings += cfg.extra
     calibration = None
     if cfg.target_speedup:
@@ -183,8 +189,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         for exit_cfg in settings:
             wall, secs, base_secs, stats = _paired(tagger, units, exit_cfg, cfg.repeats, refill)
             bar.update(1)
-            key = exit_cfg.policy + ("-drop" if exit_cfg.kv == "drop" else "")
-            rows.append(_row(key, exit_cfg, bs, scores[id(exit_cfg)], stats, wall, secs, base_secs))
+            rows.append(_row(row_key(exit_cfg), exit_cfg, bs, scores[id(exit_cfg)], stats, wall, secs, base_secs))
         for path, other, score in zip(cfg.compare_models, others, other_scores):
             rows.append(_compare_row(tagger, other, path, docs, bs, limits[bs], score, cfg.repeats))
             bar.update(1)

@@ -13,25 +13,22 @@ from typing import Any
 
 from .api import Tagger
 from .data.datasets import Dataset
-from .engine import ExitConfig
+from .engine import REGISTRY, ExitConfig
 from .errors import ConfigError
 from .metrics import task_scores
 
-THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 
-
-def candidates(policy: str, num_layers: int, kv: str = "keep") -> list[ExitConfig]:
-    """The grid searched for ``policy``."""
-    if policy == "token":
-        return [ExitConfig("token", threshold=t, window=k, kv=kv) for k in (1, 2) for t in THRESHOLDS]
-    if policy == "sentence":
-        return [ExitConfig("sentence", threshold=t, kv=kv) for t in THRESHOLDS]
-    if policy == "patience":
-        return [ExitConfig("patience", patience=p) for p in range(1, num_layers)] + [
-            ExitConfig("patience", patience=p, patience_window=True, window=1) for p in range(1, num_layers)]
-    if policy == "static":
-        return [ExitConfig("static", layer=k) for k in range(1, num_layers + 1)]
-    raise ConfigError("exit.policy", f"cannot calibrate policy {policy!r}")
+def candidates(policy: str, num_layers: int, kv: str = "keep", halted: str = "rescore") -> list[ExitConfig]:
+    """The grid searched for ``policy`` (each policy brings its own: :data:`earlytag.engine.REGISTRY`)."""
+    rule = REGISTRY.get(policy)
+    if rule is None or policy == "none":
+        names = ", ".join(n for n in REGISTRY if n != "none")
+        raise ConfigError("exit.policy", f"cannot calibrate policy {policy!r}; expected one of {names}")
+    grid = rule.calibration_grid(num_layers, kv)
+    if "halted" in rule.settings:
+        for cfg in grid:
+            cfg.halted = halted
+    return grid
 
 
 @dataclass
@@ -50,7 +47,7 @@ class Calibration:
 
 def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
               kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
-              **load_kwargs) -> Calibration:
+              halted: str = "rescore", **load_kwargs) -> Calibration:
     if not target_speedup or target_speedup < 1.0:
         raise ConfigError("target_speedup", f"must be a number >= 1, got {target_speedup!r}")
     dataset = tagger.load(dev, **load_kwargs)
@@ -58,7 +55,7 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
     docs = [s.tokens for s in sentences]
     gold = [s.tags for s in sentences]
     table = []
-    for cand in candidates(policy, tagger.num_layers, kv):
+    for cand in candidates(policy, tagger.num_layers, kv, halted):
         pred = tagger.predict_words(docs, cand, batch_size)
         score = task_scores(tagger.config.task, gold, pred.tags)["score"]
         table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup})

@@ -25,7 +25,10 @@ DEMO_SENTENCES = [
 
 def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
     g = p.add_argument_group("early exit (default: the model's stored setting, else full depth)")
-    g.add_argument("--exit", dest="policy", choices=["none", "static", "sentence", "token", "patience"])
+    from .engine.policies import REGISTRY
+
+    g.add_argument("--exit", dest="policy", choices=list(REGISTRY),
+                   help="; ".join(f"{name}: {rule.summary}" for name, rule in REGISTRY.items()))
     g.add_argument("--threshold", type=_threshold, help="τ, or one per layer separated by commas")
     g.add_argument("--window", type=int, help="token/patience window k: words j-k..j+k (default 2)")
     g.add_argument("--patience", type=int, help="patience: unchanged layers before a word halts")
@@ -36,6 +39,9 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
     g.add_argument("--pool", choices=["max", "mean"], help="sentence: pool word uncertainties")
     g.add_argument("--upper-multiplier", type=float, help="token: τ multiplier for the upper half of layers")
     g.add_argument("--kv", choices=["keep", "drop"], help="halted tokens stay keys/values (keep) or not (drop)")
+    g.add_argument("--halted", choices=["rescore", "frozen"],
+                   help="token: a halted word is scored again by later heads and can hold its neighbours back "
+                        "(rescore, the paper) or keeps the uncertainty it halted with (frozen)")
     if calibrate:
         g.add_argument("--target-speedup", type=float,
                        help="choose thresholds on dev data that reach this FLOPs speed-up with the best score, "
@@ -53,7 +59,7 @@ def _threshold(text: str) -> float | list[float]:
 
 def _exit_settings(args) -> dict[str, Any]:
     names = ("policy", "threshold", "window", "patience", "patience_window", "layer", "criterion", "pool",
-             "upper_multiplier", "kv")
+             "upper_multiplier", "kv", "halted")
     settings = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if "layer" in settings and "policy" not in settings:
         settings["policy"] = "static"
@@ -70,7 +76,8 @@ def _resolve_exit(tagger, args, model_dir: str):
         if not dev or dev == "None":
             raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
         result = calibrate(tagger, dev, args.target_speedup, policy=settings.get("policy", "token"),
-                           kv=settings.get("kv", "keep"), save_to=model_dir, data_dir=getattr(args, "data_dir", None))
+                           kv=settings.get("kv", "keep"), save_to=model_dir, data_dir=getattr(args, "data_dir", None),
+                           halted=settings.get("halted", "rescore"))
         note = "" if result.reached else f" (target not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
         print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
               f"{result.flops_speedup:.2f}x FLOPs{note}; stored in {model_dir}/config.json", file=sys.stderr)
@@ -138,6 +145,7 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(model=args.model, data=args.data, out=args.out, batch_sizes=args.batch_sizes,
                       policies=args.policies, repeats=args.repeats, limit=args.limit,
                       timing_limit=args.timing_limit, timing_limit_b1=args.timing_limit_b1, kv=args.kv_modes,
+                      halted=args.halted_modes,
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
                       compare_models=args.compare_model or [], refill=not args.no_refill)
@@ -152,7 +160,7 @@ def cmd_calibrate(args) -> int:
 
     tagger = Tagger.from_pretrained(args.model)
     result = calibrate(tagger, args.data, args.target_speedup, policy=args.policy, kv=args.kv, limit=args.limit,
-                       save_to=None if args.dry_run else args.model, data_dir=args.data_dir)
+                       save_to=None if args.dry_run else args.model, data_dir=args.data_dir, halted=args.halted)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 
@@ -291,11 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, help="use only the first N training sentences")
     p.add_argument("--dev-limit", type=int)
     p.add_argument("--kv", choices=["keep", "drop"], help="self-sampling: train for kv=keep or kv=drop")
-    p.add_argument("--sample-window", type=int, nargs=2, metavar=("MIN", "MAX"))
-    p.add_argument("--sample-threshold", type=float, nargs=2, metavar=("MIN", "MAX"))
-    p.add_argument("--full-share", type=float)
-    p.add_argument("--aggressive-share", type=float)
-    p.add_argument("--flooding", type=float, help="self-sampling: flood the loss at this multiple of the stage-1 loss")
+    g = p.add_argument_group("self-sampling (stage 2); defaults: the --recipe")
+    g.add_argument("--recipe", choices=["authors", "earlytag-0.1"],
+                   help="authors: as the paper's code runs it (default); earlytag-0.1: this project's first recipe")
+    g.add_argument("--sample-window", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="window k drawn from MIN..MAX (windows of 2k+1 words; authors: 2 7)")
+    g.add_argument("--sample-thresholds", type=float, nargs="+", metavar="TAU",
+                   help="τ drawn from these (authors: 0.01 0.03 0.05 0.1 0.15 0.2 0.25)")
+    g.add_argument("--sample-threshold-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="τ drawn uniformly from [LO, HI] instead")
+    g.add_argument("--full-share", type=float, help="share of each batch kept at full depth (authors: 0.4)")
+    g.add_argument("--small-share", type=float,
+                   help="share of each batch with the smallest window or the largest τ (authors: 0.2)")
+    g.add_argument("--small-rule", choices=["either", "both"],
+                   help="those sentences get the smallest window or the largest τ (either) or both")
+    g.add_argument("--layer-loss", choices=["batch-sum", "active-mean"],
+                   help="a layer's loss: summed over its active words / all words (authors) or their mean")
+    g.add_argument("--flooding", choices=["token", "batch", "off"],
+                   help="flood each word's loss at its stage-1 loss (token, authors), the batch loss (batch), or not")
+    g.add_argument("--flood-level", type=float, help="flooding level as a multiple of the stage-1 loss (1.0)")
+    g.add_argument("--halted", choices=["rescore", "frozen"],
+                   help="exit rule the sampled exits simulate (and the dev selection uses): rescore (the paper)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU if any, else cpu)")
     p.add_argument("--quiet", action="store_true")
     data_opts(p)
@@ -333,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--policies", nargs="+", default=["static", "sentence", "token", "patience"])
     p.add_argument("--kv-modes", nargs="+", default=["keep"], choices=["keep", "drop"])
+    p.add_argument("--halted-modes", nargs="+", default=["rescore"], choices=["rescore", "frozen"],
+                   help="token exit: sweep with halted words re-scored (the paper) and/or frozen")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, help="use only the first N sentences")
@@ -356,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-speedup", type=float, required=True)
     p.add_argument("--policy", default="token", choices=["token", "sentence", "patience", "static"])
     p.add_argument("--kv", default="keep", choices=["keep", "drop"])
+    p.add_argument("--halted", default="rescore", choices=["rescore", "frozen"])
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
     p.add_argument("--data-dir")

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from .api import ExitLike, Tagger
+from .api import ExitLike, Tagger, chunked
 from .data import schemes
 from .data.readers import iter_conll, iter_conllu, iter_lines, iter_uner, parse_json_line
 from .data.types import Sentence
@@ -98,7 +98,7 @@ def write_document(out: TextIO, doc: dict, fmt: str, tagger: Tagger) -> None:
 
 def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_format: str = "jsonl",
                  input_format: str = "auto", exit: ExitLike = None, batch_size: int = 32,
-                 chunk_size: int = 4096, progress: bool = False) -> dict[str, Any]:
+                 chunk_size: int = 4096, progress: bool = False, chunk_words: int = 50_000) -> dict[str, Any]:
     """Tag a whole file; returns run statistics (documents, FLOPs speed-up, mean exit layer, seconds)."""
     if output_format not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format {output_format!r}; expected jsonl or conll", output)
@@ -109,16 +109,8 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
     bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr, leave=False)
     with _output(output) as target:
         try:
-            chunk: list[tuple[Sentence, dict]] = []
-            inputs = read_inputs(tagger, input_path, input_format)
-            while True:  # the input is streamed: a chunk of documents at a time
-                chunk.clear()
-                for item in inputs:
-                    chunk.append(item)
-                    if len(chunk) >= chunk_size:
-                        break
-                if not chunk:
-                    break
+            inputs = read_inputs(tagger, input_path, input_format)  # streamed: a chunk at a time in memory
+            for chunk in chunked(inputs, chunk_size, chunk_words, lambda item: len(item[0])):
                 docs, pred = tagger.documents([s for s, _ in chunk], cfg, batch_size)
                 stats = stats + pred.stats
                 model_seconds += pred.model_seconds

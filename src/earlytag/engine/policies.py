@@ -1,30 +1,40 @@
 """Exit policies: who stops climbing the encoder, decided per word (never once for a whole batch).
 
-A policy sees, after layer ``l``, every word's current uncertainty and prediction (a halted word keeps
-the values it halted with) and returns the words that halt now. It is pure tensor code with no access
-to the model, so the engine and the self-sampling simulator (:func:`simulate_exits`) share it.
+A policy sees, after layer ``l``, every word's uncertainty and prediction and returns the words that halt now.
+It is pure tensor code with no access to the model, so the engine and the self-sampling simulator
+(:func:`simulate_exits`) share it.
 
-- ``none``: full depth. ``static``: the first ``layer`` layers.
-- ``sentence`` (SENTEE): a sentence halts when the max (or mean) uncertainty of its words is below τ.
-- ``token`` (TOKEE): word j halts when the max uncertainty over words j-k..j+k is below τ_l.
-- ``patience`` (PABEE for tokens): a word halts when its prediction has not changed for ``patience``
-  layers (optionally: for every word of its window).
+What a halted word contributes later (``halted``, TOKEE's window):
+
+- ``rescore`` (the paper's code, the default): the halted word's copied hidden state is scored again by every
+  later layer's head, and that uncertainty enters its neighbours' windows, so a halted word can still hold a
+  neighbour back. Its prediction stays the one it halted with. The head on halted words is a cost (FLOPs).
+- ``frozen``: a halted word keeps the uncertainty it halted with. With thresholds that never decrease it can
+  then never hold a neighbour back: the window counts active words only.
+
+Every policy is one class in :data:`REGISTRY` that brings its validation, thresholds, state, halting rule,
+the settings swept by calibration and the bench, and its description; the CLI, the service and the page take
+the list of policies from the registry.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-POLICIES = ("none", "static", "sentence", "token", "patience")
-MAX_WINDOW = 4096  # words on each side; a window wider than the sentence is the sentence
 CRITERIA = ("entropy", "maxprob")
+HALTED = ("rescore", "frozen")
+MAX_WINDOW = 4096  # words on each side; a window wider than the sentence is the sentence
+CALIBRATION_THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+BENCH_THRESHOLDS = {"default": (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4),
+                    "small": (0.01, 0.03, 0.07, 0.15, 0.25, 0.4)}
+TARGETS = (1.5, 2.0, 3.0, 4.0)  # FLOPs speed-ups the results tables report
 
 
 @dataclass
@@ -41,48 +51,41 @@ class ExitConfig:
     criterion: str = "entropy"  # entropy (normalised) | maxprob (1 - max probability)
     pool: str = "max"  # sentence: max | mean uncertainty over the words
     kv: str = "keep"  # halted tokens stay keys/values (keep, the method) or leave attention (drop)
+    halted: str = "rescore"  # token: halted words are scored again by later heads (rescore) or keep theirs
+
+    @property
+    def rule(self) -> Policy:
+        try:
+            return REGISTRY[self.policy]
+        except KeyError:
+            raise ConfigError("exit.policy", f"unknown policy {self.policy!r}; expected one of "
+                                             f"{', '.join(REGISTRY)}") from None
 
     def validated(self, num_layers: int) -> ExitConfig:
         """Check every field against a model with ``num_layers`` layers; returns self."""
-        if self.policy not in POLICIES:
-            raise ConfigError("exit.policy", f"unknown policy {self.policy!r}; expected one of {', '.join(POLICIES)}")
+        rule = self.rule
         if self.criterion not in CRITERIA:
             raise ConfigError("exit.criterion", f"expected one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.pool not in ("max", "mean"):
             raise ConfigError("exit.pool", f"expected max or mean, got {self.pool!r}")
         if self.kv not in ("keep", "drop"):
             raise ConfigError("exit.kv", f"expected keep or drop, got {self.kv!r}")
-        if self.policy in ("sentence", "token"):
-            if self.threshold is None:
-                raise ConfigError("exit.threshold", f"the {self.policy} policy needs a threshold")
-            taus = self.threshold if isinstance(self.threshold, list) else [self.threshold]
-            if isinstance(self.threshold, list) and len(taus) != num_layers:
-                raise ConfigError("exit.threshold", f"a list needs one threshold per layer ({num_layers}), got {len(taus)}")
-            for tau in taus:
-                if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau) or tau < 0:
-                    raise ConfigError("exit.threshold", f"thresholds must be finite numbers >= 0, got {tau!r}")
-        if not isinstance(self.upper_multiplier, (int, float)) or self.upper_multiplier < 0:
-            raise ConfigError("exit.upper_multiplier", "must be a number >= 0")
-        if not isinstance(self.upper_multiplier, (int, float)) or not math.isfinite(self.upper_multiplier):
+        if self.halted not in HALTED:
+            raise ConfigError("exit.halted", f"expected one of {', '.join(HALTED)}, got {self.halted!r}")
+        if not _number(self.upper_multiplier) or self.upper_multiplier < 0:
             raise ConfigError("exit.upper_multiplier", "must be a finite number >= 0")
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or not 0 <= self.window <= MAX_WINDOW:
+        if not _integer(self.window) or not 0 <= self.window <= MAX_WINDOW:
             raise ConfigError("exit.window", f"must be an integer between 0 and {MAX_WINDOW}, got {self.window!r}")
-        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or not 1 <= self.patience <= 1000:
+        if not _integer(self.patience) or not 1 <= self.patience <= 1000:
             raise ConfigError("exit.patience", f"must be an integer between 1 and 1000, got {self.patience!r}")
-        if self.policy == "static":
-            if not isinstance(self.layer, int) or not 1 <= self.layer <= num_layers:
-                raise ConfigError("exit.layer", f"static exit needs a layer between 1 and {num_layers}, got {self.layer!r}")
+        if not isinstance(self.patience_window, bool):
+            raise ConfigError("exit.patience_window", "must be true or false")
+        rule.validate(self, num_layers)
         return self
 
     def thresholds(self, num_layers: int) -> list[float]:
         """τ_l for every layer (token policy: τ for the lower half, τ·upper_multiplier for the upper half)."""
-        if isinstance(self.threshold, list):
-            return [float(t) for t in self.threshold]
-        tau = float(self.threshold or 0.0)
-        if self.policy != "token":
-            return [tau] * num_layers
-        half = num_layers // 2
-        return [tau] * half + [tau * self.upper_multiplier] * (num_layers - half)
+        return self.rule.thresholds(self, num_layers)
 
     @property
     def depth(self) -> int | None:
@@ -96,21 +99,27 @@ class ExitConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> ExitConfig:
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"target_speedup"}
+        if "target_speedup" in data:
+            raise ConfigError("exit.target_speedup", "a target speed-up is resolved against a model's calibration "
+                                                     "table: pass it to Tagger.exit_config() or the CLI/service")
+        unknown = set(data) - known
         if unknown:
             raise ConfigError(f"exit.{sorted(unknown)[0]}", f"unknown exit setting; known: {', '.join(sorted(known))}")
-        data.pop("target_speedup", None)
         return cls(**data)
 
     def describe(self) -> str:
-        if self.policy == "static":
-            return f"static k={self.layer}"
-        if self.policy in ("sentence", "token"):
-            extra = f" k={self.window}" if self.policy == "token" else ""
-            return f"{self.policy} τ={self.threshold}{extra}" + (" kv=drop" if self.kv == "drop" else "")
-        if self.policy == "patience":
-            return f"patience p={self.patience}" + (f" k={self.window}" if self.patience_window else "")
-        return "none"
+        return self.rule.describe(self)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# ----------------------------------------------------------------------------- tensor helpers
 
 
 def uncertainty(probs: torch.Tensor, criterion: str = "entropy") -> torch.Tensor:
@@ -120,15 +129,17 @@ def uncertainty(probs: torch.Tensor, criterion: str = "entropy") -> torch.Tensor
     c = probs.shape[-1]
     if c < 2:
         return torch.zeros(probs.shape[:-1], dtype=probs.dtype, device=probs.device)
-    ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    ent = -torch.special.xlogy(probs, probs).sum(-1)
     return ent / math.log(c)
 
 
 def head_scores(logits: torch.Tensor, criterion: str = "entropy") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(..., C)`` logits -> probability of the best label, the label, and its uncertainty in [0, 1].
 
-    Works from log-probabilities: one softmax pass serves all three (this runs at every layer)."""
-    logp = logits.log_softmax(-1)
+    Always computed in float32, whatever the model's dtype: exit decisions compare these with thresholds.
+    Works from log-probabilities: one softmax pass serves all three (this runs at every layer). A label with
+    probability 0 (log-probability -inf) adds 0 to the entropy, not NaN."""
+    logp = logits.float().log_softmax(-1)
     best, pred = logp.max(-1)
     score = best.exp()
     if criterion == "maxprob":
@@ -136,75 +147,294 @@ def head_scores(logits: torch.Tensor, criterion: str = "entropy") -> tuple[torch
     c = logits.shape[-1]
     if c < 2:
         return score, pred, torch.zeros_like(score)
-    return score, pred, (logp.exp() * logp).sum(-1) * (-1.0 / math.log(c))
+    plogp = torch.where(torch.isneginf(logp), 0.0, logp.exp() * logp)
+    return score, pred, plogp.sum(-1) * (-1.0 / math.log(c))
 
 
 def window_max(values: torch.Tensor, word_mask: torch.Tensor, k: int) -> torch.Tensor:
     """Max of ``values (B, W)`` over words j-k..j+k (padding words count as 0)."""
+    k = min(k, values.shape[1])  # a window wider than the sentence is the sentence
     if k == 0:
         return values
     x = values.masked_fill(~word_mask, 0.0).unsqueeze(1)  # (B, 1, W)
     return F.max_pool1d(x, kernel_size=2 * k + 1, stride=1, padding=k).squeeze(1)  # (B, W)
 
 
+# ----------------------------------------------------------------------------- the policies
+
+
+class Policy:
+    """One exit policy. Subclasses set the class attributes and override what they use."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line, for --help and the docs
+    settings: ClassVar[tuple[str, ...]] = ()  # the ExitConfig fields it reads
+    heads_every_layer: ClassVar[bool] = True  # False: only the last layer's head runs
+    refill: ClassVar[bool] = True  # a thin group may wait for the next batch's survivors (Engine.run_many)
+    reads_uncertainty: ClassVar[bool] = True
+
+    @classmethod
+    def validate(cls, cfg: ExitConfig, num_layers: int) -> None:
+        pass
+
+    @classmethod
+    def thresholds(cls, cfg: ExitConfig, num_layers: int) -> list[float]:
+        tau = float(cfg.threshold or 0.0) if not isinstance(cfg.threshold, list) else 0.0
+        return [tau] * num_layers
+
+    @classmethod
+    def depth(cls, cfg: ExitConfig, num_layers: int) -> int:
+        return num_layers
+
+    @classmethod
+    def init_state(cls, word_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    @classmethod
+    def halt(cls, cfg: ExitConfig, taus: list[float], layer: int, unc: torch.Tensor, pred: torch.Tensor,
+             active: torch.Tensor, word_mask: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def grid(cls, num_layers: int, size: str = "default", kv: str = "keep") -> list[ExitConfig]:
+        """Settings the bench sweeps (``size``: default | small)."""
+        return []
+
+    @classmethod
+    def calibration_grid(cls, num_layers: int, kv: str = "keep") -> list[ExitConfig]:
+        """Settings calibration searches for a target speed-up."""
+        return cls.grid(num_layers, "default", kv)
+
+    @classmethod
+    def describe(cls, cfg: ExitConfig) -> str:
+        return cls.name
+
+
+REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def _check_threshold(cfg: ExitConfig, num_layers: int, per_layer: bool) -> None:
+    if cfg.threshold is None:
+        raise ConfigError("exit.threshold", f"the {cfg.policy} policy needs a threshold")
+    taus = cfg.threshold if isinstance(cfg.threshold, list) else [cfg.threshold]
+    if isinstance(cfg.threshold, list) and (not per_layer or len(taus) != num_layers):
+        raise ConfigError("exit.threshold", f"a list needs one threshold per layer ({num_layers}), got {len(taus)}"
+                          if per_layer else "takes one number")
+    for tau in taus:
+        if not _number(tau) or tau < 0:
+            raise ConfigError("exit.threshold", f"thresholds must be finite numbers >= 0, got {tau!r}")
+
+
+@register
+class NoExit(Policy):
+    name = "none"
+    summary = "nobody exits: full depth"
+    heads_every_layer = False
+    refill = False
+    reads_uncertainty = False
+
+    @classmethod
+    def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
+        return torch.zeros_like(active)
+
+
+@register
+class Static(Policy):
+    name = "static"
+    summary = "everyone after the first k layers (static truncation)"
+    settings = ("layer",)
+    heads_every_layer = False
+    refill = False
+    reads_uncertainty = False
+
+    @classmethod
+    def validate(cls, cfg, num_layers):
+        if not _integer(cfg.layer) or not 1 <= cfg.layer <= num_layers:
+            raise ConfigError("exit.layer", f"static exit needs a layer between 1 and {num_layers}, got {cfg.layer!r}")
+
+    @classmethod
+    def depth(cls, cfg, num_layers):
+        return cfg.layer
+
+    @classmethod
+    def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
+        return torch.zeros_like(active)
+
+    @classmethod
+    def grid(cls, num_layers, size="default", kv="keep"):
+        if size == "small":  # only the depths nearest the target speed-ups
+            ks = sorted({min(max(round(num_layers / t), 1), num_layers - 1) for t in TARGETS})
+        else:
+            ks = range(1, num_layers)
+        return [ExitConfig("static", layer=k) for k in ks]
+
+    @classmethod
+    def calibration_grid(cls, num_layers, kv="keep"):
+        return [ExitConfig("static", layer=k) for k in range(1, num_layers + 1)]
+
+    @classmethod
+    def describe(cls, cfg):
+        return f"static k={cfg.layer}"
+
+
+@register
+class SentenceExit(Policy):
+    name = "sentence"
+    summary = "SENTEE: a sentence, when the max (--pool mean: mean) uncertainty of its words is below τ"
+    settings = ("threshold", "pool", "criterion", "kv")
+
+    @classmethod
+    def validate(cls, cfg, num_layers):
+        _check_threshold(cfg, num_layers, per_layer=True)
+
+    @classmethod
+    def thresholds(cls, cfg, num_layers):
+        if isinstance(cfg.threshold, list):
+            return [float(t) for t in cfg.threshold]
+        return [float(cfg.threshold)] * num_layers
+
+    @classmethod
+    def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
+        u = unc.masked_fill(~word_mask, 0.0)
+        s = u.max(1).values if cfg.pool == "max" else u.sum(1) / word_mask.sum(1).clamp(min=1)
+        return active & (s < taus[layer]).unsqueeze(1)
+
+    @classmethod
+    def grid(cls, num_layers, size="default", kv="keep"):
+        return [ExitConfig("sentence", threshold=t, kv=kv) for t in BENCH_THRESHOLDS[size]]
+
+    @classmethod
+    def calibration_grid(cls, num_layers, kv="keep"):
+        return [ExitConfig("sentence", threshold=t, kv=kv) for t in CALIBRATION_THRESHOLDS]
+
+    @classmethod
+    def describe(cls, cfg):
+        return f"sentence τ={cfg.threshold}" + (" kv=drop" if cfg.kv == "drop" else "")
+
+
+@register
+class TokenExit(Policy):
+    name = "token"
+    summary = "TOKEE: word j, when the max uncertainty over words j-k..j+k is below τ_l"
+    settings = ("threshold", "upper_multiplier", "window", "criterion", "kv", "halted")
+
+    @classmethod
+    def validate(cls, cfg, num_layers):
+        _check_threshold(cfg, num_layers, per_layer=True)
+
+    @classmethod
+    def thresholds(cls, cfg, num_layers):
+        if isinstance(cfg.threshold, list):
+            return [float(t) for t in cfg.threshold]
+        tau = float(cfg.threshold)
+        half = num_layers // 2
+        return [tau] * half + [tau * cfg.upper_multiplier] * (num_layers - half)
+
+    @classmethod
+    def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
+        # unc holds every word of the sentence: the active ones' new values and the halted ones' re-scored
+        # (rescore) or halting (frozen) values, as the engine and the simulator maintain them
+        return active & (window_max(unc, word_mask, cfg.window) < taus[layer])
+
+    @classmethod
+    def grid(cls, num_layers, size="default", kv="keep"):
+        return [ExitConfig("token", threshold=t, window=2, kv=kv) for t in BENCH_THRESHOLDS[size]]
+
+    @classmethod
+    def calibration_grid(cls, num_layers, kv="keep"):
+        return [ExitConfig("token", threshold=t, window=k, kv=kv) for k in (1, 2) for t in CALIBRATION_THRESHOLDS]
+
+    @classmethod
+    def describe(cls, cfg):
+        return (f"token τ={cfg.threshold} k={cfg.window}" + (" kv=drop" if cfg.kv == "drop" else "")
+                + (" halted=frozen" if cfg.halted == "frozen" else ""))
+
+
+@register
+class Patience(Policy):
+    name = "patience"
+    summary = "PABEE for words: a word whose prediction has not changed for p layers"
+    settings = ("patience", "patience_window", "window")
+    reads_uncertainty = False
+
+    @classmethod
+    def init_state(cls, word_mask):
+        return {"streak": torch.zeros(word_mask.shape, dtype=torch.long, device=word_mask.device),
+                "prev": torch.full(word_mask.shape, -1, dtype=torch.long, device=word_mask.device)}
+
+    @classmethod
+    def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
+        # count the layers over which the prediction stayed the same
+        same = pred == state["prev"]
+        streak = torch.where(active, torch.where(same, state["streak"] + 1, torch.zeros_like(state["streak"])),
+                             state["streak"])
+        state["streak"] = streak
+        state["prev"] = torch.where(active, pred, state["prev"])
+        if cfg.patience_window:
+            big = torch.full_like(streak, 10 ** 6)
+            halted_or_pad = ~active | ~word_mask  # halted words and padding don't hold their neighbours back
+            s = torch.where(halted_or_pad, big, streak)
+            k = min(cfg.window, s.shape[1])
+            low = -F.max_pool1d(-s.unsqueeze(1).float(), 2 * k + 1, 1, k).squeeze(1) if k else s.float()
+            return active & (low >= cfg.patience)
+        return active & (streak >= cfg.patience)
+
+    @classmethod
+    def grid(cls, num_layers, size="default", kv="keep"):
+        ps = (1, 2, 3, 4, 6) if size == "small" else range(1, max(num_layers - 1, 2))
+        return [ExitConfig("patience", patience=p) for p in ps if p < num_layers]
+
+    @classmethod
+    def calibration_grid(cls, num_layers, kv="keep"):
+        return [ExitConfig("patience", patience=p) for p in range(1, num_layers)] + [
+            ExitConfig("patience", patience=p, patience_window=True, window=1) for p in range(1, num_layers)]
+
+    @classmethod
+    def describe(cls, cfg):
+        return f"patience p={cfg.patience}" + (f" k={cfg.window}" if cfg.patience_window else "")
+
+
+POLICIES = tuple(REGISTRY)
+
+
 class ExitPolicy:
-    """Turns an :class:`ExitConfig` into per-layer halting decisions."""
+    """An :class:`ExitConfig` bound to a model depth: thresholds resolved, the policy's rule at hand."""
 
     def __init__(self, cfg: ExitConfig, num_layers: int):
         self.cfg = cfg.validated(num_layers)
-        self.num_layers = cfg.depth or num_layers  # layers that run
-        self.taus = cfg.thresholds(num_layers)
+        self.rule = cfg.rule
+        self.num_layers = self.rule.depth(cfg, num_layers)  # layers that run
+        self.taus = cfg.thresholds(num_layers) if cfg.threshold is not None else [0.0] * num_layers
+        self.rescore = cfg.halted == "rescore" and self.rule.reads_uncertainty
 
     def needs_head(self, layer: int) -> bool:
-        """Whether the head of ``layer`` must run (only the last one for none/static)."""
-        return self.cfg.policy not in ("none", "static") or layer == self.num_layers - 1
+        """Whether the head of ``layer`` runs (only the last one for none/static)."""
+        return self.rule.heads_every_layer or layer == self.num_layers - 1
 
     def init_state(self, word_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-word state, one row per sentence (the engine compacts it with the batch)."""
-        if self.cfg.policy != "patience":
-            return {}
-        return {
-            "streak": torch.zeros(word_mask.shape, dtype=torch.long, device=word_mask.device),
-            "prev": torch.full(word_mask.shape, -1, dtype=torch.long, device=word_mask.device),
-        }
+        return self.rule.init_state(word_mask)
 
     def halt(self, layer: int, unc: torch.Tensor, pred: torch.Tensor, active: torch.Tensor,
              word_mask: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         """Words that halt after ``layer``: a subset of ``active (B, W)``; all of them at the last layer."""
         if layer >= self.num_layers - 1:
             return active
-        policy = self.cfg.policy
-        if policy in ("none", "static"):
-            return torch.zeros_like(active)
-        if policy == "sentence":
-            u = unc.masked_fill(~word_mask, 0.0)
-            if self.cfg.pool == "max":
-                s = u.max(1).values
-            else:
-                s = u.sum(1) / word_mask.sum(1).clamp(min=1)
-            return active & (s < self.taus[layer]).unsqueeze(1)
-        if policy == "token":
-            return active & (window_max(unc, word_mask, self.cfg.window) < self.taus[layer])
-        # patience: count the layers over which the prediction stayed the same
-        same = pred == state["prev"]
-        streak = torch.where(active, torch.where(same, state["streak"] + 1, torch.zeros_like(state["streak"])),
-                             state["streak"])
-        state["streak"] = streak
-        state["prev"] = torch.where(active, pred, state["prev"])
-        if self.cfg.patience_window:
-            big = torch.full_like(streak, self.num_layers + 1)
-            halted_or_pad = ~active | ~word_mask  # halted words and padding don't hold their neighbours back
-            s = torch.where(halted_or_pad, big, streak)
-            k = self.cfg.window
-            low = -F.max_pool1d(-s.unsqueeze(1).float(), 2 * k + 1, 1, k).squeeze(1) if k else s.float()
-            return active & (low >= self.cfg.patience)
-        return active & (streak >= self.cfg.patience)
+        return self.rule.halt(self.cfg, self.taus, layer, unc, pred, active, word_mask, state)
 
 
 def simulate_exits(unc: torch.Tensor, pred: torch.Tensor, word_mask: torch.Tensor, cfg: ExitConfig) -> torch.Tensor:
     """Exit layer of every word for per-layer ``unc, pred (B, L, W)`` (e.g. cached from a full forward).
 
-    The same rule as the engine: a halted word keeps the uncertainty and prediction it halted with.
+    The engine's rule: an active word takes layer l's values; a halted word keeps its prediction, and its
+    uncertainty is layer l's value (``halted=rescore``, what the head says of it there) or the one it halted
+    with (``frozen``). On outputs cached from a full-depth forward (self-sampling) the rescored value is the
+    full-depth one, the same approximation the authors' simulation makes.
     Returns ``(B, W)`` 0-based exit layers (-1 on padding).
     """
     b, num_layers, w = unc.shape
@@ -215,7 +445,7 @@ def simulate_exits(unc: torch.Tensor, pred: torch.Tensor, word_mask: torch.Tenso
     cur_unc = torch.zeros((b, w), dtype=unc.dtype, device=unc.device)
     cur_pred = torch.zeros((b, w), dtype=torch.long, device=unc.device)
     for layer in range(policy.num_layers):
-        cur_unc = torch.where(active, unc[:, layer], cur_unc)
+        cur_unc = unc[:, layer] if policy.rescore else torch.where(active, unc[:, layer], cur_unc)
         cur_pred = torch.where(active, pred[:, layer], cur_pred)
         halt = policy.halt(layer, cur_unc, cur_pred, active, word_mask, state)
         exit_layer[halt] = layer

@@ -24,6 +24,7 @@ is not needed to decide (FLOPs, histograms, the outputs of halted words) is done
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,12 @@ import torch.nn.functional as F
 from ..data.batching import Batch
 from ..model.adapters import LayerParts
 from ..model.layers import attend, finish, key_bias
-from ..model.tagger import EarlyExitTagger
-from .flops import ExitStats, head_flops, layer_flops
+from .flops import ExitStats
+from .plan import ExitPlan, active_tokens
 from .policies import ExitConfig, ExitPolicy, head_scores
+
+if TYPE_CHECKING:
+    from ..model.tagger import EarlyExitTagger
 
 
 @dataclass
@@ -45,6 +49,7 @@ class EngineOutput:
     flops: torch.Tensor  # (B,) FLOPs spent on each sentence
     flops_full: torch.Tensor  # (B,) FLOPs each sentence costs at full depth
     trace: torch.Tensor | None = None  # (B, L, W) uncertainty the policy saw after each layer (NaN: not live)
+    plan: ExitPlan | None = None  # who was active where (the statistics and FLOPs come from it)
 
 
 class _FusedLayer:
@@ -89,12 +94,11 @@ class _Group:
     def _derive(self) -> None:
         """Tensors that only change when the group is compacted or merged."""
         b, t = self.tok_mask.shape
-        self.special = self.token_word < 0  # (b, T)
-        self.token_word_c = self.token_word.clamp(min=0)
         self.word_flat = (self.word_pos + torch.arange(b, device=self.h.device)[:, None] * t).view(-1)  # (b*W,)
         self.total_tokens = int(self.tok_mask.sum())
         self.padded = self.total_tokens < self.tok_mask.numel()
         self.pad_bias = key_bias(self.tok_mask, self.h.dtype) if self.padded else None  # (b, 1, 1, T)
+        self.words_flat = self.word_mask.view(-1).nonzero().squeeze(1)  # (N_w,) every real word (rescoring)
         self.active_t: torch.Tensor | None = None
 
     @property
@@ -102,9 +106,9 @@ class _Group:
         return self.h.shape[0]
 
     def active_tokens(self) -> torch.Tensor:
-        """``(b, T)``: sub-words of active words, and the special tokens of live sentences."""
+        """``(b, T)`` tokens computed at the next layer (:func:`earlytag.engine.plan.active_tokens`)."""
         if self.active_t is None:
-            self.active_t = self.tok_mask & (self.special | self.active_w.gather(1, self.token_word_c))
+            self.active_t = active_tokens(self.active_w, self.token_word, self.tok_mask)
         return self.active_t
 
     def keep(self, keep: torch.Tensor) -> None:
@@ -133,6 +137,10 @@ class _Group:
             tensors[name] = torch.cat([x, y])
         state = {k: torch.cat([_pad_dim1(a.state[k], w, 0), _pad_dim1(b.state[k], w, 0)]) for k in a.state}
         return cls(a.layer, state, a.batches | b.batches, **tensors)
+
+
+def _pad(values: list, size: int) -> list:
+    return values + [0] * (size - len(values))
 
 
 def _pad_dim1(x: torch.Tensor, size: int, value) -> torch.Tensor:
@@ -187,7 +195,7 @@ class Engine:
     @torch.inference_mode()
     def run_many(self, batches: list[Batch], cfg: ExitConfig, refill: bool = True) -> list[EngineOutput]:
         """Tag several batches; with ``refill`` thin later layers wait for the next batch's survivors."""
-        return self._run(batches, cfg, refill=refill and cfg.policy in ("sentence", "token", "patience"))
+        return self._run(batches, cfg, refill=refill and cfg.rule.refill)
 
     def _run(self, batches: list[Batch], cfg: ExitConfig, refill: bool, trace: bool = False) -> list[EngineOutput]:
         policy = ExitPolicy(cfg, self.model.num_layers)
@@ -246,20 +254,23 @@ class Engine:
             g.h = self._dense_step(fused, g, active_t, total_act, cfg.kv)
         else:
             g.h = self._packed_step(fused, g, active_t, active_t.sum(1), cfg.kv)
-        for i in g.batches:
-            outs[i].stats.dense_layers += dense
-            outs[i].stats.packed_layers += not dense
+        counted = outs[min(g.batches)].stats  # a step of merged batches is one step: counted once
+        counted.dense_layers += dense
+        counted.packed_layers += not dense
         g.layer += 1
         if not policy.needs_head(layer):
             return
-        # exit head on the first sub-word of every active word (packed)
-        widx = g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat word index
-        head = self.model.heads[layer].linear
-        hw = g.h.view(-1, d).index_select(0, g.word_flat.index_select(0, widx))  # (N_w, d)
-        score, pred, unc = head_scores(F.linear(hw, head.weight, head.bias), cfg.criterion)
-        g.unc.view(-1).index_copy_(0, widx, unc)
-        g.pred.view(-1).index_copy_(0, widx, pred)
-        g.score.view(-1).index_copy_(0, widx, score)
+        # exit head on the first sub-word of the active words, or (rescore) of every word of the live sentences
+        rows = g.words_flat if policy.rescore else g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat words
+        hw = g.h.view(-1, d).index_select(0, g.word_flat.index_select(0, rows))  # (N_w, d)
+        score, pred, unc = head_scores(self.model.heads[layer].linear(hw), cfg.criterion)  # float32 each
+        g.unc.view(-1).index_copy_(0, rows, unc)
+        if policy.rescore:  # halted words keep the prediction they halted with
+            still = g.active_w.view(-1).index_select(0, rows)
+            pred = torch.where(still, pred, g.pred.view(-1).index_select(0, rows))
+            score = torch.where(still, score, g.score.view(-1).index_select(0, rows))
+        g.pred.view(-1).index_copy_(0, rows, pred)
+        g.score.view(-1).index_copy_(0, rows, score)
         if traces is not None:  # tests only: a loop over rows is fine here
             for r, (i, row) in enumerate(g.origin.tolist()):
                 traces[i][row, layer] = g.unc[r, : traces[i].shape[2]]
@@ -281,36 +292,20 @@ class Engine:
             o.exit.index_copy_(0, rows, g.exit.index_select(0, sel)[:, :w])
 
     def _finish(self, o: _Outputs, cfg: ExitConfig, policy: ExitPolicy, trace) -> EngineOutput:
-        """Bookkeeping, once per input batch, from the exit layers alone.
-
-        A word is active at layers 0..exit, its sub-words with it; a sentence is live (its special tokens
-        active, all its tokens keys/values under kv=keep) up to the last exit of its words. That gives every
-        layer's live and active token counts per sentence, hence FLOPs and statistics, without recording
-        anything during the climb.
-        """
+        """Bookkeeping, once per input batch, from the exit layers alone (:class:`ExitPlan`): nothing is recorded
+        during the climb."""
         d, f, c = self.adapter.hidden_size, self.adapter.intermediate_size, self.model.config.num_labels
         batch, stats = o.batch, o.stats
-        num_layers = stats.num_layers
-        layers = torch.arange(num_layers, device=o.exit.device)  # (L,)
-        tok_mask = batch.attention_mask.bool()  # (B, T)
-        last = o.exit.max(1).values  # (B,) last layer each sentence is live at (-1: never)
-        tok_exit = torch.where(batch.token_word >= 0, o.exit.gather(1, batch.token_word.clamp(min=0)),
-                               last[:, None]).masked_fill_(~tok_mask, -1)  # (B, T) specials: while live
-        active = (tok_exit.unsqueeze(-1) >= layers).sum(1)  # (B, L) tokens computed at each layer
-        n_tokens = tok_mask.sum(1)  # (B,)
-        live = n_tokens[:, None] * (last[:, None] >= layers)  # (B, L) tokens of live sentences
-        heads = torch.tensor([policy.needs_head(i) for i in range(num_layers)], device=layers.device)  # (L,)
-        head_words = ((o.exit.unsqueeze(-1) >= layers) & heads).sum((1, 2))  # (B,) word-layers a head ran on
-        flops = layer_flops(live, active, d, f, cfg.kv).sum(1) + head_flops(head_words, d, c)  # (B,)
-        n_words = batch.word_mask.sum(1)  # (B,) a sentence without words is not run at any depth
-        flops_full = num_layers * layer_flops(n_tokens, n_tokens, d, f) * (n_words > 0) + head_flops(n_words, d, c)
-        stats.active_tokens = active.sum(0).tolist()
-        exited = o.exit[batch.word_mask]
-        stats.words_exited = torch.bincount(exited, minlength=num_layers).tolist()
-        stats.exit_layer_sum = float((exited + 1).sum())
+        plan = ExitPlan(o.exit, batch.word_mask, batch.token_word, batch.attention_mask.bool(), policy.num_layers,
+                        cfg.kv, policy.rescore, [policy.needs_head(i) for i in range(policy.num_layers)])
+        flops = plan.flops(d, f, c)  # (B,)
+        flops_full = plan.flops_full(d, f, c, stats.num_layers)  # (B,)
+        stats.active_tokens = _pad(plan.active_counts.sum(0).tolist(), stats.num_layers)
+        stats.words_exited = _pad(plan.words_exited.tolist(), stats.num_layers)
+        stats.exit_layer_sum = float((plan.word_exit[batch.word_mask] + 1).sum())
         stats.flops = float(flops.sum())
         stats.flops_full = float(flops_full.sum())
-        return EngineOutput(o.pred, o.score, o.exit, stats, flops, flops_full, trace)
+        return EngineOutput(o.pred, o.score, o.exit, stats, flops, flops_full, trace, plan)
 
     # ------------------------------------------------------------------ layer steps
 

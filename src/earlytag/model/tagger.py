@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..engine.plan import ExitPlan, word_mask_of
 from ..errors import ConfigError, EarlytagError
 from ..storage import atomic_write_text, require_model_dir, save_dir
 from .adapters import adapter_for
@@ -124,47 +125,64 @@ class EarlyExitTagger(nn.Module):
         token_word: torch.Tensor | None = None,  # (B, T) word of each sub-word, -1 for special tokens/padding
         kv: str = "keep",  # halted tokens stay keys/values ("keep") or leave attention ("drop")
         num_layers: int | None = None,  # run only the first k layers (static truncation)
+        loss_reduction: str = "active-mean",  # per layer: mean over active words | batch-sum: Σ active / all words
+        flood: torch.Tensor | None = None,  # (B, L, W) per-word flooding levels of the loss (self-sampling)
     ) -> TaggerOutput:
         n_run = self.num_layers if num_layers is None else num_layers
         if not 1 <= n_run <= self.num_layers:
             raise ConfigError("num_layers", f"must be between 1 and {self.num_layers}, got {n_run}")
         mask = attention_mask.bool()
         h = self.embed(input_ids)  # (B, T, d)
-        token_exit = None
+        plan = None
         if word_exit is not None:
             if token_word is None:
                 raise ConfigError("token_word", "needed with word_exit")
-            # a sub-word halts with its word; special tokens never halt
-            token_exit = torch.where(
-                token_word >= 0, word_exit.gather(1, token_word.clamp(min=0)), torch.full_like(token_word, n_run)
-            )  # (B, T)
+            plan = ExitPlan(word_exit, word_mask_of(token_word, word_exit.shape[1]), token_word, mask, n_run, kv)
         bias = attention_bias(self.adapter, mask, h.dtype)
         gather_idx = word_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])  # (B, W, d)
         logits = []
         for layer, parts in enumerate(self.adapter.layers[:n_run]):
-            if token_exit is None:
+            if plan is None:
                 h = dense_layer(parts, h, bias, self.adapter.num_heads)
             else:
-                active = token_exit >= layer  # (B, T)
+                active = plan.active(layer)  # (B, T): who computes here; the others keep their state
                 layer_bias = bias if kv == "keep" else attention_bias(self.adapter, mask & active, h.dtype)
                 h = torch.where(active.unsqueeze(-1), dense_layer(parts, h, layer_bias, self.adapter.num_heads), h)
             logits.append(self.heads[layer](h.gather(1, gather_idx)))  # (B, W, C)
         out = TaggerOutput(logits=logits)
         if labels is not None:
-            out.loss, out.layer_losses = self.loss(logits, labels, word_exit)
+            out.loss, out.layer_losses = self.loss(logits, labels, word_exit, loss_reduction, flood)
         return out
 
     @staticmethod
-    def loss(logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None):
-        """Σ_l (l+1)·CE_l / Σ_l (l+1); with ``word_exit`` a layer only counts the words still active there."""
+    def loss(logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
+             reduction: str = "active-mean", flood: torch.Tensor | None = None):
+        """Σ_l (l+1)·L_l / Σ_l (l+1), with ``L_l`` the cross-entropy of layer l's head.
+
+        With ``word_exit`` a layer only counts the words still active there: ``active-mean`` averages over them
+        (a layer without any counts 0 and leaves the weighting), ``batch-sum`` sums over them and divides by all
+        words of the batch (the authors' self-sampling loss). ``flood (B, L, W)`` floods each word's loss at
+        each layer at its own level: ``|l - b| + b``. Without ``word_exit`` and ``flood`` both reductions are the
+        plain joint loss."""
+        if reduction not in ("active-mean", "batch-sum"):
+            raise ConfigError("loss_reduction", f"expected active-mean or batch-sum, got {reduction!r}")
         sums, counts = [], []
         for layer, lg in enumerate(logits):
             target = labels if word_exit is None else labels.masked_fill(word_exit < layer, -100)
-            sums.append(F.cross_entropy(lg.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"))
+            ce = F.cross_entropy(lg.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="none")
+            if flood is not None:
+                level = flood[:, layer].flatten()
+                ce = torch.where(target.flatten() != -100, (ce - level).abs() + level, 0.0)
+            sums.append(ce.sum())
             counts.append((target != -100).sum())
         count = torch.stack(counts)  # (L,)
-        layer_losses = torch.stack(sums) / count.clamp(min=1)  # (L,)
-        weights = torch.arange(1, len(logits) + 1, device=count.device) * (count > 0)  # layers with nothing count 0
+        layers = torch.arange(1, len(logits) + 1, device=count.device)
+        if reduction == "batch-sum":
+            layer_losses = torch.stack(sums) / (labels != -100).sum().clamp(min=1)  # (L,)
+            weights = layers
+        else:
+            layer_losses = torch.stack(sums) / count.clamp(min=1)  # (L,)
+            weights = layers * (count > 0)  # layers with nothing count 0
         loss = (layer_losses * weights).sum() / weights.sum().clamp(min=1)
         return loss, layer_losses.detach()
 

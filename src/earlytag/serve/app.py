@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import Tagger
+from ..engine.policies import POLICIES, REGISTRY
 from ..errors import EarlytagError
 from .batching import MicroBatcher, Overloaded
 
@@ -48,7 +49,7 @@ class ExitSettings(BaseModel):
     """Exit settings of one request; omitted fields take the model's stored default."""
 
     model_config = ConfigDict(extra="forbid")
-    policy: Literal["none", "static", "sentence", "token", "patience"] | None = None
+    policy: Literal[POLICIES] | None = None  # type: ignore[valid-type]
     threshold: float | list[float] | None = None
     window: int | None = Field(None, ge=0, le=4096)
     patience: int | None = Field(None, ge=1, le=1000)
@@ -58,6 +59,7 @@ class ExitSettings(BaseModel):
     pool: Literal["max", "mean"] | None = None
     upper_multiplier: float | None = None
     kv: Literal["keep", "drop"] | None = None
+    halted: Literal["rescore", "frozen"] | None = None
     target_speedup: float | None = Field(None, description="pick the setting for this FLOPs speed-up from the "
                                                            "model's calibration table")
 
@@ -284,6 +286,7 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
         return {"task": tagger.config.task, "labels": tagger.labels, "num_layers": tagger.num_layers,
                 "default_exit": tagger.default_exit.to_dict(), "limits": limits.__dict__,
                 "max_target_speedup": speedups[-1] if speedups else None,
+                "policies": [{"name": n, "summary": r.summary} for n, r in REGISTRY.items()],
                 "batching": batching, "encoder": tagger.config.encoder_name}
 
     @app.post("/predict", response_model=PredictResponse)

@@ -32,7 +32,7 @@ from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
 from ..model.tagger import EarlyExitTagger
 from ..storage import atomic_write_text, check_output_dir
-from .self_sampling import SamplingConfig, cache_layer_outputs, sample_exits
+from .self_sampling import RECIPES, Recipe, cache_layer_outputs, flood_levels, sample_exits
 
 
 @dataclass
@@ -63,11 +63,18 @@ class TrainConfig:
     dev_limit: int | None = None
     eval_batch_size: int = 64
     kv: str = "keep"  # self-sampling: train for kv=keep or kv=drop inference
-    sample_window: tuple[int, int] = (2, 7)
-    sample_threshold: tuple[float, float] = (0.01, 0.25)
-    full_share: float = 0.125
-    aggressive_share: float = 0.125
-    flooding: float | None = None  # self-sampling: flood the loss at this multiple of the stage-1 loss
+    # self-sampling (stage 2): the recipe sets everything below that is left at None (train/self_sampling.py)
+    recipe: str = "authors"  # authors | earlytag-0.1
+    sample_window: tuple[int, int] | None = None  # k drawn from MIN..MAX (authors: 2..7, windows of 5..15 words)
+    sample_thresholds: tuple[float, ...] | None = None  # τ drawn from these (authors: 0.01 ... 0.25)
+    sample_threshold_range: tuple[float, float] | None = None  # τ uniform in [LO, HI] instead
+    full_share: float | None = None  # share of each batch at full depth (authors: 0.4)
+    small_share: float | None = None  # share with the smallest window or the largest τ (authors: 0.2)
+    small_rule: str | None = None  # either | both
+    layer_loss: str | None = None  # batch-sum | active-mean
+    flooding: str | None = None  # token | batch | off
+    flood_level: float | None = None  # multiple of the stage-1 loss
+    halted: str = "rescore"  # exit rule of the simulation and of the dev selection (as the engine will run)
     select_exit: dict[str, Any] = field(default_factory=lambda: {"policy": "token", "threshold": 0.1, "window": 2})
     progress: bool = True
     made_by: str = "earlytag train"  # recorded in the model's config (the demo marks its own models)
@@ -89,7 +96,38 @@ class TrainConfig:
             raise ConfigError("label_scheme", "expected iob2 or iobes")
         if self.kv not in ("keep", "drop"):
             raise ConfigError("kv", "expected keep or drop")
+        if self.stage == "self-sampling":
+            self.self_sampling_recipe()
         return self
+
+    def self_sampling_recipe(self) -> Recipe:
+        """The stage-2 recipe: the named one, with every setting given explicitly put in its place."""
+        if self.recipe not in RECIPES:
+            raise ConfigError("recipe", f"expected one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        recipe = RECIPES[self.recipe]()
+        s = recipe.sampling
+        if self.sample_window is not None:
+            lo, hi = self.sample_window
+            if not 0 <= lo <= hi:
+                raise ConfigError("sample_window", f"expected 0 <= MIN <= MAX, got {lo} {hi}")
+            s.windows = tuple(range(lo, hi + 1))
+        if self.sample_thresholds is not None:
+            s.thresholds, s.threshold_range = tuple(self.sample_thresholds), None
+        if self.sample_threshold_range is not None:
+            s.threshold_range = tuple(self.sample_threshold_range)
+        for name in ("full_share", "small_share", "small_rule"):
+            if getattr(self, name) is not None:
+                setattr(s, name, getattr(self, name))
+        s.halted = self.halted
+        for name in ("layer_loss", "flooding", "flood_level"):
+            if getattr(self, name) is not None:
+                setattr(recipe, name, getattr(self, name))
+        if recipe.layer_loss not in ("batch-sum", "active-mean"):
+            raise ConfigError("layer_loss", f"expected batch-sum or active-mean, got {recipe.layer_loss!r}")
+        if recipe.flooding not in ("token", "batch", "off"):
+            raise ConfigError("flooding", f"expected token, batch or off, got {recipe.flooding!r}")
+        s.validate()
+        return recipe
 
 
 @dataclass
@@ -218,9 +256,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     label_ids = _label_ids(train_set, model.config.labels, model.config.label_scheme or "iob2", chunking)
     windows = featurizer.windows([s.tokens for s in train_set.sentences], label_ids)
 
-    sampling = cache = None
+    recipe = cache = None
     if cfg.stage == "self-sampling":
-        sampling = SamplingConfig(cfg.sample_window, cfg.sample_threshold, cfg.full_share, cfg.aggressive_share)
+        recipe = cfg.self_sampling_recipe()
         with tqdm(total=len(windows), desc="caching stage-1 predictions", disable=not cfg.progress,
                   file=sys.stderr) as bar:
             cache = cache_layer_outputs(model, windows, featurizer.pad_id, cfg.eval_batch_size, progress=bar)
@@ -229,7 +267,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     sample_rng = rng if dist.world == 1 else random.Random(cfg.seed + 1 + dist.rank)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size) // dist.world
     total_steps = steps_per_epoch * cfg.epochs
-    freeze_steps = steps_per_epoch * min(cfg.freeze_epochs, cfg.epochs) if cfg.stage == "joint" else 0
+    freeze_steps = steps_per_epoch * min(cfg.freeze_epochs, cfg.epochs)  # both stages
     optimizer = _optimizer(model, cfg)
     scheds = [lambda s: _schedule(s, freeze_steps, total_steps, cfg.warmup),  # encoder (decay)
               lambda s: _schedule(s, freeze_steps, total_steps, cfg.warmup),  # encoder (no decay)
@@ -242,7 +280,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                            "dev_sentences": len(dev_set.sentences) if dev_set else 0,
                            "torch_threads": torch.get_num_threads()}
     if cache is not None:
-        log["stage1_train_loss"] = cache.loss
+        log["stage1_train_loss"] = cache.mean_loss
+        log["recipe"] = _jsonable(asdict(recipe))
     best = -1.0
     step = 0
     for epoch in range(cfg.epochs):
@@ -259,14 +298,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                    disable=not cfg.progress or not main_process, file=sys.stderr)
         for idx in bar:
             batch = collate([windows[i] for i in idx], featurizer.pad_id).to(device)
-            word_exit = None
-            if cache is not None:
-                word_exit = sample_exits(cache, idx, batch.word_pos.shape[1], sampling, sample_rng).to(device)
+            word_exit = flood = None
+            reduction = "active-mean"  # stage 1: every word counts at every layer, both reductions agree
+            if recipe is not None:
+                num_words = batch.word_pos.shape[1]
+                word_exit = sample_exits(cache, idx, num_words, recipe.sampling, sample_rng).to(device)
+                reduction = recipe.layer_loss
+                if recipe.flooding == "token":
+                    flood = flood_levels(cache, idx, num_words, recipe.flood_level).to(device)
             out = runner(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
-                         word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv)
+                         word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv, loss_reduction=reduction,
+                         flood=flood)
             loss = out.loss
-            if cfg.flooding is not None and cache is not None:
-                level = cfg.flooding * cache.loss
+            if recipe is not None and recipe.flooding == "batch":
+                level = recipe.flood_level * cache.mean_loss
                 loss = (loss - level).abs() + level
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -353,7 +398,7 @@ def _dev_scores(tagger: Tagger, dev_set: Dataset, cfg: TrainConfig) -> dict[str,
     per_layer = [task_scores(cfg.task, gold, tags)["score"] for tags in tagger.layer_tags(docs, cfg.eval_batch_size)]
     out: dict[str, Any] = {"dev_per_layer": per_layer, "selection_score": per_layer[-1]}
     if cfg.stage == "self-sampling":
-        exit_cfg = dict(cfg.select_exit, kv=cfg.kv)
+        exit_cfg = dict(cfg.select_exit, kv=cfg.kv, halted=cfg.halted)
         pred = tagger.predict_words(docs, exit_cfg, cfg.eval_batch_size)
         score = task_scores(cfg.task, gold, pred.tags)["score"]
         out.update({"dev_exit": exit_cfg, "dev_exit_score": score, "dev_exit_flops_speedup": pred.stats.flops_speedup,

@@ -137,6 +137,13 @@ async function init() {
   if (!info) { document.getElementById("error").textContent = "the model did not load"; return; }
   document.getElementById("model-info").textContent =
     `${info.task.toUpperCase()} model, ${info.num_layers} layers, ${info.labels.length} labels` + (info.encoder ? ` (${info.encoder})` : "");
+  const select = document.getElementById("policy");
+  for (const p of info.policies) {  // the service's policy registry
+    const option = document.createElement("option");
+    option.value = p.name; option.textContent = p.name; option.title = p.summary;
+    option.selected = p.name === "token";
+    select.appendChild(option);
+  }
   renderLegend();
   configureSlider();
   document.getElementById("policy").addEventListener("change", configureSlider);

@@ -1,0 +1,109 @@
+"""Who is active where: the one home of the rule that turns exit layers into computed tokens, heads and FLOPs.
+
+The rule: a word is active at layers ``0..exit`` and its sub-words with it; a sentence is live up to the last
+exit of its words, and while it is live its special tokens are active and (``kv=keep``) all its tokens are
+keys/values. With ``halted=rescore`` the head of a layer scores every word of the live sentences, halted ones
+included; with ``frozen`` only the active words.
+
+- :func:`active_tokens` applies the rule to the words active now (the engine's climb, one layer at a time);
+- :class:`ExitPlan` applies it to known exit layers: the training forward of self-sampling freezes tokens by
+  it, and the engine derives its statistics and FLOPs from it once per batch, after the climb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from .flops import head_flops, layer_flops
+
+
+def active_tokens(active_words: torch.Tensor, token_word: torch.Tensor, tok_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` tokens computed now: sub-words of the ``active_words (B, W)``, and the special tokens of
+    sentences with any active word (``token_word`` is -1 on special tokens and padding)."""
+    live = active_words.any(1, keepdim=True)  # (B, 1)
+    own = active_words.gather(1, token_word.clamp(min=0))  # (B, T) the word's state, for sub-words
+    return tok_mask & torch.where(token_word >= 0, own, live)
+
+
+def word_mask_of(token_word: torch.Tensor, num_words: int) -> torch.Tensor:
+    """``(B, W)`` words that have at least one sub-word."""
+    mask = torch.zeros((token_word.shape[0], num_words), dtype=torch.long, device=token_word.device)
+    return mask.scatter_reduce_(1, token_word.clamp(min=0), (token_word >= 0).long(), reduce="amax").bool()
+
+
+@dataclass
+class ExitPlan:
+    """Exit layers of a batch and everything that follows from them (all tensors per sentence)."""
+
+    word_exit: torch.Tensor  # (B, W) 0-based exit layer of each word; ignored on padding
+    word_mask: torch.Tensor  # (B, W) real words
+    token_word: torch.Tensor  # (B, T) word of each sub-word, -1 for special tokens and padding
+    tok_mask: torch.Tensor  # (B, T) real tokens
+    num_layers: int  # layers that may run (the depth of the setting)
+    kv: str = "keep"  # halted tokens stay keys/values (keep) or leave attention (drop)
+    rescore: bool = True  # heads score every word of a live sentence (halted ones too), or active words only
+    heads: list[bool] | None = None  # layers whose head runs (None: every layer)
+    layers: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.word_exit = torch.where(self.word_mask, self.word_exit, -1)
+        self.layers = torch.arange(self.num_layers, device=self.word_exit.device)  # (L,)
+
+    @cached_property
+    def sentence_exit(self) -> torch.Tensor:
+        """``(B,)`` last layer each sentence is live at (-1: it has no words and is never run)."""
+        return self.word_exit.max(1).values if self.word_exit.shape[1] else torch.full(
+            self.word_exit.shape[:1], -1, dtype=torch.long, device=self.word_exit.device)
+
+    @cached_property
+    def token_exit(self) -> torch.Tensor:
+        """``(B, T)`` last layer each token is computed at: its word's exit for a sub-word, the sentence's for a
+        special token, -1 for padding."""
+        own = self.word_exit.gather(1, self.token_word.clamp(min=0))
+        out = torch.where(self.token_word >= 0, own, self.sentence_exit[:, None])
+        return out.masked_fill(~self.tok_mask, -1)
+
+    def active(self, layer: int) -> torch.Tensor:
+        """``(B, T)`` tokens computed at ``layer`` (queries, attention output, FFN)."""
+        return self.token_exit >= layer
+
+    @cached_property
+    def active_counts(self) -> torch.Tensor:
+        """``(B, L)`` tokens computed at each layer."""
+        return (self.token_exit.unsqueeze(-1) >= self.layers).sum(1)
+
+    @cached_property
+    def live_counts(self) -> torch.Tensor:
+        """``(B, L)`` tokens of each live sentence (its keys/values under kv=keep), 0 once it has left."""
+        return self.tok_mask.sum(1, keepdim=True) * (self.sentence_exit[:, None] >= self.layers)
+
+    @cached_property
+    def head_words(self) -> torch.Tensor:
+        """``(B, L)`` words a layer's head scores: all words of live sentences (rescore) or the active ones."""
+        if self.rescore:
+            counts = self.word_mask.sum(1, keepdim=True) * (self.sentence_exit[:, None] >= self.layers)
+        else:
+            counts = (self.word_exit.unsqueeze(-1) >= self.layers).sum(1)
+        if self.heads is not None:
+            counts = counts * torch.tensor(self.heads, device=counts.device)
+        return counts
+
+    @cached_property
+    def words_exited(self) -> torch.Tensor:
+        """``(L,)`` how many words exited at each layer."""
+        return torch.bincount(self.word_exit[self.word_mask], minlength=self.num_layers)
+
+    def flops(self, d: int, f: int, num_labels: int) -> torch.Tensor:
+        """``(B,)`` FLOPs of each sentence (docs/design.md)."""
+        return (layer_flops(self.live_counts, self.active_counts, d, f, self.kv).sum(1)
+                + head_flops(self.head_words.sum(1), d, num_labels))
+
+    def flops_full(self, d: int, f: int, num_labels: int, total_layers: int) -> torch.Tensor:
+        """``(B,)`` FLOPs of each sentence at full depth (every token, every layer, one head at the last layer);
+        a sentence without words is never run and costs 0."""
+        n = self.tok_mask.sum(1)
+        words = self.word_mask.sum(1)
+        return total_layers * layer_flops(n, n, d, f) * (words > 0) + head_flops(words, d, num_labels)
