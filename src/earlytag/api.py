@@ -23,6 +23,7 @@ from .data.types import Sentence
 from .engine import Engine, ExitConfig, ExitStats
 from .errors import ConfigError, DataError, EarlytagError
 from .metrics import task_scores
+from .model.precision import apply_precision, check_precision
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | dict | str | None
@@ -49,9 +50,10 @@ class Prediction:
 
 class Tagger:
     def __init__(self, model: EarlyExitTagger, tokenizer, device: str | torch.device | None = None,
-                 batch_size: int = 32, refill: bool = True):
+                 batch_size: int = 32, refill: bool = True, precision: str = "fp32"):
         self.device = torch.device(device or "cpu")
-        self.model = model.to(self.device).eval()
+        check_precision(precision, self.device)
+        self.model = apply_precision(model.to(self.device).eval(), precision)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.refill = refill  # let thin later layers of a batch wait for the next batch (Engine.run_many)
@@ -62,7 +64,9 @@ class Tagger:
     # ------------------------------------------------------------------ loading / saving
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, batch_size: int = 32) -> Tagger:
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, batch_size: int = 32,
+                        precision: str = "fp32") -> Tagger:
+        """Load a saved model; ``precision``: fp32 | bf16 | fp16 | int8 (earlytag.model.precision)."""
         from transformers import AutoTokenizer
 
         from .model.encoders import check_tokenizer
@@ -73,7 +77,7 @@ class Tagger:
         except (OSError, ValueError, TypeError) as err:
             raise EarlytagError(f"{directory}: cannot load the tokenizer: {err}") from None
         check_tokenizer(tokenizer, model.encoder_config, directory)
-        return cls(model, tokenizer, device, batch_size)
+        return cls(model, tokenizer, device, batch_size, precision=precision)
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False,
                         extra_files: dict[str, str] | None = None) -> Path:
@@ -87,6 +91,10 @@ class Tagger:
     @property
     def num_layers(self) -> int:
         return self.model.num_layers
+
+    @property
+    def precision(self) -> str:
+        return self.model.precision
 
     @property
     def labels(self) -> list[str]:

@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .engine import REGISTRY, ExitConfig, ExitStats
 from .engine.policies import TARGETS
 from .errors import ConfigError
 from .metrics import task_scores
+from .peers import HFPipelinePeer, make_peer
 from .report import markdown_table
 from .storage import atomic_write_text
 
@@ -66,6 +68,10 @@ class BenchConfig:
     timing_limit_b1: int | None = 400  # batch size 1 is timed on the first N sentences
     kv: list[str] = field(default_factory=lambda: ["keep"])
     halted: list[str] = field(default_factory=lambda: ["rescore"])  # token exit: rescore and/or frozen
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])  # every setting in each of these
+    compare: list[str] = field(default_factory=list)  # peers: hf-pipeline, ort-fp32, ort-int8
+    timing: bool = True  # False: scores and FLOPs only
+    noise_spread: float = 0.15  # a wall-clock figure whose passes spread more than this (max-min)/median is noisy
     data_dir: str | None = None
     progress: bool = True
     target_speedup: float | None = None
@@ -78,44 +84,49 @@ class BenchConfig:
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
 
 
-def _paired(tagger: Tagger, units: list[list], cfg: ExitConfig, repeats: int, refill: bool = False):
-    """Time ``cfg`` against the full-depth baseline, unit by unit in alternation, ``repeats`` times.
+@dataclass
+class Timing:
+    """One contender timed against the baseline, unit by unit in alternation, ``passes`` times."""
+
+    ratios: list[float]  # baseline time / contender time, per pass
+    seconds: float  # median contender seconds per pass
+    baseline_seconds: float
+
+    @property
+    def speedup(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def spread(self) -> float:
+        return (max(self.ratios) - min(self.ratios)) / self.speedup if len(self.ratios) > 1 else 0.0
+
+
+def paired(base: Callable[[Any], Any], contender: Callable[[Any], Any], units: list, repeats: int,
+           collect: Callable[[Any], None] | None = None) -> Timing:
+    """Time ``contender`` against ``base``, unit by unit in alternation, ``repeats`` passes after a warm-up.
 
     A unit is one batch (batch size 1) or a few consecutive batches that the engine may refill across
     (``Engine.run_many``). Alternating per unit makes both see the same machine state, so a noisy machine
-    moves both alike. Returns (median of baseline/setting time ratios, median setting seconds, median
-    baseline seconds, stats of the setting).
-    """
-    def base(unit):
-        for b in unit:
-            tagger.engine.run(b, _FULL)
-
-    def setting(unit):
-        if refill:
-            return tagger.engine.run_many(unit, cfg)
-        return [tagger.engine.run(b, cfg) for b in unit]
-
+    moves both alike. ``collect`` receives the contender's output of every unit of the first pass."""
     for unit in units[: max(1, len(units) // 20)]:  # warm-up
         base(unit)
-        setting(unit)
+        contender(unit)
     ratios, secs, base_secs = [], [], []
-    stats = ExitStats(tagger.num_layers)
     for r in range(repeats):
         tb = tc = 0.0
         for unit in units:
             t0 = time.perf_counter()
             base(unit)
             t1 = time.perf_counter()
-            outs = setting(unit)
+            out = contender(unit)
             tc += time.perf_counter() - t1
             tb += t1 - t0
-            if r == 0:
-                for out in outs:
-                    stats = stats + out.stats
+            if r == 0 and collect is not None:
+                collect(out)
         ratios.append(tb / tc)
         secs.append(tc)
         base_secs.append(tb)
-    return statistics.median(ratios), statistics.median(secs), statistics.median(base_secs), stats
+    return Timing(ratios, statistics.median(secs), statistics.median(base_secs))
 
 
 _FULL = ExitConfig("none")
@@ -124,26 +135,40 @@ _FULL = ExitConfig("none")
 def machine_info() -> dict[str, Any]:
     import os
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/loadavg") as f:
+            info["load_average"] = [float(x) for x in f.read().split()[:3]]  # the machine's load when it ran
+    except OSError:
+        pass
+    return info
 
 
-def _batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None) -> list:
-    windows = tagger.featurizer.windows(docs[:limit] if limit else docs)
-    return [collate([windows[i] for i in idx], tagger.featurizer.pad_id).to(tagger.device)
-            for idx in length_sorted_batches(windows, batch_size)]
+def _batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None) -> tuple[list, list[list]]:
+    """Pre-built batches (on the tagger's device) and the word lists of each batch."""
+    docs = docs[:limit] if limit else docs
+    windows = tagger.featurizer.windows(docs)
+    order = list(length_sorted_batches(windows, batch_size))
+    batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id).to(tagger.device) for idx in order]
+    words = [[list(docs[windows[i].doc][windows[i].start:windows[i].start + windows[i].num_words]) for i in idx]
+             for idx in order]
+    return batches, words
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.repeats < 1:
         raise ConfigError("repeats", "must be at least 1")
-    tagger = Tagger.from_pretrained(cfg.model)
-    dataset = tagger.load(cfg.data, data_dir=cfg.data_dir)
+    base = Tagger.from_pretrained(cfg.model)  # fp32: the reference of every wall-clock speed-up
+    taggers = {p: base if p == "fp32" else Tagger.from_pretrained(cfg.model, precision=p) for p in cfg.precisions}
+    dataset = base.load(cfg.data, data_dir=cfg.data_dir)
     sentences = dataset.sentences[: cfg.limit] if cfg.limit else dataset.sentences
     docs = [s.tokens for s in sentences]
     gold = [s.tags for s in sentences]
-    num_layers = tagger.num_layers
+    num_layers = base.num_layers
 
     settings: list[ExitConfig] = []
     for policy in cfg.policies:
@@ -156,42 +181,97 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.target_speedup:
         from .calibrate import calibrate
 
-        dev = cfg.calibration_data or (tagger.config.training or {}).get("dev")
+        dev = cfg.calibration_data or (base.config.training or {}).get("dev")
         if not dev or dev == "None":
             raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
-        calibration = calibrate(tagger, dev, cfg.target_speedup, save_to=cfg.model, data_dir=cfg.data_dir)
+        calibration = calibrate(base, dev, cfg.target_speedup, save_to=cfg.model, data_dir=cfg.data_dir)
         settings.append(calibration.exit)
+    contenders = [(p, c) for p in cfg.precisions for c in [_FULL] + settings]
 
     # pre-built batches per batch size: timing covers the model only, not tokenisation or padding
     limits = {bs: (cfg.timing_limit_b1 if bs == 1 else cfg.timing_limit) for bs in cfg.batch_sizes}
-    batches = {bs: _batches(tagger, docs, bs, limits[bs]) for bs in cfg.batch_sizes}
+    batches = {bs: _batches(base, docs, bs, limits[bs]) for bs in cfg.batch_sizes} if cfg.timing else {}
     others = [Tagger.from_pretrained(m) for m in cfg.compare_models]
+    peers = [make_peer(name, base) for name in cfg.compare]
 
-    total = len(settings) * (1 + len(cfg.batch_sizes)) + (1 + len(cfg.batch_sizes)) * (1 + len(others))
+    steps = len(contenders) + len(others) + len(peers)
+    total = steps * (1 + (len(cfg.batch_sizes) if cfg.timing else 0))
     bar = tqdm(total=total, desc="bench", disable=not cfg.progress, file=sys.stderr)
     rows: list[dict[str, Any]] = []
 
-    def score_of(t: Tagger, exit_cfg: ExitConfig) -> float:
-        pred = t.predict_words(docs, exit_cfg, max(cfg.batch_sizes))
+    scores: dict[tuple[str, int], tuple[float, ExitStats]] = {}
+    for precision, exit_cfg in contenders:
+        pred = taggers[precision].predict_words(docs, exit_cfg, max(cfg.batch_sizes))
+        scores[precision, id(exit_cfg)] = (task_scores(base.config.task, gold, pred.tags)["score"], pred.stats)
         bar.update(1)
-        return task_scores(t.config.task, gold, pred.tags)["score"]
+    other_scores = []
+    for t in others:
+        other_scores.append(task_scores(t.config.task, gold, t.predict_words(docs, _FULL).tags)["score"])
+        bar.update(1)
+    full_tags = base.predict_words(docs, _FULL, max(cfg.batch_sizes)).tags
+    peer_scores = []
+    for peer in peers:
+        tags = peer.predict_tags(docs, max(cfg.batch_sizes))
+        agree = _agreement(tags, full_tags)
+        if agree < 0.99:
+            raise ConfigError("compare", f"{peer.name} agrees with earlytag at full depth on only {100 * agree:.2f}% "
+                                         "of the words (< 99%): it would not be the same model")
+        peer_scores.append((task_scores(base.config.task, gold, tags)["score"], agree))
+        bar.update(1)
 
-    full_score = score_of(tagger, _FULL)
-    scores = {id(c): score_of(tagger, c) for c in settings}
-    other_scores = [score_of(t, _FULL) for t in others]
-    for bs in cfg.batch_sizes:
+    if not cfg.timing:
+        for precision, exit_cfg in contenders:
+            score, stats = scores[precision, id(exit_cfg)]
+            rows.append(_row(exit_cfg, precision, None, score, stats, None, None))
+    for bs in (cfg.batch_sizes if cfg.timing else []):
         size = 1 if bs == 1 else cfg.refill_unit
-        units = [batches[bs][i:i + size] for i in range(0, len(batches[bs]), size)]
-        refill = cfg.refill and bs > 1
-        _, base_secs, _, base_stats = _paired(tagger, units, _FULL, cfg.repeats)
-        bar.update(1)
-        rows.append(_row("none", _FULL, bs, full_score, base_stats, 1.0, base_secs, base_secs))
-        for exit_cfg in settings:
-            wall, secs, base_secs, stats = _paired(tagger, units, exit_cfg, cfg.repeats, refill)
+        bs_batches, bs_words = batches[bs]
+        units = [bs_batches[i:i + size] for i in range(0, len(bs_batches), size)]
+        unit_words = [[w for ws in bs_words[i:i + size] for w in ws] for i in range(0, len(bs_batches), size)]
+
+        def base_fn(unit):
+            for b in unit:
+                base.engine.run(b, _FULL)
+
+        precision_full: dict[str, float] = {}
+        for precision, exit_cfg in contenders:
+            tagger = taggers[precision]
+            if precision == "fp32" and exit_cfg is _FULL:
+                timing = None  # the baseline itself
+            else:
+                refill = cfg.refill and bs > 1 and exit_cfg.rule.refill
+
+                def contender(unit, tagger=tagger, exit_cfg=exit_cfg, refill=refill):
+                    if refill:
+                        return tagger.engine.run_many(unit, exit_cfg)
+                    return [tagger.engine.run(b, exit_cfg) for b in unit]
+
+                stats = ExitStats(num_layers)
+
+                def collect(outs):
+                    nonlocal stats
+                    for o in outs:
+                        stats = stats + o.stats
+
+                timing = paired(base_fn, contender, units, cfg.repeats, collect)
+            if exit_cfg is _FULL:
+                precision_full[precision] = timing.speedup if timing else 1.0
+            score, _ = scores[precision, id(exit_cfg)]
+            timed_stats = stats if timing else None
+            rows.append(_row(exit_cfg, precision, bs, score, timed_stats or scores[precision, id(exit_cfg)][1],
+                             timing, precision_full.get(precision), cfg.noise_spread))
             bar.update(1)
-            rows.append(_row(row_key(exit_cfg), exit_cfg, bs, scores[id(exit_cfg)], stats, wall, secs, base_secs))
         for path, other, score in zip(cfg.compare_models, others, other_scores):
-            rows.append(_compare_row(tagger, other, path, docs, bs, limits[bs], score, cfg.repeats))
+            rows.append(_compare_row(base, other, path, docs, bs, limits[bs], score, cfg.repeats, cfg.noise_spread))
+            bar.update(1)
+        for peer, (score, agree) in zip(peers, peer_scores):
+            if isinstance(peer, HFPipelinePeer):  # it takes raw texts: the words of the same units
+                run = peer.unit_runner(unit_words.__getitem__, bs)
+                timing = paired(lambda i, units=units: base_fn(units[i]), run, list(range(len(units))), cfg.repeats)
+            else:
+                timing = paired(base_fn, peer.unit_runner(), units, cfg.repeats)
+            rows.append(_peer_row(peer.name, bs, score, agree, timing, sum(len(w) for w in unit_words),
+                                  cfg.noise_spread))
             bar.update(1)
     bar.close()
 
@@ -199,10 +279,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"model": cfg.model, "label": cfg.label or Path(cfg.model).name, "data": str(dataset.path),
             "sentences": len(docs), "timing_sentences": {str(bs): limits[bs] or len(docs) for bs in cfg.batch_sizes},
-            "repeats": cfg.repeats, "task": tagger.config.task, "num_layers": num_layers,
-            "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": tagger.engine.refill_tokens,
+            "repeats": cfg.repeats, "task": base.config.task, "num_layers": num_layers,
+            "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": base.engine.refill_tokens,
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
-            "compare_models": cfg.compare_models}
+            "compare_models": cfg.compare_models, "precisions": cfg.precisions, "compare": cfg.compare,
+            "timing": cfg.timing, "noise_spread": cfg.noise_spread}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     md = render_markdown(rows, meta)
@@ -211,51 +292,70 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return {"rows": rows, "meta": meta, "markdown": md}
 
 
+def _agreement(a: list[list[str]], b: list[list[str]]) -> float:
+    pairs = [(x, y) for s, t in zip(a, b) for x, y in zip(s, t)]
+    return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+
+def _timing_fields(timing: Timing | None, noise_spread: float) -> dict[str, Any]:
+    if timing is None:
+        return {"wall_speedup": 1.0, "passes": [1.0], "noisy": False}
+    return {"wall_speedup": timing.speedup, "passes": [round(r, 4) for r in timing.ratios],
+            "noisy": None if len(timing.ratios) < 2 else timing.spread > noise_spread,
+            "seconds": timing.seconds, "baseline_seconds": timing.baseline_seconds}
+
+
 def _compare_row(tagger: Tagger, other: Tagger, path: str, docs, bs: int, limit: int | None, score: float,
-                 repeats: int) -> dict[str, Any]:
+                 repeats: int, noise_spread: float) -> dict[str, Any]:
     """Another (smaller) model at full depth, timed in alternation with this model at full depth."""
-    mine = _batches(tagger, docs, bs, limit)
-    theirs = _batches(other, docs, bs, limit)
-    ratios, secs, base_secs = [], [], []
-    flops = flops_full = 0.0
-    for r in range(repeats + 1):  # the first round warms up
-        tb = tc = 0.0
-        for a, b in zip(mine, theirs):
-            t0 = time.perf_counter()
-            out_a = tagger.engine.run(a, _FULL)
-            t1 = time.perf_counter()
-            out_b = other.engine.run(b, _FULL)
-            tc += time.perf_counter() - t1
-            tb += t1 - t0
-            if r == 0:
-                flops_full += out_a.stats.flops_full
-                flops += out_b.stats.flops
-        if r:
-            ratios.append(tb / tc)
-            secs.append(tc)
-            base_secs.append(tb)
+    mine, _ = _batches(tagger, docs, bs, limit)
+    theirs, _ = _batches(other, docs, bs, limit)
+    flops_full = sum(tagger.engine.run(a, _FULL).stats.flops_full for a in mine)  # this model at full depth
+    flops = [0.0]
+
+    def collect(out):
+        flops[0] += out.stats.flops
+
+    pairs = list(zip(mine, theirs))
+    timing = paired(lambda p: tagger.engine.run(p[0], _FULL), lambda p: other.engine.run(p[1], _FULL), pairs,
+                    repeats, collect)
     label = other.config.encoder_name or Path(path).name
-    wall = statistics.median(ratios)
-    return {"policy": f"smaller model: {label}", "settings": {"model": str(path), "policy": "none"},
+    speed = flops_full / flops[0]
+    return {"policy": f"smaller model: {label}", "precision": "fp32", "settings": {"model": str(path), "policy": "none"},
             "describe": f"{label}, {other.num_layers} layers, full depth", "batch_size": bs, "score": score,
-            "flops_speedup": flops_full / flops, "wall_speedup": wall, "mean_exit_layer": float(other.num_layers),
-            "wall_over_flops": wall / (flops_full / flops), "seconds": statistics.median(secs),
-            "baseline_seconds": statistics.median(base_secs), "timed_sentences": len(docs[:limit] if limit else docs),
-            "packed_layer_steps": 0, "dense_layer_steps": 0}
+            "flops_speedup": speed, "mean_exit_layer": float(other.num_layers),
+            **_timing_fields(timing, noise_spread), "wall_over_flops": timing.speedup / speed,
+            "timed_sentences": len(docs[:limit] if limit else docs), "packed_layer_steps": 0, "dense_layer_steps": 0}
 
 
-def _row(policy: str, exit_cfg: ExitConfig, bs: int, score: float, stats: ExitStats, wall: float, seconds: float,
-         base_seconds: float) -> dict[str, Any]:
-    return {
-        "policy": policy, "settings": exit_cfg.to_dict(), "describe": exit_cfg.describe(), "batch_size": bs,
-        "score": score, "flops_speedup": stats.flops_speedup, "wall_speedup": wall,
-        "mean_exit_layer": stats.mean_exit_layer, "wall_over_flops": wall / stats.flops_speedup,
-        "seconds": seconds, "baseline_seconds": base_seconds, "timed_sentences": stats.sentences,
-        "packed_layer_steps": stats.packed_layers, "dense_layer_steps": stats.dense_layers,
-    }
+def _peer_row(name: str, bs: int, score: float, agreement: float, timing: Timing, sentences: int,
+              noise_spread: float) -> dict[str, Any]:
+    return {"policy": name, "precision": "int8" if name.endswith("int8") else "fp32", "peer": True,
+            "settings": {"peer": name, "policy": "none"}, "describe": f"{name}, full depth", "batch_size": bs,
+            "score": score, "agreement_with_full_depth": agreement, "flops_speedup": 1.0,
+            **_timing_fields(timing, noise_spread), "wall_speedup_same_precision": None,
+            "mean_exit_layer": None, "wall_over_flops": None, "timed_sentences": sentences}
 
 
-def nearest(rows: list[dict], policy: str, bs: int, target: float) -> dict | None:
+def _row(exit_cfg: ExitConfig, precision: str, bs: int | None, score: float, stats: ExitStats,
+         timing: Timing | None, precision_full: float | None, noise_spread: float = 0.15) -> dict[str, Any]:
+    """One setting in one precision; ``wall_speedup`` against fp32 full depth, ``wall_speedup_same_precision``
+    against the same precision's full depth (both measured against the same fp32 baseline in this run)."""
+    key = row_key(exit_cfg) + ("" if precision == "fp32" else f"@{precision}")
+    row = {"policy": key, "precision": precision, "settings": exit_cfg.to_dict(), "describe": exit_cfg.describe(),
+           "batch_size": bs, "score": score, "flops_speedup": stats.flops_speedup,
+           "mean_exit_layer": stats.mean_exit_layer, "timed_sentences": stats.sentences,
+           "packed_layer_steps": stats.packed_layers, "dense_layer_steps": stats.dense_layers}
+    if bs is None:  # scores and FLOPs only
+        return {**row, "wall_speedup": None, "wall_speedup_same_precision": None, "wall_over_flops": None}
+    row.update(_timing_fields(timing, noise_spread))
+    same = row["wall_speedup"] / precision_full if precision_full else None
+    row["wall_speedup_same_precision"] = same
+    row["wall_over_flops"] = (same or row["wall_speedup"]) / stats.flops_speedup
+    return row
+
+
+def nearest(rows: list[dict], policy: str, bs: int | None, target: float) -> dict | None:
     """The row of ``policy`` at batch size ``bs`` whose FLOPs speed-up is nearest ``target`` (within 15%)."""
     cands = [r for r in rows if r["policy"] == policy and r["batch_size"] == bs]
     if not cands:
@@ -264,53 +364,86 @@ def nearest(rows: list[dict], policy: str, bs: int, target: float) -> dict | Non
     return best if abs(best["flops_speedup"] - target) <= 0.15 * target else None
 
 
+def _wall(r: dict) -> str:
+    """A wall-clock figure as the tables show it: ``~`` marks one whose passes disagree (noisy)."""
+    if r.get("wall_speedup") is None:
+        return "-"
+    return ("~" if r.get("noisy") else "") + f"{r['wall_speedup']:.2f}x"
+
+
 def render_markdown(rows: list[dict], meta: dict) -> str:
     task_metric = "accuracy" if meta["task"] == "pos" else "F1"
     m = meta["machine"]
     timed = ", ".join(f"batch {bs}: {n}" for bs, n in meta["timing_sentences"].items())
+    load = m.get("load_average")
+    where = (f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}"
+             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + (f", load average {load[0]:.2f} at the start" if load else ""))
+    timing = meta.get("timing", True)
     lines = [f"Model `{meta['label']}` ({meta['num_layers']} layers) on `{Path(meta['data']).name}` "
-             f"({meta['sentences']} sentences scored; sentences timed: {timed}); "
-             f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}. "
-             f"Wall-clock speed-up: full depth and the setting timed in alternation, unit by unit "
-             f"(batch size 1: one sentence; larger: {meta.get('refill_unit', 1)} batches, "
-             + ("the engine refilling thin layers across them" if meta.get("refill") else "no refill")
-             + f"), median of {meta['repeats']} passes after a warm-up.", ""]
-    policies = list(dict.fromkeys(r["policy"] for r in rows
-                                  if r["policy"] != "none" and not r["policy"].startswith("smaller model")))
+             f"({meta['sentences']} sentences scored" + (f"; sentences timed: {timed}" if timing else "; not timed")
+             + f"); {where}."]
+    if timing:
+        lines.append(
+            f"Wall-clock speed-up: earlytag at full depth in float32 and the contender timed in alternation, unit by "
+            f"unit (batch size 1: one sentence; larger: {meta.get('refill_unit', 1)} batches, "
+            + ("the engine refilling thin layers across them" if meta.get("refill") else "no refill")
+            + f"), median of {meta['repeats']} passes after a warm-up"
+            + (f"; ~ marks a figure whose passes spread by more than {100 * meta.get('noise_spread', 0.15):.0f}% "
+               "(a noisy machine: read it with care)" if meta["repeats"] > 1 else
+               "; one pass: how noisy the figures are was not measured")
+            + ". A precision's `wall/FLOPs` is against its own full depth.")
+    lines.append("")
+    series = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"
+                                and not r["policy"].startswith("smaller model") and not r.get("peer")))
     full = next(r for r in rows if r["policy"] == "none")
-    batch_sizes = sorted({r["batch_size"] for r in rows})
-    lines.append(f"Full depth: {task_metric} {100 * full['score']:.2f}.")
+    batch_sizes = sorted({r["batch_size"] for r in rows}, key=lambda b: (b is None, b))
+    top = batch_sizes[-1] if timing else None
+    lines.append(f"Full depth (fp32): {task_metric} {100 * full['score']:.2f}.")
     lines.append("")
     lines.append(f"**{task_metric} at a FLOPs speed-up of about 1.5x / 2x / 3x / 4x** (the setting of each policy "
-                 "whose FLOPs speed-up is nearest the target; wall-clock speed-up at batch "
-                 f"{batch_sizes[-1]} in brackets):")
+                 "whose FLOPs speed-up is nearest the target"
+                 + (f"; wall-clock speed-up at batch {top} in brackets" if timing else "") + "):")
     lines.append("")
     header = ["policy"] + [f"~{t:g}x" for t in TARGETS]
     table = []
-    for policy in policies:
+    for policy in series:
         cells = [policy]
         for target in TARGETS:
-            r = nearest(rows, policy, batch_sizes[-1], target)
-            cells.append("-" if r is None else
-                         f"{100 * r['score']:.2f} ({r['flops_speedup']:.2f}x; wall {r['wall_speedup']:.2f}x)")
+            r = nearest(rows, policy, top, target)
+            cells.append("-" if r is None else f"{100 * r['score']:.2f} ({r['flops_speedup']:.2f}x"
+                         + (f"; wall {_wall(r)}" if timing else "") + ")")
         table.append(cells)
     lines.append(markdown_table(header, table))
     for r in rows:
-        if r["policy"].startswith("smaller model") and r["batch_size"] == batch_sizes[-1]:
+        if (r["policy"].startswith("smaller model") or r.get("peer")) and r["batch_size"] == top:
             lines += ["", f"{r['describe']}: {task_metric} {100 * r['score']:.2f} at {r['flops_speedup']:.2f}x FLOPs "
-                          f"(wall {r['wall_speedup']:.2f}x at batch {r['batch_size']})."]
+                          f"(wall {_wall(r)} at batch {r['batch_size']})."]
     for bs in batch_sizes:
-        lines += ["", f"**All settings, batch size {bs}:**", ""]
-        table = [[r["policy"], r["describe"], f"{100 * r['score']:.2f}", f"{r['flops_speedup']:.2f}x",
-                  f"{r['wall_speedup']:.2f}x", f"{r['wall_over_flops']:.2f}", f"{r['mean_exit_layer']:.2f}",
-                  f"{r['seconds']:.2f}"]
-                 for r in rows if r["batch_size"] == bs]
-        lines.append(markdown_table(["policy", "setting", task_metric, "FLOPs speed-up", "wall speed-up",
-                                     "wall/FLOPs", "mean exit layer", "seconds"], table))
+        lines += ["", f"**All settings{'' if bs is None else f', batch size {bs}'}:**", ""]
+        header = ["policy", "precision", "setting", task_metric, "FLOPs speed-up"]
+        if timing:
+            header += ["wall speed-up vs fp32", "vs own full depth", "wall/FLOPs", "passes"]
+        header += ["mean exit layer"]
+        table = []
+        for r in rows:
+            if r["batch_size"] != bs:
+                continue
+            cells = [r["policy"], r.get("precision", "fp32"), r["describe"], f"{100 * r['score']:.2f}",
+                     f"{r['flops_speedup']:.2f}x"]
+            if timing:
+                same = r.get("wall_speedup_same_precision")
+                cells += [_wall(r), "-" if same is None else f"{same:.2f}x",
+                          "-" if r.get("wall_over_flops") is None else f"{r['wall_over_flops']:.2f}",
+                          " ".join(f"{x:.2f}" for x in r.get("passes", []))]
+            cells.append("-" if r.get("mean_exit_layer") is None else f"{r['mean_exit_layer']:.2f}")
+            table.append(cells)
+        lines.append(markdown_table(header, table))
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:
+    """Score against FLOPs speed-up and against wall-clock speed-up at the largest batch size: one curve per policy
+    and precision, peers and smaller models as single points; hollow markers for noisy figures."""
     try:
         import matplotlib
 
@@ -318,19 +451,33 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # plotting is optional (pip install earlytag[bench])
         return
-    batch_sizes = sorted({r["batch_size"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    timing = meta.get("timing", True)
+    batch_sizes = sorted({r["batch_size"] for r in rows}, key=lambda b: (b is None, b))
+    bs = batch_sizes[-1] if timing else None
+    panels = [("flops_speedup", "FLOPs speed-up")] + ([("wall_speedup", f"wall-clock speed-up vs fp32 full depth "
+                                                        f"(batch {bs})")] if timing else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     full = next(r for r in rows if r["policy"] == "none")
-    for ax, (xkey, bs, title) in zip(axes, [("flops_speedup", batch_sizes[-1], "FLOPs speed-up"),
-                                            ("wall_speedup", batch_sizes[-1], f"wall-clock speed-up (batch {batch_sizes[-1]})")]):
+    for ax, (xkey, title) in zip(axes[0], panels):
         for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"):
-            pts = sorted((r[xkey], 100 * r["score"]) for r in rows if r["policy"] == policy and r["batch_size"] == bs)
-            ax.plot([1.0] + [p[0] for p in pts], [100 * full["score"]] + [p[1] for p in pts], marker="o",
-                    label=policy, linestyle="--" if policy == "static" else "-")
+            pts = sorted((r[xkey], 100 * r["score"], bool(r.get("noisy"))) for r in rows
+                         if r["policy"] == policy and r["batch_size"] == bs and r[xkey] is not None)
+            if not pts:
+                continue
+            single = policy.startswith("smaller model") or any(r.get("peer") for r in rows if r["policy"] == policy)
+            if single:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="s", s=60, label=policy, zorder=3)
+                continue
+            origin = [] if "@" in policy else [(1.0, 100 * full["score"], False)]
+            pts = origin + pts
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy,
+                           linestyle="--" if policy.startswith("static") else "-")[0]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=line.get_color(),
+                       facecolors=["none" if p[2] else line.get_color() for p in pts], zorder=3)
         ax.set_xlabel(title)
         ax.set_ylabel("accuracy" if meta["task"] == "pos" else "F1")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(f"{meta['label']} on {Path(meta['data']).name}")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -143,6 +143,8 @@ def cmd_bench(args) -> int:
     from .bench import BenchConfig, run_bench
 
     cfg = BenchConfig(model=args.model, data=args.data, out=args.out, batch_sizes=args.batch_sizes,
+                      precisions=args.precisions, compare=args.compare or [], timing=not args.no_timing,
+                      noise_spread=args.noise_spread,
                       policies=args.policies, repeats=args.repeats, limit=args.limit,
                       timing_limit=args.timing_limit, timing_limit_b1=args.timing_limit_b1, kv=args.kv_modes,
                       halted=args.halted_modes,
@@ -359,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-modes", nargs="+", default=["keep"], choices=["keep", "drop"])
     p.add_argument("--halted-modes", nargs="+", default=["rescore"], choices=["rescore", "frozen"],
                    help="token exit: sweep with halted words re-scored (the paper) and/or frozen")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "int8"],
+                   help="run every setting in each precision; wall-clock speed-ups are against fp32 full depth")
+    p.add_argument("--compare", nargs="+", choices=["hf-pipeline", "ort-fp32", "ort-int8"],
+                   help="peers on the same weights at full depth, timed in the same run on the same texts")
+    p.add_argument("--no-timing", action="store_true", help="scores and FLOPs only, no wall-clock timing")
+    p.add_argument("--noise-spread", type=float, default=0.15,
+                   help="flag a wall-clock figure whose passes spread more than this share of their median")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, help="use only the first N sentences")

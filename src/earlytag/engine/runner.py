@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.batching import Batch
 from ..model.adapters import LayerParts
 from ..model.layers import attend, finish, key_bias
+from ..model.precision import Int8Linear
 from .flops import ExitStats
 from .plan import ExitPlan, active_tokens
 from .policies import ExitConfig, ExitPolicy, head_scores
@@ -53,22 +55,32 @@ class EngineOutput:
 
 
 class _FusedLayer:
-    """Inference copies of one layer's projections with Q/K/V fused, rebuilt when the weights change."""
+    """Inference copies of one layer's projections with Q/K/V fused, rebuilt when the weights change.
+
+    ``qkv(x)``, ``q(x)``, ``kv(x)`` run in the layer's precision: plain Linear weights in the model's dtype
+    (fp32, bf16, fp16), or :class:`~earlytag.model.precision.Int8Linear` rows joined exactly."""
 
     def __init__(self, parts: LayerParts):
         self.parts = parts
         self.version = self._version()
         q, k, v = parts.query, parts.key, parts.value
+        if isinstance(q, Int8Linear):
+            self.q = q
+            self.kv = Int8Linear.cat([k, v])
+            self.qkv = Int8Linear.cat([q, k, v])
+            return
         with torch.no_grad():
-            self.wq, self.bq = q.weight.detach(), q.bias.detach()
-            self.wkv = torch.cat([k.weight, v.weight]).detach()
-            self.bkv = torch.cat([k.bias, v.bias]).detach()
-            self.wqkv = torch.cat([q.weight, k.weight, v.weight]).detach()
-            self.bqkv = torch.cat([q.bias, k.bias, v.bias]).detach()
+            wq, bq = q.weight.detach(), q.bias.detach()
+            wkv, bkv = torch.cat([k.weight, v.weight]).detach(), torch.cat([k.bias, v.bias]).detach()
+            wqkv, bqkv = torch.cat([q.weight, k.weight, v.weight]).detach(), torch.cat([q.bias, k.bias, v.bias]).detach()
+        self.q = lambda x: F.linear(x, wq, bq)
+        self.kv = lambda x: F.linear(x, wkv, bkv)
+        self.qkv = lambda x: F.linear(x, wqkv, bqkv)
 
     def _version(self) -> tuple:
         p = self.parts
-        return tuple((t.data_ptr(), t._version) for m in (p.query, p.key, p.value) for t in (m.weight, m.bias))
+        return tuple((t.data_ptr(), t._version) for m in (p.query, p.key, p.value)
+                     for t in ((m.weight, m.bias) if isinstance(m, nn.Linear) else (m.int8_weight,)))
 
     def stale(self) -> bool:
         return self._version() != self.version
@@ -263,7 +275,8 @@ class Engine:
         # exit head on the first sub-word of the active words, or (rescore) of every word of the live sentences
         rows = g.words_flat if policy.rescore else g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat words
         hw = g.h.view(-1, d).index_select(0, g.word_flat.index_select(0, rows))  # (N_w, d)
-        score, pred, unc = head_scores(self.model.heads[layer].linear(hw), cfg.criterion)  # float32 each
+        head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
+        score, pred, unc = head_scores(head(hw.to(head.weight.dtype)), cfg.criterion)  # float32 each
         g.unc.view(-1).index_copy_(0, rows, unc)
         if policy.rescore:  # halted words keep the prediction they halted with
             still = g.active_w.view(-1).index_select(0, rows)
@@ -312,7 +325,7 @@ class Engine:
     def _dense_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
         h = s.h
         d = h.shape[-1]
-        q, k, v = F.linear(h, fl.wqkv, fl.bqkv).split(d, -1)  # (b, T, d) each
+        q, k, v = fl.qkv(h).split(d, -1)  # (b, T, d) each
         all_active = total_act == s.total_tokens
         if kv == "keep" or all_active:
             bias = s.pad_bias
@@ -336,11 +349,11 @@ class Engine:
         x = h.view(-1, d).index_select(0, flat)  # (N_a, d)
         if b == 1:  # one sentence: no padding to manage
             if kv == "keep":
-                q = F.linear(x, fl.wq, fl.bq)
-                k, v = F.linear(h[0], fl.wkv, fl.bkv).split(d, -1)  # (T, d): halted tokens are keys too
+                q = fl.q(x)
+                k, v = fl.kv(h[0]).split(d, -1)  # (T, d): halted tokens are keys too
                 bias = None if pos is None else pos[:, flat][None]  # (1, h, N_a, T)
             else:
-                q, k, v = F.linear(x, fl.wqkv, fl.bqkv).split(d, -1)  # (N_a, d)
+                q, k, v = fl.qkv(x).split(d, -1)  # (N_a, d)
                 bias = None if pos is None else pos[:, flat][:, :, flat][None]  # (1, h, N_a, N_a)
             ctx = attend(q[None], k[None], v[None], bias, heads)[0]  # (N_a, d)
             y = finish(fl.parts, ctx, x)
@@ -358,14 +371,14 @@ class Engine:
             return rows.new_zeros(b * ta, rows.shape[-1]).index_copy_(0, slot, rows).view(b, ta, -1)
 
         if kv == "keep":
-            q = F.linear(x, fl.wq, fl.bq)  # (N_a, d)
-            k, v = F.linear(h, fl.wkv, fl.bkv).split(d, -1)  # (b, T, d): halted tokens are keys too
+            q = fl.q(x)  # (N_a, d)
+            k, v = fl.kv(h).split(d, -1)  # (b, T, d): halted tokens are keys too
             bias = s.pad_bias  # (b, 1, 1, T)
             if pos is not None:
                 pb = pos[:, query_pos].permute(1, 0, 2, 3)  # (b, h, Ta, T)
                 bias = pb if bias is None else bias + pb
         else:
-            q, k, v = F.linear(x, fl.wqkv, fl.bqkv).split(d, -1)  # (N_a, d): only active tokens are keys
+            q, k, v = fl.qkv(x).split(d, -1)  # (N_a, d): only active tokens are keys
             k, v = pad(k), pad(v)
             bias = key_bias(torch.arange(ta, device=h.device)[None, :] < n_act[:, None], h.dtype)  # (b, 1, 1, Ta)
             if pos is not None:

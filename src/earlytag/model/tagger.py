@@ -108,6 +108,8 @@ class EarlyExitTagger(nn.Module):
             for _ in range(self.adapter.num_layers)
         )
 
+    precision = "fp32"  # see earlytag.model.precision.apply_precision
+
     @property
     def num_layers(self) -> int:
         return self.adapter.num_layers
@@ -148,7 +150,8 @@ class EarlyExitTagger(nn.Module):
                 active = plan.active(layer)  # (B, T): who computes here; the others keep their state
                 layer_bias = bias if kv == "keep" else attention_bias(self.adapter, mask & active, h.dtype)
                 h = torch.where(active.unsqueeze(-1), dense_layer(parts, h, layer_bias, self.adapter.num_heads), h)
-            logits.append(self.heads[layer](h.gather(1, gather_idx)))  # (B, W, C)
+            head = self.heads[layer]  # float32 whatever the encoder's precision
+            logits.append(head(h.gather(1, gather_idx).to(head.linear.weight.dtype)))  # (B, W, C)
         out = TaggerOutput(logits=logits)
         if labels is not None:
             out.loss, out.layer_losses = self.loss(logits, labels, word_exit, loss_reduction, flood)
@@ -193,6 +196,8 @@ class EarlyExitTagger(nn.Module):
         """Write config, weights and tokenizer (and ``extra_files``: name -> text) crash-safely: at every instant
         ``directory`` holds a loadable model, the old one or the new one (:func:`earlytag.storage.save_dir`).
         An existing model is replaced only with ``overwrite=True``; files earlytag did not write are kept."""
+        if self.precision != "fp32":
+            raise ConfigError("precision", f"a {self.precision} tagger is for inference; save the fp32 model")
 
         def write(tmp: Path) -> list[str]:
             config = self.encoder_config.to_dict()
