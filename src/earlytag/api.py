@@ -27,6 +27,7 @@ from .model.precision import apply_precision, check_precision
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | dict | str | None
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -50,23 +51,27 @@ class Prediction:
 
 class Tagger:
     def __init__(self, model: EarlyExitTagger, tokenizer, device: str | torch.device | None = None,
-                 batch_size: int = 32, refill: bool = True, precision: str = "fp32"):
+                 batch_size: int = 32, refill: bool = True, precision: str = "fp32", backend: str = "torch"):
         self.device = torch.device(device or "cpu")
         check_precision(precision, self.device)
-        self.model = apply_precision(model.to(self.device).eval(), precision)
+        if backend not in BACKENDS:
+            raise ConfigError("backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
+        self.model = apply_precision(model.to(self.device).eval(), precision if backend == "torch" else "fp32")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.refill = refill  # let thin later layers of a batch wait for the next batch (Engine.run_many)
         cfg = model.config
         self.featurizer = Featurizer(tokenizer, cfg.max_length, cfg.window_overlap)
-        self.engine = Engine(self.model)
+        self.engine = Engine(self.model, layers=self._layer_backend(precision, backend))
 
     # ------------------------------------------------------------------ loading / saving
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, batch_size: int = 32,
-                        precision: str = "fp32") -> Tagger:
-        """Load a saved model; ``precision``: fp32 | bf16 | fp16 | int8 (earlytag.model.precision)."""
+                        precision: str = "fp32", backend: str = "torch") -> Tagger:
+        """Load a saved model; ``precision``: fp32 | bf16 | fp16 | int8 (earlytag.model.precision);
+        ``backend``: torch | onnxruntime (what runs the layer steps and heads: earlytag.engine.backends)."""
         from transformers import AutoTokenizer
 
         from .model.encoders import check_tokenizer
@@ -77,7 +82,9 @@ class Tagger:
         except (OSError, ValueError, TypeError) as err:
             raise EarlytagError(f"{directory}: cannot load the tokenizer: {err}") from None
         check_tokenizer(tokenizer, model.encoder_config, directory)
-        return cls(model, tokenizer, device, batch_size, precision=precision)
+        tagger = cls(model, tokenizer, device, batch_size, precision=precision, backend=backend)
+        tagger.source = Path(directory)
+        return tagger
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False,
                         extra_files: dict[str, str] | None = None) -> Path:
@@ -94,7 +101,16 @@ class Tagger:
 
     @property
     def precision(self) -> str:
-        return self.model.precision
+        return self.model.precision if self.backend == "torch" else self._precision
+
+    def _layer_backend(self, precision: str, backend: str):
+        """None: the engine's own torch layer steps; else the ONNX Runtime sessions of every layer."""
+        self._precision = precision
+        if backend == "torch":
+            return None
+        from .engine.backends import OnnxLayers
+
+        return OnnxLayers(self.model, precision)
 
     @property
     def labels(self) -> list[str]:

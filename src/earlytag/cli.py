@@ -49,6 +49,40 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
         g.add_argument("--calibration-data", help="dev data for --target-speedup (default: the model's dev set)")
 
 
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="encoder precision: bf16/fp16 weights and activations, int8 per-channel weights with "
+                        "activations quantized per call; exit decisions always in float32")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="what runs each layer step and exit head: torch, or ONNX Runtime sessions (fp32/int8; "
+                        "the exit loop stays in earlytag)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    g.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: what torch picks, usually one per core; on a shared "
+                        "machine fewer threads than cores are often faster)")
+
+
+def load_tagger(args, **kwargs):
+    """The Tagger of a command: threads first, then the model in the asked precision, backend and device."""
+    from .api import Tagger
+
+    set_threads(getattr(args, "threads", None))
+    return Tagger.from_pretrained(args.model, precision=getattr(args, "precision", "fp32"),
+                                  backend=getattr(args, "backend", "torch"), device=getattr(args, "device", None),
+                                  **kwargs)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError("threads", f"must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _threshold(text: str) -> float | list[float]:
     try:
         values = [float(x) for x in text.split(",")]
@@ -91,6 +125,7 @@ def _resolve_exit(tagger, args, model_dir: str):
 def cmd_train(args) -> int:
     from .train.trainer import TrainConfig, train
 
+    set_threads(args.threads)
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["progress"] = not args.quiet
@@ -102,10 +137,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .api import Tagger
     from .report import format_evaluation
 
-    tagger = Tagger.from_pretrained(args.model, batch_size=args.batch_size)
+    tagger = load_tagger(args, batch_size=args.batch_size)
     cfg = _resolve_exit(tagger, args, args.model)
     result = tagger.evaluate(args.data, exit=cfg, mode=args.mode, per_layer=not args.no_per_layer,
                              data_dir=args.data_dir, scheme=args.scheme, tag_field=args.tag_field)
@@ -120,9 +154,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .api import Tagger
 
-    tagger = Tagger.from_pretrained(args.model, batch_size=args.batch_size)
+    tagger = load_tagger(args, batch_size=args.batch_size)
     cfg = _resolve_exit(tagger, args, args.model)
     if args.engine == "ray":
         from .ray_tagging import tag_corpus
@@ -142,6 +175,7 @@ def cmd_predict(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, run_bench
 
+    set_threads(args.threads)
     cfg = BenchConfig(model=args.model, data=args.data, out=args.out, batch_sizes=args.batch_sizes,
                       precisions=args.precisions, compare=args.compare or [], timing=not args.no_timing,
                       noise_spread=args.noise_spread,
@@ -157,10 +191,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .api import Tagger
     from .calibrate import calibrate
 
-    tagger = Tagger.from_pretrained(args.model)
+    tagger = load_tagger(args)
     result = calibrate(tagger, args.data, args.target_speedup, policy=args.policy, kv=args.kv, limit=args.limit,
                        save_to=None if args.dry_run else args.model, data_dir=args.data_dir, halted=args.halted)
     print(json.dumps(result.to_dict(), indent=2))
@@ -172,8 +205,10 @@ def cmd_serve(args) -> int:
 
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, request_timeout_s=args.request_timeout,
                     read_timeout_s=args.read_timeout, max_queue_words=args.max_queue_words)
+    set_threads(args.threads)
     serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          batching=not args.no_batching, limits=limits)
+          batching=not args.no_batching, limits=limits,
+          load={"precision": args.precision, "backend": args.backend, "device": args.device})
     return 0
 
 
@@ -325,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU if any, else cpu)")
     p.add_argument("--quiet", action="store_true")
     data_opts(p)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on tagged data")
@@ -336,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-per-layer", action="store_true", help="skip the per-layer table")
     data_opts(p)
     _exit_args(p)
+    _runtime_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="tag documents")
@@ -351,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--data-dir")
     _exit_args(p)
+    _runtime_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", help="sweep exit settings: score, FLOPs and wall-clock speed-up")
@@ -383,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="name of this model in the results")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--data-dir")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("calibrate", help="choose and store exit thresholds for a target speed-up")
@@ -395,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
     p.add_argument("--data-dir")
+    _runtime_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("serve", help="HTTP service with a page that shows where each token exits")
@@ -412,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a client has to send its whole request (then 408 and the connection closes)")
     p.add_argument("--max-queue-words", type=int, default=200_000,
                    help="words allowed to wait for the model; beyond it requests get 503 with Retry-After")
+    _runtime_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("loadtest", help="bounded load test of the service on loopback, with and without batching")

@@ -71,9 +71,17 @@ def export_onnx(module: nn.Module, args: tuple, path: Path, names: Sequence[str]
 
 def quantize_onnx(src: Path, dst: Path) -> Path:
     """Dynamic int8 of every MatMul, weights per output channel (onnxruntime.quantization)."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process the graph is printed for every graph
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return dst
 
 

@@ -147,7 +147,7 @@ def head_scores(logits: torch.Tensor, criterion: str = "entropy") -> tuple[torch
     c = logits.shape[-1]
     if c < 2:
         return score, pred, torch.zeros_like(score)
-    plogp = torch.where(torch.isneginf(logp), 0.0, logp.exp() * logp)
+    plogp = torch.where(logp == float("-inf"), 0.0, logp.exp() * logp)
     return score, pred, plogp.sum(-1) * (-1.0 / math.log(c))
 
 

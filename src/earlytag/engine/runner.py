@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batching import Batch
+from ..errors import ConfigError
 from ..model.adapters import LayerParts
 from ..model.layers import attend, finish, key_bias
 from ..model.precision import Int8Linear
@@ -186,8 +187,9 @@ class Engine:
     (results are the same; GEMMs on a handful of rows are inefficient).
     """
 
-    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384):
+    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384, layers=None):
         self.model = model
+        self.layers = layers  # None: torch computes the steps; else a backend (earlytag.engine.backends)
         self.adapter = model.adapter
         self.dense_above = dense_above  # run a layer densely when this share of positions is active
         self.refill_tokens = refill_tokens
@@ -211,6 +213,8 @@ class Engine:
 
     def _run(self, batches: list[Batch], cfg: ExitConfig, refill: bool, trace: bool = False) -> list[EngineOutput]:
         policy = ExitPolicy(cfg, self.model.num_layers)
+        if self.layers is not None and cfg.kv != "keep":
+            raise ConfigError("exit.kv", "the onnxruntime backend runs kv=keep; use --backend torch for kv=drop")
         outs = [_Outputs(b, i, self.model.num_layers) for i, b in enumerate(batches)]
         traces = ([torch.full((b.word_pos.shape[0], self.model.num_layers, b.word_pos.shape[1]), float("nan"),
                               device=b.input_ids.device) for b in batches] if trace else None)
@@ -260,7 +264,7 @@ class Engine:
         d = self.adapter.hidden_size
         active_t = g.active_tokens()  # (b, T)
         total_act = int(active_t.sum())
-        fused = self._layer(layer)
+        fused = self._layer(layer) if self.layers is None else layer
         dense = total_act >= self.dense_above * g.h.shape[0] * g.h.shape[1]
         if dense:
             g.h = self._dense_step(fused, g, active_t, total_act, cfg.kv)
@@ -275,8 +279,11 @@ class Engine:
         # exit head on the first sub-word of the active words, or (rescore) of every word of the live sentences
         rows = g.words_flat if policy.rescore else g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat words
         hw = g.h.view(-1, d).index_select(0, g.word_flat.index_select(0, rows))  # (N_w, d)
-        head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
-        score, pred, unc = head_scores(head(hw.to(head.weight.dtype)), cfg.criterion)  # float32 each
+        if self.layers is not None:
+            score, pred, unc = self.layers.head(layer, hw, cfg.criterion)
+        else:
+            head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
+            score, pred, unc = head_scores(head(hw.to(head.weight.dtype)), cfg.criterion)  # float32 each
         g.unc.view(-1).index_copy_(0, rows, unc)
         if policy.rescore:  # halted words keep the prediction they halted with
             still = g.active_w.view(-1).index_select(0, rows)
@@ -325,7 +332,8 @@ class Engine:
     def _dense_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
         h = s.h
         d = h.shape[-1]
-        q, k, v = fl.qkv(h).split(d, -1)  # (b, T, d) each
+        if self.layers is None:
+            q, k, v = fl.qkv(h).split(d, -1)  # (b, T, d) each
         all_active = total_act == s.total_tokens
         if kv == "keep" or all_active:
             bias = s.pad_bias
@@ -334,7 +342,10 @@ class Engine:
         pos = self.adapter.position_bias(h.shape[1], h.device)  # (h, T, T) or None
         if pos is not None:
             bias = pos[None] if bias is None else bias + pos[None]
-        out = finish(fl.parts, attend(q, k, v, bias, self.adapter.num_heads), h)  # (b, T, d)
+        if self.layers is not None:
+            out = self.layers.dense(fl, h, bias)
+        else:
+            out = finish(fl.parts, attend(q, k, v, bias, self.adapter.num_heads), h)  # (b, T, d)
         if not all_active:  # halted tokens keep their state
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
@@ -348,6 +359,11 @@ class Engine:
         flat = active_t.view(-1).nonzero().squeeze(1)  # (N_a,) index into the (b*T) rows
         x = h.view(-1, d).index_select(0, flat)  # (N_a, d)
         if b == 1:  # one sentence: no padding to manage
+            if self.layers is not None:
+                slot = torch.arange(flat.shape[0], device=h.device)
+                bias = None if pos is None else pos[:, flat][None]  # (1, h, N_a, T)
+                h.view(-1, d).index_copy_(0, flat, self.layers.packed(fl, x, h, slot, flat.shape[0], bias))
+                return h
             if kv == "keep":
                 q = fl.q(x)
                 k, v = fl.kv(h[0]).split(d, -1)  # (T, d): halted tokens are keys too
@@ -371,12 +387,15 @@ class Engine:
             return rows.new_zeros(b * ta, rows.shape[-1]).index_copy_(0, slot, rows).view(b, ta, -1)
 
         if kv == "keep":
-            q = fl.q(x)  # (N_a, d)
-            k, v = fl.kv(h).split(d, -1)  # (b, T, d): halted tokens are keys too
             bias = s.pad_bias  # (b, 1, 1, T)
             if pos is not None:
                 pb = pos[:, query_pos].permute(1, 0, 2, 3)  # (b, h, Ta, T)
                 bias = pb if bias is None else bias + pb
+            if self.layers is not None:
+                h.view(-1, d).index_copy_(0, flat, self.layers.packed(fl, x, h, slot, ta, bias))
+                return h
+            q = fl.q(x)  # (N_a, d)
+            k, v = fl.kv(h).split(d, -1)  # (b, T, d): halted tokens are keys too
         else:
             q, k, v = fl.qkv(x).split(d, -1)  # (N_a, d): only active tokens are keys
             k, v = pad(k), pad(v)

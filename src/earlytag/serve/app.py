@@ -203,15 +203,16 @@ def _static_dir() -> Path:
 
 
 def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: float = 5.0, batching: bool = True,
-               limits: Limits | None = None, load_in_background: bool = True) -> FastAPI:
-    """The service for a model directory (loaded in a background thread: ``/ready`` says when) or a Tagger."""
+               limits: Limits | None = None, load_in_background: bool = True, load: dict | None = None) -> FastAPI:
+    """The service for a model directory (loaded in a background thread: ``/ready`` says when) or a Tagger.
+    ``load``: options of :meth:`Tagger.from_pretrained` (precision, backend, device)."""
     limits = limits or Limits()
     metrics = Metrics()
     state: dict[str, Any] = {"tagger": model if isinstance(model, Tagger) else None, "error": None, "batcher": None}
 
     def load() -> None:
         try:
-            state["tagger"] = Tagger.from_pretrained(model)
+            state["tagger"] = Tagger.from_pretrained(model, **(load or {}))
         except Exception as err:  # noqa: BLE001 - reported by /ready
             state["error"] = str(err)
 
@@ -287,7 +288,8 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
                 "default_exit": tagger.default_exit.to_dict(), "limits": limits.__dict__,
                 "max_target_speedup": speedups[-1] if speedups else None,
                 "policies": [{"name": n, "summary": r.summary} for n, r in REGISTRY.items()],
-                "batching": batching, "encoder": tagger.config.encoder_name}
+                "batching": batching, "encoder": tagger.config.encoder_name, "precision": tagger.precision,
+                "backend": tagger.backend}
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(req: PredictRequest, request: Request):
@@ -356,9 +358,10 @@ def uvicorn_options(limits: Limits) -> dict[str, Any]:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
-          batching: bool = True, limits: Limits | None = None) -> None:
+          batching: bool = True, limits: Limits | None = None, load: dict | None = None) -> None:
     import uvicorn
 
     limits = limits or Limits()
-    uvicorn.run(create_app(model, max_batch, max_wait_ms, batching, limits), host=host, port=port, log_level="info",
+    uvicorn.run(create_app(model, max_batch, max_wait_ms, batching, limits, load=load), host=host, port=port,
+                log_level="info",
                 **uvicorn_options(limits))

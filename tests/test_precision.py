@@ -1,0 +1,143 @@
+"""Precisions and backends: every policy in every precision, float32 exit decisions, ONNX Runtime equal to torch,
+and on a real (briefly fine-tuned) all-MiniLM-L6-v2: bf16 agrees with fp32, int8 stays within 1 F1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from earlytag import Tagger
+from earlytag.engine import ExitConfig
+from earlytag.engine.runner import ExitPolicy
+from earlytag.errors import ConfigError
+from earlytag.model import precision as precision_module
+
+from .conftest import need_module, tiny_model
+from .test_engine import SENTENCES
+
+LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+POLICY_SETTINGS = [ExitConfig(), ExitConfig("static", layer=2), ExitConfig("token", threshold=0.3, window=1),
+                   ExitConfig("token", threshold=0.3, halted="frozen"), ExitConfig("token", threshold=0.3, kv="drop"),
+                   ExitConfig("sentence", threshold=0.3), ExitConfig("patience", patience=1)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("precision") / "model"
+    Tagger(tiny_model("bert", labels=LABELS, seed=3), tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
+@pytest.mark.parametrize("cfg", POLICY_SETTINGS, ids=lambda c: c.describe())
+def test_every_policy_runs_in_every_precision(model_dir, precision, cfg):
+    tagger = Tagger.from_pretrained(model_dir, precision=precision)
+    assert tagger.precision == precision
+    for batch_size in (1, 3):
+        docs = list(tagger.pipe(SENTENCES, exit=cfg, batch_size=batch_size))
+        assert [len(d["tokens"]) for d in docs] == [len(s) for s in SENTENCES]
+        for doc in docs:
+            for tok in doc["tokens"]:
+                assert 0.0 <= tok["score"] <= 1.0 and 1 <= tok["exit_layer"] <= tagger.num_layers
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8"])
+def test_exit_decisions_use_float32_uncertainty(model_dir, precision, monkeypatch):
+    seen = []
+    original = ExitPolicy.halt
+
+    def spy(self, layer, unc, pred, active, word_mask, state):
+        seen.append(unc.dtype)
+        return original(self, layer, unc, pred, active, word_mask, state)
+
+    monkeypatch.setattr(ExitPolicy, "halt", spy)
+    tagger = Tagger.from_pretrained(model_dir, precision=precision)
+    hidden = []
+    hook = tagger.model.adapter.layers[0].ffn_norm.register_forward_hook(lambda m, a, out: hidden.append(out.dtype))
+    tagger(SENTENCES[0], exit={"policy": "token", "threshold": 0.3})
+    hook.remove()
+    assert seen and set(seen) == {torch.float32}
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[precision]
+    assert hidden == [expected]  # the encoder really ran in that precision
+
+
+def test_int8_layers_are_quantized_and_fused(model_dir):
+    tagger = Tagger.from_pretrained(model_dir, precision="int8")
+    parts = tagger.model.adapter.layers[0]
+    assert all(isinstance(getattr(parts, r), precision_module.Int8Linear)
+               for r in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"))
+    assert isinstance(tagger.model.heads[0].linear, torch.nn.Linear)  # heads stay float32
+    fused = tagger.engine._layer(0)
+    x = torch.randn(4, tagger.model.adapter.hidden_size)
+    q, k, v = fused.qkv(x).split(tagger.model.adapter.hidden_size, -1)
+    assert torch.allclose(q, parts.query(x), atol=1e-5) and torch.allclose(v, parts.value(x), atol=1e-5)
+
+
+def test_bad_precision_settings_stop_with_one_line(model_dir, monkeypatch):
+    with pytest.raises(ConfigError, match="int8 runs on the CPU"):
+        precision_module.check_precision("int8", "cuda")
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    with pytest.raises(ConfigError, match="no float16 arithmetic .* use --precision bf16 or fp32"):
+        Tagger.from_pretrained(model_dir, precision="fp16")
+    with pytest.raises(ConfigError, match="expected one of fp32, bf16, fp16, int8"):
+        Tagger.from_pretrained(model_dir, precision="fp8")
+    with pytest.raises(ConfigError, match="a bf16 tagger is for inference"):
+        Tagger.from_pretrained(model_dir, precision="bf16").save_pretrained(model_dir.parent / "x")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_backend_equals_torch(model_dir, tmp_path, monkeypatch, precision):
+    need_module("onnxruntime")
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    torch_tagger = Tagger.from_pretrained(model_dir, precision=precision)
+    ort_tagger = Tagger.from_pretrained(model_dir, backend="onnxruntime", precision=precision)
+    docs = SENTENCES * 3
+    for cfg in (ExitConfig(), ExitConfig("token", threshold=0.3, window=1), ExitConfig("sentence", threshold=0.3),
+                ExitConfig("static", layer=2)):
+        for batch_size in (1, 4):
+            a = torch_tagger.predict_words(docs, cfg, batch_size)
+            b = ort_tagger.predict_words(docs, cfg, batch_size)
+            if precision == "fp32":
+                assert a.tags == b.tags and a.exit_layers == b.exit_layers
+                for x, y in zip(a.scores, b.scores):
+                    assert x == pytest.approx(y, abs=1e-4)
+            else:  # two int8 implementations round differently; both close to fp32
+                same = sum(p == q for s, t in zip(a.tags, b.tags) for p, q in zip(s, t)) / sum(map(len, a.tags))
+                assert same >= 0.9
+            assert a.stats.flops_speedup == pytest.approx(b.stats.flops_speedup, rel=0.05)
+    assert list((tmp_path / "cache" / "onnx").rglob("*.onnx"))  # exported once, cached
+    with pytest.raises(ConfigError, match="kv=keep"):
+        ort_tagger.predict_words(docs, ExitConfig("token", threshold=0.3, kv="drop"))
+    with pytest.raises(ConfigError, match="runs fp32 or int8"):
+        Tagger.from_pretrained(model_dir, backend="onnxruntime", precision="bf16")
+
+
+# ----------------------------------------------------------------------------- the real small encoder
+
+
+@pytest.fixture(scope="module")
+def small_real_model(tmp_path_factory, shared_data):
+    """all-MiniLM-L6-v2 fine-tuned briefly on UNER English EWT (a weak but real NER model)."""
+    from earlytag.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("real") / "minilm"
+    train(TrainConfig(train="uner-en-ewt:train", dev="uner-en-ewt:dev", output=str(out), task="ner",
+                      encoder="all-MiniLM-L6-v2", epochs=1, freeze_epochs=0, train_limit=800, dev_limit=100,
+                      lr=1e-4, batch_size=16, progress=False, data_dir=str(shared_data)))
+    return out
+
+
+def test_real_model_bf16_agrees_and_int8_stays_within_one_f1(small_real_model, shared_data):
+    base = Tagger.from_pretrained(small_real_model)
+    data = base.load("uner-en-ewt:dev", data_dir=shared_data)
+    data.sentences = data.sentences[:400]
+    ref = base.evaluate(data, exit="none", per_layer=False)
+    words = [s.tokens for s in data.sentences]
+    ref_tags = base.predict_words(words, "none").tags
+    bf16 = Tagger.from_pretrained(small_real_model, precision="bf16")
+    tags = bf16.predict_words(words, "none").tags
+    agree = sum(a == b for s, t in zip(ref_tags, tags) for a, b in zip(s, t)) / sum(map(len, ref_tags))
+    assert agree >= 0.98
+    int8 = Tagger.from_pretrained(small_real_model, precision="int8").evaluate(data, exit="none", per_layer=False)
+    assert ref["f1"] > 0.3  # a real model, not noise
+    assert abs(int8["f1"] - ref["f1"]) <= 0.01
