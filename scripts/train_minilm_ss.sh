@@ -8,7 +8,7 @@
 set -euo pipefail
 OUT=${OUT:-models}
 STEPS=${STEPS:-"ner ner-v01 ner-drop pos"}
-SS="--stage self-sampling --epochs 3 --freeze-epochs 1 --lr 2e-5 --head-lr 2e-4 --batch-size 32 --seed 42"
+SS="--stage self-sampling --epochs 3 --freeze-epochs 1 --lr 2e-5 --head-lr 2e-4 --batch-size 32 --seed 42 --quiet"
 NER="--task ner --train uner-en-ewt:train --dev uner-en-ewt:dev --init $OUT/minilm-ner"
 POS="--task pos --train ud-en-ewt:train --dev ud-en-ewt:dev --init $OUT/minilm-pos"
 for step in $STEPS; do

@@ -56,4 +56,4 @@ def test_small_grid_keeps_the_static_depths_nearest_the_targets():
 
     assert [c.layer for c in default_grid("static", 12, size="small")] == [3, 4, 6, 8]
     assert [c.layer for c in default_grid("static", 6, size="small")] == [2, 3, 4]
-    assert [c.layer for c in default_grid("static", 6)] == [1, 2, 3, 4, 5]
+    assert [c.layer for c in default_grid("static", 6, size="full")] == [1, 2, 3, 4, 5]

@@ -4,6 +4,7 @@ and no half-written output."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +74,9 @@ def test_predict_jsonl_offsets(capsys, model_dir, tmp_path):
             assert doc["text"][tok["start"]:tok["end"]] == tok["text"]
             assert {"tag", "score", "exit_layer"} <= set(tok)
     assert docs[1]["text"] == "New York"
-    assert json.loads(shown(err)[-1])["documents"] == 2
+    summary = shown(err)[-1]
+    assert summary.startswith("tagged 2 documents: FLOPs speed-up")
+    assert json.loads(summary[summary.index("(") + 1:-1])["documents"] == 2
 
 
 def test_predict_stdin_and_conll(capsys, model_dir, monkeypatch):
@@ -82,9 +85,40 @@ def test_predict_stdin_and_conll(capsys, model_dir, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Hello Paris\n\nBye\n")))
     code, out, _ = run(capsys, "predict", model_dir, "-", "--format", "conll")
     assert code == 0
-    blocks = out.strip().split("\n\n")
+    blocks = out.split("\n\n")
     assert [line.split("\t")[0] for line in blocks[0].splitlines()] == ["Hello", "Paris"]
-    assert len(blocks) == 2
+    assert "\n\n\nBye\t" in out  # the empty line is an empty sentence: one more blank line, outputs aligned
+
+
+def test_every_input_line_gets_one_record_in_order(capsys, model_dir, tmp_path):
+    """Outputs stay aligned with inputs: empty and spaces-only lines give empty documents, each with its index;
+    the service answers an empty text the same way."""
+    src = tmp_path / "in.txt"
+    src.write_text("Angela Merkel visited Paris.\n\n   \nHello there\nx\n\n", encoding="utf-8")
+    code, out, err = run(capsys, "predict", model_dir, src)
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [d["index"] for d in docs] == [0, 1, 2, 3, 4, 5]
+    assert [d["line"] for d in docs] == [1, 2, 3, 4, 5, 6]
+    assert [d["text"] for d in docs] == ["Angela Merkel visited Paris.", "", "   ", "Hello there", "x", ""]
+    assert docs[1]["tokens"] == [] and docs[2]["spans"] == []
+    assert "tagged 6 documents" in err  # the summary, on standard error, also when the output is stdout
+    code, out, err = run(capsys, "predict", model_dir, src, "--quiet")
+    assert err == "" and len(out.splitlines()) == 6
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"id": "a", "text": "Paris"}\n\n{"id": "c", "tokens": ["New", "York"]}\n', encoding="utf-8")
+    code, out, err = run(capsys, "predict", model_dir, jsonl)
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [(d["index"], d.get("id")) for d in docs] == [(0, "a"), (1, None), (2, "c")]
+    from fastapi.testclient import TestClient
+
+    from earlytag.serve.app import create_app
+
+    with TestClient(create_app(str(model_dir), load_in_background=False)) as client:
+        while client.get("/ready").status_code != 200:
+            pass
+        body = client.post("/predict", json={"texts": ["Paris", "", "   "]}).json()
+    assert [d["tokens"] == [] for d in body["results"]] == [False, True, True]
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -123,25 +157,36 @@ def test_errors_are_single_lines(capsys, model_dir, tmp_path, argv, fragment):
     assert not (tmp_path / "o").exists()
 
 
-def test_calibrate_stores_default_exit(capsys, model_dir, tmp_path, shared_data):
+def test_calibrate_stores_its_table_and_changes_the_default_only_when_asked(capsys, model_dir, tmp_path, shared_data):
     import shutil
 
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
+    before = json.loads((copy / "config.json").read_text())["earlytag"].get("exit")
     code, out, err = run(capsys, "calibrate", copy, "uner-en-ewt:dev", "--target-speedup", 1.5, "--limit", 40)
+    assert code == 0, err
+    assert "calibrated on 40 sentences" in err and "--limit" in err and "default exit is unchanged" in err
+    stored = json.loads((copy / "config.json").read_text())["earlytag"]
+    assert stored.get("exit") == before  # not silently changed
+    assert stored["exit_calibration"]["target_speedup"] == 1.5 and stored["exit_calibration"]["sentences"] == 40
+    assert Path(stored["exit_calibration"]["data"]).is_absolute()
+    assert "default exit" in (copy / "README.md").read_text()  # the card follows the config
+    code, out, err = run(capsys, "calibrate", copy, "uner-en-ewt:dev", "--target-speedup", 1.5, "--limit", 40,
+                         "--set-default")
     assert code == 0, err
     result = json.loads(out)
     stored = json.loads((copy / "config.json").read_text())["earlytag"]
-    assert stored["exit"] == result["exit"]
-    assert stored["exit_calibration"]["target_speedup"] == 1.5
+    assert stored["exit"] == result["exit"] and "made token" in err
     assert Tagger.from_pretrained(copy).default_exit.policy == "token"
-    # --target-speedup on evaluate calibrates on dev data first, then evaluates with that setting
+    # --target-speedup on evaluate with other dev data calibrates in memory: nothing is written
     dev = tmp_path / "dev.iob2"
     dev.write_text("".join(open(shared_data / "uner_english_ewt" / "en_ewt-ud-dev.iob2").readlines()[:400]))
+    config_before = (copy / "config.json").read_text()
     code, out, err = run(capsys, "evaluate", copy, "uner-en-ewt:test", "--target-speedup", 2, "--no-per-layer",
                          "--calibration-data", dev, "--json", "-")
     assert code == 0, err
-    assert f"calibrated on {dev}" in err
+    assert f"calibrated on {dev}" in err and "not stored" in err
+    assert (copy / "config.json").read_text() == config_before
 
 
 def test_data_list_and_version(capsys):

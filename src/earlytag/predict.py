@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -43,7 +44,11 @@ def guess_input_format(path: str) -> str:
 
 
 def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterator[tuple[Sentence, dict]]:
-    """Yield ``(sentence, extra fields)`` for every document of ``path`` (``-`` = standard input)."""
+    """Yield ``(sentence, extra fields)`` for every document of ``path`` (``-`` = standard input), in order.
+
+    Text and JSON lines: one document per line, empty lines included (they give empty documents), so output
+    record i answers input line i. Extra fields carry ``index`` (0-based position among the documents), ``line``
+    (text and JSON lines) and the input's own fields (``id`` ...) of a JSON line or a CoNLL-U ``sent_id``."""
     fmt = guess_input_format(path) if input_format == "auto" else input_format
     if fmt not in INPUT_FORMATS:
         raise DataError(f"unknown input format {input_format!r}; expected one of {', '.join(INPUT_FORMATS)}", path)
@@ -51,17 +56,15 @@ def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterat
         if path == "-":
             raise DataError(f"{fmt} input must be a file, not standard input", path)
         reader = {"conll": lambda p: iter_conll(p, tag_col=None), "conllu": iter_conllu, "uner": iter_uner}[fmt]
-        for sent in reader(path):
+        for index, sent in enumerate(reader(path)):
             sent.tags = None
-            yield sent, ({"id": sent.id} if sent.id else {})
+            yield sent, ({"index": index, "id": sent.id} if sent.id else {"index": index})
         return
     lines = _stdin_lines() if path == "-" else iter_lines(path)
-    for number, line in lines:
-        if not line.strip():
-            continue
+    for index, (number, line) in enumerate(lines):
         where = f"{path}:{number}"
-        if fmt == "text":
-            yield tagger.to_sentence(line, where), {}
+        if fmt == "text" or not line.strip():  # an empty line is an empty document: outputs stay aligned
+            yield tagger.to_sentence(line, where), {"index": index, "line": number}
             continue
         obj = parse_json_line(line, path, number)
         if not isinstance(obj, dict):
@@ -71,7 +74,7 @@ def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterat
         except DataError as err:
             raise DataError(err.message, path, number) from None
         extra = {k: v for k, v in obj.items() if k not in ("text", "tokens", "tags", "spaces")}
-        yield sent, extra
+        yield sent, {"index": index, "line": number, **extra}
 
 
 def _stdin_lines() -> Iterator[tuple[int, str]]:
@@ -102,6 +105,7 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
     """Tag a whole file; returns run statistics (documents, FLOPs speed-up, mean exit layer, seconds)."""
     if output_format not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format {output_format!r}; expected jsonl or conll", output)
+    started = time.perf_counter()
     cfg = tagger.exit_config(exit)
     stats = ExitStats(tagger.num_layers)
     model_seconds = 0.0
@@ -120,8 +124,10 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
                 bar.update(len(chunk))
         finally:
             bar.close()
-    return {"documents": n_docs, "exit": cfg.to_dict(), "flops_speedup": stats.flops_speedup,
-            "mean_exit_layer": stats.mean_exit_layer, "inference_seconds": model_seconds}
+    return {"documents": n_docs, "words": stats.words, "exit": cfg.to_dict(), "flops_speedup": stats.flops_speedup,
+            "mean_exit_layer": stats.mean_exit_layer, "inference_seconds": round(model_seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3), "precision": tagger.precision,
+            "backend": tagger.backend}
 
 
 @contextmanager

@@ -111,7 +111,8 @@ class Featurizer:
         for c in range(0, len(todo), step):
             idx = todo[c:c + step]
             chunk = [list(docs[i]) for i in idx]
-            enc = self.tokenizer(chunk, is_split_into_words=True, add_special_tokens=False)
+            # verbose=False: long documents are windowed below, the "longer than the maximum" warning is not ours
+            enc = self.tokenizer(chunk, is_split_into_words=True, add_special_tokens=False, verbose=False)
             for j, (i, words) in enumerate(zip(idx, chunk)):
                 per_word: list[list[int]] = [[] for _ in words]
                 for tid, w in zip(enc["input_ids"][j], enc.word_ids(j)):

@@ -32,8 +32,9 @@ CRITERIA = ("entropy", "maxprob")
 HALTED = ("rescore", "frozen")
 MAX_WINDOW = 4096  # words on each side; a window wider than the sentence is the sentence
 CALIBRATION_THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
-BENCH_THRESHOLDS = {"default": (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4),
-                    "small": (0.01, 0.03, 0.07, 0.15, 0.25, 0.4)}
+BENCH_THRESHOLDS = {"small": (0.01, 0.03, 0.07, 0.15, 0.25, 0.4),
+                    "default": (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4),
+                    "full": (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)}
 TARGETS = (1.5, 2.0, 3.0, 4.0)  # FLOPs speed-ups the results tables report
 
 
@@ -93,7 +94,10 @@ class ExitConfig:
         return self.layer if self.policy == "static" else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The policy and the settings it reads (the others have no effect on it)."""
+        rule = REGISTRY.get(self.policy)
+        keep = {"policy"} | set(rule.settings if rule else asdict(self))
+        return {k: v for k, v in asdict(self).items() if k in keep and v is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ExitConfig:
@@ -267,7 +271,7 @@ class Static(Policy):
 
     @classmethod
     def grid(cls, num_layers, size="default", kv="keep"):
-        if size == "small":  # only the depths nearest the target speed-ups
+        if size != "full":  # only the depths nearest the target speed-ups
             ks = sorted({min(max(round(num_layers / t), 1), num_layers - 1) for t in TARGETS})
         else:
             ks = range(1, num_layers)
@@ -386,7 +390,7 @@ class Patience(Policy):
 
     @classmethod
     def grid(cls, num_layers, size="default", kv="keep"):
-        ps = (1, 2, 3, 4, 6) if size == "small" else range(1, max(num_layers - 1, 2))
+        ps = (1, 2, 3, 4, 6) if size != "full" else range(1, max(num_layers - 1, 2))
         return [ExitConfig("patience", patience=p) for p in ps if p < num_layers]
 
     @classmethod

@@ -28,6 +28,7 @@ from ..engine.plan import ExitPlan, word_mask_of
 from ..errors import ConfigError, EarlytagError
 from ..storage import atomic_write_text, require_model_dir, save_dir
 from .adapters import adapter_for
+from .card import CARD_NAME, render_card
 from .config import TaggerConfig
 from .layers import attention_bias, dense_layer
 
@@ -205,8 +206,9 @@ class EarlyExitTagger(nn.Module):
             config["label2id"] = {lab: i for i, lab in enumerate(self.config.labels)}
             config["earlytag"] = self.config.to_dict()
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            (tmp / CARD_NAME).write_text(render_card(config), encoding="utf-8")
             save_file(self._export_state(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            names = [CONFIG_NAME, WEIGHTS_NAME]
+            names = [CONFIG_NAME, CARD_NAME, WEIGHTS_NAME]
             if tokenizer is not None:
                 names += [Path(f).name for f in tokenizer.save_pretrained(str(tmp))]
             for name, text in (extra_files or {}).items():
@@ -304,3 +306,4 @@ def update_saved_config(directory: str | os.PathLike, settings: dict) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
     raw.setdefault("earlytag", {}).update(settings)
     atomic_write_text(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(Path(directory) / CARD_NAME, render_card(raw))  # the card says what the config says

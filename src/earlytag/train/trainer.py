@@ -78,6 +78,7 @@ class TrainConfig:
     select_exit: dict[str, Any] = field(default_factory=lambda: {"policy": "token", "threshold": 0.1, "window": 2})
     progress: bool = True
     made_by: str = "earlytag train"  # recorded in the model's config (the demo marks its own models)
+    command: str | None = None  # how the model was made, for its card (default: this process's command line)
     overwrite: bool = False  # replace an existing model in `output` (files earlytag did not write are kept)
     data_dir: str | None = None
     device: str | None = None  # default: the GPU of this process when there is one, else the CPU
@@ -335,10 +336,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             log["epochs"].append(entry)
             if score > best:
                 best = score
-                model.config.training = {"stage": cfg.stage, "epoch": epoch + 1, "train": str(cfg.train),
-                                         "dev": str(cfg.dev), "selection_score": score, "seed": cfg.seed,
-                                         "kv": cfg.kv if cfg.stage == "self-sampling" else "keep",
-                                         "processes": dist.world, "made_by": cfg.made_by}
+                model.config.training = {
+                    "stage": cfg.stage, "epoch": epoch + 1, "epochs": cfg.epochs, "freeze_epochs": cfg.freeze_epochs,
+                    "train": str(cfg.train), "train_limit": cfg.train_limit, "train_sentences": len(train_set.sentences),
+                    "dev": str(cfg.dev), "dev_limit": cfg.dev_limit, "selection_score": score, "seed": cfg.seed,
+                    "kv": cfg.kv if cfg.stage == "self-sampling" else "keep", "processes": dist.world,
+                    "made_by": cfg.made_by, "command": cfg.command or _command(),
+                    "recipe": cfg.recipe if cfg.stage == "self-sampling" else None,
+                    **{k: entry[k] for k in ("dev_per_layer", "dev_exit", "dev_exit_score", "dev_exit_flops_speedup")
+                       if k in entry}}
                 log["best_selection_score"] = best
                 # the output was checked (or cleared by --overwrite) before training: replace our own save
                 tagger.save_pretrained(output, overwrite=True,
@@ -355,6 +361,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if main_process and output.is_dir():
         atomic_write_text(output / "training_log.json", json.dumps(log, indent=2) + "\n")
     return log
+
+
+def _command() -> str:
+    """This process's command line, as a user could type it again."""
+    import shlex
+
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("earlytag", "cli.py", "__main__.py")):
+        argv[0] = "earlytag"
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def memory_report() -> dict[str, float]:
