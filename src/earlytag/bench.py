@@ -69,6 +69,7 @@ class BenchConfig:
     kv: list[str] = field(default_factory=lambda: ["keep"])
     halted: list[str] = field(default_factory=lambda: ["rescore"])  # token exit: rescore and/or frozen
     precisions: list[str] = field(default_factory=lambda: ["fp32"])  # every setting in each of these
+    backends: list[str] = field(default_factory=lambda: ["torch"])  # torch | onnxruntime (fp32 and int8 only)
     compare: list[str] = field(default_factory=list)  # peers: hf-pipeline, ort-fp32, ort-int8
     timing: bool = True  # False: scores and FLOPs only
     noise_spread: float = 0.15  # a wall-clock figure whose passes spread more than this (max-min)/median is noisy
@@ -82,6 +83,7 @@ class BenchConfig:
     compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
     refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
+    device: str | None = None  # cpu (default), cuda, ...
 
 
 @dataclass
@@ -162,8 +164,11 @@ def _batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None) -> 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.repeats < 1:
         raise ConfigError("repeats", "must be at least 1")
-    base = Tagger.from_pretrained(cfg.model)  # fp32: the reference of every wall-clock speed-up
-    taggers = {p: base if p == "fp32" else Tagger.from_pretrained(cfg.model, precision=p) for p in cfg.precisions}
+    base = Tagger.from_pretrained(cfg.model, device=cfg.device)  # fp32: the reference of every wall-clock speed-up
+    runtimes = [(p, b) for b in cfg.backends for p in cfg.precisions
+                if b == "torch" or p in ("fp32", "int8")]  # ONNX Runtime runs fp32 and int8
+    taggers = {(p, b): base if (p, b) == ("fp32", "torch") else
+               Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device) for p, b in runtimes}
     dataset = base.load(cfg.data, data_dir=cfg.data_dir)
     sentences = dataset.sentences[: cfg.limit] if cfg.limit else dataset.sentences
     docs = [s.tokens for s in sentences]
@@ -186,12 +191,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
         calibration = calibrate(base, dev, cfg.target_speedup, data_dir=cfg.data_dir)  # in memory only
         settings.append(calibration.exit)
-    contenders = [(p, c) for p in cfg.precisions for c in [_FULL] + settings]
+    contenders = [(r, c) for r in runtimes for c in [_FULL] + settings]
 
     # pre-built batches per batch size: timing covers the model only, not tokenisation or padding
     limits = {bs: (cfg.timing_limit_b1 if bs == 1 else cfg.timing_limit) for bs in cfg.batch_sizes}
     batches = {bs: _batches(base, docs, bs, limits[bs]) for bs in cfg.batch_sizes} if cfg.timing else {}
-    others = [Tagger.from_pretrained(m) for m in cfg.compare_models]
+    others = [Tagger.from_pretrained(m, device=cfg.device) for m in cfg.compare_models]
     peers = [make_peer(name, base) for name in cfg.compare]
 
     steps = len(contenders) + len(others) + len(peers)
@@ -200,10 +205,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     scores: dict[tuple[str, int], tuple[float, ExitStats]] = {}
-    for precision, exit_cfg in contenders:
-        pred = taggers[precision].predict_words(docs, exit_cfg, max(cfg.batch_sizes))
-        scores[precision, id(exit_cfg)] = (task_scores(base.config.task, gold, pred.tags)["score"], pred.stats)
+    for runtime, exit_cfg in contenders:
+        if exit_cfg.kv != "keep" and runtime[1] != "torch":
+            continue
+        pred = taggers[runtime].predict_words(docs, exit_cfg, max(cfg.batch_sizes))
+        scores[runtime, id(exit_cfg)] = (task_scores(base.config.task, gold, pred.tags)["score"], pred.stats)
         bar.update(1)
+    contenders = [(r, c) for r, c in contenders if (r, id(c)) in scores]
     other_scores = []
     for t in others:
         other_scores.append(task_scores(t.config.task, gold, t.predict_words(docs, _FULL).tags)["score"])
@@ -220,9 +228,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         bar.update(1)
 
     if not cfg.timing:
-        for precision, exit_cfg in contenders:
-            score, stats = scores[precision, id(exit_cfg)]
-            rows.append(_row(exit_cfg, precision, None, score, stats, None, None))
+        for runtime, exit_cfg in contenders:
+            score, stats = scores[runtime, id(exit_cfg)]
+            rows.append(_row(exit_cfg, runtime, None, score, stats, None, None))
     for bs in (cfg.batch_sizes if cfg.timing else []):
         size = 1 if bs == 1 else cfg.refill_unit
         bs_batches, bs_words = batches[bs]
@@ -233,10 +241,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             for b in unit:
                 base.engine.run(b, _FULL)
 
-        precision_full: dict[str, float] = {}
-        for precision, exit_cfg in contenders:
-            tagger = taggers[precision]
-            if precision == "fp32" and exit_cfg is _FULL:
+        precision_full: dict[tuple[str, str], float] = {}
+        for runtime, exit_cfg in contenders:
+            tagger = taggers[runtime]
+            if runtime == ("fp32", "torch") and exit_cfg is _FULL:
                 timing = None  # the baseline itself
             else:
                 refill = cfg.refill and bs > 1 and exit_cfg.rule.refill
@@ -255,11 +263,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
                 timing = paired(base_fn, contender, units, cfg.repeats, collect)
             if exit_cfg is _FULL:
-                precision_full[precision] = timing.speedup if timing else 1.0
-            score, _ = scores[precision, id(exit_cfg)]
+                precision_full[runtime] = timing.speedup if timing else 1.0
+            score, _ = scores[runtime, id(exit_cfg)]
             timed_stats = stats if timing else None
-            rows.append(_row(exit_cfg, precision, bs, score, timed_stats or scores[precision, id(exit_cfg)][1],
-                             timing, precision_full.get(precision), cfg.noise_spread))
+            rows.append(_row(exit_cfg, runtime, bs, score, timed_stats or scores[runtime, id(exit_cfg)][1],
+                             timing, precision_full.get(runtime), cfg.noise_spread))
             bar.update(1)
         for path, other, score in zip(cfg.compare_models, others, other_scores):
             rows.append(_compare_row(base, other, path, docs, bs, limits[bs], score, cfg.repeats, cfg.noise_spread))
@@ -282,7 +290,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "repeats": cfg.repeats, "task": base.config.task, "num_layers": num_layers,
             "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": base.engine.refill_tokens,
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
-            "compare_models": cfg.compare_models, "precisions": cfg.precisions, "compare": cfg.compare,
+            "compare_models": cfg.compare_models, "precisions": cfg.precisions, "backends": cfg.backends,
+            "compare": cfg.compare,
             "timing": cfg.timing, "noise_spread": cfg.noise_spread}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
@@ -337,12 +346,15 @@ def _peer_row(name: str, bs: int, score: float, agreement: float, timing: Timing
             "mean_exit_layer": None, "wall_over_flops": None, "timed_sentences": sentences}
 
 
-def _row(exit_cfg: ExitConfig, precision: str, bs: int | None, score: float, stats: ExitStats,
+def _row(exit_cfg: ExitConfig, runtime: tuple[str, str], bs: int | None, score: float, stats: ExitStats,
          timing: Timing | None, precision_full: float | None, noise_spread: float = 0.15) -> dict[str, Any]:
-    """One setting in one precision; ``wall_speedup`` against fp32 full depth, ``wall_speedup_same_precision``
-    against the same precision's full depth (both measured against the same fp32 baseline in this run)."""
-    key = row_key(exit_cfg) + ("" if precision == "fp32" else f"@{precision}")
-    row = {"policy": key, "precision": precision, "settings": exit_cfg.to_dict(), "describe": exit_cfg.describe(),
+    """One setting in one precision and backend; ``wall_speedup`` against fp32 torch full depth,
+    ``wall_speedup_same_precision`` against the same precision and backend's full depth (both measured against the
+    same baseline in this run)."""
+    precision, backend = runtime
+    key = row_key(exit_cfg) + ("" if precision == "fp32" else f"@{precision}") + ("/ort" if backend != "torch" else "")
+    row = {"policy": key, "precision": precision, "backend": backend, "settings": exit_cfg.to_dict(),
+           "describe": exit_cfg.describe(),
            "batch_size": bs, "score": score, "flops_speedup": stats.flops_speedup,
            "mean_exit_layer": stats.mean_exit_layer, "timed_sentences": stats.sentences,
            "packed_layer_steps": stats.packed_layers, "dense_layer_steps": stats.dense_layers}
@@ -393,7 +405,7 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
                "; one pass: how noisy the figures are was not measured")
             + ". A precision's `wall/FLOPs` is against its own full depth.")
     lines.append("")
-    series = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"
+    series = list(dict.fromkeys(r["policy"] for r in rows if r["settings"].get("policy") != "none"
                                 and not r["policy"].startswith("smaller model") and not r.get("peer")))
     full = next(r for r in rows if r["policy"] == "none")
     batch_sizes = sorted({r["batch_size"] for r in rows}, key=lambda b: (b is None, b))
@@ -415,6 +427,10 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
         table.append(cells)
     lines.append(markdown_table(header, table))
     for r in rows:
+        if r["policy"].startswith("none@") or r["policy"] == "none/ort":
+            if r["batch_size"] == top:
+                lines += ["", f"Full depth in {r['precision']} ({r.get('backend', 'torch')}): {task_metric} "
+                              f"{100 * r['score']:.2f} (wall {_wall(r)} at batch {r['batch_size']})."]
         if (r["policy"].startswith("smaller model") or r.get("peer")) and r["batch_size"] == top:
             lines += ["", f"{r['describe']}: {task_metric} {100 * r['score']:.2f} at {r['flops_speedup']:.2f}x FLOPs "
                           f"(wall {_wall(r)} at batch {r['batch_size']})."]
@@ -428,7 +444,9 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
         for r in rows:
             if r["batch_size"] != bs:
                 continue
-            cells = [r["policy"], r.get("precision", "fp32"), r["describe"], f"{100 * r['score']:.2f}",
+            cells = [r["policy"], r.get("precision", "fp32") + ("" if r.get("backend", "torch") == "torch" else
+                                                                 f" {r['backend']}"), r["describe"],
+                     f"{100 * r['score']:.2f}",
                      f"{r['flops_speedup']:.2f}x"]
             if timing:
                 same = r.get("wall_speedup_same_precision")

@@ -186,6 +186,7 @@ def cmd_bench(args) -> int:
     set_threads(args.threads)
     cfg = BenchConfig(model=args.model, data=args.data, out=args.out, batch_sizes=args.batch_sizes,
                       precisions=args.precisions, compare=args.compare or [], timing=not args.no_timing,
+                      device=args.device, backends=args.backends,
                       noise_spread=args.noise_spread,
                       policies=args.policies, repeats=args.repeats, limit=args.limit,
                       timing_limit=args.timing_limit, timing_limit_b1=args.timing_limit_b1, kv=args.kv_modes,
@@ -507,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token exit: sweep with halted words re-scored (the paper) and/or frozen")
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "int8"],
                    help="run every setting in each precision; wall-clock speed-ups are against fp32 full depth")
+    p.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
+                   help="also run the settings with ONNX Runtime layer steps (fp32 and int8 precisions)")
     p.add_argument("--compare", nargs="+", choices=["hf-pipeline", "ort-fp32", "ort-int8"],
                    help="peers on the same weights at full depth, timed in the same run on the same texts")
     p.add_argument("--no-timing", action="store_true", help="scores and FLOPs only, no wall-clock timing")
@@ -529,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.set_defaults(func=cmd_bench)
 
     p = _verb(sub, "calibrate", "choose exit thresholds for a target speed-up on dev data",
