@@ -45,7 +45,7 @@ def test_train_evaluate_predict(capsys, tmp_path, tiny_encoder_dirs, shared_data
 
     metrics = tmp_path / "metrics.json"
     code, out, err = run(capsys, "evaluate", out_dir, "uner-en-ewt:dev", "--json", metrics, "--exit", "token",
-                         "--threshold", "0.2", "--window", "1")
+                         "--threshold", "0.2", "--window", "1", "--per-layer")
     assert code == 0, err
     assert "every exit head" in out
     result = json.loads(metrics.read_text())
@@ -54,9 +54,15 @@ def test_train_evaluate_predict(capsys, tmp_path, tiny_encoder_dirs, shared_data
         assert key in result
     assert result["sentences"] == 2001 and result["exit"]["window"] == 1
 
-    code, out, _ = run(capsys, "evaluate", out_dir, "uner-en-ewt:dev", "--layer", 1, "--json", "-", "--no-per-layer")
+    code, out, _ = run(capsys, "evaluate", out_dir, "uner-en-ewt:dev", "--layer", 1, "--json", "-")
     assert code == 0
-    assert '"policy": "static"' in out
+    assert '"policy": "static"' in out and "every exit head" not in out  # the table is opt-in
+    # full depth: the table of every exit head comes from the same pass, and agrees with the engine's own run
+    code, out, _ = run(capsys, "evaluate", out_dir, "uner-en-ewt:dev", "--exit", "none", "--per-layer", "--json", "-")
+    full = json.loads(out[out.index('{\n  "'):])
+    assert full["per_layer"][-1]["f1"] == full["f1"] and full["flops_speedup"] == 1.0
+    engine = Tagger.from_pretrained(out_dir).evaluate("uner-en-ewt:dev", exit="none")
+    assert engine["f1"] == full["f1"] and engine["stats"]["flops_full"] == pytest.approx(full["stats"]["flops_full"])
 
 
 def test_predict_jsonl_offsets(capsys, model_dir, tmp_path):

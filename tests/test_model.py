@@ -108,7 +108,8 @@ class BaseTaggerTest:
 
     def test_evaluate_returns_the_documented_fields(self, trained, shared_data):
         tagger = Tagger.from_pretrained(trained[0])
-        result = tagger.evaluate(self.dev_spec, exit={"policy": "token", "threshold": 0.2}, data_dir=shared_data)
+        result = tagger.evaluate(self.dev_spec, exit={"policy": "token", "threshold": 0.2}, data_dir=shared_data,
+                                 per_layer=True)
         for key in ("f1", "precision", "recall", "accuracy", "per_type", "per_layer", "sentences", "tokens",
                     "seconds", "exit", "flops_speedup", "mean_exit_layer", "inference_seconds"):
             assert key in result

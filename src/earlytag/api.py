@@ -17,16 +17,18 @@ import torch
 
 from .data import schemes
 from .data.batching import Featurizer, check_text, collate, length_sorted_batches, merge_windows, split_words
-from .data.datasets import Dataset, load_dataset
+from .data.datasets import Dataset, load_dataset, map_labels
 from .data.segmentation import word_spans
 from .data.types import Sentence
 from .engine import Engine, ExitConfig, ExitStats
+from .engine.control import SpeedController
 from .errors import ConfigError, DataError, EarlytagError
 from .metrics import task_scores
 from .model.precision import apply_precision, check_precision
 from .model.tagger import EarlyExitTagger
 
-ExitLike = ExitConfig | dict | str | None
+ExitLike = ExitConfig | SpeedController | dict | str | None
+CONTROL_EVERY = 4  # batches per engine call when a controller holds a target speed-up
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -168,10 +170,26 @@ class Tagger:
 
     # ------------------------------------------------------------------ prediction
 
+    def speed_controller(self, target: float, policy: str | None = None, **options: Any) -> SpeedController:
+        """A controller that holds ``target`` FLOPs speed-up on the text it sees, starting from the setting the
+        model's calibration table gives for it (``earlytag calibrate``). ``options``: SpeedController's."""
+        return SpeedController(self.setting_for_speedup(target, policy), target, **options)
+
+    def resolve_exit(self, exit: ExitLike) -> ExitConfig | SpeedController:
+        """``exit`` as the engine takes it: a fixed setting, or a controller for ``{"target_speedup": X}``."""
+        if isinstance(exit, SpeedController):
+            return exit
+        if isinstance(exit, dict) and exit.get("target_speedup") is not None:
+            return self.speed_controller(exit["target_speedup"], exit.get("policy"))
+        return self.exit_config(exit)
+
     def predict_words(self, docs: Sequence[Sequence[str]], exit: ExitLike = None,
                       batch_size: int | None = None) -> Prediction:
-        """Tag word sequences with early exit; long ones are windowed and merged back."""
-        cfg = self.exit_config(exit)
+        """Tag word sequences with early exit; long ones are windowed and merged back. ``exit`` may be a
+        :class:`SpeedController`: its thresholds then move between engine calls to hold its target speed-up."""
+        exit = self.resolve_exit(exit)
+        control = exit if isinstance(exit, SpeedController) else None
+        cfg = exit if control is None else exit.current().validated(self.num_layers)
         batch_size = batch_size or self.batch_size
         windows = self.featurizer.windows(docs)
         preds: list[list[int]] = [[] for _ in windows]
@@ -183,10 +201,15 @@ class Tagger:
         order = list(length_sorted_batches(windows, batch_size))
         batches = [collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device) for idx in order]
         start = time.perf_counter()
-        if batch_size > 1:  # thin later layers of one batch wait for the next batch's survivors
-            outs = self.engine.run_many(batches, cfg, refill=self.refill)
+        if control is not None:  # a few batches at a time, the thresholds moving in between
+            outs = []
+            for u in range(0, len(batches), CONTROL_EVERY):
+                outs += self._run_batches(batches[u:u + CONTROL_EVERY], control.current(), batch_size)
+                done = outs[-len(batches[u:u + CONTROL_EVERY]):]
+                control.observe(sum(o.stats.flops for o in done), sum(o.stats.flops_full for o in done),
+                                sum(o.stats.tokens for o in done))
         else:
-            outs = [self.engine.run(b, cfg) for b in batches]
+            outs = self._run_batches(batches, cfg, batch_size)
         seconds = time.perf_counter() - start
         for idx, out in zip(order, outs):
             stats = stats + out.stats
@@ -210,6 +233,27 @@ class Tagger:
         for e in word_exits:
             stats.words_exited[e - 1] += 1
         return Prediction(tags, merged[1], merged[2], stats, seconds, doc_flops, doc_flops_full)
+
+    def _run_batches(self, batches: list, cfg: ExitConfig, batch_size: int) -> list:
+        if batch_size > 1:  # thin later layers of one batch wait for the next batch's survivors
+            return self.engine.run_many(batches, cfg, refill=self.refill)
+        return [self.engine.run(b, cfg) for b in batches]
+
+    def unknown_gold_types(self, dataset: Dataset) -> dict[str, int]:
+        """Gold chunk types (or POS tags) of ``dataset`` that the model has no label for, with their counts."""
+        if self.config.is_chunking:
+            have = {lab.split("-", 1)[1] for lab in self.labels if lab != "O"}
+            kind = lambda t: t.split("-", 1)[1] if t != "O" else None  # noqa: E731
+        else:
+            have = set(self.labels)
+            kind = lambda t: t  # noqa: E731
+        counts: dict[str, int] = {}
+        for sent in dataset.sentences:
+            for tag in sent.tags or []:
+                k = kind(tag)
+                if k is not None and k not in have:
+                    counts[k] = counts.get(k, 0) + 1
+        return counts
 
     def layer_tags(self, docs: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[list[str]]]:
         """The prediction of every exit head at full depth: ``[layer][doc][word]`` (one forward per batch)."""
@@ -240,7 +284,7 @@ class Tagger:
              exit: ExitLike = None, chunk_size: int = 2048, chunk_words: int = 50_000) -> Iterator[dict]:
         """Tag many texts; yields one document dict per input, in order. Inputs are raw strings, lists of
         words, or dicts with ``text`` or ``tokens``."""
-        cfg = self.exit_config(exit)
+        cfg = self.resolve_exit(exit)  # one controller for the whole stream with {"target_speedup": X}
         for chunk in chunked((self.to_sentence(item) for item in texts), chunk_size, chunk_words, len):
             yield from self.documents(chunk, cfg, batch_size)[0]
 
@@ -296,37 +340,96 @@ class Tagger:
         return load_dataset(data, self.config.task, **kwargs)
 
     def evaluate(self, data: str | os.PathLike | Dataset, exit: ExitLike = None, layer: int | None = None,
-                 batch_size: int | None = None, per_layer: bool = True, mode: str = "default",
-                 **load_kwargs) -> dict:
-        """Score ``data`` with the given exit setting (``layer=k``: static truncation to k layers).
+                 batch_size: int | None = None, per_layer: bool = False, mode: str = "default",
+                 label_map: dict[str, str] | None = None, types: list[str] | None = None, **load_kwargs) -> dict:
+        """Score ``data`` with the given exit setting (``layer=k``: static truncation to k layers; a
+        ``{"target_speedup": X}`` exit or a :class:`SpeedController` holds that speed-up over the data, in order).
 
+        ``per_layer`` adds the score of every exit head at full depth; at full depth with the torch backend it comes
+        from the same pass (every head's prediction), otherwise it costs a second, full-depth pass.
+        ``label_map`` renames gold types (``{"MISC": "O"}`` drops them); ``types`` scores only those types (gold
+        and predicted). Gold types the model does not have are counted in ``warnings``: they can only be misses.
         Returns ``{"f1", "precision", "recall", "accuracy", "per_type", "per_layer", "sentences", "tokens",
-        "seconds", "exit", "flops_speedup", "mean_exit_layer", "inference_seconds", ...}``.
+        "seconds", "exit", "flops_speedup", "mean_exit_layer", "inference_seconds", "controller", "warnings", ...}``.
         """
         start = time.perf_counter()
         dataset = self.load(data, **load_kwargs)
-        cfg = self.exit_config("static", layer=layer) if layer is not None else self.exit_config(exit)
+        warnings_: list[str] = []
+        if label_map or types:
+            changed = map_labels(dataset.sentences, self.config.task, label_map, types)
+            if changed:
+                warnings_.append("gold tags rewritten: " + ", ".join(f"{k}: {v}" for k, v in sorted(changed.items())))
+        unknown = self.unknown_gold_types(dataset)
+        if unknown:
+            warnings_.append("gold types the model does not predict (each counts as a miss; --label-map TYPE=O or "
+                             "--types to score the shared types): "
+                             + ", ".join(f"{k} ({v} tags)" for k, v in sorted(unknown.items())))
+        if dataset.report:
+            warnings_.append(f"{dataset.path}: {dataset.report.describe()}")
+        cfg = self.exit_config("static", layer=layer) if layer is not None else self.resolve_exit(exit)
+        control = cfg if isinstance(cfg, SpeedController) else None
         docs = [s.tokens for s in dataset.sentences]
         gold = [s.tags for s in dataset.sentences]
-        pred = self.predict_words(docs, cfg, batch_size)
+        one_pass = per_layer and control is None and cfg.policy == "none" and self.backend == "torch"
+        layers = None
+        if one_pass:  # every head's prediction from one full-depth pass: the last one is the result
+            t0 = time.perf_counter()
+            layers = self.layer_tags(docs, batch_size)
+            pred = _full_depth_prediction(self, docs, layers[-1], time.perf_counter() - t0)
+        else:
+            pred = self.predict_words(docs, cfg, batch_size)
+            if per_layer:
+                layers = self.layer_tags(docs, batch_size)
+        if types and self.config.is_chunking:  # predicted chunks of other types do not count either
+            keep = set(types)
+            pred.tags = [[t if t == "O" or t.split("-", 1)[1] in keep else "O" for t in tags] for tags in pred.tags]
+            if layers is not None:
+                layers = [[[t if t == "O" or t.split("-", 1)[1] in keep else "O" for t in tags] for tags in layer]
+                          for layer in layers]
         result = task_scores(self.config.task, gold, pred.tags, mode)
-        if per_layer:
-            result["per_layer"] = [
-                {"layer": i + 1, **_brief(task_scores(self.config.task, gold, tags, mode))}
-                for i, tags in enumerate(self.layer_tags(docs, batch_size))
-            ]
+        if layers is not None:
+            result["per_layer"] = [{"layer": i + 1, **_brief(task_scores(self.config.task, gold, tags, mode))}
+                                   for i, tags in enumerate(layers)]
         result.update({
             "sentences": len(docs),
             "tokens": sum(len(d) for d in docs),
-            "exit": cfg.to_dict(),
+            "exit": (control.current() if control else cfg).to_dict(),
             "flops_speedup": pred.stats.flops_speedup,
             "mean_exit_layer": pred.stats.mean_exit_layer,
             "inference_seconds": pred.model_seconds,
             "stats": pred.stats.to_dict(),
+            "runtime": {"precision": self.precision, "backend": self.backend, "device": str(self.device)},
             "data": str(dataset.path),
+            "scheme": dataset.scheme_note,
+            "warnings": warnings_,
             "seconds": time.perf_counter() - start,
         })
+        if control is not None:
+            result["controller"] = control.to_dict()
         return result
+
+
+def _full_depth_prediction(tagger: Tagger, docs: Sequence[Sequence[str]], tags: list[list[str]],
+                           seconds: float) -> Prediction:
+    """What :meth:`Tagger.predict_words` returns at full depth, for tags computed by :meth:`Tagger.layer_tags`:
+    every word exits at the last layer, and the FLOPs are the full-depth FLOPs (the engine's count)."""
+    from .engine.flops import head_flops, layer_flops
+
+    L = tagger.num_layers
+    a = tagger.model.adapter
+    windows = tagger.featurizer.windows(docs)
+    doc_flops = [0.0] * len(docs)
+    for w in windows:
+        n = torch.tensor([len(w)])
+        if w.num_words:
+            doc_flops[w.doc] += float(L * layer_flops(n, n, a.hidden_size, a.intermediate_size)[0]
+                                      + head_flops(torch.tensor([w.num_words]), a.hidden_size, len(tagger.labels)))
+    words = sum(len(d) for d in docs)
+    stats = ExitStats(L, sentences=len(docs), words=words, tokens=sum(len(w) for w in windows),
+                      flops=sum(doc_flops), flops_full=sum(doc_flops), exit_layer_sum=float(L * words))
+    stats.words_exited[-1] = words
+    return Prediction(tags, [[1.0] * len(d) for d in docs], [[L] * len(d) for d in docs], stats, seconds, doc_flops,
+                      list(doc_flops))
 
 
 def chunked(items: Iterable, max_items: int, max_words: int, words_of) -> Iterator[list]:

@@ -264,10 +264,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 timing = paired(base_fn, contender, units, cfg.repeats, collect)
             if exit_cfg is _FULL:
                 precision_full[runtime] = timing.speedup if timing else 1.0
-            score, _ = scores[runtime, id(exit_cfg)]
-            timed_stats = stats if timing else None
-            rows.append(_row(exit_cfg, runtime, bs, score, timed_stats or scores[runtime, id(exit_cfg)][1],
-                             timing, precision_full.get(runtime), cfg.noise_spread))
+            score, whole = scores[runtime, id(exit_cfg)]
+            rows.append(_row(exit_cfg, runtime, bs, score, whole, timing, precision_full.get(runtime),
+                             cfg.noise_spread, stats if timing else whole))
             bar.update(1)
         for path, other, score in zip(cfg.compare_models, others, other_scores):
             rows.append(_compare_row(base, other, path, docs, bs, limits[bs], score, cfg.repeats, cfg.noise_spread))
@@ -347,10 +346,13 @@ def _peer_row(name: str, bs: int, score: float, agreement: float, timing: Timing
 
 
 def _row(exit_cfg: ExitConfig, runtime: tuple[str, str], bs: int | None, score: float, stats: ExitStats,
-         timing: Timing | None, precision_full: float | None, noise_spread: float = 0.15) -> dict[str, Any]:
+         timing: Timing | None, precision_full: float | None, noise_spread: float = 0.15,
+         timed: ExitStats | None = None) -> dict[str, Any]:
     """One setting in one precision and backend; ``wall_speedup`` against fp32 torch full depth,
     ``wall_speedup_same_precision`` against the same precision and backend's full depth (both measured against the
-    same baseline in this run)."""
+    same baseline in this run). ``score`` and ``flops_speedup`` are those of every sentence scored (``stats``, the
+    numbers ``evaluate`` gives); ``timed_flops_speedup`` is that of the sentences timed (``timed``), and the
+    wall/FLOPs ratio compares the timing with it."""
     precision, backend = runtime
     key = row_key(exit_cfg) + ("" if precision == "fp32" else f"@{precision}") + ("/ort" if backend != "torch" else "")
     row = {"policy": key, "precision": precision, "backend": backend, "settings": exit_cfg.to_dict(),
@@ -360,10 +362,13 @@ def _row(exit_cfg: ExitConfig, runtime: tuple[str, str], bs: int | None, score: 
            "packed_layer_steps": stats.packed_layers, "dense_layer_steps": stats.dense_layers}
     if bs is None:  # scores and FLOPs only
         return {**row, "wall_speedup": None, "wall_speedup_same_precision": None, "wall_over_flops": None}
+    timed = timed or stats
     row.update(_timing_fields(timing, noise_spread))
     same = row["wall_speedup"] / precision_full if precision_full else None
     row["wall_speedup_same_precision"] = same
-    row["wall_over_flops"] = (same or row["wall_speedup"]) / stats.flops_speedup
+    row["timed_flops_speedup"] = timed.flops_speedup
+    row["timed_sentences"] = timed.sentences
+    row["wall_over_flops"] = (same or row["wall_speedup"]) / timed.flops_speedup
     return row
 
 

@@ -84,6 +84,10 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def _types(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 def _threshold(text: str) -> float | list[float]:
     try:
         values = [float(x) for x in text.split(",")]
@@ -102,16 +106,20 @@ def _exit_settings(args) -> dict[str, Any]:
 
 
 def _resolve_exit(tagger, args, model_dir: str):
-    """The exit setting of a command. ``--target-speedup``: the model's calibration table when it has one, else a
-    calibration on dev data in memory (nothing is written into the model directory)."""
+    """The exit setting of a command. ``--target-speedup X``: a controller that holds X on the text being tagged,
+    starting from the model's calibration table, or from a calibration on dev data made in memory (nothing is
+    written into the model directory)."""
+    from .engine.control import SpeedController
+
     settings = _exit_settings(args)
     target = getattr(args, "target_speedup", None)
     if not target:
         return tagger.exit_config(settings or None)
     if (tagger.config.exit_calibration or {}).get("table") and not getattr(args, "calibration_data", None):
-        cfg = tagger.setting_for_speedup(target, settings.get("policy"))
-        print(f"--target-speedup {target}: {cfg.describe()} from the model's calibration table", file=sys.stderr)
-        return cfg
+        control = tagger.speed_controller(target, settings.get("policy"))
+        print(f"--target-speedup {target}: holding it from {control.base.describe()} (the model's calibration table)",
+              file=sys.stderr)
+        return control
     from .calibrate import calibrate
 
     dev = args.calibration_data or (tagger.config.training or {}).get("dev")
@@ -122,8 +130,9 @@ def _resolve_exit(tagger, args, model_dir: str):
                        progress=not getattr(args, "quiet", False))
     note = "" if result.reached else f" (target not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
     print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
-          f"{result.flops_speedup:.2f}x FLOPs{note} (not stored; `earlytag calibrate` stores it)", file=sys.stderr)
-    return result.exit
+          f"{result.flops_speedup:.2f}x FLOPs{note} (not stored; `earlytag calibrate` stores it); holding "
+          f"{target}x from there", file=sys.stderr)
+    return SpeedController(result.exit, target)
 
 
 # ----------------------------------------------------------------------------- verbs
@@ -135,6 +144,8 @@ def cmd_train(args) -> int:
     set_threads(args.threads)
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.types:
+        values["types"] = _types(args.types)
     values["progress"] = not args.quiet
     log = train(TrainConfig(**values))
     last = log["epochs"][-1]
@@ -148,8 +159,14 @@ def cmd_evaluate(args) -> int:
 
     tagger = load_tagger(args, batch_size=args.batch_size)
     cfg = _resolve_exit(tagger, args, args.model)
-    result = tagger.evaluate(args.data, exit=cfg, mode=args.mode, per_layer=not args.no_per_layer,
-                             data_dir=args.data_dir, scheme=args.scheme, tag_field=args.tag_field)
+    from .data.datasets import parse_label_map
+
+    result = tagger.evaluate(args.data, exit=cfg, mode=args.mode, per_layer=args.per_layer,
+                             label_map=parse_label_map(args.label_map), types=_types(args.types),
+                             data_dir=args.data_dir, scheme=args.scheme, tag_field=args.tag_field, format=args.format,
+                             strict=bool(args.strict), on_error=args.on_error)
+    for warning in result["warnings"]:
+        print(f"earlytag: warning: {warning}", file=sys.stderr)
     print(format_evaluation(result, tagger.config.task))
     if args.json:
         text = json.dumps(result, indent=2) + "\n"
@@ -173,10 +190,14 @@ def cmd_predict(args) -> int:
         from .predict import predict_file
 
         summary = predict_file(tagger, args.input, args.output, args.format, args.input_format, cfg,
-                               args.batch_size, progress=not args.quiet and args.output != "-")
+                               args.batch_size, progress=not args.quiet and args.output != "-", on_error=args.on_error)
     if not args.quiet:  # the summary goes to standard error whatever the output is
+        held = summary.get("controller")
+        note = "" if not held else (f", target {held['target_speedup']:g}x held at τ={held['threshold']:.4g}"
+                                    + (" (capped: the target is out of reach on this text)" if held["capped"] else ""))
         print(f"tagged {summary['documents']} documents: FLOPs speed-up {summary['flops_speedup']:.2f}x, mean exit "
-              f"layer {summary['mean_exit_layer']:.2f} of {tagger.num_layers} ({json.dumps(summary)})", file=sys.stderr)
+              f"layer {summary['mean_exit_layer']:.2f} of {tagger.num_layers}{note} ({json.dumps(summary)})",
+              file=sys.stderr)
     return 0
 
 
@@ -390,10 +411,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"earlytag {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="verb")
 
-    def data_opts(p):
-        p.add_argument("--data-dir", help="directory with the known data sets (default: $EARLYTAG_DATA)")
-        p.add_argument("--scheme", default="auto", help="chunk tag scheme of the files: auto, iob1, iob2, iobes, bilou")
-        p.add_argument("--tag-field", default="upos", choices=["upos", "xpos"], help="CoNLL-U tag column")
+    def data_opts(p, strict: bool = True):
+        g = p.add_argument_group("data files")
+        g.add_argument("--data-dir", help="directory with the known data sets (default: $EARLYTAG_DATA)")
+        g.add_argument("--format", default="auto", choices=["auto", "conll", "conllu", "uner", "jsonl"],
+                       help="file format (auto: by the extension: .conllu, .iob2, .jsonl, else CoNLL columns)")
+        g.add_argument("--scheme", default="auto",
+                       help="chunk tag scheme of the files: auto (detected, and the output says why), iob1, iob2, "
+                            "iobes, bilou")
+        g.add_argument("--tag-field", default="upos", choices=["upos", "xpos"], help="CoNLL-U tag column")
+        g.add_argument("--on-error", default="fail", choices=["fail", "skip", "repair"],
+                       help="a bad line (empty token, wrong columns, empty tag): stop with its file and line, drop "
+                            "its sentence, or drop the line; the output counts what was dropped")
+        g.add_argument("--label-map", help="rename gold chunk types (or tags) first, e.g. MISC=O,ORGANIZATION=ORG "
+                                           "(TYPE=O drops them)")
+        g.add_argument("--types", help="use only these chunk types, e.g. PER,ORG,LOC (the others become O)")
+        if strict:
+            g.add_argument("--strict", action="store_true", default=None, help="reject tags that break the scheme")
 
     def model_arg(p):
         p.add_argument("model", help="a model directory written by earlytag train")
@@ -426,7 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sub-word tokens per window; longer documents are cut into overlapping windows")
     p.add_argument("--label-scheme", choices=["iob2", "iobes"], default=d.label_scheme,
                    help="what the heads predict for chunk tasks")
-    p.add_argument("--strict", action="store_true", default=None, help="reject tags that break the scheme")
     p.add_argument("--train-limit", type=int, help="use only the first N training sentences")
     p.add_argument("--dev-limit", type=int, help="use only the first N dev sentences")
     p.add_argument("--kv", choices=["keep", "drop"], default=d.kv,
@@ -467,7 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics JSON here (- for stdout)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     p.add_argument("--mode", choices=["default", "strict"], default="default", help="span matching (seqeval modes)")
-    p.add_argument("--no-per-layer", action="store_true", help="skip the table of every exit head")
+    p.add_argument("--per-layer", action="store_true",
+                   help="add the score of every exit head at full depth (with --exit none it comes from the same "
+                        "pass; with early exit it costs a second, full-depth pass)")
+    p.add_argument("--no-per-layer", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
     data_opts(p)
     _exit_args(p)
     _runtime_args(p)
@@ -489,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="ray: cluster address (default: start a local Ray)")
     p.add_argument("--actors", type=int, default=None, help="ray: number of tagging actors")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary on standard error")
+    p.add_argument("--on-error", default="fail", choices=["fail", "skip", "repair"],
+                   help="a document that cannot be read: stop, or write an error record in its place and go on "
+                        "(repair: replace invalid characters with U+FFFD first)")
     p.add_argument("--data-dir", help="where --calibration-data names are looked up (default: $EARLYTAG_DATA)")
     _exit_args(p)
     _runtime_args(p)

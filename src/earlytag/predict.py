@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from .api import ExitLike, Tagger, chunked
 from .data import schemes
+from .data.batching import SURROGATES
 from .data.readers import iter_conll, iter_conllu, iter_lines, iter_uner, parse_json_line
 from .data.types import Sentence
 from .engine import ExitStats
+from .engine.control import SpeedController
 from .errors import DataError
 from .storage import AtomicFile
 
@@ -43,38 +45,64 @@ def guess_input_format(path: str) -> str:
     return "text"
 
 
-def read_inputs(tagger: Tagger, path: str, input_format: str = "auto") -> Iterator[tuple[Sentence, dict]]:
+def read_inputs(tagger: Tagger, path: str, input_format: str = "auto",
+                on_error: str = "fail") -> Iterator[tuple[Sentence | None, dict]]:
     """Yield ``(sentence, extra fields)`` for every document of ``path`` (``-`` = standard input), in order.
 
     Text and JSON lines: one document per line, empty lines included (they give empty documents), so output
     record i answers input line i. Extra fields carry ``index`` (0-based position among the documents), ``line``
-    (text and JSON lines) and the input's own fields (``id`` ...) of a JSON line or a CoNLL-U ``sent_id``."""
+    (text and JSON lines) and the input's own fields (``id`` ...) of a JSON line or a CoNLL-U ``sent_id``.
+
+    A bad document stops the run (``on_error='fail'``); with ``skip`` it becomes ``(None, {..., "error": ...})``, a
+    record that keeps the output aligned; with ``repair`` invalid characters (lone surrogates) become U+FFFD and the
+    rest is skipped as with ``skip``. CoNLL inputs pass ``on_error`` to their reader."""
     fmt = guess_input_format(path) if input_format == "auto" else input_format
     if fmt not in INPUT_FORMATS:
         raise DataError(f"unknown input format {input_format!r}; expected one of {', '.join(INPUT_FORMATS)}", path)
     if fmt in ("conll", "conllu", "uner"):
         if path == "-":
             raise DataError(f"{fmt} input must be a file, not standard input", path)
-        reader = {"conll": lambda p: iter_conll(p, tag_col=None), "conllu": iter_conllu, "uner": iter_uner}[fmt]
+        reader = {"conll": lambda p: iter_conll(p, tag_col=None, on_error=on_error),
+                  "conllu": lambda p: iter_conllu(p, on_error=on_error),
+                  "uner": lambda p: iter_uner(p, on_error=on_error, tag_col=None)}[fmt]
         for index, sent in enumerate(reader(path)):
             sent.tags = None
             yield sent, ({"index": index, "id": sent.id} if sent.id else {"index": index})
         return
     lines = _stdin_lines() if path == "-" else iter_lines(path)
     for index, (number, line) in enumerate(lines):
-        where = f"{path}:{number}"
-        if fmt == "text" or not line.strip():  # an empty line is an empty document: outputs stay aligned
-            yield tagger.to_sentence(line, where), {"index": index, "line": number}
-            continue
-        obj = parse_json_line(line, path, number)
-        if not isinstance(obj, dict):
-            raise DataError("expected a JSON object with 'text' or 'tokens'", path, number)
+        where = {"index": index, "line": number}
         try:
-            sent = tagger.to_sentence(obj, where)
+            if fmt == "text" or not line.strip():  # an empty line is an empty document: outputs stay aligned
+                yield _sentence(tagger, line, path, number, on_error), where
+                continue
+            obj = parse_json_line(line, path, number)
+            if not isinstance(obj, dict):
+                raise DataError("expected a JSON object with 'text' or 'tokens'", path, number)
+            extra = {k: v for k, v in obj.items() if k not in ("text", "tokens", "tags", "spaces")}
+            yield _sentence(tagger, obj, path, number, on_error), {**where, **extra}
         except DataError as err:
-            raise DataError(err.message, path, number) from None
-        extra = {k: v for k, v in obj.items() if k not in ("text", "tokens", "tags", "spaces")}
-        yield sent, {"index": index, "line": number, **extra}
+            if on_error == "fail":
+                raise DataError(err.message + " (--on-error skip writes an error record for such a document and "
+                                "goes on)", err.path, err.line) from None
+            yield None, {**where, "error": str(err)}
+
+
+def _sentence(tagger: Tagger, item, path: str, number: int, on_error: str) -> Sentence:
+    try:
+        return tagger.to_sentence(item, f"{path}:{number}")
+    except DataError as err:
+        if on_error == "repair" and "lone surrogate" in err.message:
+            def fix(text: str) -> str:  # one U+FFFD per bad character: offsets stay those of the input
+                return SURROGATES.sub("\ufffd", text)
+
+            if isinstance(item, dict):
+                item = {k: (fix(v) if isinstance(v, str) else [fix(x) for x in v] if isinstance(v, list) else v)
+                        for k, v in item.items()}
+            else:
+                item = fix(item)
+            return tagger.to_sentence(item, f"{path}:{number}")
+        raise DataError(err.message, path, number) from None
 
 
 def _stdin_lines() -> Iterator[tuple[int, str]]:
@@ -101,33 +129,49 @@ def write_document(out: TextIO, doc: dict, fmt: str, tagger: Tagger) -> None:
 
 def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_format: str = "jsonl",
                  input_format: str = "auto", exit: ExitLike = None, batch_size: int = 32,
-                 chunk_size: int = 4096, progress: bool = False, chunk_words: int = 50_000) -> dict[str, Any]:
+                 chunk_size: int = 4096, progress: bool = False, chunk_words: int = 50_000,
+                 on_error: str = "fail") -> dict[str, Any]:
     """Tag a whole file; returns run statistics (documents, FLOPs speed-up, mean exit layer, seconds)."""
     if output_format not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format {output_format!r}; expected jsonl or conll", output)
     started = time.perf_counter()
-    cfg = tagger.exit_config(exit)
+    cfg = tagger.resolve_exit(exit)  # a SpeedController holds a target speed-up over the whole file
     stats = ExitStats(tagger.num_layers)
     model_seconds = 0.0
-    n_docs = 0
+    n_docs = errors = 0
     bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr, leave=False)
     with _output(output) as target:
         try:
-            inputs = read_inputs(tagger, input_path, input_format)  # streamed: a chunk at a time in memory
-            for chunk in chunked(inputs, chunk_size, chunk_words, lambda item: len(item[0])):
-                docs, pred = tagger.documents([s for s, _ in chunk], cfg, batch_size)
+            inputs = read_inputs(tagger, input_path, input_format, on_error)  # streamed: a chunk at a time
+            for chunk in chunked(inputs, chunk_size, chunk_words, lambda item: len(item[0]) if item[0] else 0):
+                good = [s for s, _ in chunk if s is not None]
+                docs, pred = tagger.documents(good, cfg, batch_size)
                 stats = stats + pred.stats
                 model_seconds += pred.model_seconds
-                for doc, (_, extra) in zip(docs, chunk):
+                tagged = iter(docs)
+                for sent, extra in chunk:
+                    if sent is None:  # a document that could not be read: its error keeps the place
+                        errors += 1
+                        if output_format == "jsonl":
+                            target.write(json.dumps(extra, ensure_ascii=False) + "\n")
+                        else:
+                            target.write("\n")
+                        continue
+                    doc = next(tagged)
                     write_document(target, {**extra, **doc} if extra else doc, output_format, tagger)
                 n_docs += len(chunk)
                 bar.update(len(chunk))
         finally:
             bar.close()
-    return {"documents": n_docs, "words": stats.words, "exit": cfg.to_dict(), "flops_speedup": stats.flops_speedup,
+    control = cfg if isinstance(cfg, SpeedController) else None
+    summary = {"documents": n_docs, "errors": errors, "words": stats.words,
+               "exit": (control.current() if control else cfg).to_dict(), "flops_speedup": stats.flops_speedup,
             "mean_exit_layer": stats.mean_exit_layer, "inference_seconds": round(model_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3), "precision": tagger.precision,
             "backend": tagger.backend}
+    if control is not None:
+        summary["controller"] = control.to_dict()
+    return summary
 
 
 @contextmanager

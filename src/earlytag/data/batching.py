@@ -20,13 +20,13 @@ IGNORE = -100
 _WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]", re.UNICODE)
 
 
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def check_text(text: str, where: str = "<input>") -> str:
     """Reject text that is not valid Unicode (a lone UTF-16 surrogate, e.g. from a JSON ``"\\ud800"`` escape):
     tokenizers cannot take it. The error names the field and the character position."""
-    bad = _SURROGATE_RE.search(text)
+    bad = SURROGATES.search(text)
     if bad is not None:
         raise DataError(f"character {bad.start()} is a lone surrogate (U+{ord(bad.group()):04X}), which is not "
                         "valid Unicode; remove it or replace it (e.g. with U+FFFD)", where)

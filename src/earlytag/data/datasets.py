@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import schemes
-from .readers import read_file
+from .readers import ReadReport, read_file
 from .segmentation import to_character_sentence
 from .types import Sentence
 
@@ -156,6 +156,8 @@ class Dataset:
     task: str
     scheme: str | None  # the chunk scheme of the file (ner/chunk), None for pos/cws
     path: Path
+    scheme_note: str = ""  # how the scheme was found (detected, and why; or given)
+    report: ReadReport | None = None  # what a lenient read (on_error skip/repair) left out
 
     @property
     def labels(self) -> list[str]:
@@ -174,38 +176,45 @@ def load_dataset(
     tag_col: int = -1,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
+    on_error: str = "fail",
 ) -> Dataset:
-    """Read a tagged data set for ``task`` with its tags normalised (IOB2 for chunk tasks, BMES for cws)."""
+    """Read a tagged data set for ``task`` with its tags normalised (IOB2 for chunk tasks, BMES for cws).
+    ``on_error`` (fail | skip | repair): what a bad line does (the dataset's ``report`` counts it)."""
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}", spec)
     path = resolve(spec, data_dir, download)
-    sentences = read_file(path, format, tag_field=tag_field, token_col=token_col, tag_col=tag_col)
-    used_scheme = None
+    report = ReadReport()
+    sentences = read_file(path, format, tag_field=tag_field, token_col=token_col, tag_col=tag_col,
+                          on_error=on_error, report=report)
+    used_scheme, note = None, ""
     if task == "cws":
         sentences = [to_character_sentence(s) for s in sentences]
     elif task in ("ner", "chunk"):
-        used_scheme = normalise_chunk_tags(sentences, scheme, strict, path)
-    return Dataset(sentences, task, used_scheme, path)
+        used_scheme, note = normalise_chunk_tags(sentences, scheme, strict, path)
+    return Dataset(sentences, task, used_scheme, path, note, report)
 
 
-def normalise_chunk_tags(sentences: list[Sentence], scheme: str, strict: bool, path) -> str:
-    """Validate chunk tags in place and rewrite them as IOB2; returns the scheme the file was in."""
+def normalise_chunk_tags(sentences: list[Sentence], scheme: str, strict: bool, path) -> tuple[str, str]:
+    """Validate chunk tags in place and rewrite them as IOB2; returns the scheme the file was in and how it was
+    found."""
     try:
         scheme = schemes.canonical_scheme(scheme)
     except ValueError as err:
         raise DataError(str(err), path) from None
+    note = f"{scheme} (given)"
     if scheme == "auto":
         for sent in sentences:  # find the first bad tag with its line before guessing the scheme
             _at_line(sent, path, lambda s=sent: schemes.parse(s.tags))
         try:
-            scheme = schemes.detect_scheme([s.tags for s in sentences])
+            scheme, why = schemes.explain_scheme([s.tags for s in sentences])
         except schemes.TagError as err:
             raise DataError(str(err), path) from None
+        note = f"{scheme} (detected: {why})"
     for sent in sentences:
         if strict:
             _at_line(sent, path, lambda s=sent: schemes.validate(s.tags, scheme))
         sent.tags = _at_line(sent, path, lambda s=sent: schemes.to_iob2(s.tags, scheme))
-    return scheme
+    return scheme, note
 
 
 def _at_line(sent: Sentence, path, fn):
@@ -215,3 +224,41 @@ def _at_line(sent: Sentence, path, fn):
     except schemes.TagError as err:
         index = getattr(err, "index", 0)
         raise DataError(str(err), path, sent.line_of(index)) from None
+
+
+def parse_label_map(text: str | None) -> dict[str, str]:
+    """``"MISC=O,ORGANIZATION=ORG"`` -> ``{"MISC": "O", "ORGANIZATION": "ORG"}`` (an error names the bad item)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in (text or "").split(","))):
+        src, sep, dst = item.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise DataError(f"label map item {item!r} is not FROM=TO", "--label-map")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def map_labels(sentences: list[Sentence], task: str, label_map: dict[str, str] | None = None,
+               types: list[str] | None = None) -> dict[str, int]:
+    """Rewrite gold tags in place: chunk types renamed by ``label_map`` (``TYPE=O`` drops the chunks), and for
+    chunk tasks only the ``types`` kept (the others become O). Returns how many tags each rule changed."""
+    label_map = label_map or {}
+    keep = set(types) if types else None
+    changed: dict[str, int] = {}
+    chunking = task in ("ner", "chunk")
+    for sent in sentences:
+        new = []
+        for tag in sent.tags or []:
+            out = tag
+            if chunking and tag != "O":
+                prefix, kind = tag.split("-", 1)
+                kind = label_map.get(kind, kind)
+                out = "O" if kind == "O" or (keep is not None and kind not in keep) else f"{prefix}-{kind}"
+            elif not chunking:
+                out = label_map.get(tag, tag)
+            if out != tag:
+                rule = tag.split("-", 1)[-1] if chunking else tag
+                changed[rule] = changed.get(rule, 0) + 1
+            new.append(out)
+        if sent.tags is not None:
+            sent.tags = new
+    return changed

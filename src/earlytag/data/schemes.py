@@ -76,10 +76,16 @@ def parse(tags: Sequence[str], scheme: str = "auto") -> list[tuple[str, str]]:
 
 
 def detect_scheme(sequences: Sequence[Sequence[str]]) -> str:
-    """Guess the scheme of a data set from the prefixes it uses.
+    """Guess the scheme of a data set from the prefixes it uses (:func:`explain_scheme` says why)."""
+    return explain_scheme(sequences)[0]
+
+
+def explain_scheme(sequences: Sequence[Sequence[str]]) -> tuple[str, str]:
+    """``(scheme, why)`` from the prefixes a data set uses.
 
     ``E``/``S`` means IOBES, ``L``/``U`` means BILOU. With only ``B``/``I``/``O`` it is IOB1 when ``B`` only
-    ever separates two adjacent chunks of the same type, IOB2 otherwise.
+    ever separates two adjacent chunks of the same type, or when there is no ``B`` at all but chunks start with
+    ``I``; IOB2 otherwise.
     """
     prefixes: set[str] = set()
     b_after_same = b_total = 0
@@ -98,12 +104,18 @@ def detect_scheme(sequences: Sequence[Sequence[str]]) -> str:
     if prefixes & set("ES") and prefixes & set("LU"):
         raise TagError("tags mix IOBES (E-/S-) and BILOU (L-/U-) prefixes", 0)
     if prefixes & set("ES"):
-        return "iobes"
+        return "iobes", "E-/S- prefixes are used"
     if prefixes & set("LU"):
-        return "bilou"
+        return "bilou", "L-/U- prefixes are used"
     if "I" in prefixes and b_total and b_after_same == b_total:
-        return "iob1"
-    return "iob2"
+        return "iob1", (f"all {b_total} B- tags separate two adjacent chunks of the same type, as IOB1 uses them "
+                        "(pass --scheme iob2 if the file is IOB2)")
+    if "I" in prefixes and not b_total:
+        return "iob1", "chunks start with I- and there is no B- tag (pass --scheme iob2 if the file is IOB2)"
+    if not b_total:
+        return "iob2", "no chunk tags at all"
+    return "iob2", (f"{b_total - b_after_same} of {b_total} B- tags start a chunk after O or another type "
+                    "(pass --scheme iob1 if the file is IOB1)")
 
 
 def validate(tags: Sequence[str], scheme: str) -> None:

@@ -191,6 +191,14 @@ class Metrics:
                                 registry=self.registry)
         self.dropped = Gauge("earlytag_dropped_requests", "requests dropped before all their work ran "
                                                            "(deadline passed or client gone)", registry=self.registry)
+        self.control_tau = Gauge("earlytag_target_speedup_threshold", "threshold the controller of a target "
+                                 "speed-up runs with now", ["target"], registry=self.registry)
+        self.control_window = Gauge("earlytag_target_speedup_realised_window", "realised FLOPs speed-up over the "
+                                    "controller's window of recent tokens", ["target"], registry=self.registry)
+        self.control_total = Gauge("earlytag_target_speedup_realised_total", "realised FLOPs speed-up since the "
+                                   "start", ["target"], registry=self.registry)
+        self.control_capped = Gauge("earlytag_target_speedup_capped", "1 when the target is out of reach at the "
+                                    "threshold ceiling", ["target"], registry=self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -209,6 +217,7 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
     limits = limits or Limits()
     metrics = Metrics()
     state: dict[str, Any] = {"tagger": model if isinstance(model, Tagger) else None, "error": None, "batcher": None}
+    controllers: dict[tuple[float, str | None], Any] = {}  # (target speed-up, policy) -> SpeedController
 
     def load() -> None:
         try:
@@ -275,6 +284,12 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
         if batcher is not None:
             metrics.queue_words.set(batcher.queued_words)
             metrics.dropped.set(batcher.dropped)
+        for (target, _), control in controllers.items():
+            labels = (f"{target:g}",)
+            metrics.control_tau.labels(*labels).set(control.tau)
+            metrics.control_window.labels(*labels).set(control.realised_window)
+            metrics.control_total.labels(*labels).set(control.realised_total)
+            metrics.control_capped.labels(*labels).set(float(control.capped))
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/info")
@@ -305,7 +320,13 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
                                                f"{limits.max_chars}"}, status_code=413)
         tagger = batcher.tagger
         settings = req.exit.model_dump(exclude_none=True) if req.exit else {}
-        exit_cfg = tagger.exit_config(settings or None)
+        if settings.get("target_speedup") is not None:  # one controller per target holds it over all the traffic
+            key = (float(settings["target_speedup"]), settings.get("policy"))
+            if key not in controllers:
+                controllers[key] = tagger.speed_controller(*key)
+            exit_cfg = controllers[key]
+        else:
+            exit_cfg = tagger.exit_config(settings or None)
         sentences = [tagger.to_sentence(t, f"texts[{i}]") for i, t in enumerate(req.texts)]
         future = batcher.submit(sentences, exit_cfg)
         watcher = asyncio.create_task(_cancel_when_gone(request, future))

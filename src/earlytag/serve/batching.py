@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from ..api import Prediction, Tagger
 from ..data.types import Sentence
 from ..engine import ExitConfig
+from ..engine.control import SpeedController
 from ..errors import EarlytagError
 
 
@@ -53,7 +54,7 @@ class Result:
 @dataclass(eq=False)
 class _Job:
     sentences: list[Sentence]
-    exit: ExitConfig
+    exit: ExitConfig | SpeedController
     key: str  # requests with the same key can share an engine call
     future: asyncio.Future = field(repr=False)
     costs: list[int] = field(repr=False)  # words (+ special tokens) of each sentence
@@ -111,7 +112,7 @@ class MicroBatcher:
             self._worker = None
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, sentences: list[Sentence], exit: ExitConfig) -> asyncio.Future:
+    def submit(self, sentences: list[Sentence], exit: ExitConfig | SpeedController) -> asyncio.Future:
         """Queue a request; returns the future of its :class:`Result`. Await it with a deadline; cancelling it
         drops the request's remaining work. Raises :class:`Overloaded` when the queue is full."""
         loop = asyncio.get_running_loop()
@@ -121,7 +122,8 @@ class MicroBatcher:
             wait = (self.queued_words + total) / max(self.words_per_second, 1.0)
             raise Overloaded(f"the service is busy ({self.queued_words} words waiting); retry later",
                              retry_after=max(1, math.ceil(wait)))
-        job = _Job(sentences, exit, json.dumps(exit.to_dict(), sort_keys=True), loop.create_future(), costs)
+        key = f"control:{id(exit)}" if isinstance(exit, SpeedController) else json.dumps(exit.to_dict(), sort_keys=True)
+        job = _Job(sentences, exit, key, loop.create_future(), costs)
         if not sentences:
             job.future.set_result(Result([], 0.0, 1.0, 0, 0))
             return job.future
@@ -201,6 +203,9 @@ class MicroBatcher:
 
     async def _execute(self, loop, call: list[tuple[_Job, int, int]]) -> None:
         exit_cfg = call[0][0].exit
+        control = exit_cfg if isinstance(exit_cfg, SpeedController) else None
+        if control is not None:  # a target speed-up: this call runs with the controller's current thresholds
+            exit_cfg = control.current()
         sentences = [s for job, a, b in call for s in job.sentences[a:b]]
         started = time.perf_counter()
         try:
@@ -213,6 +218,8 @@ class MicroBatcher:
                 await self._execute(loop, [piece])
             return
         seconds = time.perf_counter() - started
+        if control is not None:
+            control.observe(pred.stats.flops, pred.stats.flops_full, pred.stats.tokens)
         words = sum(_cost(s) for s in sentences)
         self.words_per_second = 0.8 * self.words_per_second + 0.2 * (words / max(seconds, 1e-6))
         pos = 0

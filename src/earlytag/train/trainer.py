@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..api import Tagger
 from ..data import schemes
 from ..data.batching import Featurizer, Window, collate
-from ..data.datasets import Dataset, load_dataset
+from ..data.datasets import Dataset, load_dataset, map_labels, parse_label_map
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
@@ -57,6 +57,10 @@ class TrainConfig:
     max_length: int = 512
     label_scheme: str = "iob2"  # what the heads predict for chunk tasks: iob2 | iobes
     scheme: str = "auto"  # chunk scheme of the input files
+    format: str = "auto"  # input file format (auto: by extension)
+    on_error: str = "fail"  # a bad line: fail | skip (its sentence) | repair (drop the line)
+    label_map: str | None = None  # "MISC=O,ORGANIZATION=ORG": rename gold types first
+    types: list[str] | None = None  # keep only these chunk types
     strict: bool = False
     tag_field: str = "upos"
     train_limit: int | None = None  # use only the first N training sentences
@@ -228,9 +232,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         check_output_dir(cfg.output, cfg.overwrite)
     started, cpu_started = time.perf_counter(), time.process_time()
     chunking = cfg.task in ("ner", "chunk")
-    load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir)
+    load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir,
+                   format=cfg.format, on_error=cfg.on_error)
     train_set = _limit(load_dataset(cfg.train, cfg.task, **load_kw), cfg.train_limit)
     dev_set = _limit(load_dataset(cfg.dev, cfg.task, **load_kw), cfg.dev_limit) if cfg.dev else None
+    for data in (train_set, dev_set):
+        if data is None:
+            continue
+        if cfg.label_map or cfg.types:
+            map_labels(data.sentences, cfg.task, parse_label_map(cfg.label_map), cfg.types)
+        if data.report and main_process:
+            print(f"earlytag: warning: {data.path}: {data.report.describe()}", file=sys.stderr)
 
     if cfg.stage == "joint":
         encoder, tokenizer, resolved = load_encoder(cfg.encoder)
