@@ -28,7 +28,6 @@ from .model.precision import apply_precision, check_precision
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | SpeedController | dict | str | None
-CONTROL_EVERY = 4  # batches per engine call when a controller holds a target speed-up
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -203,9 +202,10 @@ class Tagger:
         start = time.perf_counter()
         if control is not None:  # a few batches at a time, the thresholds moving in between
             outs = []
-            for u in range(0, len(batches), CONTROL_EVERY):
-                outs += self._run_batches(batches[u:u + CONTROL_EVERY], control.current(), batch_size)
-                done = outs[-len(batches[u:u + CONTROL_EVERY]):]
+            step = control.batches_per_step
+            for u in range(0, len(batches), step):
+                outs += self._run_batches(batches[u:u + step], control.current(), batch_size)
+                done = outs[-len(batches[u:u + step]):]
                 control.observe(sum(o.stats.flops for o in done), sum(o.stats.flops_full for o in done),
                                 sum(o.stats.tokens for o in done))
         else:

@@ -26,7 +26,8 @@ from .policies import ExitConfig
 
 class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.8,
-                 max_step: float = 0.7, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500):
+                 max_step: float = 0.7, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
+                 batches_per_step: int = 4):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -34,6 +35,7 @@ class SpeedController:
             raise ConfigError("exit.target_speedup", f"must be a number >= 1, got {target!r}")
         self.base = base
         self.target = float(target)
+        self.batches_per_step = batches_per_step  # engine batches between two moves of the thresholds
         self.window_tokens = window_tokens
         self.gain = gain
         self.max_step = max_step

@@ -1,0 +1,120 @@
+"""Issue 14: does a calibrated speed-up hold on text of another genre, with fixed thresholds and with the controller?
+
+    python scripts/shifted_streams.py models/minilm-ner-ss --json docs/bench/shifted-minilm-ner-ss.json
+
+UNER English EWT sentences carry their genre in their sent_id (answers, email, newsgroup, reviews, weblog). For
+every calibration genre: the model is calibrated on that genre's dev sentences (token exit, the calibration grid),
+giving a fixed setting per target speed-up (2x, 3x, 4x). Every other genre's dev and test sentences are then a
+stream tagged three ways per target: with the fixed setting, and with the controller (--target-speedup) starting
+from it, over the stream in file order, shuffled, and sorted by length. Recorded: the realised FLOPs speed-up (the
+controller's after its warm-up), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
+same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that
+happens to give its speed-up. Scores and FLOPs only: no timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from earlytag import Tagger  # noqa: E402
+from earlytag.calibrate import calibrate  # noqa: E402
+from earlytag.data.datasets import Dataset  # noqa: E402
+from earlytag.engine import ExitConfig  # noqa: E402
+from earlytag.engine.control import SpeedController  # noqa: E402
+from earlytag.engine.policies import CALIBRATION_THRESHOLDS  # noqa: E402
+from earlytag.metrics import task_scores  # noqa: E402
+
+GENRES = ("answers", "email", "newsgroup", "reviews", "weblog")
+TARGETS = (2.0, 3.0, 4.0)
+
+
+def genre(sentence) -> str:
+    return (sentence.id or "?").split("-")[0]
+
+
+def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
+    """Score at speed-up ``x`` on a curve of (speed-up, score) points (linear between neighbours)."""
+    pts = sorted(curve)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def run(tagger: Tagger, sentences, exit, batch_size: int) -> tuple[float, float, dict | None]:
+    pred = tagger.predict_words([s.tokens for s in sentences], exit, batch_size)
+    score = task_scores("ner", [s.tags for s in sentences], pred.tags)["f1"]
+    state = exit.to_dict() if isinstance(exit, SpeedController) else None
+    return score, pred.stats.flops_speedup, state
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--calibration-genres", nargs="+", default=list(GENRES))
+    args = ap.parse_args()
+    tagger = Tagger.from_pretrained(args.model)
+    dev, test = tagger.load("uner-en-ewt:dev"), tagger.load("uner-en-ewt:test")
+    by_genre = {g: [s for s in dev.sentences + test.sentences if genre(s) == g] for g in GENRES}
+    dev_by_genre = {g: [s for s in dev.sentences if genre(s) == g] for g in GENRES}
+    rng = random.Random(0)
+    # the fixed-threshold curve of every genre (scores and speed-ups over a sweep of τ)
+    curves = {}
+    for g in GENRES:
+        curves[g] = [(1.0, run(tagger, by_genre[g], "none", args.batch_size)[0])]
+        for tau in CALIBRATION_THRESHOLDS:
+            score, speed, _ = run(tagger, by_genre[g], ExitConfig("token", threshold=tau, window=2), args.batch_size)
+            curves[g].append((speed, score))
+        print(f"curve {g}: {len(by_genre[g])} sentences", file=sys.stderr, flush=True)
+    rows = []
+    for cal in args.calibration_genres:
+        data = Dataset(dev_by_genre[cal], "ner", "iob2", dev.path)
+        table = calibrate(tagger, data, 2.0, limit=None).table  # one sweep gives the setting of every target
+        table = [r for r in table if r["exit"].get("window") == 2]  # the window of the curves above
+        for target in TARGETS:
+            reaching = [r for r in table if r["flops_speedup"] >= target]
+            chosen = (max(reaching, key=lambda r: (r["score"], r["flops_speedup"])) if reaching
+                      else max(table, key=lambda r: r["flops_speedup"]))
+            fixed = ExitConfig.from_dict(chosen["exit"])
+            for g in GENRES:
+                if g == cal:
+                    continue
+                stream = list(by_genre[g])
+                score, speed, _ = run(tagger, stream, fixed, args.batch_size)
+                row = {"calibrated_on": cal, "stream": g, "target": target, "fixed_setting": fixed.describe(),
+                       "calibrated_dev_speedup": chosen["flops_speedup"], "fixed_speedup": speed, "fixed_f1": score,
+                       "sentences": len(stream)}
+                for order in ("file", "shuffled", "sorted"):
+                    ordered = list(stream)
+                    if order == "shuffled":
+                        rng.shuffle(ordered)
+                    elif order == "sorted":
+                        ordered.sort(key=len)
+                    control = SpeedController(fixed, target, batches_per_step=1)
+                    c_score, c_speed, state = run(tagger, ordered, control, args.batch_size)
+                    row[f"controller_{order}"] = {
+                        "speedup": c_speed, "speedup_after_warmup": state["realised_speedup_after_warmup"],
+                        "f1": c_score, "final_threshold": state["threshold"], "capped": state["capped"],
+                        "fixed_curve_f1_at_same_speedup": interpolate(curves[g], state["realised_speedup_after_warmup"])}
+                rows.append(row)
+                c = row["controller_file"]
+                print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller "
+                      f"{c['speedup_after_warmup']:.2f}x F1 {100 * c['f1']:.2f}", file=sys.stderr, flush=True)
+    out = {"model": args.model, "batch_size": args.batch_size, "targets": TARGETS, "genres": GENRES,
+           "curves": {g: sorted(c) for g, c in curves.items()}, "rows": rows}
+    from earlytag.storage import atomic_write_text
+
+    atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
