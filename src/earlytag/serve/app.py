@@ -215,13 +215,14 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
     """The service for a model directory (loaded in a background thread: ``/ready`` says when) or a Tagger.
     ``load``: options of :meth:`Tagger.from_pretrained` (precision, backend, device)."""
     limits = limits or Limits()
+    load_options = dict(load or {})  # (the name `load` is the loader function below)
     metrics = Metrics()
     state: dict[str, Any] = {"tagger": model if isinstance(model, Tagger) else None, "error": None, "batcher": None}
     controllers: dict[tuple[float, str | None], Any] = {}  # (target speed-up, policy) -> SpeedController
 
     def load() -> None:
         try:
-            state["tagger"] = Tagger.from_pretrained(model, **(load or {}))
+            state["tagger"] = Tagger.from_pretrained(model, **load_options)
         except Exception as err:  # noqa: BLE001 - reported by /ready
             state["error"] = str(err)
 
