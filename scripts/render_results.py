@@ -16,6 +16,13 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
     <!-- verdict BENCHES... T:LOSS... -->  token exit against issue 4's targets, static and the smaller model
     <!-- wallcheck BENCH POLICY... BS:TARGET... -->  settings whose wall/FLOPs ratio reaches the target
     <!-- file PATH -->                  a file verbatim (e.g. a bench's results.md)
+    <!-- interp BENCH:POLICY[=label]... TARGETS... -->  score of each curve interpolated at each FLOPs speed-up
+    <!-- stacked BENCH LOSS... -->      the fastest contender (precision, backend, setting, peers) within each loss
+    <!-- shifted FILE -->               speed-up held on another genre: fixed thresholds against the controller
+    <!-- mixed FILE -->                 the mixed-load test of the service (docs/serve/FILE.json)
+    <!-- memory FILE -->                peak memory of predict on a small and a >1 GB input
+    <!-- trainmem NAMES... -->          resident memory per epoch of training runs (docs/train/NAME.json)
+    <!-- shapes FILE -->                GEMM time with fresh, bucketed and fixed row counts (scripts/gemm_shapes.py)
 """
 
 from __future__ import annotations
@@ -231,12 +238,132 @@ def verdict(*args: str) -> str:
                             "static truncation", "smaller model", "token exit ahead of both"], out))
 
 
+def curve(rows: list[dict], policy: str, bs) -> list[tuple[float, float]]:
+    """(FLOPs speed-up, score) points of one policy's curve, full depth included."""
+    full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
+    return sorted([(1.0, full["score"])] + [(r["flops_speedup"], r["score"]) for r in rows
+                                            if r["policy"] == policy and r["batch_size"] == bs])
+
+
+def at(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation on a curve; None outside it."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def interp(*args: str) -> str:
+    """``interp BENCH:POLICY[=label]... TARGETS...``: the score of each curve at exactly each FLOPs speed-up,
+    interpolated between the two settings around it (so that two rules or recipes compare at equal speed-up)."""
+    specs = [a for a in args if ":" in a]
+    ts = [float(a) for a in args if ":" not in a]
+    out = []
+    for spec in specs:
+        bench, _, policy = spec.partition(":")
+        policy, _, label = policy.partition("=")
+        rows, _ = _rows(bench)
+        bs = max((r["batch_size"] for r in rows), key=lambda b: -1 if b is None else b)
+        full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
+        pts = curve(rows, policy, bs)
+        out.append([label.replace("_", " ") or f"{policy} ({bench})", pct(full["score"])]
+                   + [pct(at(pts, t)) if at(pts, t) is not None else "-" for t in ts])
+    return markdown_table(["", "full depth"] + [f"at {t:g}x FLOPs" for t in ts], out)
+
+
+def stacked(bench: str, *losses: str) -> str:
+    """For each batch size and each allowed loss: the fastest contender (a setting in a precision and backend, or
+    a peer) whose score is within the loss of fp32 full depth, and the peers themselves."""
+    rows, meta = _rows(bench)
+    out = []
+    for bs in sorted({r["batch_size"] for r in rows}):
+        here = [r for r in rows if r["batch_size"] == bs]
+        full = next(r for r in here if r["policy"] == "none")
+        for loss in map(float, losses):
+            ok = [r for r in here if full["score"] - r["score"] <= loss / 100 and not r["policy"].startswith("smaller")]
+            best = max(ok, key=lambda r: r["wall_speedup"])
+            out.append([bs, f"≤ {loss:g}", best["policy"], best["describe"], pct(best["score"]),
+                        f"{best['flops_speedup']:.2f}x", ("~" if best.get("noisy") else "") + f"{best['wall_speedup']:.2f}x"])
+        for r in here:
+            if r.get("peer"):
+                out.append([bs, "peer", r["policy"], r["describe"], pct(r["score"]), "1.00x",
+                            ("~" if r.get("noisy") else "") + f"{r['wall_speedup']:.2f}x"])
+    load = meta["machine"].get("load_average")
+    note = f"Full depth (fp32): {pct(next(r for r in rows if r['policy'] == 'none')['score'])}" + (
+        f"; load average at the start {load[0]:.2f}" if load else "") + "."
+    return note + "\n\n" + markdown_table(["batch", "allowed loss", "contender", "setting", "score", "FLOPs speed-up",
+                                            "wall speed-up vs earlytag fp32 full depth"], out)
+
+
+def shifted(name: str) -> str:
+    d = load(DOCS / "bench" / f"{name}.json")
+    rows = d["rows"]
+    out = []
+    for t in d["targets"]:
+        rs = [r for r in rows if r["target"] == t]
+        fixed = [r["fixed_speedup"] for r in rs]
+        line = [f"{t:g}x", f"{min(fixed):.2f}x – {max(fixed):.2f}x",
+                f"{sum(abs(x / t - 1) <= 0.1 for x in fixed)} of {len(rs)}"]
+        for order in ("file", "shuffled", "sorted"):
+            c = [r[f"controller_{order}"]["speedup"] for r in rs]
+            line.append(f"{min(c):.2f}x – {max(c):.2f}x, {sum(abs(x / t - 1) <= 0.1 for x in c)} of {len(rs)}")
+        diffs = [r["controller_file"]["f1"] - r["controller_file"]["fixed_curve_f1_at_same_speedup"] for r in rs
+                 if r["controller_file"]["fixed_curve_f1_at_same_speedup"] is not None]
+        line.append(f"{100 * statistics.median(diffs):+.2f} (worst {100 * min(diffs):+.2f})" if diffs else "-")
+        out.append(line)
+    return markdown_table(["target", "fixed τ: realised", "fixed τ within ±10%", "controller, file order",
+                           "controller, shuffled", "controller, sorted by length",
+                           "controller F1 − fixed-τ curve F1 at the same speed-up (median)"], out)
+
+
+def mixed(name: str) -> str:
+    r = load(DOCS / "serve" / f"{name}.json")
+    rows = [[kind, c["count"], ", ".join(f"{s}: {n}" for s, n in sorted(c["statuses"].items())), f"{c['p50_ms']:.0f}",
+             f"{c['p99_ms']:.0f}", f"{c['max_ms']:.0f}"] for kind, c in r["classes"].items()]
+    return (markdown_table(["request", "count", "answers", "p50 ms", "p99 ms", "max ms"], rows)
+            + f"\n\n{r['requests']} requests at once, {r['seconds']:.0f} s in all. Innocent failures: "
+              f"**{r['innocent_failures']}**; poisoned requests answered 422: {r['poisoned_rejected']}. Server memory "
+              f"(RSS): {r['server_rss_mb']['before']:.0f} MB before, {r['server_rss_mb']['peak']:.0f} MB at the peak, "
+              f"{r['server_rss_mb']['after']:.0f} MB after. /predict answers counted by /metrics: "
+              f"{r['metrics_statuses']}; seen by the clients: {r['client_statuses']}.")
+
+
+def memory(name: str) -> str:
+    d = load(DOCS / "serve" / f"{name}.json")
+    rows = [[f"{r['input_bytes'] / 1e6:,.0f} MB", f"{r['documents']:,}", f"{r['output_bytes'] / 1e6:,.0f} MB",
+             f"{r['seconds']:.0f}", f"{r['peak_rss_mb']:.0f} MB"] for r in d["runs"]]
+    return markdown_table(["input", "documents tagged", "output", "seconds", "peak resident memory"], rows)
+
+
+def trainmem(*names: str) -> str:
+    rows = []
+    for name in names:
+        path = DOCS / "train" / f"{name}.json"
+        if not path.exists():
+            continue
+        log = load(path)
+        rows.append([name] + [f"{e['rss_mb']:.0f} / {e['peak_rss_mb']:.0f}" if "rss_mb" in e else "-"
+                              for e in log["epochs"]])
+    width = max(len(r) for r in rows) - 1
+    return markdown_table(["run"] + [f"epoch {i + 1}: MB now / peak" for i in range(width)],
+                          [r + ["-"] * (width + 1 - len(r)) for r in rows])
+
+
+def shapes(name: str) -> str:
+    d = load(DOCS / "bench" / f"{name}.json")
+    rows = [[p, *[f"{v:.2f}" for v in s.values()], f"{s['fresh shapes'] / s['bucketed']:.2f}x"]
+            for p, s in d["seconds"].items()]
+    return markdown_table(["precision", *next(iter(d["seconds"].values())).keys(), "fresh / bucketed"], rows)
+
+
 def file(path: str) -> str:
     return (ROOT / path).read_text(encoding="utf-8").strip()
 
 
 HANDLERS = {"layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
-            "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck, "file": file}
+            "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
+            "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
+            "trainmem": trainmem, "shapes": shapes}
 
 
 def render(template: str) -> str:
@@ -249,7 +376,8 @@ def render(template: str) -> str:
             print(f"render_results: {missing} is missing; its table is left out", file=sys.stderr)
             return f"{match.group(0)}\n*(not measured yet: `{missing}` is missing)*"
 
-    return re.sub(r"<!-- ((?:layers|training|targets|wall|compare|load|ray|profile|gemm|verdict|wallcheck|file)\b[^>]*?) -->", sub, template)
+    kinds = "|".join(HANDLERS)
+    return re.sub(rf"<!-- ((?:{kinds})\b[^>]*?) -->", sub, template)
 
 
 def rerender_benches() -> None:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 10 figures: early exit stacked on precision and backend, against what a speed-seeking user runs instead
+# (Hugging Face pipeline, ONNX Runtime fp32 and int8 at full depth, on the same weights), on UNER EWT test.
+# Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
+# otherwise idle machine (the load average at the start is recorded in meta.json).
+#   BENCHES="minilm" scripts/bench_stacked.sh
+set -euo pipefail
+OUT=${OUT:-models}
+B="--policies token --grid small --precisions fp32 bf16 int8 --backends torch onnxruntime --batch-sizes 1 32 \
+  --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --quiet"
+for name in ${BENCHES:-minilm mpnet}; do
+  echo "=== $(date +%T) $name"
+  case $name in
+    minilm) earlytag bench "$OUT/minilm-ner-ss" uner-en-ewt:test --out docs/bench/stacked-minilm-ner-ss $B \
+      --timing-limit 1000 --timing-limit-b1 200 --label "all-MiniLM-L6-v2 NER, self-sampling" ;;
+    mpnet) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss $B \
+      --timing-limit 300 --timing-limit-b1 100 --label "all-mpnet-base-v2 NER, self-sampling" ;;
+    *) echo "unknown bench: $name (minilm, mpnet)" >&2; exit 2 ;;
+  esac
+done
