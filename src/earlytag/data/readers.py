@@ -49,6 +49,17 @@ class ReadReport:
         return ", ".join(done) + (f" (first: {self.problems[0]})" if self.problems else "")
 
 
+def _bad_line(err: DataError, on_error: str, report: ReadReport) -> bool:
+    """A bad line: raise (fail), or count it; True when its sentence must be dropped (skip)."""
+    if on_error == "fail":
+        raise _hint(err, on_error) from None
+    report.note(err)
+    if on_error == "skip":
+        return True
+    report.repaired_lines += 1
+    return False
+
+
 def _hint(err: DataError, on_error: str) -> DataError:
     if on_error == "fail":
         return DataError(err.message + " (--on-error skip drops such sentences, --on-error repair such lines)",
@@ -191,13 +202,7 @@ def iter_conll(
                 raise DataError("empty token", path, number)
             tag = _check_tag(cols[tag_col].strip(), path, number) if tag_col is not None else None
         except DataError as err:
-            if on_error == "fail":
-                raise _hint(err, on_error) from None
-            report.note(err)
-            if on_error == "skip":
-                bad = True
-            else:
-                report.repaired_lines += 1
+            bad = _bad_line(err, on_error, report) or bad
             continue
         if not tokens:
             first_line = number
@@ -292,13 +297,7 @@ def iter_conllu(path: str | os.PathLike, tag_field: str = "upos", on_error: str 
                 raise DataError("empty word form (column 2)", path, number)
             tag = _check_tag(cols[col], path, number)
         except DataError as err:
-            if on_error == "fail":
-                raise _hint(err, on_error) from None
-            report.note(err)
-            if on_error == "skip":
-                bad = True
-            else:
-                report.repaired_lines += 1
+            bad = _bad_line(err, on_error, report) or bad
             continue
         tokens.append(cols[1])
         tags.append(tag)

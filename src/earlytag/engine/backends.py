@@ -28,24 +28,22 @@ from ..model.layers import attend, dense_layer, finish
 from .policies import head_scores
 
 
-class _Dense(nn.Module):
+class _LayerGraph(nn.Module):
+    """One layer's modules (registered, so the exporter finds their weights) and its head count."""
+
     def __init__(self, parts, heads: int):
         super().__init__()
         self.parts, self.heads = parts, heads
         self._mods = nn.ModuleList([parts.query, parts.key, parts.value, parts.attn_out, parts.attn_norm,
                                     parts.ffn_in, parts.ffn_out, parts.ffn_norm])
 
+
+class _Dense(_LayerGraph):
     def forward(self, h, bias):
         return dense_layer(self.parts, h, bias, self.heads)
 
 
-class _Packed(nn.Module):
-    def __init__(self, parts, heads: int):
-        super().__init__()
-        self.parts, self.heads = parts, heads
-        self._mods = nn.ModuleList([parts.query, parts.key, parts.value, parts.attn_out, parts.attn_norm,
-                                    parts.ffn_in, parts.ffn_out, parts.ffn_norm])
-
+class _Packed(_LayerGraph):
     def forward(self, x, h, slot, bias):
         p = self.parts
         b, t, d = h.shape

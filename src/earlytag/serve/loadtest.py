@@ -104,7 +104,11 @@ def run_load(model_dir: str, texts: list[str], requests: int = 200, concurrency:
     tagger = Tagger.from_pretrained(model_dir)
     expected = {t: tagger(t, exit=exit) for t in {t for p in payloads for t in p}}
 
-    app = create_app(model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching)
+    from .app import Limits
+
+    # throughput under a burst is measured here, not deadlines: a loaded machine must not turn waits into 504s
+    app = create_app(model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching,
+                     limits=Limits(request_timeout_s=3600, max_queue_words=10 ** 8))
     with serve_in_thread(app, backlog=4096, **uvicorn_options(app.state.limits)) as url:
         return asyncio.run(_drive(url, payloads, expected, concurrency, exit, "batched" if batching else "unbatched"))
 
@@ -115,16 +119,7 @@ async def _drive(url: str, payloads: list[list[str]], expected: dict, concurrenc
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if (await client.get("/ready")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
-            await asyncio.sleep(0.05)
+        await _until_ready(client, 120)
         await client.post("/predict", json={"texts": payloads[0], "exit": exit})  # warm-up
         before = _engine_calls((await client.get("/metrics")).text)
         gate = asyncio.Semaphore(concurrency)
@@ -157,6 +152,24 @@ async def _drive(url: str, payloads: list[list[str]], expected: dict, concurrenc
     return LoadResult(mode, len(payloads), concurrency, errors, wrong, seconds, statistics.median(ms),
                       _percentile(ms, 0.90), _percentile(ms, 0.99), max(ms), len(payloads) / seconds,
                       n_texts / seconds, int(calls))
+
+
+async def _until_ready(client, seconds: float, server=None) -> None:
+    """Poll /ready until the service answers 200 (or its process exits, or ``seconds`` pass)."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if server is not None and server.poll() is not None:
+            raise RuntimeError(f"the server exited: {server.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            if (await client.get("/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not become ready")
+        await asyncio.sleep(0.05)
 
 
 def _engine_calls(metrics: str) -> float:
@@ -288,18 +301,7 @@ async def _drive_mixed(url: str, server, payloads: list[tuple[str, list[str]]]) 
 
     limits = httpx.Limits(max_connections=len(payloads) + 10, max_keepalive_connections=len(payloads) + 10)
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited: {server.stderr.read().decode(errors='replace')[-2000:]}")
-            try:
-                if (await client.get("/ready")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
-            await asyncio.sleep(0.1)
+        await _until_ready(client, 300, server)
         await client.post("/predict", json={"texts": ["Warm up the model in Paris."]})
         rss = {"before": _rss_mb(server.pid), "peak": 0.0}
         stop = asyncio.Event()
