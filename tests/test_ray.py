@@ -43,7 +43,8 @@ def test_ray_tags_a_10k_sentence_corpus_in_order(local_ray, model_dir, shared_da
     code = main(["predict", str(model_dir), str(corpus), "--output", str(out), "--engine", "ray",
                  "--exit", "token", "--threshold", "0.3", "--batch-size", "64"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tagged 10000 documents")][-1]
+    summary = json.loads(line[line.index("({") + 1:-1])
     assert summary["documents"] == 10_000 and summary["engine"] == "ray"
     docs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [d["id"] for d in docs] == list(range(10_000))  # order preserved
@@ -52,6 +53,9 @@ def test_ray_tags_a_10k_sentence_corpus_in_order(local_ray, model_dir, shared_da
         direct = tagger(sentences[i].text, exit={"policy": "token", "threshold": 0.3})
         assert docs[i]["text"] == direct["text"]
         assert docs[i]["tokens"] == direct["tokens"] and docs[i]["spans"] == direct["spans"]
+    layers = [t["exit_layer"] for d in docs for t in d["tokens"]]
+    assert summary["words"] == len(layers)
+    assert summary["mean_exit_layer"] == pytest.approx(sum(layers) / len(layers))  # what the actors computed
     assert not list(tmp_path.glob(".tagged.jsonl*"))
 
 

@@ -51,6 +51,8 @@ class TaggerPredictor:
         out["tokens"] = np.array([json.dumps(d["tokens"], ensure_ascii=False) for d in docs], dtype=object)
         out["flops"] = np.array(pred.doc_flops, dtype=np.float64)
         out["flops_full"] = np.array(pred.doc_flops_full, dtype=np.float64)
+        out["exit_layer_sum"] = np.array([float(sum(e)) for e in pred.exit_layers], dtype=np.float64)
+        out["words"] = np.array([len(e) for e in pred.exit_layers], dtype=np.int64)
         return out
 
 
@@ -121,27 +123,38 @@ def _write(ds, output: str, output_format: str) -> dict[str, Any]:
             os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        totals = ds.sum(["flops", "flops_full"])
-        return {"documents": ds.count(), "flops_speedup": _ratio(totals["sum(flops_full)"], totals["sum(flops)"]),
-                "output": str(out)}
+        totals = ds.sum(["flops", "flops_full", "exit_layer_sum", "words"])
+        return _summary(ds.count(), totals["sum(flops)"], totals["sum(flops_full)"], totals["sum(exit_layer_sum)"],
+                        totals["sum(words)"], out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    n = 0
-    spent = full = 0.0
+    n = words = 0
+    spent = full = layers = 0.0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for row in ds.iter_rows():
-                doc = {k: _plain(v) for k, v in row.items() if k not in ("spans", "tokens", "flops", "flops_full")}
+                doc = {k: _plain(v) for k, v in row.items() if k not in _INTERNAL}
                 doc["spans"] = json.loads(row["spans"])
                 doc["tokens"] = json.loads(row["tokens"])
                 f.write(json.dumps(doc, ensure_ascii=False) + "\n")
                 spent += row["flops"]
                 full += row["flops_full"]
+                layers += row["exit_layer_sum"]
+                words += int(row["words"])
                 n += 1
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"documents": n, "flops_speedup": _ratio(full, spent), "output": str(out)}
+    return _summary(n, spent, full, layers, words, out)
+
+
+_INTERNAL = ("spans", "tokens", "flops", "flops_full", "exit_layer_sum", "words")
+
+
+def _summary(documents: int, spent: float, full: float, layers: float, words: int, out: Path) -> dict[str, Any]:
+    """The same keys as the local engine's summary (documents, words, FLOPs speed-up, mean exit layer)."""
+    return {"documents": int(documents), "words": int(words), "flops_speedup": _ratio(full, spent),
+            "mean_exit_layer": float(layers) / words if words else 0.0, "output": str(out)}
 
 
 def _ratio(a: float, b: float) -> float:
