@@ -2,12 +2,13 @@
 # Issue 10 figures: early exit stacked on precision and backend, against what a speed-seeking user runs instead
 # (Hugging Face pipeline, ONNX Runtime fp32 and int8 at full depth, on the same weights), on UNER EWT test.
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
-# otherwise idle machine (the load average at the start is recorded in meta.json).
+# otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
+# contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
 #   BENCHES="minilm" scripts/bench_stacked.sh
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 --backends torch onnxruntime --batch-sizes 1 32 \
-  --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --quiet"
+  --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet"
 for name in ${BENCHES:-minilm mpnet}; do
   echo "=== $(date +%T) $name"
   case $name in
