@@ -110,6 +110,28 @@ def test_thresholds_move_between_engine_calls(calibrated_dir, monkeypatch):
     assert pred.stats.flops_speedup == pytest.approx(control.realised_total, rel=1e-6)
 
 
+def test_controller_batches_in_shuffled_order_give_each_sentence_its_own_answer(calibrated_dir, monkeypatch):
+    """Under a controller the batches run in a fixed random order (no drift from short to long within a call);
+    every sentence still gets its own tags, scores and exit layers back, as without the controller."""
+    tagger = Tagger.from_pretrained(calibrated_dir)
+    lengths = []
+    original = tagger.engine.run_many
+
+    def spy(batches, cfg, refill=True):
+        lengths.extend(int(b.attention_mask.sum(1).max()) for b in batches)
+        return original(batches, cfg, refill)
+
+    monkeypatch.setattr(tagger.engine, "run_many", spy)
+    words = [s[: 1 + i % len(s)] for i, s in enumerate(SENTENCES * 12)]  # lengths 1..len, mixed
+    control = tagger.speed_controller(2.5, gain=0.0)  # τ held at its start: the same setting as the plain run
+    held = tagger.predict_words(words, control, batch_size=4)
+    assert lengths != sorted(lengths)  # not in length order
+    plain = tagger.predict_words(words, control.base, batch_size=4)
+    assert held.tags == plain.tags and held.exit_layers == plain.exit_layers
+    flat = [x for doc in held.scores for x in doc]
+    assert flat == pytest.approx([x for doc in plain.scores for x in doc], abs=1e-5)
+
+
 def test_target_speedup_through_evaluate_predict_and_service(calibrated_dir, tmp_path, capsys, shared_data):
     from fastapi.testclient import TestClient
 

@@ -7,6 +7,7 @@ lists) that serialise to the JSON documents the CLI prints.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -198,6 +199,10 @@ class Tagger:
         doc_flops = [0.0] * len(docs)
         doc_flops_full = [0.0] * len(docs)
         order = list(length_sorted_batches(windows, batch_size))
+        if control is not None:
+            # batches of similar length, taken in a fixed random order: sorted by length, the stream would drift
+            # from short to long sentences within the call and the controller would trail that drift all along
+            random.Random(0).shuffle(order)
         batches = [collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device) for idx in order]
         start = time.perf_counter()
         if control is not None:  # a few batches at a time, the thresholds moving in between
