@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
+from .defaults import HALTED_DEFAULT
 from .engine import REGISTRY, ExitConfig, ExitStats
 from .engine.policies import TARGETS
 from .errors import ConfigError
@@ -36,7 +37,7 @@ from .storage import atomic_write_text
 
 
 def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default",
-                 halted: str = "rescore") -> list[ExitConfig]:
+                 halted: str = HALTED_DEFAULT) -> list[ExitConfig]:
     """The settings the bench sweeps for ``policy`` (each policy brings its own grid)."""
     rule = REGISTRY.get(policy)
     if rule is None:
@@ -67,7 +68,7 @@ class BenchConfig:
     timing_limit: int | None = 1000  # batch sizes > 1 are timed on the first N sentences (None: all)
     timing_limit_b1: int | None = 200  # batch size 1 is timed on the first N sentences
     kv: list[str] = field(default_factory=lambda: ["keep"])
-    halted: list[str] = field(default_factory=lambda: ["rescore"])  # token exit: rescore and/or frozen
+    halted: list[str] = field(default_factory=lambda: [HALTED_DEFAULT])  # token exit: rescore and/or frozen
     precisions: list[str] = field(default_factory=lambda: ["fp32"])  # every setting in each of these
     backends: list[str] = field(default_factory=lambda: ["torch"])  # torch | onnxruntime (fp32 and int8 only)
     compare: list[str] = field(default_factory=list)  # peers: hf-pipeline, ort-fp32, ort-int8

@@ -17,12 +17,13 @@ from tqdm.auto import tqdm
 
 from .api import Tagger
 from .data.datasets import Dataset
+from .defaults import HALTED_DEFAULT
 from .engine import REGISTRY, ExitConfig
 from .errors import ConfigError
 from .metrics import task_scores
 
 
-def candidates(policy: str, num_layers: int, kv: str = "keep", halted: str = "rescore") -> list[ExitConfig]:
+def candidates(policy: str, num_layers: int, kv: str = "keep", halted: str = HALTED_DEFAULT) -> list[ExitConfig]:
     """The grid searched for ``policy`` (each policy brings its own: :data:`earlytag.engine.REGISTRY`)."""
     rule = REGISTRY.get(policy)
     if rule is None or policy == "none":
@@ -51,7 +52,7 @@ class Calibration:
 
 def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
               kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
-              halted: str = "rescore", set_default: bool = False, progress: bool = False,
+              halted: str = HALTED_DEFAULT, set_default: bool = False, progress: bool = False,
               **load_kwargs) -> Calibration:
     """Search the policy's grid on dev data for the best setting reaching ``target_speedup``.
 

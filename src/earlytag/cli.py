@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .defaults import HALTED_DEFAULT, HALTED_RULES
 from .errors import ConfigError, EarlytagError
 from .storage import atomic_write_text
 
@@ -40,7 +41,7 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
     g.add_argument("--pool", choices=["max", "mean"], help="sentence: pool word uncertainties")
     g.add_argument("--upper-multiplier", type=float, help="token: τ multiplier for the upper half of layers")
     g.add_argument("--kv", choices=["keep", "drop"], help="halted tokens stay keys/values (keep) or not (drop)")
-    g.add_argument("--halted", choices=["rescore", "frozen"],
+    g.add_argument("--halted", choices=HALTED_RULES,
                    help="token: a halted word is scored again by later heads and can hold its neighbours back "
                         "(rescore, the paper) or keeps the uncertainty it halted with (frozen)")
     if calibrate:
@@ -126,7 +127,7 @@ def _resolve_exit(tagger, args, model_dir: str):
     if not dev or dev == "None":
         raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
     result = calibrate(tagger, dev, target, policy=settings.get("policy", "token"), kv=settings.get("kv", "keep"),
-                       data_dir=getattr(args, "data_dir", None), halted=settings.get("halted", "rescore"),
+                       data_dir=getattr(args, "data_dir", None), halted=settings.get("halted", HALTED_DEFAULT),
                        progress=not getattr(args, "quiet", False))
     note = "" if result.reached else f" (target not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
     print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
@@ -483,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flooding", choices=["token", "batch", "off"],
                    help="flood each word's loss at its stage-1 loss (token, authors), the batch loss (batch), or not")
     g.add_argument("--flood-level", type=float, help="flooding level as a multiple of the stage-1 loss (1.0)")
-    g.add_argument("--halted", choices=["rescore", "frozen"], default=d.halted,
+    g.add_argument("--halted", choices=HALTED_RULES, default=d.halted,
                    help="exit rule the sampled exits simulate (and the dev selection uses)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU if any, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -543,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for results.json, results.md, results.png")
     p.add_argument("--policies", nargs="+", default=["static", "sentence", "token", "patience"], help="exit policies to sweep")
     p.add_argument("--kv-modes", nargs="+", default=["keep"], choices=["keep", "drop"], help="sentence/token exit: halted words kept as keys/values and/or dropped")
-    p.add_argument("--halted-modes", nargs="+", default=["rescore"], choices=["rescore", "frozen"],
+    p.add_argument("--halted-modes", nargs="+", default=[HALTED_DEFAULT], choices=HALTED_RULES,
                    help="token exit: sweep with halted words re-scored (the paper) and/or frozen")
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "int8"],
                    help="run every setting in each precision; wall-clock speed-ups are against fp32 full depth")
@@ -582,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-speedup", type=float, required=True, help="FLOPs speed-up to reach")
     p.add_argument("--policy", default="token", choices=["token", "sentence", "patience", "static"], help="the policy whose setting is chosen")
     p.add_argument("--kv", default="keep", choices=["keep", "drop"], help="halted words kept as keys/values or dropped")
-    p.add_argument("--halted", default="rescore", choices=["rescore", "frozen"], help="token exit: halted words re-scored by later heads or frozen")
+    p.add_argument("--halted", default=HALTED_DEFAULT, choices=HALTED_RULES, help="token exit: halted words re-scored by later heads or frozen")
     p.add_argument("--limit", type=int, default=1000, help="dev sentences used")
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
     p.add_argument("--set-default", action="store_true",

@@ -26,10 +26,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..defaults import HALTED_DEFAULT, HALTED_RULES
 from ..errors import ConfigError
 
 CRITERIA = ("entropy", "maxprob")
-HALTED = ("rescore", "frozen")
+
 MAX_WINDOW = 4096  # words on each side; a window wider than the sentence is the sentence
 CALIBRATION_THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 BENCH_THRESHOLDS = {"small": (0.01, 0.03, 0.07, 0.15, 0.25, 0.4),
@@ -52,7 +53,7 @@ class ExitConfig:
     criterion: str = "entropy"  # entropy (normalised) | maxprob (1 - max probability)
     pool: str = "max"  # sentence: max | mean uncertainty over the words
     kv: str = "keep"  # halted tokens stay keys/values (keep, the method) or leave attention (drop)
-    halted: str = "rescore"  # token: halted words are scored again by later heads (rescore) or keep theirs
+    halted: str = HALTED_DEFAULT  # token: halted words are scored again by later heads (rescore) or keep theirs
 
     @property
     def rule(self) -> Policy:
@@ -71,8 +72,8 @@ class ExitConfig:
             raise ConfigError("exit.pool", f"expected max or mean, got {self.pool!r}")
         if self.kv not in ("keep", "drop"):
             raise ConfigError("exit.kv", f"expected keep or drop, got {self.kv!r}")
-        if self.halted not in HALTED:
-            raise ConfigError("exit.halted", f"expected one of {', '.join(HALTED)}, got {self.halted!r}")
+        if self.halted not in HALTED_RULES:
+            raise ConfigError("exit.halted", f"expected one of {', '.join(HALTED_RULES)}, got {self.halted!r}")
         if not _number(self.upper_multiplier) or self.upper_multiplier < 0:
             raise ConfigError("exit.upper_multiplier", "must be a finite number >= 0")
         if not _integer(self.window) or not 0 <= self.window <= MAX_WINDOW:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batching import Window, collate
+from ..defaults import HALTED_DEFAULT
 from ..engine.policies import ExitConfig, head_scores, simulate_exits
 from ..errors import ConfigError
 from ..model.tagger import EarlyExitTagger
@@ -91,7 +92,7 @@ class SamplingConfig:
     small_rule: str = "either"  # either (the authors': a coin flip) | both (earlytag 0.1)
     upper_multiplier: float = 2.0
     criterion: str = "entropy"
-    halted: str = "rescore"  # how the simulation treats halted words (as the engine will)
+    halted: str = HALTED_DEFAULT  # how the simulation treats halted words (as the engine will)
 
     def validate(self) -> SamplingConfig:
         if not self.windows or any(not isinstance(k, int) or k < 0 for k in self.windows):

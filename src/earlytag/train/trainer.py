@@ -27,6 +27,7 @@ from ..api import Tagger
 from ..data import schemes
 from ..data.batching import Featurizer, Window, collate
 from ..data.datasets import Dataset, load_dataset, map_labels, parse_label_map
+from ..defaults import HALTED_DEFAULT
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
@@ -78,7 +79,7 @@ class TrainConfig:
     layer_loss: str | None = None  # batch-sum | active-mean
     flooding: str | None = None  # token | batch | off
     flood_level: float | None = None  # multiple of the stage-1 loss
-    halted: str = "rescore"  # exit rule of the simulation and of the dev selection (as the engine will run)
+    halted: str = HALTED_DEFAULT  # exit rule of the simulation and of the dev selection (as the engine will run)
     select_exit: dict[str, Any] = field(default_factory=lambda: {"policy": "token", "threshold": 0.1, "window": 2})
     progress: bool = True
     made_by: str = "earlytag train"  # recorded in the model's config (the demo marks its own models)
