@@ -69,7 +69,8 @@ def training(*names: str) -> str:
         best = max(log["epochs"], key=lambda e: e["selection_score"])
         rows.append([name, cfg.get("encoder") if cfg["stage"] == "joint" else f"init {Path(cfg['init']).name}",
                      cfg["stage"] + (f" (kv={cfg['kv']})" if cfg["stage"] != "joint" else ""), log["train_sentences"],
-                     len(log["epochs"]), best["epoch"], f"{log['seconds'] / 60:.0f} min",
+                     len(log["epochs"]), best["epoch"],
+                     f"{log['seconds'] / 60:.0f} min" if "seconds" in log else "stopped (see text)",
                      f"{log['cpu_seconds'] / 60:.0f} min" if "cpu_seconds" in log else "-", pct(best["selection_score"])])
     return markdown_table(["model", "encoder", "stage", "train sentences", "epochs", "best epoch", "wall time",
                            "CPU time (2 threads)", "dev selection score"], rows)
@@ -262,7 +263,12 @@ def interp(*args: str) -> str:
     for spec in specs:
         bench, _, policy = spec.partition(":")
         policy, _, label = policy.partition("=")
-        rows, _ = _rows(bench)
+        try:
+            rows, _ = _rows(bench)
+        except FileNotFoundError:  # one curve not measured: its row says so, the others still compare
+            out.append([label.replace("_", " ") or f"{policy} ({bench})", f"not measured (docs/bench/{bench})"]
+                       + ["-"] * len(ts))
+            continue
         bs = max((r["batch_size"] for r in rows), key=lambda b: -1 if b is None else b)
         full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
         pts = curve(rows, policy, bs)
