@@ -17,11 +17,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from shifted_streams import GENRES, genre, run  # noqa: E402
 
 from earlytag import Tagger  # noqa: E402
 from earlytag.engine import ExitConfig  # noqa: E402
 from earlytag.engine.control import SpeedController  # noqa: E402
-from shifted_streams import GENRES, genre, run  # noqa: E402
 
 VARIANTS = [("g.8 m.7", {"gain": 0.8, "max_step": 0.7}), ("g.4 m.3", {"gain": 0.4, "max_step": 0.3}),
             ("g.3 m.15", {"gain": 0.3, "max_step": 0.15}), ("g.5 m.2", {"gain": 0.5, "max_step": 0.2})]
