@@ -16,6 +16,7 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
     <!-- verdict BENCHES... T:LOSS... -->  token exit against issue 4's targets, static and the smaller model
     <!-- wallcheck BENCH POLICY... BS:TARGET... -->  settings whose wall/FLOPs ratio reaches the target
     <!-- file PATH -->                  a file verbatim (e.g. a bench's results.md)
+    <!-- code PATH -->                  a file verbatim in a code block (a command's output)
     <!-- interp BENCH:POLICY[=label]... TARGETS... -->  score of each curve interpolated at each FLOPs speed-up
     <!-- stacked BENCH LOSS... -->      the fastest contender (precision, backend, setting, peers) within each loss
     <!-- shifted FILE -->               speed-up held on another genre: fixed thresholds against the controller
@@ -368,10 +369,15 @@ def file(path: str) -> str:
     return (ROOT / path).read_text(encoding="utf-8").strip()
 
 
+def code(path: str) -> str:
+    """A file verbatim in a code block (a command's output)."""
+    return "```text\n" + file(path) + "\n```"
+
+
 HANDLERS = {"layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
-            "trainmem": trainmem, "shapes": shapes}
+            "trainmem": trainmem, "shapes": shapes, "code": code}
 
 
 def render(template: str) -> str:

@@ -5,7 +5,7 @@ text the model is less sure, words climb further, and the speed-up falls short. 
 the loop: after every engine call it adds the FLOPs spent and the full-depth FLOPs of what was tagged to a sliding
 window of recent tokens and moves the thresholds multiplicatively towards the target,
 
-    log τ  ←  log τ + gain · (2 log target − log realised over the window − log realised since the start),
+    log τ  ←  log τ + gain · (2 log target − log realised over the window − log realised since the warm-up),
 
 one step at most ``max_step`` (0.2: τ changes by at most ~22% from one batch to the next; on short streams of a
 few hundred sentences larger steps, e.g. gain 0.8 and 0.7, held the target as well but swung τ from batch to
@@ -102,7 +102,10 @@ class SpeedController:
             self.window_size -= self.window.popleft()[2]
         # the recent window follows the text as it changes; the stream since the start makes up for what the
         # window has already let slip (without it the stream ends up a few percent short of the target)
-        error = 2 * math.log(self.target) - math.log(self.realised_window) - math.log(self.realised_total)
+        # past the warm-up, "since the start" means since the warm-up: the stream is held where it is measured
+        # (making up for a fast warm-up by running the rest slow would leave the stream after it short)
+        since = self.realised_after_warmup if warm else self.realised_total
+        error = 2 * math.log(self.target) - math.log(self.realised_window) - math.log(since)
         step = max(-self.max_step, min(self.max_step, self.gain * error))
         wanted = self.log_tau + step
         ceiling, floor = math.log(self.tau_max), math.log(self.tau_min)
