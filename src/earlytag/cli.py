@@ -328,7 +328,7 @@ def cmd_demo(args) -> int:
                   f"--target-speedup {args.target_speedup}")
     log = train(TrainConfig(train="uner-en-ewt:train", dev="uner-en-ewt:dev", output=str(out), task="ner",
                             epochs=args.epochs + 1, freeze_epochs=1, train_limit=args.train_limit,
-                            dev_limit=args.dev_limit, lr=1e-4, progress=not args.quiet, data_dir=args.data_dir,
+                            dev_limit=args.dev_limit, lr=2e-4, progress=not args.quiet, data_dir=args.data_dir,
                             made_by="earlytag demo", command=f"earlytag demo {train_args}",
                             overwrite=_made_by_demo(out)))
     print("(* = the best epoch so far on dev: that checkpoint is the one saved)", file=sys.stderr)
