@@ -128,14 +128,21 @@ def wallcheck(bench: str, *args: str) -> str:
     return markdown_table(["policy", "batch size", "target wall/FLOPs", "settings reaching it", "range", "median"], out)
 
 
-def compare(*args: str) -> str:
-    specs = [a for a in args if ":" in a]
-    ts = [float(a) for a in args if ":" not in a]
-    out = []
-    for spec in specs:
+def _curves(args) -> tuple[list[tuple[str, str, str]], list[float]]:
+    """``BENCH:POLICY[=label]...`` specs and the target speed-ups of a placeholder's arguments (labels are single
+    words in the template: _ stands for a space)."""
+    specs = []
+    for spec in (a for a in args if ":" in a):
         bench, _, policy = spec.partition(":")
         policy, _, label = policy.partition("=")
-        label = label.replace("_", " ")  # labels are single words in the template: _ stands for a space
+        specs.append((bench, policy, label.replace("_", " ")))
+    return specs, [float(a) for a in args if ":" not in a]
+
+
+def compare(*args: str) -> str:
+    specs, ts = _curves(args)
+    out = []
+    for bench, policy, label in specs:
         rows, meta = _rows(bench)
         bs = max(r["batch_size"] for r in rows)
         if policy == "none" or policy.startswith("smaller"):
@@ -258,22 +265,19 @@ def at(points: list[tuple[float, float]], x: float) -> float | None:
 def interp(*args: str) -> str:
     """``interp BENCH:POLICY[=label]... TARGETS...``: the score of each curve at exactly each FLOPs speed-up,
     interpolated between the two settings around it (so that two rules or recipes compare at equal speed-up)."""
-    specs = [a for a in args if ":" in a]
-    ts = [float(a) for a in args if ":" not in a]
+    specs, ts = _curves(args)
     out = []
-    for spec in specs:
-        bench, _, policy = spec.partition(":")
-        policy, _, label = policy.partition("=")
+    for bench, policy, label in specs:
         try:
             rows, _ = _rows(bench)
         except FileNotFoundError:  # one curve not measured: its row says so, the others still compare
-            out.append([label.replace("_", " ") or f"{policy} ({bench})", f"not measured (docs/bench/{bench})"]
+            out.append([label or f"{policy} ({bench})", f"not measured (docs/bench/{bench})"]
                        + ["-"] * len(ts))
             continue
         bs = max((r["batch_size"] for r in rows), key=lambda b: -1 if b is None else b)
         full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
         pts = curve(rows, policy, bs)
-        out.append([label.replace("_", " ") or f"{policy} ({bench})", pct(full["score"])]
+        out.append([label or f"{policy} ({bench})", pct(full["score"])]
                    + [pct(at(pts, t)) if at(pts, t) is not None else "-" for t in ts])
     return markdown_table(["", "full depth"] + [f"at {t:g}x FLOPs" for t in ts], out)
 

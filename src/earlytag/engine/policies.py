@@ -287,11 +287,11 @@ class Static(Policy):
         return f"static k={cfg.layer}"
 
 
-@register
-class SentenceExit(Policy):
-    name = "sentence"
-    summary = "SENTEE: a sentence, when the max (--pool mean: mean) uncertainty of its words is below τ"
-    settings = ("threshold", "pool", "criterion", "kv")
+class _ThresholdPolicy(Policy):
+    """A policy that halts below a threshold per layer: one τ (the upper half of the layers at τ times
+    ``upper_multiplier`` where ``upper_half``) or one τ per layer."""
+
+    upper_half = False
 
     @classmethod
     def validate(cls, cfg, num_layers):
@@ -301,7 +301,16 @@ class SentenceExit(Policy):
     def thresholds(cls, cfg, num_layers):
         if isinstance(cfg.threshold, list):
             return [float(t) for t in cfg.threshold]
-        return [float(cfg.threshold)] * num_layers
+        tau = float(cfg.threshold)
+        half = num_layers // 2 if cls.upper_half else num_layers
+        return [tau] * half + [tau * cfg.upper_multiplier] * (num_layers - half)
+
+
+@register
+class SentenceExit(_ThresholdPolicy):
+    name = "sentence"
+    summary = "SENTEE: a sentence, when the max (--pool mean: mean) uncertainty of its words is below τ"
+    settings = ("threshold", "pool", "criterion", "kv")
 
     @classmethod
     def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
@@ -323,22 +332,11 @@ class SentenceExit(Policy):
 
 
 @register
-class TokenExit(Policy):
+class TokenExit(_ThresholdPolicy):
     name = "token"
     summary = "TOKEE: word j, when the max uncertainty over words j-k..j+k is below τ_l"
     settings = ("threshold", "upper_multiplier", "window", "criterion", "kv", "halted")
-
-    @classmethod
-    def validate(cls, cfg, num_layers):
-        _check_threshold(cfg, num_layers, per_layer=True)
-
-    @classmethod
-    def thresholds(cls, cfg, num_layers):
-        if isinstance(cfg.threshold, list):
-            return [float(t) for t in cfg.threshold]
-        tau = float(cfg.threshold)
-        half = num_layers // 2
-        return [tau] * half + [tau * cfg.upper_multiplier] * (num_layers - half)
+    upper_half = True  # τ in the lower half of the layers, τ·upper_multiplier in the upper half (the authors')
 
     @classmethod
     def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
