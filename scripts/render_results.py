@@ -283,15 +283,16 @@ def interp(*args: str) -> str:
 
 
 def stacked(bench: str, *losses: str) -> str:
-    """For each batch size and each allowed loss: the fastest contender (a setting in a precision and backend, or
-    a peer) whose score is within the loss of fp32 full depth, and the peers themselves."""
+    """For each batch size and each allowed loss: earlytag's fastest setting (in any precision and backend) whose
+    score is within the loss of fp32 full depth, and the peers themselves."""
     rows, meta = _rows(bench)
     out = []
     for bs in sorted({r["batch_size"] for r in rows}):
         here = [r for r in rows if r["batch_size"] == bs]
         full = next(r for r in here if r["policy"] == "none")
         for loss in map(float, losses):
-            ok = [r for r in here if full["score"] - r["score"] <= loss / 100 and not r["policy"].startswith("smaller")]
+            ok = [r for r in here if full["score"] - r["score"] <= loss / 100 and not r["policy"].startswith("smaller")
+                  and not r.get("peer")]  # earlytag's own settings; the peers have their rows below
             best = max(ok, key=lambda r: r["wall_speedup"])
             out.append([bs, f"≤ {loss:g}", best["policy"], best["describe"], pct(best["score"]),
                         f"{best['flops_speedup']:.2f}x", ("~" if best.get("noisy") else "") + f"{best['wall_speedup']:.2f}x"])
