@@ -281,11 +281,11 @@ def reference_flops(batch, exit_layer, num_layers, d, f, c, kv, heads_everywhere
     return out
 
 
-@pytest.mark.parametrize("name", ["none", "static", "token", "token-frozen", "token-drop", "sentence", "patience"])
+@pytest.mark.parametrize("name", ["none", "static", "token-rescore", "token-frozen", "token-drop", "sentence", "patience"])
 def test_flops_per_sentence_follow_the_formula(tokenizer, name):
     model = tiny_model("bert", seed=3)
     batch = batch_of(tokenizer, SENTENCES + [[]])
-    cfg = {"none": ExitConfig(), "static": ExitConfig("static", layer=2), "token": mixed(model, batch),
+    cfg = {"none": ExitConfig(), "static": ExitConfig("static", layer=2), "token-rescore": mixed(model, batch, halted="rescore"),
            "token-frozen": mixed(model, batch, halted="frozen"), "token-drop": mixed(model, batch, kv="drop"),
            "sentence": ExitConfig("sentence", threshold=0.5), "patience": ExitConfig("patience", patience=1)}[name]
     out = Engine(model).run(batch, cfg)

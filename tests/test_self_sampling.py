@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from earlytag.data.batching import Featurizer, collate
+from earlytag.defaults import HALTED_DEFAULT
 from earlytag.engine import Engine, ExitConfig, simulate_exits
 from earlytag.model.tagger import EarlyExitTagger
 from earlytag.train.self_sampling import LayerCache, SamplingConfig, cache_layer_outputs, sample_exits
@@ -25,12 +26,12 @@ def windows_and_batch(tokenizer, labels=False):
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 @pytest.mark.parametrize("kv", ["keep", "drop"])
-@pytest.mark.parametrize("policy", ["token", "token-frozen", "patience"])
+@pytest.mark.parametrize("policy", ["token-rescore", "token-frozen", "patience"])
 def test_simulated_exit_layers_equal_the_engines(tokenizer, family, kv, policy):
     """The simulator, fed the per-layer uncertainties the engine's policy saw, reproduces its exit layers."""
     model = tiny_model(family, seed=3)
     _, batch = windows_and_batch(tokenizer)
-    cfg = {"token": lambda: mixed(model, batch, kv=kv), "token-frozen": lambda: mixed(model, batch, kv=kv,
+    cfg = {"token-rescore": lambda: mixed(model, batch, kv=kv, halted="rescore"), "token-frozen": lambda: mixed(model, batch, kv=kv,
            halted="frozen"), "patience": lambda: ExitConfig(policy="patience", patience=1, kv=kv)}[policy]()
     engine = Engine(model)
     out = engine.run(batch, cfg, trace=True)
@@ -214,7 +215,7 @@ def test_self_sampling_trains_end_to_end_and_honours_freezing(tmp_path, tokenize
     assert not torch.equal(before.heads[0].linear.weight, after.heads[0].linear.weight)
     log = train(TrainConfig(output=str(tmp_path / "trained"), epochs=2, freeze_epochs=1, **common))
     assert [e["encoder_frozen"] for e in log["epochs"]] == [True, False]
-    assert "dev_exit_score" in log["epochs"][-1] and log["epochs"][-1]["dev_exit"]["halted"] == "rescore"
+    assert "dev_exit_score" in log["epochs"][-1] and log["epochs"][-1]["dev_exit"]["halted"] == HALTED_DEFAULT
     trained = Tagger.from_pretrained(tmp_path / "trained")
     assert not torch.equal(before.encoder.embeddings.word_embeddings.weight,
                            trained.model.encoder.embeddings.word_embeddings.weight)

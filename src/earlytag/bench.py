@@ -50,10 +50,11 @@ def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "de
 
 
 def row_key(cfg: ExitConfig) -> str:
-    """The name of a setting's curve in the results: the policy, -drop for kv=drop, -frozen for halted=frozen."""
+    """The name of a setting's curve in the results: the policy, -drop for kv=drop, -RULE for a halted rule other
+    than the default (results written before the default became frozen name the frozen rule -frozen instead)."""
     rule = cfg.rule
     return (cfg.policy + ("-drop" if cfg.kv == "drop" and "kv" in rule.settings else "")
-            + ("-frozen" if cfg.halted == "frozen" and "halted" in rule.settings else ""))
+            + (f"-{cfg.halted}" if cfg.halted != HALTED_DEFAULT and "halted" in rule.settings else ""))
 
 
 @dataclass

@@ -42,8 +42,9 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
     g.add_argument("--upper-multiplier", type=float, help="token: τ multiplier for the upper half of layers")
     g.add_argument("--kv", choices=["keep", "drop"], help="halted tokens stay keys/values (keep) or not (drop)")
     g.add_argument("--halted", choices=HALTED_RULES,
-                   help="token: a halted word is scored again by later heads and can hold its neighbours back "
-                        "(rescore, the paper) or keeps the uncertainty it halted with (frozen)")
+                   help="token: a halted word keeps the uncertainty it halted with (frozen, the default: it "
+                        "measured better) or is scored again by later heads and can hold its neighbours back "
+                        "(rescore, the authors' code)")
     if calibrate:
         g.add_argument("--target-speedup", type=float,
                        help="choose thresholds on dev data that reach this FLOPs speed-up with the best score, "

@@ -6,11 +6,12 @@ It is pure tensor code with no access to the model, so the engine and the self-s
 
 What a halted word contributes later (``halted``, TOKEE's window):
 
-- ``rescore`` (the paper's code, the default): the halted word's copied hidden state is scored again by every
-  later layer's head, and that uncertainty enters its neighbours' windows, so a halted word can still hold a
-  neighbour back. Its prediction stays the one it halted with. The head on halted words is a cost (FLOPs).
-- ``frozen``: a halted word keeps the uncertainty it halted with. With thresholds that never decrease it can
-  then never hold a neighbour back: the window counts active words only.
+- ``frozen`` (the default, measured better: docs/results.md section 3): a halted word keeps the uncertainty it
+  halted with. With thresholds that never decrease it can then never hold a neighbour back: the window counts
+  active words only.
+- ``rescore`` (the authors' code): the halted word's copied hidden state is scored again by every later layer's
+  head, and that uncertainty enters its neighbours' windows, so a halted word can still hold a neighbour back.
+  Its prediction stays the one it halted with. The head on halted words is a cost (FLOPs).
 
 Every policy is one class in :data:`REGISTRY` that brings its validation, thresholds, state, halting rule,
 the settings swept by calibration and the bench, and its description; the CLI, the service and the page take
@@ -354,8 +355,9 @@ class TokenExit(_ThresholdPolicy):
 
     @classmethod
     def describe(cls, cfg):
+        # the halted rule is always named: its default changed between rounds, and results outlive defaults
         return (f"token τ={cfg.threshold} k={cfg.window}" + (" kv=drop" if cfg.kv == "drop" else "")
-                + (" halted=frozen" if cfg.halted == "frozen" else ""))
+                + f" halted={cfg.halted}")
 
 
 @register
