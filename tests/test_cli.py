@@ -200,3 +200,17 @@ def test_data_list_and_version(capsys):
     assert code == 0 and "uner-en-ewt" in out
     with pytest.raises(SystemExit):
         main(["--version"])
+
+
+def test_demo_trains_calibrates_and_compares(tokenizer, shared_data, tmp_path, capsys):
+    """The README's first command end to end on a few sentences: a model with its card and a stored default exit,
+    and full depth against that default on the same test sentences."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--train-limit", "40", "--epochs", "1", "--dev-limit", "40", "--output", str(out),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "full depth" in printed and "early exit (default)" in printed
+    tagger = Tagger.from_pretrained(out)
+    assert tagger.config.exit is not None  # calibrated on dev and stored
+    assert tagger.config.exit_calibration["sentences"] == 40
+    assert (out / "README.md").read_text(encoding="utf-8").count("earlytag demo") >= 1

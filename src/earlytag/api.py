@@ -22,7 +22,7 @@ from .data.datasets import Dataset, load_dataset, map_labels
 from .data.segmentation import word_spans
 from .data.types import Sentence
 from .engine import Engine, ExitConfig, ExitStats
-from .engine.control import SpeedController
+from .engine.control import SpeedController, exit_report
 from .errors import ConfigError, DataError, EarlytagError
 from .metrics import task_scores
 from .model.precision import apply_precision, check_precision
@@ -209,10 +209,10 @@ class Tagger:
             outs = []
             step = control.batches_per_step
             for u in range(0, len(batches), step):
-                outs += self._run_batches(batches[u:u + step], control.current(), batch_size)
-                done = outs[-len(batches[u:u + step]):]
+                done = self._run_batches(batches[u:u + step], control.current(), batch_size)
                 control.observe(sum(o.stats.flops for o in done), sum(o.stats.flops_full for o in done),
                                 sum(o.stats.tokens for o in done))
+                outs += done
         else:
             outs = self._run_batches(batches, cfg, batch_size)
         seconds = time.perf_counter() - start
@@ -387,10 +387,13 @@ class Tagger:
                 layers = self.layer_tags(docs, batch_size)
         if types and self.config.is_chunking:  # predicted chunks of other types do not count either
             keep = set(types)
-            pred.tags = [[t if t == "O" or t.split("-", 1)[1] in keep else "O" for t in tags] for tags in pred.tags]
+
+            def only_kept(docs_tags: list[list[str]]) -> list[list[str]]:
+                return [[t if t == "O" or t.split("-", 1)[1] in keep else "O" for t in tags] for tags in docs_tags]
+
+            pred.tags = only_kept(pred.tags)
             if layers is not None:
-                layers = [[[t if t == "O" or t.split("-", 1)[1] in keep else "O" for t in tags] for tags in layer]
-                          for layer in layers]
+                layers = [only_kept(layer) for layer in layers]
         result = task_scores(self.config.task, gold, pred.tags, mode)
         if layers is not None:
             result["per_layer"] = [{"layer": i + 1, **_brief(task_scores(self.config.task, gold, tags, mode))}
@@ -398,7 +401,7 @@ class Tagger:
         result.update({
             "sentences": len(docs),
             "tokens": sum(len(d) for d in docs),
-            "exit": (control.current() if control else cfg).to_dict(),
+            **exit_report(cfg),
             "flops_speedup": pred.stats.flops_speedup,
             "mean_exit_layer": pred.stats.mean_exit_layer,
             "inference_seconds": pred.model_seconds,
@@ -409,8 +412,6 @@ class Tagger:
             "warnings": warnings_,
             "seconds": time.perf_counter() - start,
         })
-        if control is not None:
-            result["controller"] = control.to_dict()
         return result
 
 

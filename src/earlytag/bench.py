@@ -152,7 +152,7 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None) -> tuple[list, list[list]]:
+def prebuilt_batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None = None) -> tuple[list, list[list]]:
     """Pre-built batches (on the tagger's device) and the word lists of each batch."""
     docs = docs[:limit] if limit else docs
     windows = tagger.featurizer.windows(docs)
@@ -197,7 +197,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     # pre-built batches per batch size: timing covers the model only, not tokenisation or padding
     limits = {bs: (cfg.timing_limit_b1 if bs == 1 else cfg.timing_limit) for bs in cfg.batch_sizes}
-    batches = {bs: _batches(base, docs, bs, limits[bs]) for bs in cfg.batch_sizes} if cfg.timing else {}
+    batches = {bs: prebuilt_batches(base, docs, bs, limits[bs]) for bs in cfg.batch_sizes} if cfg.timing else {}
     others = [Tagger.from_pretrained(m, device=cfg.device) for m in cfg.compare_models]
     peers = [make_peer(name, base) for name in cfg.compare]
 
@@ -318,8 +318,8 @@ def _timing_fields(timing: Timing | None, noise_spread: float) -> dict[str, Any]
 def _compare_row(tagger: Tagger, other: Tagger, path: str, docs, bs: int, limit: int | None, score: float,
                  repeats: int, noise_spread: float) -> dict[str, Any]:
     """Another (smaller) model at full depth, timed in alternation with this model at full depth."""
-    mine, _ = _batches(tagger, docs, bs, limit)
-    theirs, _ = _batches(other, docs, bs, limit)
+    mine, _ = prebuilt_batches(tagger, docs, bs, limit)
+    theirs, _ = prebuilt_batches(other, docs, bs, limit)
     flops_full = sum(tagger.engine.run(a, _FULL).stats.flops_full for a in mine)  # this model at full depth
     flops = [0.0]
 

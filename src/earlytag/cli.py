@@ -315,9 +315,8 @@ def cmd_demo(args) -> int:
     import time
 
     from .api import Tagger
-    from .bench import paired
+    from .bench import paired, prebuilt_batches
     from .calibrate import calibrate
-    from .data.batching import collate, length_sorted_batches
     from .engine import ExitConfig
     from .report import format_layer_table
     from .train.trainer import TrainConfig, train
@@ -348,9 +347,7 @@ def cmd_demo(args) -> int:
     test.sentences = test.sentences[:500]
     full = tagger.evaluate(test, exit="none", per_layer=False)
     early = tagger.evaluate(test, exit=None, per_layer=False)  # the stored default
-    windows = tagger.featurizer.windows([s.tokens for s in test.sentences])
-    batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
-               for idx in length_sorted_batches(windows, tagger.batch_size)]
+    batches, _ = prebuilt_batches(tagger, [s.tokens for s in test.sentences], tagger.batch_size)
     units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
     default = tagger.default_exit
     timing = paired(lambda u: [tagger.engine.run(b, full_depth) for b in u],

@@ -24,7 +24,7 @@ from .data.batching import SURROGATES
 from .data.readers import iter_conll, iter_conllu, iter_lines, iter_uner, parse_json_line
 from .data.types import Sentence
 from .engine import ExitStats
-from .engine.control import SpeedController
+from .engine.control import exit_report
 from .errors import DataError
 from .storage import AtomicFile
 
@@ -88,20 +88,21 @@ def read_inputs(tagger: Tagger, path: str, input_format: str = "auto",
             yield None, {**where, "error": str(err)}
 
 
+def _repair(item):
+    """Lone surrogates replaced by U+FFFD, one for one (offsets stay those of the input), in a text or in the
+    text fields of a JSON document."""
+    def fix(value):
+        if isinstance(value, str):
+            return SURROGATES.sub("\ufffd", value)
+        return [fix(x) for x in value] if isinstance(value, list) else value
+
+    return {k: fix(v) for k, v in item.items()} if isinstance(item, dict) else fix(item)
+
+
 def _sentence(tagger: Tagger, item, path: str, number: int, on_error: str) -> Sentence:
     try:
-        return tagger.to_sentence(item, f"{path}:{number}")
+        return tagger.to_sentence(_repair(item) if on_error == "repair" else item, f"{path}:{number}")
     except DataError as err:
-        if on_error == "repair" and "lone surrogate" in err.message:
-            def fix(text: str) -> str:  # one U+FFFD per bad character: offsets stay those of the input
-                return SURROGATES.sub("\ufffd", text)
-
-            if isinstance(item, dict):
-                item = {k: (fix(v) if isinstance(v, str) else [fix(x) for x in v] if isinstance(v, list) else v)
-                        for k, v in item.items()}
-            else:
-                item = fix(item)
-            return tagger.to_sentence(item, f"{path}:{number}")
         raise DataError(err.message, path, number) from None
 
 
@@ -163,15 +164,10 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
                 bar.update(len(chunk))
         finally:
             bar.close()
-    control = cfg if isinstance(cfg, SpeedController) else None
-    summary = {"documents": n_docs, "errors": errors, "words": stats.words,
-               "exit": (control.current() if control else cfg).to_dict(), "flops_speedup": stats.flops_speedup,
-            "mean_exit_layer": stats.mean_exit_layer, "inference_seconds": round(model_seconds, 3),
-            "seconds": round(time.perf_counter() - started, 3), "precision": tagger.precision,
-            "backend": tagger.backend}
-    if control is not None:
-        summary["controller"] = control.to_dict()
-    return summary
+    return {"documents": n_docs, "errors": errors, "words": stats.words, **exit_report(cfg),
+            "flops_speedup": stats.flops_speedup, "mean_exit_layer": stats.mean_exit_layer,
+            "inference_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+            "precision": tagger.precision, "backend": tagger.backend}
 
 
 @contextmanager

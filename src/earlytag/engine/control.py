@@ -123,3 +123,11 @@ class SpeedController:
                 "realised_speedup_after_warmup": round(self.realised_after_warmup, 4),
                 "tokens": self.total[2], "engine_calls": self.calls, "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens}
+
+
+def exit_report(exit: ExitConfig | SpeedController) -> dict[str, Any]:
+    """What a run reports of its exit: ``{"exit": setting}``, and ``"controller"``'s state when one held a
+    target speed-up (its setting is the one it ended with)."""
+    if isinstance(exit, SpeedController):
+        return {"exit": exit.current().to_dict(), "controller": exit.to_dict()}
+    return {"exit": exit.to_dict()}

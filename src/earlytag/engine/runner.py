@@ -69,9 +69,9 @@ class _FusedLayer:
 
     ``qkv(x)``, ``q(x)``, ``kv(x)`` and ``finish(ctx, x)`` run in the layer's precision: plain Linear weights in the
     model's dtype (fp32, bf16, fp16), or :class:`~earlytag.model.precision.Int8Linear` rows joined exactly. With
-    ``bucket`` their rows are padded to :func:`bucket_rows`: oneDNN prepares a bf16/fp16 GEMM per shape, and a
-    new shape at every packed step costs 2-3x the product itself (measured on this CPU with AMX-BF16); fp32 and
-    int8 products do not care, so they are not padded."""
+    ``bucket`` their rows are padded to :func:`bucket_rows`: oneDNN prepares a bf16/fp16 GEMM per shape, and the
+    packed step would show it a new shape at almost every step (scripts/gemm_shapes.py measures the difference;
+    docs/design.md says what it found). fp32 and int8 products are not padded."""
 
     def __init__(self, parts: LayerParts, bucket: bool = False):
         self.parts = parts
