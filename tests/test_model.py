@@ -30,6 +30,7 @@ class BaseTaggerTest:
     train_spec: str = "uner-en-ewt:train"
     dev_spec: str = "uner-en-ewt:dev"
     text: str = "Angela Merkel visited Paris on Tuesday."
+    options: dict = {}  # more TrainConfig settings (the head)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -38,7 +39,7 @@ class BaseTaggerTest:
         log = train(TrainConfig(train=cls.train_spec, dev=cls.dev_spec, output=str(out), task=cls.task,
                                 encoder=str(tiny_encoder_dirs[cls.family]), epochs=2, freeze_epochs=1,
                                 batch_size=16, train_limit=96, dev_limit=48, lr=1e-3, progress=False,
-                                data_dir=str(shared_data)))
+                                data_dir=str(shared_data), **cls.options))
         return out, log
 
     def test_training_log_and_files(self, trained):
@@ -133,6 +134,23 @@ class TestBertTagger(BaseTaggerTest):
 
 class TestMPNetTagger(BaseTaggerTest):
     family = "mpnet"
+
+
+class TestCRFTagger(BaseTaggerTest):
+    family = "bert"
+    options = {"head": "crf"}
+
+    def test_the_crf_is_saved_and_decodes(self, trained):
+        tagger = Tagger.from_pretrained(trained[0])
+        assert tagger.model.head.structured and tagger.config.head == "crf"
+        assert tagger.model.head.transitions.abs().sum() > 0  # trained, not left at its zero start
+        meanfield = Tagger.from_pretrained(trained[0], decode="meanfield", meanfield_iters=2)
+        assert meanfield.model.head.decode_with == "meanfield" and meanfield.model.head.meanfield_iters == 2
+
+
+class TestCRFPerLayerMPNet(BaseTaggerTest):
+    family = "mpnet"
+    options = {"head": "crf", "crf_transitions": "per-layer", "decode": "meanfield"}
 
 
 class TestPosTagger(BaseTaggerTest):

@@ -53,7 +53,8 @@ class Prediction:
 
 class Tagger:
     def __init__(self, model: EarlyExitTagger, tokenizer, device: str | torch.device | None = None,
-                 batch_size: int = 32, refill: bool = True, precision: str = "fp32", backend: str = "torch"):
+                 batch_size: int = 32, refill: bool = True, precision: str = "fp32", backend: str = "torch",
+                 decode: str | None = None, meanfield_iters: int | None = None, crf_uncertainty: str | None = None):
         self.device = torch.device(device or "cpu")
         check_precision(precision, self.device)
         if backend not in BACKENDS:
@@ -66,14 +67,35 @@ class Tagger:
         cfg = model.config
         self.featurizer = Featurizer(tokenizer, cfg.max_length, cfg.window_overlap)
         self.engine = Engine(self.model, layers=self._layer_backend(precision, backend))
+        self.set_decoding(decode, meanfield_iters, crf_uncertainty)
+
+    def set_decoding(self, decode: str | None = None, meanfield_iters: int | None = None,
+                     uncertainty: str | None = None) -> None:
+        """How a CRF model decodes (viterbi | meanfield), its mean-field iterations, and which marginals decide
+        exits (meanfield | exact | emission); None keeps the model's setting. A softmax model takes none."""
+        given = {k: v for k, v in (("decode", decode), ("meanfield_iters", meanfield_iters),
+                                   ("crf_uncertainty", uncertainty)) if v is not None}
+        if not self.model.head.structured:
+            if given:
+                raise ConfigError(next(iter(given)), "the model has a softmax head; decoding settings are for CRF "
+                                                     "models (earlytag train --head crf)")
+            return
+        self.model.head.configure(decode, meanfield_iters, uncertainty)
+
+    @property
+    def decoding(self) -> str:
+        """What turns emissions into labels, in words (for reports)."""
+        return self.model.head.describe()
 
     # ------------------------------------------------------------------ loading / saving
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | None = None, batch_size: int = 32,
-                        precision: str = "fp32", backend: str = "torch") -> Tagger:
+                        precision: str = "fp32", backend: str = "torch", decode: str | None = None,
+                        meanfield_iters: int | None = None, crf_uncertainty: str | None = None) -> Tagger:
         """Load a saved model; ``precision``: fp32 | bf16 | fp16 | int8 (earlytag.model.precision);
-        ``backend``: torch | onnxruntime (what runs the layer steps and heads: earlytag.engine.backends)."""
+        ``backend``: torch | onnxruntime (what runs the layer steps and heads: earlytag.engine.backends);
+        ``decode``, ``meanfield_iters``, ``crf_uncertainty``: a CRF model's decoding (:meth:`set_decoding`)."""
         from transformers import AutoTokenizer
 
         from .model.encoders import check_tokenizer
@@ -84,7 +106,8 @@ class Tagger:
         except (OSError, ValueError, TypeError) as err:
             raise EarlytagError(f"{directory}: cannot load the tokenizer: {err}") from None
         check_tokenizer(tokenizer, model.encoder_config, directory)
-        tagger = cls(model, tokenizer, device, batch_size, precision=precision, backend=backend)
+        tagger = cls(model, tokenizer, device, batch_size, precision=precision, backend=backend, decode=decode,
+                     meanfield_iters=meanfield_iters, crf_uncertainty=crf_uncertainty)
         tagger.source = Path(directory)
         return tagger
 
@@ -270,7 +293,7 @@ class Tagger:
                 batch = collate([windows[i] for i in idx], self.featurizer.pad_id).to(self.device)
                 out = self.model(batch.input_ids, batch.attention_mask, batch.word_pos)
                 for layer, logits in enumerate(out.logits):
-                    ids = logits.argmax(-1).tolist()
+                    ids = self.model.head.predict_layer(layer, logits, batch.word_mask).tolist()
                     for row, i in enumerate(idx):
                         per_layer[layer][i] = ids[row][: windows[i].num_words]
         lengths = [len(d) for d in docs]
@@ -406,7 +429,8 @@ class Tagger:
             "mean_exit_layer": pred.stats.mean_exit_layer,
             "inference_seconds": pred.model_seconds,
             "stats": pred.stats.to_dict(),
-            "runtime": {"precision": self.precision, "backend": self.backend, "device": str(self.device)},
+            "runtime": {"precision": self.precision, "backend": self.backend, "device": str(self.device),
+                        "head": self.decoding},
             "data": str(dataset.path),
             "scheme": dataset.scheme_note,
             "warnings": warnings_,

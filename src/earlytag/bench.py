@@ -86,6 +86,7 @@ class BenchConfig:
     refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
     device: str | None = None  # cpu (default), cuda, ...
+    decoding: dict[str, Any] = field(default_factory=dict)  # a CRF model's decode, meanfield_iters, crf_uncertainty
 
 
 @dataclass
@@ -166,11 +167,12 @@ def prebuilt_batches(tagger: Tagger, docs: list, batch_size: int, limit: int | N
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.repeats < 1:
         raise ConfigError("repeats", "must be at least 1")
-    base = Tagger.from_pretrained(cfg.model, device=cfg.device)  # fp32: the reference of every wall-clock speed-up
+    base = Tagger.from_pretrained(cfg.model, device=cfg.device, **cfg.decoding)  # fp32: the reference of every wall-clock speed-up
     runtimes = [(p, b) for b in cfg.backends for p in cfg.precisions
                 if b == "torch" or p in ("fp32", "int8")]  # ONNX Runtime runs fp32 and int8
     taggers = {(p, b): base if (p, b) == ("fp32", "torch") else
-               Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device) for p, b in runtimes}
+               Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device, **cfg.decoding)
+               for p, b in runtimes}
     dataset = base.load(cfg.data, data_dir=cfg.data_dir)
     sentences = dataset.sentences[: cfg.limit] if cfg.limit else dataset.sentences
     docs = [s.tokens for s in sentences]
@@ -291,7 +293,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "repeats": cfg.repeats, "task": base.config.task, "num_layers": num_layers,
             "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": base.engine.refill_tokens,
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
-            "compare_models": cfg.compare_models, "precisions": cfg.precisions, "backends": cfg.backends,
+            "compare_models": cfg.compare_models, "head": base.decoding, "precisions": cfg.precisions, "backends": cfg.backends,
             "compare": cfg.compare,
             "timing": cfg.timing, "noise_spread": cfg.noise_spread}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")

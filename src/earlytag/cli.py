@@ -64,6 +64,25 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: what torch picks, usually one per core; on a shared "
                         "machine fewer threads than cores are often faster)")
+    _decode_args(p)
+
+
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CRF models (train --head crf)")
+    g.add_argument("--decode", choices=["viterbi", "meanfield"],
+                   help="Viterbi (exact, sequential over words) or mean-field (parallel; default: the model's)")
+    g.add_argument("--meanfield-iters", type=int, metavar="M",
+                   help="mean-field updates, for decoding and for the marginals that decide exits (default: the "
+                        "model's)")
+    g.add_argument("--crf-uncertainty", choices=["meanfield", "exact", "emission"],
+                   help="which marginals decide exits: mean-field (default), exact forward-backward, or the "
+                        "emission softmax alone")
+
+
+def decoding(args) -> dict:
+    """The CRF decoding options a command was given (for Tagger.from_pretrained)."""
+    return {"decode": getattr(args, "decode", None), "meanfield_iters": getattr(args, "meanfield_iters", None),
+            "crf_uncertainty": getattr(args, "crf_uncertainty", None)}
 
 
 def load_tagger(args, **kwargs):
@@ -73,7 +92,7 @@ def load_tagger(args, **kwargs):
     set_threads(getattr(args, "threads", None))
     return Tagger.from_pretrained(args.model, precision=getattr(args, "precision", "fp32"),
                                   backend=getattr(args, "backend", "torch"), device=getattr(args, "device", None),
-                                  **kwargs)
+                                  **decoding(args), **kwargs)
 
 
 def set_threads(threads: int | None) -> None:
@@ -216,7 +235,8 @@ def cmd_bench(args) -> int:
                       halted=args.halted_modes,
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
-                      compare_models=args.compare_model or [], refill=not args.no_refill)
+                      compare_models=args.compare_model or [], refill=not args.no_refill,
+                      decoding={k: v for k, v in decoding(args).items() if v is not None})
     result = run_bench(cfg)
     print(result["markdown"])
     return 0
@@ -255,7 +275,7 @@ def cmd_serve(args) -> int:
     set_threads(args.threads)
     serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           batching=not args.no_batching, limits=limits,
-          load={"precision": args.precision, "backend": args.backend, "device": args.device})
+          load={"precision": args.precision, "backend": args.backend, "device": args.device, **decoding(args)})
     return 0
 
 
@@ -460,6 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sub-word tokens per window; longer documents are cut into overlapping windows")
     p.add_argument("--label-scheme", choices=["iob2", "iobes"], default=d.label_scheme,
                    help="what the heads predict for chunk tasks")
+    g = p.add_argument_group("head")
+    g.add_argument("--head", choices=["softmax", "crf"], default=d.head,
+                   help="softmax: an independent label per word (the paper's); crf: a linear-chain CRF over the "
+                        "words, decoded by Viterbi or mean-field")
+    g.add_argument("--crf-transitions", choices=["shared", "per-layer"], default=d.crf_transitions,
+                   help="crf: one transition matrix for every layer, or one per layer")
+    g.add_argument("--meanfield-iters", type=int, default=d.meanfield_iters, metavar="M",
+                   help="crf: mean-field updates unrolled in the loss, and the model's default for decoding")
+    g.add_argument("--decode", choices=["viterbi", "meanfield"], default=d.decode,
+                   help="crf: the model's default decoding")
     p.add_argument("--train-limit", type=int, help="use only the first N training sentences")
     p.add_argument("--dev-limit", type=int, help="use only the first N dev sentences")
     p.add_argument("--kv", choices=["keep", "drop"], default=d.kv,
@@ -572,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    _decode_args(p)
     p.set_defaults(func=cmd_bench)
 
     p = _verb(sub, "calibrate", "choose exit thresholds for a target speed-up on dev data",

@@ -132,7 +132,7 @@ class _Group:
     """
 
     per_row = ("origin", "h", "tok_mask", "token_word", "word_pos", "word_mask", "active_w", "unc", "pred", "score",
-               "exit")
+               "exit", "emit")
     pad_values = {"token_word": -1, "exit": -1}  # padding when groups of different sizes are merged
 
     def __init__(self, layer: int, state: dict[str, torch.Tensor], batches: set[int], **tensors: torch.Tensor):
@@ -254,6 +254,8 @@ class Engine:
 
     def _run(self, batches: list[Batch], cfg: ExitConfig, refill: bool, trace: bool = False) -> list[EngineOutput]:
         policy = ExitPolicy(cfg, self.model.num_layers)
+        if self.model.head.structured and policy.rescore and "halted" in policy.rule.settings:
+            raise ConfigError("exit.halted", "a CRF head keeps each halted word's emission: use halted=frozen")
         if self.layers is not None and cfg.kv != "keep":
             raise ConfigError("exit.kv", "the onnxruntime backend runs kv=keep; use --backend torch for kv=drop")
         outs = [_Outputs(b, i, self.model.num_layers) for i, b in enumerate(batches)]
@@ -276,7 +278,10 @@ class Engine:
                       tok_mask=batch.attention_mask.bool(), token_word=batch.token_word, word_pos=batch.word_pos,
                       word_mask=batch.word_mask, active_w=batch.word_mask.clone(),
                       unc=torch.zeros((big_b, w), device=dev), pred=torch.zeros((big_b, w), dtype=torch.long, device=dev),
-                      score=torch.zeros((big_b, w), device=dev), exit=torch.full((big_b, w), -1, dtype=torch.long, device=dev))
+                      score=torch.zeros((big_b, w), device=dev), exit=torch.full((big_b, w), -1, dtype=torch.long, device=dev),
+                      # a structured (CRF) head keeps every word's current emission (b, W, C); softmax: nothing
+                      emit=torch.zeros((big_b, w, self.model.config.num_labels if self.model.head.structured else 0),
+                                       device=dev))
 
     def _climb(self, g: _Group, policy: ExitPolicy, cfg: ExitConfig, outs: list[_Outputs], traces,
                parked: dict[int, _Group] | None, final: bool = False) -> None:
@@ -320,18 +325,15 @@ class Engine:
         # exit head on the first sub-word of the active words, or (rescore) of every word of the live sentences
         rows = g.words_flat if policy.rescore else g.active_w.view(-1).nonzero().squeeze(1)  # (N_w,) flat words
         hw = g.h.view(-1, d).index_select(0, g.word_flat.index_select(0, rows))  # (N_w, d)
-        if self.layers is not None:
-            score, pred, unc = self.layers.head(layer, hw, cfg.criterion)
+        if self.model.head.structured:
+            self._structured_scores(g, layer, rows, hw, cfg.criterion)
         else:
-            head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
-            score, pred, unc = head_scores(head(hw.to(head.weight.dtype)), cfg.criterion)  # float32 each
-        g.unc.view(-1).index_copy_(0, rows, unc)
-        if policy.rescore:  # halted words keep the prediction they halted with
-            still = g.active_w.view(-1).index_select(0, rows)
-            pred = torch.where(still, pred, g.pred.view(-1).index_select(0, rows))
-            score = torch.where(still, score, g.score.view(-1).index_select(0, rows))
-        g.pred.view(-1).index_copy_(0, rows, pred)
-        g.score.view(-1).index_copy_(0, rows, score)
+            if self.layers is not None:
+                score, pred, unc = self.layers.head(layer, hw, cfg.criterion)
+            else:
+                head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
+                score, pred, unc = head_scores(head(hw.to(head.weight.dtype)), cfg.criterion)  # float32 each
+            self._word_scores(g, rows, score, pred, unc, policy.rescore)
         if traces is not None:  # tests only: a loop over rows is fine here
             for r, (i, row) in enumerate(g.origin.tolist()):
                 traces[i][row, layer] = g.unc[r, : traces[i].shape[2]]
@@ -340,9 +342,37 @@ class Engine:
         g.active_w = g.active_w & ~halt
         g.active_t = None
 
+    @staticmethod
+    def _word_scores(g: _Group, rows: torch.Tensor, score: torch.Tensor, pred: torch.Tensor, unc: torch.Tensor,
+                     rescore: bool) -> None:
+        """Store an independent head's scores of the flat words ``rows``."""
+        g.unc.view(-1).index_copy_(0, rows, unc)
+        if rescore:  # halted words keep the prediction they halted with
+            still = g.active_w.view(-1).index_select(0, rows)
+            pred = torch.where(still, pred, g.pred.view(-1).index_select(0, rows))
+            score = torch.where(still, score, g.score.view(-1).index_select(0, rows))
+        g.pred.view(-1).index_copy_(0, rows, pred)
+        g.score.view(-1).index_copy_(0, rows, score)
+
+    def _structured_scores(self, g: _Group, layer: int, rows: torch.Tensor, hw: torch.Tensor, criterion: str) -> None:
+        """A CRF head: the active words' new emissions join the halted words' kept ones, and the layer's
+        marginals over whole sentences give the active words' uncertainty (halted words keep theirs)."""
+        linear = self.model.heads[layer].linear
+        c = g.emit.shape[-1]
+        g.emit.view(-1, c).index_copy_(0, rows, linear(hw.to(linear.weight.dtype)).float())  # (N_w, C) rows
+        score, pred, unc = self.model.head.layer_scores(layer, g.emit, g.word_mask, criterion)  # (b, W) each
+        g.unc = torch.where(g.active_w, unc, g.unc)
+        g.pred = torch.where(g.active_w, pred, g.pred)
+        g.score = torch.where(g.active_w, score, g.score)
+
     def _emit(self, g: _Group, idx: torch.Tensor, outs: list[_Outputs]) -> None:
         """Copy the finished rows ``idx`` of ``g`` into the outputs of their input batches."""
         origin = g.origin.index_select(0, idx)
+        if self.model.head.structured:  # the labels of a CRF come from whole sentences, decoded once they are done
+            pred, score = self.model.head.decode(g.emit.index_select(0, idx), g.word_mask.index_select(0, idx),
+                                                 g.exit.index_select(0, idx))
+            g.pred.index_copy_(0, idx, pred)
+            g.score.index_copy_(0, idx, score)
         for i in g.batches:
             sel = idx if len(g.batches) == 1 else idx[origin[:, 0] == i]
             rows = g.origin.index_select(0, sel)[:, 1]

@@ -19,6 +19,8 @@ class TaggerConfig:
     input_scheme: str | None = "iob2"  # chunk scheme of the training files (used to write CoNLL output back)
     label_scheme: str | None = "iob2"  # chunk scheme the heads predict (iob2 or iobes)
     head_dropout: float = 0.1
+    head: str = "softmax"  # softmax (an independent softmax per word) | crf (earlytag.model.heads)
+    crf: dict[str, Any] | None = None  # CRF settings: transitions, decode, meanfield_iters, uncertainty
     max_length: int = 512  # sub-word tokens per window, special tokens included
     window_overlap: int = 16  # words shared by consecutive windows of a long document
     word_splitter: str = "regex"  # how raw text becomes words: regex (words + punctuation) | chars | whitespace
@@ -46,6 +48,14 @@ class TaggerConfig:
         if not 0 <= self.window_overlap <= self.max_length // 4:
             raise ConfigError("window_overlap", f"must be between 0 and max_length/4 ({self.max_length // 4}) "
                                                 f"words, got {self.window_overlap}")
+        if self.head not in ("softmax", "crf"):
+            raise ConfigError("head", f"expected softmax or crf, got {self.head!r}")
+        if self.head == "crf":
+            from .heads import crf_settings
+
+            self.crf = crf_settings(self.crf)
+        elif self.crf is not None:
+            raise ConfigError("crf", "CRF settings on a softmax head")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("head_dropout", f"must be in [0, 1), got {self.head_dropout}")
 
@@ -89,6 +99,7 @@ def _is(value: Any, kind: str) -> bool:
 _KIND_NAMES = {"none": "null", "int": "an integer", "float": "a number", "str": "a string", "dict": "an object",
                "labels": "a list of non-empty strings"}
 _TYPES = {"labels": ("labels",), "task": ("str",), "input_scheme": ("str", "none"), "label_scheme": ("str", "none"),
-          "head_dropout": ("float",), "max_length": ("int",), "window_overlap": ("int",), "word_splitter": ("str",),
+          "head_dropout": ("float",), "head": ("str",), "crf": ("dict", "none"),
+          "max_length": ("int",), "window_overlap": ("int",), "word_splitter": ("str",),
           "encoder_name": ("str", "none"), "exit": ("dict", "none"), "exit_calibration": ("dict", "none"),
           "training": ("dict",)}

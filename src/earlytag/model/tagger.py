@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -30,11 +29,13 @@ from ..storage import atomic_write_text, require_model_dir, save_dir
 from .adapters import adapter_for
 from .card import CARD_NAME, render_card
 from .config import TaggerConfig
+from .heads import build_head
 from .layers import attention_bias, dense_layer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HEAD_PREFIX = "exit_heads"
+CRF_PREFIX = "crf"
 
 
 @dataclass
@@ -108,6 +109,7 @@ class EarlyExitTagger(nn.Module):
             ExitHead(self.adapter.hidden_size, config.num_labels, config.head_dropout)
             for _ in range(self.adapter.num_layers)
         )
+        self.head = build_head(config, self.adapter.num_layers)  # softmax or CRF: loss, exit scores, decoding
 
     precision = "fp32"  # see earlytag.model.precision.apply_precision
 
@@ -158,37 +160,10 @@ class EarlyExitTagger(nn.Module):
             out.loss, out.layer_losses = self.loss(logits, labels, word_exit, loss_reduction, flood)
         return out
 
-    @staticmethod
-    def loss(logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
+    def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
              reduction: str = "active-mean", flood: torch.Tensor | None = None):
-        """Σ_l (l+1)·L_l / Σ_l (l+1), with ``L_l`` the cross-entropy of layer l's head.
-
-        With ``word_exit`` a layer only counts the words still active there: ``active-mean`` averages over them
-        (a layer without any counts 0 and leaves the weighting), ``batch-sum`` sums over them and divides by all
-        words of the batch (the authors' self-sampling loss). ``flood (B, L, W)`` floods each word's loss at
-        each layer at its own level: ``|l - b| + b``. Without ``word_exit`` and ``flood`` both reductions are the
-        plain joint loss."""
-        if reduction not in ("active-mean", "batch-sum"):
-            raise ConfigError("loss_reduction", f"expected active-mean or batch-sum, got {reduction!r}")
-        sums, counts = [], []
-        for layer, lg in enumerate(logits):
-            target = labels if word_exit is None else labels.masked_fill(word_exit < layer, -100)
-            ce = F.cross_entropy(lg.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="none")
-            if flood is not None:
-                level = flood[:, layer].flatten()
-                ce = torch.where(target.flatten() != -100, (ce - level).abs() + level, 0.0)
-            sums.append(ce.sum())
-            counts.append((target != -100).sum())
-        count = torch.stack(counts)  # (L,)
-        layers = torch.arange(1, len(logits) + 1, device=count.device)
-        if reduction == "batch-sum":
-            layer_losses = torch.stack(sums) / (labels != -100).sum().clamp(min=1)  # (L,)
-            weights = layers
-        else:
-            layer_losses = torch.stack(sums) / count.clamp(min=1)  # (L,)
-            weights = layers * (count > 0)  # layers with nothing count 0
-        loss = (layer_losses * weights).sum() / weights.sum().clamp(min=1)
-        return loss, layer_losses.detach()
+        """The head's joint loss Σ_l (l+1)·L_l / Σ_l (l+1) (:meth:`earlytag.model.heads.SoftmaxHead.loss`)."""
+        return self.head.loss(logits, labels, word_exit, reduction, flood)
 
     # ----------------------------------------------------------------- save / load
 
@@ -224,6 +199,8 @@ class EarlyExitTagger(nn.Module):
         for i, head in enumerate(self.heads):
             state[f"{HEAD_PREFIX}.{i}.weight"] = head.linear.weight.detach().contiguous().clone()
             state[f"{HEAD_PREFIX}.{i}.bias"] = head.linear.bias.detach().contiguous().clone()
+        for name, p in self.head.named_parameters():
+            state[f"{CRF_PREFIX}.{name}"] = p.detach().float().contiguous().clone()
         return state
 
     @classmethod
@@ -296,6 +273,14 @@ class EarlyExitTagger(nn.Module):
             with torch.no_grad():
                 head.linear.weight.copy_(w)
                 head.linear.bias.copy_(b)
+        for name, p in self.head.named_parameters():
+            key = f"{CRF_PREFIX}.{name}"
+            if key not in state:
+                raise EarlytagError(f"{source}: no weights for the CRF ({key})")
+            if state[key].shape != p.shape:
+                raise EarlytagError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {tuple(p.shape)}")
+            with torch.no_grad():
+                p.copy_(state[key])
 
 
 def update_saved_config(directory: str | os.PathLike, settings: dict) -> None:

@@ -63,7 +63,12 @@ def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_i
         batch = collate([windows[i] for i in idx], pad_id).to(device)
         out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels)
         logits = torch.stack(out.logits, 1)  # (B, L, W, C)
-        _, p, u = head_scores(logits, criterion)  # (B, L, W) each
+        if model.head.structured:  # a CRF's exits read its marginals, layer by layer
+            scored = [model.head.layer_scores(i, out.logits[i], batch.word_mask, criterion)
+                      for i in range(len(out.logits))]
+            p, u = torch.stack([x[1] for x in scored], 1), torch.stack([x[2] for x in scored], 1)  # (B, L, W)
+        else:
+            _, p, u = head_scores(logits, criterion)  # (B, L, W) each
         ce = None
         if batch.labels is not None:
             target = batch.labels[:, None, :].expand(-1, logits.shape[1], -1)  # (B, L, W)

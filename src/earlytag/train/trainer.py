@@ -31,6 +31,7 @@ from ..defaults import HALTED_DEFAULT
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
+from ..model.heads import HEADS, crf_settings
 from ..model.tagger import EarlyExitTagger
 from ..storage import atomic_write_text, check_output_dir
 from .self_sampling import RECIPES, Recipe, cache_layer_outputs, flood_levels, sample_exits
@@ -55,6 +56,10 @@ class TrainConfig:
     freeze_epochs: int = 1
     seed: int = 42
     head_dropout: float = 0.1
+    head: str = "softmax"  # softmax | crf (earlytag.model.heads); stage 2 keeps the init model's head
+    crf_transitions: str = "shared"  # crf: one transition matrix for every layer (shared) or one per layer
+    meanfield_iters: int = 3  # crf: mean-field updates, in the loss and the model's default decoding
+    decode: str = "viterbi"  # crf: the model's default decoding (viterbi | meanfield)
     max_length: int = 512
     label_scheme: str = "iob2"  # what the heads predict for chunk tasks: iob2 | iobes
     scheme: str = "auto"  # chunk scheme of the input files
@@ -102,9 +107,16 @@ class TrainConfig:
             raise ConfigError("label_scheme", "expected iob2 or iobes")
         if self.kv not in ("keep", "drop"):
             raise ConfigError("kv", "expected keep or drop")
+        if self.head not in HEADS:
+            raise ConfigError("head", f"expected one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "crf":
+            crf_settings(self.crf_settings())
         if self.stage == "self-sampling":
             self.self_sampling_recipe()
         return self
+
+    def crf_settings(self) -> dict[str, Any]:
+        return {"transitions": self.crf_transitions, "meanfield_iters": self.meanfield_iters, "decode": self.decode}
 
     def self_sampling_recipe(self) -> Recipe:
         """The stage-2 recipe: the named one, with every setting given explicitly put in its place."""
@@ -256,6 +268,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             label_scheme=cfg.label_scheme if chunking else None, head_dropout=cfg.head_dropout,
             max_length=cfg.max_length,  # clamped to the encoder's positions by the model
             word_splitter="chars" if cfg.task == "cws" else "regex", encoder_name=cfg.encoder,
+            head=cfg.head, crf=cfg.crf_settings() if cfg.head == "crf" else None,
         )
         model = EarlyExitTagger(tagger_cfg, encoder.config, encoder)
         tagger = Tagger(model, tokenizer, device)
@@ -265,6 +278,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if model.config.task != cfg.task:
             raise ConfigError("task", f"the init model was trained for {model.config.task}, not {cfg.task}")
         resolved = cfg.init
+        if model.head.structured and cfg.self_sampling_recipe().flooding == "token":
+            raise ConfigError("flooding", f"{cfg.init} has a CRF head, whose loss is per sentence; token flooding "
+                                          "floods each word's cross-entropy: use --flooding batch or --flooding off")
 
     featurizer = Featurizer(tokenizer, model.config.max_length, model.config.window_overlap)
     label_ids = _label_ids(train_set, model.config.labels, model.config.label_scheme or "iob2", chunking)
@@ -415,7 +431,8 @@ def _optimizer(model: EarlyExitTagger, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW([
         {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": list(model.heads.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0},
+        {"params": list(model.heads.parameters()) + list(model.head.parameters()), "lr": cfg.head_lr,
+         "weight_decay": 0.0},
     ])
 
 

@@ -1,0 +1,262 @@
+"""How a tagger turns each layer's per-word emission scores into labels, exit uncertainty and a training loss.
+
+Every layer has an exit head (dropout + linear, :class:`earlytag.model.tagger.ExitHead`) giving emission scores
+``(B, W, C)`` from the first sub-word of each word. A *head* decides what those scores mean:
+
+- :class:`SoftmaxHead` (the paper's): an independent softmax per word; cross-entropy loss; the uncertainty of a
+  word is the normalised entropy of its softmax.
+- :class:`CRFHead`: a linear-chain CRF over the words (``earlytag train --head crf``): a learned transition
+  matrix (shared by the layers or one per layer) with start/end scores; loss = CRF negative log-likelihood +
+  cross-entropy of the unrolled mean-field marginals (so mean-field can replace Viterbi at inference); decoding
+  by Viterbi (exact, sequential over positions) or mean-field (parallel, ``iters`` updates). Under early exit a
+  word's emission is the one of the layer it exited at, and the uncertainty that decides exits comes from the
+  layer's CRF marginals (``uncertainty``: meanfield | exact | emission, see docs/results.md).
+
+The training forward calls :meth:`loss`; the engine calls :meth:`layer_scores` after each layer and
+:meth:`decode` when a sentence is done. All of it runs in float32, whatever the encoder's precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from . import crf
+
+HEADS = ("softmax", "crf")
+DECODERS = ("viterbi", "meanfield")
+CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")
+CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters": 3, "uncertainty": "meanfield"}
+
+
+def layer_weighted(sums: list[torch.Tensor], counts: list[torch.Tensor], total: torch.Tensor, reduction: str):
+    """Σ_l (l+1)·L_l / Σ_l (l+1) from per-layer loss sums and the number of words counted in each."""
+    count = torch.stack(counts)  # (L,)
+    layers = torch.arange(1, len(sums) + 1, device=count.device)
+    if reduction == "batch-sum":
+        layer_losses = torch.stack(sums) / total.clamp(min=1)  # (L,)
+        weights = layers
+    else:
+        layer_losses = torch.stack(sums) / count.clamp(min=1)  # (L,)
+        weights = layers * (count > 0)  # layers with nothing count 0
+    loss = (layer_losses * weights).sum() / weights.sum().clamp(min=1)
+    return loss, layer_losses.detach()
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("active-mean", "batch-sum"):
+        raise ConfigError("loss_reduction", f"expected active-mean or batch-sum, got {reduction!r}")
+
+
+class SoftmaxHead(nn.Module):
+    """An independent softmax per word (no parameters of its own: the per-layer linears are the exit heads)."""
+
+    kind: ClassVar[str] = "softmax"
+    structured: ClassVar[bool] = False  # the engine scores words one by one (flat rows)
+
+    def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
+             reduction: str = "active-mean", flood: torch.Tensor | None = None):
+        """Σ_l (l+1)·L_l / Σ_l (l+1), with ``L_l`` the cross-entropy of layer l's head.
+
+        With ``word_exit`` a layer only counts the words still active there: ``active-mean`` averages over them
+        (a layer without any counts 0 and leaves the weighting), ``batch-sum`` sums over them and divides by all
+        words of the batch (the authors' self-sampling loss). ``flood (B, L, W)`` floods each word's loss at
+        each layer at its own level: ``|l - b| + b``. Without ``word_exit`` and ``flood`` both reductions are the
+        plain joint loss."""
+        _check_reduction(reduction)
+        sums, counts = [], []
+        for layer, lg in enumerate(logits):
+            target = labels if word_exit is None else labels.masked_fill(word_exit < layer, -100)
+            ce = F.cross_entropy(lg.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="none")
+            if flood is not None:
+                level = flood[:, layer].flatten()
+                ce = torch.where(target.flatten() != -100, (ce - level).abs() + level, 0.0)
+            sums.append(ce.sum())
+            counts.append((target != -100).sum())
+        return layer_weighted(sums, counts, (labels != -100).sum(), reduction)
+
+    def predict_layer(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """Labels ``(B, W)`` of one layer's emissions alone (the per-layer table)."""
+        return emit.max(-1).indices
+
+    def describe(self) -> str:
+        return "softmax"
+
+
+class CRFHead(nn.Module):
+    """A linear-chain CRF on the exit heads' emissions. Parameters ``transitions (T, C, C)``, ``start``/``end
+    (T, C)`` with ``T = 1`` (shared by every layer) or one per layer. Runtime settings (not parameters):
+    ``decode`` (viterbi | meanfield), ``meanfield_iters``, ``uncertainty`` (what decides exits)."""
+
+    kind: ClassVar[str] = "crf"
+    structured: ClassVar[bool] = True  # the engine scores whole sentences (b, W, C)
+
+    def __init__(self, labels: list[str], task: str, scheme: str | None, num_layers: int,
+                 settings: dict[str, Any] | None = None):
+        super().__init__()
+        s = crf_settings(settings)
+        self.shared = s["transitions"] == "shared"
+        t = 1 if self.shared else num_layers
+        c = len(labels)
+        self.transitions = nn.Parameter(torch.zeros(t, c, c))  # zero: the CRF starts as the softmax head
+        self.start = nn.Parameter(torch.zeros(t, c))
+        self.end = nn.Parameter(torch.zeros(t, c))
+        ok_trans, ok_first, ok_last = crf.allowed(labels, task, scheme)
+        self.register_buffer("penalty", (~ok_trans).float() * crf.NEG, persistent=False)  # (C, C)
+        self.register_buffer("start_penalty", (~ok_first).float() * crf.NEG, persistent=False)
+        self.register_buffer("end_penalty", (~ok_last).float() * crf.NEG, persistent=False)
+        self.decode_with = s["decode"]
+        self.meanfield_iters = s["meanfield_iters"]
+        self.uncertainty = s["uncertainty"]
+
+    def configure(self, decode: str | None = None, meanfield_iters: int | None = None,
+                  uncertainty: str | None = None) -> CRFHead:
+        """Change the runtime settings (None keeps one); validated like the saved ones."""
+        s = crf_settings({"transitions": "shared" if self.shared else "per-layer",
+                          "decode": decode or self.decode_with,
+                          "meanfield_iters": self.meanfield_iters if meanfield_iters is None else meanfield_iters,
+                          "uncertainty": uncertainty or self.uncertainty})
+        self.decode_with, self.meanfield_iters, self.uncertainty = s["decode"], s["meanfield_iters"], s["uncertainty"]
+        return self
+
+    def params(self, layer: int, constrained: bool = False):
+        """``trans (C, C), start (C,), end (C,)`` of ``layer`` (float32); ``constrained`` adds the scheme's
+        forbidden transitions as :data:`earlytag.model.crf.NEG`."""
+        i = 0 if self.shared else layer
+        tr, st, en = self.transitions[i].float(), self.start[i].float(), self.end[i].float()
+        if constrained:
+            tr, st, en = tr + self.penalty, st + self.start_penalty, en + self.end_penalty
+        return tr, st, en
+
+    def _params_at(self, exit_layer: torch.Tensor, word_mask: torch.Tensor, constrained: bool):
+        """Transitions for a sentence whose words come from different layers: each step takes the deeper of its
+        two words' layers, the start/end scores the first/last word's. Shared transitions: one matrix."""
+        if self.shared:
+            return self.params(0, constrained)
+        tr, st, en = self.transitions.float(), self.start.float(), self.end.float()
+        if constrained:
+            tr, st, en = tr + self.penalty, st + self.start_penalty, en + self.end_penalty
+        e = exit_layer.clamp(min=0)  # (B, W)
+        deeper = torch.maximum(e, torch.cat([e[:, :1], e[:, :-1]], 1))  # (B, W): step from t-1 to t
+        last = e.gather(1, (word_mask.sum(1) - 1).clamp(min=0).unsqueeze(1)).squeeze(1)  # (B,)
+        return tr[deeper], st[e[:, 0]], en[last]  # (B, W, C, C), (B, C), (B, C)
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
+             reduction: str = "active-mean", flood: torch.Tensor | None = None):
+        """Per layer: CRF negative log-likelihood of the gold sequence + cross-entropy of the mean-field
+        marginals, each per word; weighted over layers like the softmax loss.
+
+        With ``word_exit`` (self-sampling) layer l sees every word that has halted before it with the emission
+        of its exit layer (as the engine decodes it); the NLL counts the sentences with a word still active at
+        l, the mean-field term the active words."""
+        _check_reduction(reduction)
+        if flood is not None:
+            raise ConfigError("flooding", "token flooding floods each word's cross-entropy; a CRF head's loss is "
+                                          "per sentence: use --flooding batch or --flooding off")
+        mask = labels != -100  # (B, W)
+        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ConfigError("labels", "a CRF head needs every word of a sentence labelled (-100 only as padding)")
+        tags = labels.masked_fill(~mask, 0)
+        stacked = torch.stack(logits, 1).float() if word_exit is not None else None  # (B, L, W, C)
+        sums, counts = [], []
+        for layer, lg in enumerate(logits):
+            emit = lg.float()
+            counted = mask
+            if word_exit is not None:
+                active = word_exit >= layer
+                at_exit = stacked.gather(1, word_exit.clamp(0, layer)[:, None, :, None]
+                                         .expand(-1, 1, -1, emit.shape[-1])).squeeze(1)  # (B, W, C)
+                emit = torch.where(active.unsqueeze(-1), emit, at_exit)
+                counted = mask & active
+            trans, start, end = self.params(layer)
+            live = counted.any(1)  # (B,) sentences this layer is trained on
+            sent_nll = crf.nll(emit, tags, mask, trans, start, end)  # (B,)
+            logq = crf.meanfield(emit, mask, trans, start, end, self.meanfield_iters)  # (B, W, C)
+            mf = -logq.gather(2, tags.unsqueeze(2)).squeeze(2)  # (B, W)
+            words = mask.sum(1)
+            if reduction == "batch-sum" or word_exit is None:
+                nll_part = (sent_nll * live).sum()
+                n = counted.sum()
+            else:  # per word of the sentences it counts, then rescaled to the active words
+                n = counted.sum()
+                nll_part = (sent_nll * live).sum() * n / (words * live).sum().clamp(min=1)
+            sums.append(nll_part + (mf * counted).sum())
+            counts.append(n)
+        return layer_weighted(sums, counts, mask.sum(), reduction)
+
+    # ------------------------------------------------------------------ inference
+
+    def layer_scores(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor, criterion: str = "entropy"):
+        """After ``layer``: ``score, pred, unc (B, W)`` of every word from the CRF's marginals over ``emit``
+        (each word's current emission); what decides exits. float32."""
+        emit = emit.float()
+        if self.uncertainty == "emission":
+            logq = emit.log_softmax(-1)
+        else:
+            trans, start, end = self.params(layer, constrained=self.uncertainty == "exact")
+            if self.uncertainty == "exact":
+                logq = crf.marginals(emit, word_mask, trans, start, end).clamp(min=1e-30).log()
+            else:
+                logq = crf.meanfield(emit, word_mask, trans, start, end, self.meanfield_iters)
+        best, pred = logq.max(-1)
+        score = best.exp()
+        unc = 1.0 - score if criterion == "maxprob" else crf.normalised_entropy(logq)
+        return score, pred, unc
+
+    def decode(self, emit: torch.Tensor, word_mask: torch.Tensor, exit_layer: torch.Tensor):
+        """Labels and scores ``(B, W)`` of finished sentences: each word's emission from its exit layer.
+        Viterbi labels come with the mean-field probability of the chosen label as their score."""
+        emit = emit.float()
+        trans, start, end = self._params_at(exit_layer, word_mask, constrained=False)
+        logq = crf.meanfield(emit, word_mask, trans, start, end, self.meanfield_iters)  # (B, W, C)
+        if self.decode_with == "meanfield":
+            best, pred = logq.max(-1)
+            return pred, best.exp()
+        trans, start, end = self._params_at(exit_layer, word_mask, constrained=True)
+        pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
+        return pred, logq.gather(2, pred.unsqueeze(2)).squeeze(2).exp()
+
+    def predict_layer(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """Labels ``(B, W)`` of one layer's emissions and transitions alone (the per-layer table)."""
+        full = torch.full(word_mask.shape, layer, dtype=torch.long, device=emit.device)
+        return self.decode(emit, word_mask, full)[0]
+
+    def describe(self) -> str:
+        mf = f" M={self.meanfield_iters}"
+        return (f"crf ({'shared' if self.shared else 'per-layer'} transitions), decode {self.decode_with}"
+                + (mf if self.decode_with == "meanfield" else "") + f", exits by {self.uncertainty}"
+                + (mf if self.uncertainty == "meanfield" and self.decode_with != "meanfield" else ""))
+
+
+def crf_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The CRF settings with defaults filled in, each checked with an error naming it."""
+    s = dict(CRF_DEFAULTS)
+    for k, v in (settings or {}).items():
+        if k not in CRF_DEFAULTS:
+            raise ConfigError(f"crf.{k}", f"unknown CRF setting; known: {', '.join(CRF_DEFAULTS)}")
+        if v is not None:
+            s[k] = v
+    if s["transitions"] not in ("shared", "per-layer"):
+        raise ConfigError("crf.transitions", f"expected shared or per-layer, got {s['transitions']!r}")
+    if s["decode"] not in DECODERS:
+        raise ConfigError("crf.decode", f"expected one of {', '.join(DECODERS)}, got {s['decode']!r}")
+    if s["uncertainty"] not in CRF_UNCERTAINTIES:
+        raise ConfigError("crf.uncertainty", f"expected one of {', '.join(CRF_UNCERTAINTIES)}, got {s['uncertainty']!r}")
+    m = s["meanfield_iters"]
+    if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= 50:
+        raise ConfigError("crf.meanfield_iters", f"must be an integer between 0 and 50, got {m!r}")
+    return s
+
+
+def build_head(config, num_layers: int) -> nn.Module:
+    """The head a :class:`~earlytag.model.config.TaggerConfig` describes."""
+    if config.head == "softmax":
+        return SoftmaxHead()
+    return CRFHead(config.labels, config.task, config.label_scheme if config.is_chunking else None, num_layers,
+                   config.crf)

@@ -1,0 +1,363 @@
+"""The CRF head: exact inference against brute-force enumeration, mean-field against the softmax head, the
+scheme's forbidden transitions, and the CRF inside the early-exit engine (what it really computed, recorded by
+hooks and traces, against an independent forward pass)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from earlytag.engine import Engine, ExitConfig
+from earlytag.errors import ConfigError
+from earlytag.model import crf
+from earlytag.model.heads import CRFHead, SoftmaxHead
+
+from .conftest import tiny_model
+from .test_engine import SENTENCES, batch_of
+
+LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def random_case(seed: int, b: int = 4, w: int = 5, c: int = 3, per_position: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    emit = torch.randn(b, w, c, generator=g) * 2
+    lengths = torch.randint(1, w + 1, (b,), generator=g)
+    lengths[0] = w
+    mask = torch.arange(w)[None] < lengths[:, None]
+    if per_position:
+        trans = torch.randn(b, w, c, c, generator=g)
+        start, end = torch.randn(b, c, generator=g), torch.randn(b, c, generator=g)
+    else:
+        trans = torch.randn(c, c, generator=g)
+        start, end = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    return emit, mask, trans, start, end
+
+
+def brute_force(emit, mask, trans, start, end, row):
+    """Every label sequence of sentence ``row`` with its score, by explicit sums (no shared code)."""
+    n, c = int(mask[row].sum()), emit.shape[2]
+    tr = (lambda t: trans) if trans.dim() == 2 else (lambda t: trans[row, t])
+    st = start if start.dim() == 1 else start[row]
+    en = end if end.dim() == 1 else end[row]
+    scores = {}
+    for path in itertools.product(range(c), repeat=n):
+        s = float(st[path[0]]) + float(en[path[-1]]) + sum(float(emit[row, t, path[t]]) for t in range(n))
+        s += sum(float(tr(t)[path[t - 1], path[t]]) for t in range(1, n))
+        scores[path] = s
+    return scores
+
+
+@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_inference_equals_brute_force(seed, per_position):
+    emit, mask, trans, start, end = random_case(seed, per_position=per_position)
+    log_z = crf.log_partition(emit, mask, trans, start, end)
+    tags, best = crf.viterbi(emit, mask, trans, start, end)
+    marg = crf.marginals(emit, mask, trans, start, end)
+    for row in range(emit.shape[0]):
+        scores = brute_force(emit, mask, trans, start, end, row)
+        n = int(mask[row].sum())
+        values = torch.tensor(list(scores.values()), dtype=torch.float64)
+        assert float(log_z[row]) == pytest.approx(float(torch.logsumexp(values, 0)), abs=1e-4)
+        top = max(scores, key=scores.get)
+        assert tuple(tags[row, :n].tolist()) == top
+        assert tags[row, n:].eq(0).all()
+        assert float(best[row]) == pytest.approx(scores[top], abs=1e-4)
+        probs = torch.zeros(n, emit.shape[2], dtype=torch.float64)
+        for path, s in scores.items():
+            for t, lab in enumerate(path):
+                probs[t, lab] += torch.exp(torch.tensor(s, dtype=torch.float64) - torch.logsumexp(values, 0))
+        assert torch.allclose(marg[row, :n].double(), probs, atol=1e-5)
+        assert marg[row, n:].eq(0).all()
+        # the gold-path score and the NLL of the best path
+        path = torch.tensor(list(top) + [0] * (emit.shape[1] - n))[None]
+        own = [x[row:row + 1] for x in (trans, start, end)] if per_position else (trans, start, end)
+        sc = crf.path_score(emit[row:row + 1], path, mask[row:row + 1], *own)
+        assert float(sc[0]) == pytest.approx(scores[top], abs=1e-4)
+
+
+def test_meanfield_update_by_hand():
+    """One update on a 3-word sentence, computed with explicit sums."""
+    emit, mask, trans, start, end = random_case(7, b=1, w=3, c=3)
+    # the start: the softmax of emission + boundary scores
+    first = emit[0].clone()
+    first[0] += start
+    first[2] += end
+    q0 = first.softmax(-1)
+    expect = []
+    for t in range(3):
+        s = first[t].clone()
+        for j in range(3):
+            if t > 0:
+                s[j] += sum(q0[t - 1, i] * trans[i, j] for i in range(3))
+            if t < 2:
+                s[j] += sum(trans[j, k] * q0[t + 1, k] for k in range(3))
+        expect.append(s.log_softmax(-1))
+    got = crf.meanfield(emit, mask, trans, start, end, iters=1)[0]
+    assert torch.allclose(got, torch.stack(expect), atol=1e-5)
+
+
+def test_meanfield_without_transitions_is_the_softmax():
+    emit, mask, _, _, _ = random_case(3)
+    c = emit.shape[2]
+    zeros = torch.zeros(c, c), torch.zeros(c), torch.zeros(c)
+    for iters in (0, 1, 5):
+        got = crf.meanfield(emit, mask, *zeros, iters=iters)
+        assert torch.allclose(got[mask], emit.log_softmax(-1)[mask], atol=1e-6)
+
+
+def test_meanfield_approaches_the_exact_marginals_on_weak_couplings():
+    emit, mask, trans, start, end = random_case(5, b=8, w=6, c=4)
+    exact = crf.marginals(emit, mask, trans * 0.1, start, end)
+    errors = [float((crf.meanfield(emit, mask, trans * 0.1, start, end, m).exp() * mask[..., None] - exact).abs().max())
+              for m in (0, 3)]
+    assert errors[1] < errors[0] / 3
+
+
+def test_crf_loss_without_transitions_is_twice_the_cross_entropy():
+    """With zero transitions the chain factorises: NLL per word = cross-entropy, and mean-field = softmax."""
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(3, 6, 5, generator=g) for _ in range(3)]
+    labels = torch.randint(0, 5, (3, 6), generator=g)
+    labels[1, 4:] = -100
+    labels[2, 2:] = -100
+    head = CRFHead(list(LABELS), "ner", "iob2", 3)
+    loss, per_layer = head.loss(logits, labels)
+    soft, soft_layers = SoftmaxHead().loss(logits, labels)
+    assert torch.allclose(per_layer, 2 * soft_layers, atol=1e-5)
+    assert float(loss.detach()) == pytest.approx(2 * float(soft), abs=1e-5)
+    with pytest.raises(ConfigError, match="flooding"):
+        head.loss(logits, labels, flood=torch.zeros(3, 3, 6))
+    holes = labels.clone()
+    holes[0, 2] = -100
+    with pytest.raises(ConfigError, match="labels"):
+        head.loss(logits, holes)
+
+
+def test_scheme_constraints():
+    allowed, first, last = crf.allowed(list(LABELS), "ner", "iob2")
+    ix = {lab: i for i, lab in enumerate(LABELS)}
+    assert not allowed[ix["O"], ix["I-PER"]] and not allowed[ix["B-LOC"], ix["I-PER"]]
+    assert allowed[ix["B-PER"], ix["I-PER"]] and allowed[ix["I-PER"], ix["I-PER"]] and allowed[ix["I-PER"], ix["O"]]
+    assert not first[ix["I-LOC"]] and first[ix["B-LOC"]] and last.all()
+    iobes = ["O", "B-X", "I-X", "E-X", "S-X"]
+    allowed, first, last = crf.allowed(iobes, "ner", "iobes")
+    assert allowed[1, 2] and allowed[1, 3] and not allowed[1, 0] and not allowed[3, 2] and allowed[3, 4]
+    assert first.tolist() == [True, True, False, False, True] and last.tolist() == [True, False, False, True, True]
+    bmes = ["B", "E", "M", "S"]
+    allowed, first, last = crf.allowed(bmes, "cws", None)
+    assert allowed[0, 2] and allowed[0, 1] and not allowed[0, 3] and not allowed[3, 1] and allowed[1, 0]
+    assert first.tolist() == [True, False, False, True] and last.tolist() == [False, True, False, True]
+    allowed, first, last = crf.allowed(["NOUN", "VERB"], "pos", None)
+    assert allowed.all() and first.all() and last.all()
+
+
+def test_viterbi_never_breaks_the_scheme_even_when_emissions_ask_for_it():
+    head = CRFHead(list(LABELS), "ner", "iob2", 2)
+    emit = torch.full((1, 4, 5), -5.0)
+    emit[0, 0, 2] = emit[0, 1, 0] = emit[0, 2, 4] = emit[0, 3, 0] = 5.0  # I-PER first, I-LOC after O
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    exit_layer = torch.ones(1, 4, dtype=torch.long)
+    pred, _ = head.decode(emit, mask, exit_layer)
+    tags = [LABELS[i] for i in pred[0].tolist()]
+    assert tags[0] != "I-PER" and not (tags[1] == "O" and tags[2].startswith("I-"))
+
+
+def test_per_layer_transitions_take_the_deeper_word():
+    head = CRFHead(list(LABELS), "ner", "iob2", 3, {"transitions": "per-layer"})
+    with torch.no_grad():
+        for i in range(3):
+            head.transitions[i].fill_(float(i))
+            head.start[i].fill_(10.0 + i)
+            head.end[i].fill_(20.0 + i)
+    exit_layer = torch.tensor([[0, 2, 1, 0, -1]])
+    mask = exit_layer >= 0
+    trans, start, end = head._params_at(exit_layer, mask, constrained=False)
+    assert trans.shape == (1, 5, 5, 5)
+    assert trans[0, 1:4, 1, 1].tolist() == [2.0, 2.0, 1.0]  # steps 0->1, 1->2, 2->3: the deeper word's layer
+    assert start[0, 0] == 10.0 and end[0, 0] == 20.0  # first word at layer 0, last real word at layer 0
+
+
+def crf_model(seed: int = 0, **settings):
+    model = tiny_model(head="crf", crf=settings or None, seed=seed)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        model.head.transitions.copy_(torch.randn(model.head.transitions.shape, generator=g) * 2)
+        model.head.start.copy_(torch.randn(model.head.start.shape, generator=g))
+        for head in model.heads:  # sharper emissions than a random init gives, so that words differ
+            head.linear.weight.mul_(8)
+    return model
+
+
+@pytest.mark.parametrize("decode", ["viterbi", "meanfield"])
+@pytest.mark.parametrize("transitions", ["shared", "per-layer"])
+def test_engine_at_threshold_zero_decodes_the_full_forward(tokenizer, decode, transitions):
+    model = crf_model(transitions=transitions, decode=decode)
+    batch = batch_of(tokenizer, SENTENCES)
+    with torch.no_grad():
+        last = model(batch.input_ids, batch.attention_mask, batch.word_pos).logits[-1]
+    layer = torch.full(batch.word_pos.shape, model.num_layers - 1)
+    expect, score = model.head.decode(last, batch.word_mask, layer)
+    for cfg in (ExitConfig(), ExitConfig(policy="token", threshold=0.0)):
+        out = Engine(model).run(batch, cfg)
+        assert torch.equal(out.pred[batch.word_mask], expect[batch.word_mask])
+        assert torch.allclose(out.score[batch.word_mask], score[batch.word_mask], atol=1e-5)
+    if decode == "viterbi":
+        tr, st, en = model.head.params(model.num_layers - 1, constrained=True)
+        tags, _ = crf.viterbi(last, batch.word_mask, tr, st, en)
+        assert torch.equal(out.pred[batch.word_mask], tags[batch.word_mask])
+
+
+@pytest.mark.parametrize("uncertainty", ["meanfield", "exact", "emission"])
+def test_exits_read_the_layers_marginals(tokenizer, uncertainty):
+    """The uncertainty the policy saw after each layer (the engine's trace) is the normalised entropy of that layer's
+    CRF marginals over the emissions of an independent full forward pass (nobody exits at threshold 0)."""
+    model = crf_model(uncertainty=uncertainty)
+    batch = batch_of(tokenizer, SENTENCES)
+    out = Engine(model).run(batch, ExitConfig(policy="token", threshold=0.0), trace=True)
+    with torch.no_grad():
+        logits = model(batch.input_ids, batch.attention_mask, batch.word_pos).logits
+    m = batch.word_mask
+    for layer, emit in enumerate(logits):
+        tr, st, en = model.head.params(layer, constrained=uncertainty == "exact")
+        if uncertainty == "meanfield":
+            logq = crf.meanfield(emit, m, tr, st, en, model.head.meanfield_iters)
+        elif uncertainty == "exact":
+            logq = crf.marginals(emit, m, tr, st, en).clamp(min=1e-30).log()
+        else:
+            logq = emit.log_softmax(-1)
+        assert torch.allclose(out.trace[:, layer][m], crf.normalised_entropy(logq)[m], atol=1e-5)
+    if uncertainty != "emission":  # the transitions matter: the emission softmax alone says something else
+        emission = crf.normalised_entropy(logits[0].log_softmax(-1))
+        assert not torch.allclose(out.trace[:, 0][m], emission[m], atol=1e-3)
+
+
+def test_mixed_exits_decode_each_word_from_its_exit_layer(tokenizer):
+    """Words exit at different layers; the labels are the CRF decode of each word's emission at its exit layer, as
+    the model's own forward computes them with the halted words' states frozen (word_exit)."""
+    model = crf_model()
+    batch = batch_of(tokenizer, SENTENCES)
+    probe = Engine(model).run(batch, ExitConfig(policy="token", threshold=0.0), trace=True)
+    first = probe.trace[:, 0][batch.word_mask].sort().values
+    mid = len(first) // 2
+    tau = float(first[mid - 1] + first[mid]) / 2
+    cfg = ExitConfig(policy="token", threshold=tau, window=0, upper_multiplier=1.0)
+    out = Engine(model).run(batch, cfg)
+    exits = out.exit_layer[batch.word_mask]
+    assert exits.min() == 0 and exits.max() > 0  # really mixed
+    with torch.no_grad():
+        logits = model(batch.input_ids, batch.attention_mask, batch.word_pos, word_exit=out.exit_layer.clamp(min=0),
+                       token_word=batch.token_word).logits
+    stacked = torch.stack(logits, 1)  # (B, L, W, C)
+    e = out.exit_layer.clamp(min=0)
+    emit = stacked.gather(1, e[:, None, :, None].expand(-1, 1, -1, stacked.shape[-1])).squeeze(1)
+    expect, _ = model.head.decode(emit, batch.word_mask, out.exit_layer)
+    assert torch.equal(out.pred[batch.word_mask], expect[batch.word_mask])
+    # refill across batches and batch composition do not change a sentence's result
+    outs = Engine(model, refill_tokens=10 ** 6).run_many([batch_of(tokenizer, SENTENCES[:2]),
+                                                         batch_of(tokenizer, SENTENCES[2:])], cfg)
+    rows = [(o, r) for o in outs for r in range(o.pred.shape[0])]
+    for row, (o, r) in enumerate(rows):
+        n = int(batch.word_mask[row].sum())
+        assert o.pred[r, :n].tolist() == out.pred[row, :n].tolist()
+        assert o.exit_layer[r, :n].tolist() == out.exit_layer[row, :n].tolist()
+
+
+def test_zero_transitions_behave_as_the_softmax_head(tokenizer):
+    """A CRF with zero transitions and mean-field decoding is the softmax head: same labels, scores and exits."""
+    soft = tiny_model(seed=3)
+    model = tiny_model(seed=3, head="crf", crf={"decode": "meanfield"})
+    model.load_state_dict(soft.state_dict(), strict=False)
+    batch = batch_of(tokenizer, SENTENCES)
+    probe = Engine(soft).run(batch, ExitConfig(policy="token", threshold=0.0), trace=True)
+    first = probe.trace[:, 0][batch.word_mask].sort().values
+    tau = float(first[len(first) // 2 - 1] + first[len(first) // 2]) / 2
+    cfg = ExitConfig(policy="token", threshold=tau, window=1)
+    a, b = Engine(soft).run(batch, cfg), Engine(model).run(batch, cfg)
+    assert torch.equal(a.exit_layer, b.exit_layer)
+    assert torch.equal(a.pred[batch.word_mask], b.pred[batch.word_mask])
+    assert torch.allclose(a.score[batch.word_mask], b.score[batch.word_mask], atol=1e-5)
+
+
+def test_crf_refuses_the_rescore_rule(tokenizer):
+    model = crf_model()
+    with pytest.raises(ConfigError, match="halted"):
+        Engine(model).run(batch_of(tokenizer, SENTENCES), ExitConfig(policy="token", threshold=0.1, halted="rescore"))
+
+
+@pytest.mark.parametrize("bad, field", [({"decode": "beam"}, "crf.decode"), ({"meanfield_iters": -1}, "crf.meanfield_iters"),
+                                        ({"transitions": "some"}, "crf.transitions"), ({"colour": 1}, "crf.colour")])
+def test_bad_crf_settings_name_the_field(bad, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        tiny_model(head="crf", crf=bad)
+
+
+def test_decoding_options_refused_on_a_softmax_model(tokenizer):
+    from earlytag import Tagger
+
+    with pytest.raises(ConfigError, match="softmax head"):
+        Tagger(tiny_model(), tokenizer, decode="meanfield")
+
+
+def test_every_cli_verb_with_a_crf_model(capsys, tmp_path, tiny_encoder_dirs, shared_data, monkeypatch):
+    from earlytag import Tagger
+
+    from .test_cli import run
+
+    monkeypatch.setenv("EARLYTAG_DATA", str(shared_data))
+    model = tmp_path / "crf"
+    code, out, err = run(capsys, "train", "--train", "uner-en-ewt:train", "--dev", "uner-en-ewt:dev", "--task", "ner",
+                         "--encoder", tiny_encoder_dirs["bert"], "--output", model, "--epochs", 1, "--head", "crf",
+                         "--crf-transitions", "per-layer", "--meanfield-iters", 2, "--train-limit", 64,
+                         "--dev-limit", 32, "--quiet")
+    assert code == 0, err
+    config = json.loads((model / "config.json").read_text())["earlytag"]
+    assert config["head"] == "crf" and config["crf"]["transitions"] == "per-layer"
+    assert config["crf"]["meanfield_iters"] == 2
+
+    metrics = tmp_path / "m.json"
+    code, out, err = run(capsys, "evaluate", model, "uner-en-ewt:dev", "--exit", "token", "--threshold", "0.2",
+                         "--decode", "meanfield", "--meanfield-iters", 4, "--json", metrics, "--per-layer")
+    assert code == 0, err
+    result = json.loads(metrics.read_text())
+    assert "decode meanfield M=4" in result["runtime"]["head"] and len(result["per_layer"]) == 3
+
+    text = tmp_path / "in.txt"
+    text.write_text("Angela Merkel visited Paris .\nHi\n", encoding="utf-8")
+    outputs = {}
+    for decode in ("viterbi", "meanfield"):
+        code, out, err = run(capsys, "predict", model, text, "--decode", decode, "--crf-uncertainty", "exact")
+        assert code == 0, err
+        outputs[decode] = [json.loads(line) for line in out.splitlines()]
+        assert len(outputs[decode]) == 2
+    code, out, err = run(capsys, "calibrate", model, "uner-en-ewt:dev", "--target-speedup", 1.5, "--limit", 30,
+                         "--dry-run", "--decode", "meanfield")
+    assert code == 0, err
+    code, out, err = run(capsys, "bench", model, "uner-en-ewt:dev", "--out", tmp_path / "bench", "--limit", 30,
+                         "--policies", "token", "--grid", "small", "--no-timing", "--decode", "meanfield", "--quiet")
+    assert code == 0, err
+    assert "meanfield" in json.loads((tmp_path / "bench" / "meta.json").read_text())["head"]
+
+    from fastapi.testclient import TestClient
+
+    from earlytag.serve.app import create_app
+
+    with TestClient(create_app(str(model), load_in_background=False, load={"decode": "meanfield"})) as client:
+        while client.get("/ready").status_code != 200:
+            pass
+        body = client.post("/predict", json={"texts": ["Angela Merkel visited Paris ."]}).json()
+    served = [t["tag"] for t in body["results"][0]["tokens"]]
+    assert served == [t["tag"] for t in outputs["meanfield"][0]["tokens"]]
+
+    # stage 2 on a CRF model: token flooding is refused in one line, the other floodings train
+    code, out, err = run(capsys, "train", "--stage", "self-sampling", "--init", model, "--train", "uner-en-ewt:train",
+                         "--task", "ner", "--output", tmp_path / "ss", "--epochs", 1, "--train-limit", 32, "--quiet")
+    assert code != 0 and "flooding" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "train", "--stage", "self-sampling", "--init", model, "--train", "uner-en-ewt:train",
+                         "--task", "ner", "--output", tmp_path / "ss", "--epochs", 1, "--train-limit", 32, "--quiet",
+                         "--flooding", "off", "--freeze-epochs", 0)
+    assert code == 0, err
+    assert Tagger.from_pretrained(tmp_path / "ss").model.head.structured
