@@ -379,7 +379,30 @@ def code(path: str) -> str:
     return "```text\n" + file(path) + "\n```"
 
 
-HANDLERS = {"layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+def crfdecode(name: str) -> str:
+    """Decoding time per batch against sentence length (scripts/crf_decode_bench.py)."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    kinds = list(data["rows"][0]["ms"])
+    out = [[r["words"]] + [f"{r['ms'][k]:.3f}" for k in kinds] + [f"{r['viterbi_over_meanfield3']:.1f}x"]
+           for r in data["rows"]]
+    head = ["words"] + [f"{k} (ms)" for k in kinds] + ["Viterbi / mean-field M=3"]
+    load_avg = data.get("load_average")
+    note = (f"\n\n{data['command']}; batch {data['rows'][0]['batch']}, {data['rows'][0]['labels']} labels, "
+            f"{data['threads']} thread, median of {data['passes']} alternating passes"
+            + (f", load average {load_avg[0]:.2f} at the end" if load_avg else "") + ".")
+    return markdown_table(head, out) + note
+
+
+def crfiters(name: str) -> str:
+    """Dev F1 by decoding and mean-field iterations (scripts/crf_iters.py)."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    out = [[Path(r["model"]).name, r["decode"] + (f" M={r['meanfield_iters']}" if r["meanfield_iters"] is not None else ""),
+            pct(r["full"]["f1"]), pct(r["token"]["f1"]), f"{r['token']['flops_speedup']:.2f}x"] for r in data["rows"]]
+    return markdown_table(["model", "decoding", "dev F1, full depth", "dev F1, token τ=0.1 k=2", "its FLOPs speed-up"],
+                          out)
+
+
+HANDLERS = {"crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}

@@ -361,3 +361,11 @@ def test_every_cli_verb_with_a_crf_model(capsys, tmp_path, tiny_encoder_dirs, sh
                          "--flooding", "off", "--freeze-epochs", 0)
     assert code == 0, err
     assert Tagger.from_pretrained(tmp_path / "ss").model.head.structured
+
+
+def test_the_model_card_names_the_crf(tmp_path, tokenizer):
+    from earlytag import Tagger
+
+    Tagger(crf_model(transitions="per-layer", decode="meanfield"), tokenizer).save_pretrained(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text(encoding="utf-8")
+    assert "| head | linear-chain CRF (per-layer transitions), decoded by meanfield (mean-field: 3 updates)" in card

@@ -41,6 +41,40 @@ def test_every_policy_runs_in_every_precision(model_dir, precision, cfg):
                 assert 0.0 <= tok["score"] <= 1.0 and 1 <= tok["exit_layer"] <= tagger.num_layers
 
 
+@pytest.fixture(scope="module")
+def crf_dir(tmp_path_factory, tokenizer):
+    from .test_crf import crf_model
+
+    path = tmp_path_factory.mktemp("precision-crf") / "model"
+    Tagger(crf_model(seed=3), tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("precision, backend", [("fp32", "torch"), ("bf16", "torch"), ("fp16", "torch"),
+                                                ("int8", "torch"), ("fp32", "onnxruntime")])
+def test_crf_head_runs_every_policy_in_every_precision(crf_dir, precision, backend, monkeypatch, tmp_path):
+    """The CRF's transitions stay float32 whatever the encoder's precision; labels agree with fp32 torch."""
+    if backend == "onnxruntime":
+        need_module("onnxruntime")
+        monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path))
+    tagger = Tagger.from_pretrained(crf_dir, precision=precision, backend=backend)
+    reference = Tagger.from_pretrained(crf_dir)
+    assert tagger.model.head.transitions.dtype == torch.float32
+    agree = total = 0
+    for cfg in POLICY_SETTINGS:
+        if backend == "onnxruntime" and cfg.kv == "drop":  # that backend runs kv=keep only
+            continue
+        docs = list(tagger.pipe(SENTENCES, exit=cfg, batch_size=3))
+        ref = list(reference.pipe(SENTENCES, exit=cfg, batch_size=3))
+        for doc, r in zip(docs, ref):
+            assert len(doc["tokens"]) == len(r["tokens"])
+            for tok, rt in zip(doc["tokens"], r["tokens"]):
+                assert 0.0 <= tok["score"] <= 1.0 and 1 <= tok["exit_layer"] <= tagger.num_layers
+                agree += tok["tag"] == rt["tag"]
+                total += 1
+    assert agree / total >= (1.0 if precision == "fp32" else 0.7)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "int8"])
 def test_exit_decisions_use_float32_uncertainty(model_dir, precision, monkeypatch):
     seen = []

@@ -10,7 +10,7 @@ import torch
 from earlytag.data.batching import Featurizer, collate
 from earlytag.defaults import HALTED_DEFAULT
 from earlytag.engine import Engine, ExitConfig, simulate_exits
-from earlytag.model.tagger import EarlyExitTagger
+from earlytag.model.heads import SoftmaxHead
 from earlytag.train.self_sampling import LayerCache, SamplingConfig, cache_layer_outputs, sample_exits
 
 from .conftest import tiny_model
@@ -172,14 +172,14 @@ def test_layer_loss_batch_sum_and_token_flooding_by_hand():
                                                         reduction="none").view(2, 3) for lg in logits])  # (L, B, W)
     real = labels != -100
     active = torch.stack([(word_exit >= layer) & real for layer in range(3)])
-    loss, layer_losses = EarlyExitTagger.loss(logits, labels, word_exit, reduction="batch-sum")
+    loss, layer_losses = SoftmaxHead().loss(logits, labels, word_exit, reduction="batch-sum")
     expected_layers = torch.stack([(ce[layer] * active[layer]).sum() / real.sum() for layer in range(3)])
     assert torch.allclose(layer_losses, expected_layers)
     assert torch.allclose(loss, (expected_layers * torch.tensor([1.0, 2.0, 3.0])).sum() / 6)
-    mean_loss, mean_layers = EarlyExitTagger.loss(logits, labels, word_exit, reduction="active-mean")
+    mean_loss, mean_layers = SoftmaxHead().loss(logits, labels, word_exit, reduction="active-mean")
     assert torch.allclose(mean_layers, torch.stack([(ce[i] * active[i]).sum() / active[i].sum() for i in range(3)]))
     level = torch.rand(2, 3, 3)  # (B, L, W)
-    flooded, flooded_layers = EarlyExitTagger.loss(logits, labels, word_exit, reduction="batch-sum", flood=level)
+    flooded, flooded_layers = SoftmaxHead().loss(logits, labels, word_exit, reduction="batch-sum", flood=level)
     lv = level.permute(1, 0, 2)  # (L, B, W)
     by_hand = torch.stack([(((ce[i] - lv[i]).abs() + lv[i]) * active[i]).sum() / real.sum() for i in range(3)])
     assert torch.allclose(flooded_layers, by_hand)
@@ -193,7 +193,7 @@ def test_joint_loss_weighting_by_hand():
     ce = [torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels.flatten(), ignore_index=-100) for lg in logits]
     expected = sum((i + 1) * c for i, c in enumerate(ce)) / (1 + 2 + 3 + 4)
     for reduction in ("active-mean", "batch-sum"):
-        loss, _ = EarlyExitTagger.loss(logits, labels, reduction=reduction)
+        loss, _ = SoftmaxHead().loss(logits, labels, reduction=reduction)
         assert torch.allclose(loss, expected)
 
 

@@ -33,6 +33,11 @@ def render_card(config: dict[str, Any]) -> str:
         f"| encoder | {et.get('encoder_name') or config.get('_name_or_path') or '?'} ({config.get('model_type', '?')}, "
         f"{layers} layers, hidden size {config.get('hidden_size', '?')}) |",
     ]
+    if et.get("head") == "crf":
+        c = et.get("crf") or {}
+        lines.append(f"| head | linear-chain CRF ({c.get('transitions', 'shared')} transitions), decoded by "
+                     f"{c.get('decode', 'viterbi')} (mean-field: {c.get('meanfield_iters', 3)} updates); exits read "
+                     f"the {c.get('uncertainty', 'meanfield')} marginals |")
     if training:
         limit = training.get("train_limit")
         sentences = training.get("train_sentences")

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 12 (CRF head) figures in docs/results.md section 8. Needs the models of scripts/train_minilm_crf.sh and
+# scripts/train_minilm.sh, and EARLYTAG_DATA pointing at the data sets. STEP=name runs one step only.
+set -euo pipefail
+B=docs/bench
+T=${THREADS:-2}
+step() { [ -z "${STEP:-}" ] || [ "$STEP" = "$1" ]; }
+if step decode; then  # decoding time per batch of 32 against sentence length (1 thread, alternating passes)
+  python scripts/crf_decode_bench.py --model models/minilm-ner-crf --out $B/crf-decode.json
+fi
+if step iters; then  # the mean-field iterations, chosen on dev
+  python scripts/crf_iters.py models/minilm-ner-crf models/minilm-ner-crf-perlayer --data uner-en-ewt:dev \
+    --out $B/crf-iters.json --threads "$T"
+fi
+if step curves; then  # F1 against FLOPs (and wall-clock at batch 32) with token exit, test set
+  earlytag bench models/minilm-ner uner-en-ewt:test --out $B/crf-softmax-minilm-ner --policies token --grid default \
+    --batch-sizes 32 --threads "$T" --label minilm-ner --quiet
+  for m in minilm-ner-crf minilm-ner-crf-perlayer; do
+    for d in viterbi meanfield; do
+      earlytag bench models/$m uner-en-ewt:test --out $B/crf-$m-$d --policies token --grid default \
+        --batch-sizes 32 --threads "$T" --decode "$d" --label "$m-$d" --quiet
+    done
+  done
+fi
+if step signal; then  # what decides exits: mean-field marginals (default, in the curves above), exact, emissions
+  for u in exact emission; do
+    earlytag bench models/minilm-ner-crf uner-en-ewt:test --out $B/crf-signal-$u --policies token --grid default \
+      --no-timing --threads "$T" --decode viterbi --crf-uncertainty "$u" --label "minilm-ner-crf-$u" --quiet
+  done
+fi
