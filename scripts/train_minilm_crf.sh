@@ -3,18 +3,21 @@
 # scripts/train_minilm.sh's softmax model: one model with a transition matrix shared by the layers, one with a
 # matrix per layer (issue: measure and choose). Figures in docs/results.md come from these models.
 # Needs EARLYTAG_DATA pointing at the data sets. THREADS (default 2) torch threads per run; PARALLEL=1 runs both
-# at once.
+# at once. MODELS=lr: only the third model, the shared one with the transitions at a 10x learning rate.
 set -euo pipefail
 OUT=${OUT:-models}
 THREADS=${THREADS:-2}
 run() {
   earlytag train --task ner --train uner-en-ewt:train --dev uner-en-ewt:dev --encoder all-MiniLM-L6-v2 \
     --output "$OUT/$1" --epochs 4 --freeze-epochs 1 --lr 1e-4 --head-lr 1e-3 --batch-size 32 --seed 42 \
-    --head crf --crf-transitions "$2" --threads "$THREADS" --quiet --overwrite
+    --head crf --crf-transitions "$2" --threads "$THREADS" --quiet --overwrite "${@:3}"
 }
-if [ "${PARALLEL:-0}" = 1 ]; then
+if [ "${MODELS:-}" = lr ]; then
+  run minilm-ner-crf-lr1e-2 shared --crf-lr 1e-2
+elif [ "${PARALLEL:-0}" = 1 ]; then
   run minilm-ner-crf shared & run minilm-ner-crf-perlayer per-layer & wait
 else
   run minilm-ner-crf shared
   run minilm-ner-crf-perlayer per-layer
+  run minilm-ner-crf-lr1e-2 shared --crf-lr 1e-2
 fi

@@ -153,6 +153,31 @@ class TestCRFPerLayerMPNet(BaseTaggerTest):
     options = {"head": "crf", "crf_transitions": "per-layer", "decode": "meanfield"}
 
 
+class TestSlimTagger(BaseTaggerTest):
+    """Stage 1 with structured slimming: the search ends early (a check every 2 steps) and training goes on with
+    the slim model."""
+
+    family = "mpnet"
+    options = {"slim": "heads=0.5,ffn=0.5", "slim_check_every": 2, "slim_max_steps": 6}
+
+    def test_the_saved_model_is_slim(self, trained):
+        out, log = trained
+        tagger = Tagger.from_pretrained(out)
+        assert log["slim"]["ticket_step"] <= 6 and log["slim"]["checks"]
+        assert log["slim"]["params_after"] < log["slim"]["params_before"]
+        assert [len(h) for h in tagger.config.slim["heads"]] == [2, 2, 2]  # of 4
+        assert tagger.config.slim["ffn"] == [32, 32, 32]  # of 64
+        assert [p.ffn_in.out_features for p in tagger.model.adapter.layers] == [32, 32, 32]
+        assert "slim encoder" in (out / "README.md").read_text(encoding="utf-8")
+
+    def test_transformers_loads_the_fine_tuned_encoder(self, trained):
+        """transformers 5 has no per-layer head counts or FFN widths: it refuses the slim weights (loudly)."""
+        from transformers import AutoModel
+
+        with pytest.raises(Exception, match="size|shape"):
+            AutoModel.from_pretrained(trained[0])
+
+
 class TestPosTagger(BaseTaggerTest):
     family = "bert"
     task = "pos"

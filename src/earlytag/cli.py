@@ -490,6 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crf: mean-field updates unrolled in the loss, and the model's default for decoding")
     g.add_argument("--decode", choices=["viterbi", "meanfield"], default=d.decode,
                    help="crf: the model's default decoding")
+    g.add_argument("--crf-lr", type=float, help="crf: learning rate of the transitions (default: --head-lr)")
+    g = p.add_argument_group("structured slimming while fine-tuning (EarlyBERT), stage 1")
+    g.add_argument("--slim", metavar="heads=R,ffn=R",
+                   help="remove these shares of every layer's attention heads and FFN neurons, chosen by learned "
+                        "coefficients under an L1 penalty once the pruning mask stops changing; the rest of the "
+                        "training runs on the slim model, which is saved genuinely smaller")
+    g.add_argument("--slim-l1", type=float, default=d.slim_l1, help="strength of the L1 penalty on the coefficients")
+    g.add_argument("--slim-lr", type=float, default=d.slim_lr, help="learning rate of the coefficients")
+    g.add_argument("--slim-check-every", type=int, default=d.slim_check_every,
+                   help="steps between two draws of the pruning mask (each distance is logged)")
+    g.add_argument("--slim-eps", type=float, default=d.slim_eps,
+                   help="draw the ticket once 3 consecutive mask distances are below this")
+    g.add_argument("--slim-max-steps", type=int, help="draw it at the latest after this many steps (default: one epoch)")
     p.add_argument("--train-limit", type=int, help="use only the first N training sentences")
     p.add_argument("--dev-limit", type=int, help="use only the first N dev sentences")
     p.add_argument("--kv", choices=["keep", "drop"], default=d.kv,

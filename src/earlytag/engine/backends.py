@@ -48,11 +48,12 @@ class _Packed(_LayerGraph):
         p = self.parts
         b, t, d = h.shape
         ta = bias.shape[2]
-        q = p.query(x)  # (N_a, d)
-        k, v = p.key(h), p.value(h)  # (b, T, d): halted tokens are keys too
-        index = slot.unsqueeze(1).expand(-1, d)
-        qpad = torch.zeros(b * ta, d, dtype=x.dtype).scatter(0, index, q).view(b, ta, d)
-        ctx = attend(qpad, k, v, bias, self.heads).reshape(b * ta, d).gather(0, index)  # (N_a, d)
+        q = p.query(x)  # (N_a, da)
+        k, v = p.key(h), p.value(h)  # (b, T, da): halted tokens are keys too
+        da = q.shape[-1]
+        index = slot.unsqueeze(1).expand(-1, da)
+        qpad = torch.zeros(b * ta, da, dtype=x.dtype).scatter(0, index, q).view(b, ta, da)
+        ctx = attend(qpad, k, v, bias, self.heads).reshape(b * ta, da).gather(0, index)  # (N_a, da)
         return finish(p, ctx, x)
 
 
@@ -104,9 +105,9 @@ class OnnxLayers:
         for i, parts in enumerate(model.adapter.layers):
             h = torch.randn(2, 5, d)
             graphs = {
-                "dense": (_Dense(parts, self.num_heads), (h, torch.zeros(2, 1, 5, 5)), ["h", "bias"],
+                "dense": (_Dense(parts, parts.num_heads), (h, torch.zeros(2, 1, 5, 5)), ["h", "bias"],
                           {"h": {0: "b", 1: "t"}, "bias": {0: "b", 1: "hb", 2: "t", 3: "t"}, "out": {0: "b", 1: "t"}}),
-                "packed": (_Packed(parts, self.num_heads),
+                "packed": (_Packed(parts, parts.num_heads),
                            (torch.randn(3, d), h, torch.tensor([0, 1, 5]), torch.zeros(2, 1, 3, 5)),
                            ["x", "h", "slot", "bias"],
                            {"x": {0: "n"}, "h": {0: "b", 1: "t"}, "slot": {0: "n"},

@@ -3,11 +3,14 @@
 Per layer, for a sentence with ``n`` live tokens of which ``a`` are active, hidden size ``d`` and FFN size
 ``f`` (a multiply-add counts 2):
 
-- K/V projections: ``2 · 2·n·d·d`` (halted tokens still pay: they stay keys/values; with ``kv=drop`` only
+- K/V projections: ``2 · 2·n·d·d_a`` (halted tokens still pay: they stay keys/values; with ``kv=drop`` only
   the ``a`` active tokens do, and ``n = a`` everywhere);
-- Q and output projections: ``2 · 2·a·d·d``;
+- Q and output projections: ``2 · 2·a·d·d_a``;
 - FFN: ``2 · 2·a·d·f``;
-- attention scores and weighted sum: ``2 · 2·a·n·d``;
+- attention scores and weighted sum: ``2 · 2·a·n·d_a``;
+
+``d_a`` is the width of Q/K/V, ``d`` unless heads were pruned (a slim model, earlytag.model.slim); ``d_a`` and ``f``
+are the sizes of each layer.
 - exit head: ``2·a_w·d·C`` for ``a_w`` active words, at every layer whose head runs.
 
 Full depth is the same with ``a = n`` at every layer and one head (the last). Embeddings are not counted.
@@ -20,12 +23,16 @@ from dataclasses import dataclass, field
 import torch
 
 
-def layer_flops(n: torch.Tensor, a: torch.Tensor, d: int, f: int, kv: str = "keep") -> torch.Tensor:
-    """FLOPs of one layer per sentence ``(B,)``, from live ``n (B,)`` and active ``a (B,)`` token counts."""
+def layer_flops(n: torch.Tensor, a: torch.Tensor, d: int, f, kv: str = "keep", da=None) -> torch.Tensor:
+    """FLOPs of one layer per sentence ``(B,)``, from live ``n (B,)`` and active ``a (B,)`` token counts.
+
+    ``da``: the width of Q/K/V (heads × head size; ``d`` unless the layer is slim). ``f`` and ``da`` may be
+    ``(L,)`` tensors broadcast against ``(B, L)`` counts (layers of different sizes)."""
     n = n.double()
     a = a.double()
+    da = d if da is None else da
     kv_rows = n if kv == "keep" else a
-    return 4 * kv_rows * d * d + 4 * a * d * d + 4 * a * d * f + 4 * a * kv_rows * d
+    return 4 * kv_rows * d * da + 4 * a * d * da + 4 * a * d * f + 4 * a * kv_rows * da
 
 
 def head_flops(words: torch.Tensor, d: int, num_labels: int) -> torch.Tensor:

@@ -389,8 +389,12 @@ class Engine:
         batch, stats = o.batch, o.stats
         plan = ExitPlan(o.exit, batch.word_mask, batch.token_word, batch.attention_mask.bool(), policy.num_layers,
                         cfg.kv, policy.rescore, [policy.needs_head(i) for i in range(policy.num_layers)])
-        flops = plan.flops(d, f, c)  # (B,)
-        flops_full = plan.flops_full(d, f, c, stats.num_layers)  # (B,)
+        if self.adapter.slim:  # layers of their own sizes
+            da, f = self.adapter.layer_sizes()
+        else:
+            da = None
+        flops = plan.flops(d, f, c, da)  # (B,)
+        flops_full = plan.flops_full(d, f, c, stats.num_layers, da)  # (B,)
         stats.active_tokens = _pad(plan.active_counts.sum(0).tolist(), stats.num_layers)
         stats.words_exited = _pad(plan.words_exited.tolist(), stats.num_layers)
         stats.exit_layer_sum = float((plan.word_exit[batch.word_mask] + 1).sum())
@@ -400,23 +404,34 @@ class Engine:
 
     # ------------------------------------------------------------------ layer steps
 
+    def _parts(self, fl) -> LayerParts:
+        return fl.parts if isinstance(fl, _FusedLayer) else self.adapter.layers[fl]
+
+    def _position_bias(self, parts: LayerParts, t: int, device) -> torch.Tensor | None:
+        """``(h, T, T)`` the encoder's position bias for this layer's heads (a slim layer keeps some), or None."""
+        pos = self.adapter.position_bias(t, device)
+        if pos is not None and parts.head_index is not None:
+            pos = pos.index_select(0, parts.head_index.to(pos.device))
+        return pos
+
     def _dense_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
         h = s.h
-        d = h.shape[-1]
+        parts = self._parts(fl)
+        da = parts.attn_size  # Q/K/V width: d, or fewer heads' in a slim layer
         if self.layers is None:
-            q, k, v = fl.qkv(h).split(d, -1)  # (b, T, d) each
+            q, k, v = fl.qkv(h).split(da, -1)  # (b, T, da) each
         all_active = total_act == s.total_tokens
         if kv == "keep" or all_active:
             bias = s.pad_bias
         else:
             bias = key_bias(active_t, h.dtype)
-        pos = self.adapter.position_bias(h.shape[1], h.device)  # (h, T, T) or None
+        pos = self._position_bias(parts, h.shape[1], h.device)  # (h, T, T) or None
         if pos is not None:
             bias = pos[None] if bias is None else bias + pos[None]
         if self.layers is not None:
             out = self.layers.dense(fl, h, bias)
         else:
-            out = fl.finish(attend(q, k, v, bias, self.adapter.num_heads), h)  # (b, T, d)
+            out = fl.finish(attend(q, k, v, bias, parts.num_heads), h)  # (b, T, d)
         if not all_active:  # halted tokens keep their state
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
@@ -425,8 +440,9 @@ class Engine:
                      kv: str) -> torch.Tensor:
         h = s.h
         b, t, d = h.shape
-        heads = self.adapter.num_heads
-        pos = self.adapter.position_bias(t, h.device)  # (h, T, T) or None
+        parts = self._parts(fl)
+        heads, da = parts.num_heads, parts.attn_size
+        pos = self._position_bias(parts, t, h.device)  # (h, T, T) or None
         flat = active_t.view(-1).nonzero().squeeze(1)  # (N_a,) index into the (b*T) rows
         x = h.view(-1, d).index_select(0, flat)  # (N_a, d)
         if b == 1:  # one sentence: no padding to manage
@@ -437,10 +453,10 @@ class Engine:
                 return h
             if kv == "keep":
                 q = fl.q(x)
-                k, v = fl.kv(h[0]).split(d, -1)  # (T, d): halted tokens are keys too
+                k, v = fl.kv(h[0]).split(da, -1)  # (T, da): halted tokens are keys too
                 bias = None if pos is None else pos[:, flat][None]  # (1, h, N_a, T)
             else:
-                q, k, v = fl.qkv(x).split(d, -1)  # (N_a, d)
+                q, k, v = fl.qkv(x).split(da, -1)  # (N_a, da)
                 bias = None if pos is None else pos[:, flat][:, :, flat][None]  # (1, h, N_a, N_a)
             ctx = attend(q[None], k[None], v[None], bias, heads)[0]  # (N_a, d)
             y = fl.finish(ctx, x)
@@ -466,16 +482,16 @@ class Engine:
                 h.view(-1, d).index_copy_(0, flat, self.layers.packed(fl, x, h, slot, ta, bias))
                 return h
             q = fl.q(x)  # (N_a, d)
-            k, v = fl.kv(h).split(d, -1)  # (b, T, d): halted tokens are keys too
+            k, v = fl.kv(h).split(da, -1)  # (b, T, da): halted tokens are keys too
         else:
-            q, k, v = fl.qkv(x).split(d, -1)  # (N_a, d): only active tokens are keys
+            q, k, v = fl.qkv(x).split(da, -1)  # (N_a, da): only active tokens are keys
             k, v = pad(k), pad(v)
             bias = key_bias(torch.arange(ta, device=h.device)[None, :] < n_act[:, None], h.dtype)  # (b, 1, 1, Ta)
             if pos is not None:
                 pb = pos[:, query_pos]  # (h, b, Ta, T)
                 pb = pb.gather(3, query_pos[None, :, None, :].expand(pb.shape[0], -1, ta, -1))  # (h, b, Ta, Ta)
                 bias = bias + pb.permute(1, 0, 2, 3)
-        ctx = attend(pad(q), k, v, bias, heads)  # (b, Ta, d)
-        y = fl.finish(ctx.reshape(-1, d).index_select(0, slot), x)  # (N_a, d)
+        ctx = attend(pad(q), k, v, bias, heads)  # (b, Ta, da)
+        y = fl.finish(ctx.reshape(-1, da).index_select(0, slot), x)  # (N_a, d)
         h.view(-1, d).index_copy_(0, flat, y)  # in place: the group owns h, K/V are already computed
         return h

@@ -41,6 +41,17 @@ class LayerParts:
     ffn_out: nn.Linear
     ffn_dropout: nn.Module
     ffn_norm: nn.LayerNorm
+    num_heads: int = 0  # attention heads of this layer (fewer than the config's in a slim model)
+    head_index: torch.Tensor | None = None  # a slim layer's heads in the config's numbering (per-head biases)
+
+    @property
+    def attn_size(self) -> int:
+        """Width of the layer's Q/K/V (heads × head size)."""
+        return self.query.out_features
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_in.out_features
 
 
 class EncoderAdapter:
@@ -56,7 +67,24 @@ class EncoderAdapter:
         self.hidden_size: int = cfg.hidden_size
         self.num_heads: int = cfg.num_attention_heads
         self.intermediate_size: int = cfg.intermediate_size
-        self.layers: list[LayerParts] = [self._layer_parts(layer) for layer in model.encoder.layer]
+        self.layers: list[LayerParts] = []
+        for layer in model.encoder.layer:
+            parts = self._layer_parts(layer)
+            attn = self._attention(layer)
+            parts.num_heads = attn.num_attention_heads
+            parts.head_index = getattr(attn, "earlytag_heads", None)  # set by earlytag.model.slim
+            self.layers.append(parts)
+        self.slim = any(p.head_index is not None for p in self.layers)
+
+    def layer_sizes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L,)`` attention widths and ``(L,)`` FFN widths of the layers (the FLOPs count reads them)."""
+        return (torch.tensor([p.attn_size for p in self.layers], dtype=torch.float64),
+                torch.tensor([p.ffn_size for p in self.layers], dtype=torch.float64))
+
+    @staticmethod
+    def _attention(layer: nn.Module) -> nn.Module:
+        attn = layer.attention
+        return attn.self if hasattr(attn, "self") else attn.attn
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embeddings(input_ids=input_ids)  # (B, T, d)

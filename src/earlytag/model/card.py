@@ -38,6 +38,12 @@ def render_card(config: dict[str, Any]) -> str:
         lines.append(f"| head | linear-chain CRF ({c.get('transitions', 'shared')} transitions), decoded by "
                      f"{c.get('decode', 'viterbi')} (mean-field: {c.get('meanfield_iters', 3)} updates); exits read "
                      f"the {c.get('uncertainty', 'meanfield')} marginals |")
+    slim = et.get("slim")
+    if slim:
+        lines.append(f"| slim encoder | heads kept per layer: {', '.join(str(len(h)) for h in slim.get('heads', []))} of "
+                     f"{config.get('num_attention_heads', '?')}; FFN widths: "
+                     f"{', '.join(str(w) for w in slim.get('ffn', []))} of {config.get('intermediate_size', '?')} "
+                     "(load with earlytag: transformers cannot build it from config.json) |")
     if training:
         limit = training.get("train_limit")
         sentences = training.get("train_sentences")

@@ -21,6 +21,7 @@ class TaggerConfig:
     head_dropout: float = 0.1
     head: str = "softmax"  # softmax (an independent softmax per word) | crf (earlytag.model.heads)
     crf: dict[str, Any] | None = None  # CRF settings: transitions, decode, meanfield_iters, uncertainty
+    slim: dict[str, Any] | None = None  # a slim encoder: kept heads and FFN width per layer (earlytag.model.slim)
     max_length: int = 512  # sub-word tokens per window, special tokens included
     window_overlap: int = 16  # words shared by consecutive windows of a long document
     word_splitter: str = "regex"  # how raw text becomes words: regex (words + punctuation) | chars | whitespace
@@ -99,7 +100,7 @@ def _is(value: Any, kind: str) -> bool:
 _KIND_NAMES = {"none": "null", "int": "an integer", "float": "a number", "str": "a string", "dict": "an object",
                "labels": "a list of non-empty strings"}
 _TYPES = {"labels": ("labels",), "task": ("str",), "input_scheme": ("str", "none"), "label_scheme": ("str", "none"),
-          "head_dropout": ("float",), "head": ("str",), "crf": ("dict", "none"),
+          "head_dropout": ("float",), "head": ("str",), "crf": ("dict", "none"), "slim": ("dict", "none"),
           "max_length": ("int",), "window_overlap": ("int",), "word_splitter": ("str",),
           "encoder_name": ("str", "none"), "exit": ("dict", "none"), "exit_calibration": ("dict", "none"),
           "training": ("dict",)}

@@ -70,3 +70,10 @@ def attention_bias(adapter: EncoderAdapter, key_mask: torch.Tensor, dtype: torch
     bias = key_bias(key_mask, dtype)  # (B, 1, 1, T)
     pos = adapter.position_bias(key_mask.shape[1], key_mask.device)
     return bias if pos is None else bias + pos[None].to(dtype)  # (B, h, T, T)
+
+
+def heads_of(bias: torch.Tensor | None, parts: LayerParts) -> torch.Tensor | None:
+    """A per-head bias ``(B, h, Tq, Tk)`` cut to the heads a slim layer kept (a shared one stays as it is)."""
+    if bias is None or parts.head_index is None or bias.shape[1] == 1:
+        return bias
+    return bias.index_select(1, parts.head_index.to(bias.device))

@@ -30,7 +30,7 @@ from .adapters import adapter_for
 from .card import CARD_NAME, render_card
 from .config import TaggerConfig
 from .heads import build_head
-from .layers import attention_bias, dense_layer
+from .layers import attention_bias, dense_layer, heads_of
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -102,6 +102,10 @@ class EarlyExitTagger(nn.Module):
             with quiet_transformers():
                 encoder = AutoModel.from_config(encoder_config)
         self.encoder = _drop_pooler(encoder)
+        if config.slim:  # a slim model: the encoder's layers cut to their saved sizes before the weights load
+            from .slim import shrink
+
+            shrink(self.encoder, config.slim)
         self.encoder_config = self.encoder.config
         config.max_length = min(config.max_length, max_positions(self.encoder_config))
         self.adapter = adapter_for(self.encoder)
@@ -148,11 +152,12 @@ class EarlyExitTagger(nn.Module):
         logits = []
         for layer, parts in enumerate(self.adapter.layers[:n_run]):
             if plan is None:
-                h = dense_layer(parts, h, bias, self.adapter.num_heads)
+                h = dense_layer(parts, h, heads_of(bias, parts), parts.num_heads)
             else:
                 active = plan.active(layer)  # (B, T): who computes here; the others keep their state
                 layer_bias = bias if kv == "keep" else attention_bias(self.adapter, mask & active, h.dtype)
-                h = torch.where(active.unsqueeze(-1), dense_layer(parts, h, layer_bias, self.adapter.num_heads), h)
+                h = torch.where(active.unsqueeze(-1), dense_layer(parts, h, heads_of(layer_bias, parts),
+                                                                  parts.num_heads), h)
             head = self.heads[layer]  # float32 whatever the encoder's precision
             logits.append(head(h.gather(1, gather_idx).to(head.linear.weight.dtype)))  # (B, W, C)
         out = TaggerOutput(logits=logits)

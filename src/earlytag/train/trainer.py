@@ -28,10 +28,12 @@ from ..data import schemes
 from ..data.batching import Featurizer, Window, collate
 from ..data.datasets import Dataset, load_dataset, map_labels, parse_label_map
 from ..defaults import HALTED_DEFAULT
+from ..engine import Engine
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
 from ..model.heads import HEADS, crf_settings
+from ..model.slim import Coefficients, EarlyBird, SlimSpec, prune_encoder
 from ..model.tagger import EarlyExitTagger
 from ..storage import atomic_write_text, check_output_dir
 from .self_sampling import RECIPES, Recipe, cache_layer_outputs, flood_levels, sample_exits
@@ -60,6 +62,14 @@ class TrainConfig:
     crf_transitions: str = "shared"  # crf: one transition matrix for every layer (shared) or one per layer
     meanfield_iters: int = 3  # crf: mean-field updates, in the loss and the model's default decoding
     decode: str = "viterbi"  # crf: the model's default decoding (viterbi | meanfield)
+    crf_lr: float | None = None  # crf: learning rate of the transitions (default: --head-lr)
+    # structured slimming (EarlyBERT), stage 1 only: "heads=R,ffn=R" ratios removed per layer (earlytag.model.slim)
+    slim: str | None = None
+    slim_l1: float = 0.05  # strength of the L1 penalty on the coefficients (per coefficient, added to the loss)
+    slim_lr: float = 1e-2  # learning rate of the coefficients
+    slim_check_every: int = 50  # steps between two draws of the pruning mask
+    slim_eps: float = 0.02  # the ticket is drawn when 3 consecutive mask distances are below this
+    slim_max_steps: int | None = None  # draw it at the latest here (default: the end of the first epoch)
     max_length: int = 512
     label_scheme: str = "iob2"  # what the heads predict for chunk tasks: iob2 | iobes
     scheme: str = "auto"  # chunk scheme of the input files
@@ -111,6 +121,13 @@ class TrainConfig:
             raise ConfigError("head", f"expected one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "crf":
             crf_settings(self.crf_settings())
+        if self.slim is not None:
+            if self.stage != "joint":
+                raise ConfigError("slim", "slimming searches while stage 1 fine-tunes; a slim stage-1 model goes "
+                                          "through self-sampling unchanged (without --slim)")
+            SlimSpec.parse(self.slim)
+            if self.slim_check_every < 1 or self.slim_l1 < 0 or not 0 < self.slim_eps < 1:
+                raise ConfigError("slim", "needs --slim-check-every >= 1, --slim-l1 >= 0, 0 < --slim-eps < 1")
         if self.stage == "self-sampling":
             self.self_sampling_recipe()
         return self
@@ -301,7 +318,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = _optimizer(model, cfg)
     scheds = [lambda s: _schedule(s, freeze_steps, total_steps, cfg.warmup),  # encoder (decay)
               lambda s: _schedule(s, freeze_steps, total_steps, cfg.warmup),  # encoder (no decay)
-              lambda s: _schedule(s, 0, total_steps, cfg.warmup)]  # heads
+              lambda s: _schedule(s, 0, total_steps, cfg.warmup),  # heads
+              lambda s: _schedule(s, 0, total_steps, cfg.warmup)]  # the CRF (a softmax head: no parameters)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheds)
 
     output = Path(cfg.output)
@@ -314,6 +332,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log["recipe"] = _jsonable(asdict(recipe))
     best = -1.0
     step = 0
+    search = None
+    if cfg.slim is not None:
+        if dist.world > 1:
+            raise ConfigError("slim", "slimming runs in one process (it reshapes the model mid-training)")
+        search = _SlimSearch(model, cfg, steps_per_epoch, device)
+        log["slim"] = search.log
     for epoch in range(cfg.epochs):
         frozen = step < freeze_steps
         for p in model.encoder.parameters():
@@ -340,15 +364,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv, loss_reduction=reduction,
                          flood=flood)
             loss = out.loss
+            if search is not None and search.active:
+                loss = loss + cfg.slim_l1 * search.coefs.penalty()
             if recipe is not None and recipe.flooding == "batch":
                 level = recipe.flood_level * cache.mean_loss
                 loss = (loss - level).abs() + level
             optimizer.zero_grad(set_to_none=True)
+            if search is not None and search.active:
+                search.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
+            if search is not None and search.active:
+                search.optimizer.step()
+                if search.after_step(step):  # the ticket is drawn: the model is slim from here on
+                    for group, params in zip(optimizer.param_groups[:2], _encoder_groups(model)):
+                        for p in group["params"]:  # the pruned modules' state goes; the heads' stays
+                            optimizer.state.pop(p, None)
+                        group["params"] = params
+                    for p in model.encoder.parameters():
+                        p.requires_grad_(not frozen)
+                    tagger.engine = Engine(model)  # the engine reads the new layers
+                    runner = dist.wrap(model, device)
             losses.append(out.loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
@@ -392,6 +431,49 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return log
 
 
+class _SlimSearch:
+    """EarlyBERT's search during stage 1: coefficients with an L1 penalty, the pruning mask drawn every
+    ``slim_check_every`` steps, the ticket drawn (and the encoder pruned in place) once the mask stops changing."""
+
+    def __init__(self, model: EarlyExitTagger, cfg: TrainConfig, steps_per_epoch: int, device):
+        self.model, self.cfg = model, cfg
+        self.spec = SlimSpec.parse(cfg.slim)
+        self.coefs = Coefficients(model.adapter).to(device)
+        self.optimizer = torch.optim.Adam(self.coefs.parameters(), lr=cfg.slim_lr)
+        self.bird = EarlyBird(self.spec, cfg.slim_eps, patience=3)
+        self.max_steps = cfg.slim_max_steps or steps_per_epoch
+        self.active = True
+        self.started = time.perf_counter()
+        self.log: dict[str, Any] = {"heads": self.spec.heads, "ffn": self.spec.ffn, "l1": cfg.slim_l1,
+                                    "check_every": cfg.slim_check_every, "eps": cfg.slim_eps, "checks": [],
+                                    "params_before": _encoder_params(model)}
+
+    def after_step(self, step: int) -> bool:
+        """Check the mask when due; prune when the ticket is drawn. True when the model changed."""
+        if step % self.cfg.slim_check_every and step < self.max_steps:
+            return False
+        drawn = self.bird.check(self.coefs)
+        if self.bird.distances:
+            self.log["checks"].append({"step": step, "distance": self.bird.distances[-1]})
+        if not drawn and step < self.max_steps:
+            return False
+        from ..model.adapters import adapter_for
+
+        keep_h, keep_f = self.coefs.masks(self.spec)
+        record = prune_encoder(self.model.encoder, self.model.adapter, keep_h, keep_f, self.coefs)
+        self.coefs.detach_hooks()
+        self.model.adapter = adapter_for(self.model.encoder)
+        self.model.config.slim = record
+        self.active = False
+        self.log.update({"ticket_step": step, "early_bird": drawn, "search_seconds": time.perf_counter() - self.started,
+                         "params_after": _encoder_params(self.model), "kept": record})
+        return True
+
+
+def _encoder_params(model: EarlyExitTagger) -> int:
+    return sum(p.numel() for p in model.encoder.parameters())
+
+
 def _command() -> str:
     """This process's command line, as a user could type it again."""
     import shlex
@@ -424,15 +506,22 @@ def memory_report() -> dict[str, float]:
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 
-def _optimizer(model: EarlyExitTagger, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _encoder_groups(model: EarlyExitTagger) -> tuple[list, list]:
+    """The encoder's parameters with weight decay and without (biases, LayerNorms)."""
     decay, no_decay = [], []
     for name, p in model.encoder.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return decay, no_decay
+
+
+def _optimizer(model: EarlyExitTagger, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = _encoder_groups(model)
     return torch.optim.AdamW([
         {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": list(model.heads.parameters()) + list(model.head.parameters()), "lr": cfg.head_lr,
-         "weight_decay": 0.0},
+        {"params": list(model.heads.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0},
+        # the CRF's transitions: next to confident emissions their gradient is small, a larger rate may help
+        {"params": list(model.head.parameters()), "lr": cfg.crf_lr or cfg.head_lr, "weight_decay": 0.0},
     ])
 
 
