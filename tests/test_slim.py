@@ -134,3 +134,49 @@ def test_bad_slim_settings(text, message):
     with pytest.raises(ConfigError, match=message):
         SlimSpec.parse(text)
     assert SlimSpec.parse("heads=0.33,ffn=0.4") == SlimSpec(0.33, 0.4)
+
+
+def test_magnitude_pruning_keeps_the_largest_weights(tokenizer, tmp_path):
+    from earlytag.model.slim import magnitude_masks, prune_model
+
+    model = tiny_model("bert", seed=4)
+    with torch.no_grad():  # head 2 of layer 0 and neuron 7 of layer 1 made far larger than the rest
+        parts = model.adapter.layers
+        parts[0].attn_out.weight[:, 16:24].mul_(100)
+        parts[1].ffn_in.weight[7].mul_(100)
+    keep_h, keep_f = magnitude_masks(model.adapter, SlimSpec(heads=0.75, ffn=0.9))
+    assert keep_h.sum(1).tolist() == [1, 1, 1] and keep_h[0].nonzero().squeeze(1).tolist() == [2]
+    assert keep_f[1, 7] and keep_f.sum(1).tolist() == [6, 6, 6]
+    record = prune_model(model, SlimSpec(heads=0.75, ffn=0.9))
+    assert record["heads"][0] == [2] and model.config.slim == record
+    Tagger(model, tokenizer).save_pretrained(tmp_path / "m")
+    assert Tagger.from_pretrained(tmp_path / "m").config.slim == record
+
+
+def test_bench_against_the_unpruned_reference(tokenizer, tmp_path, shared_data):
+    from earlytag.bench import BenchConfig, run_bench
+    from earlytag.model.slim import prune_model
+
+    full = Tagger(tiny_model("bert", seed=5, labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")),
+                  tokenizer)
+    full.save_pretrained(tmp_path / "full")
+    slim = Tagger.from_pretrained(tmp_path / "full")
+    prune_model(slim.model, SlimSpec(heads=0.5, ffn=0.5))
+    slim.save_pretrained(tmp_path / "slim")
+    result = run_bench(BenchConfig(model=str(tmp_path / "slim"), data="uner-en-ewt:dev", out=str(tmp_path / "b"),
+                                   batch_sizes=[4], policies=["token"], repeats=1, limit=24, timing_limit=24,
+                                   grid="small", data_dir=str(shared_data), progress=False,
+                                   reference=str(tmp_path / "full")))
+    rows = result["rows"]
+    own_full = next(r for r in rows if r["policy"] == "none")
+    ref = next(r for r in rows if r["policy"] == "reference")
+    assert ref["flops_speedup"] == 1.0 and ref["wall_speedup"] == 1.0
+    # the slim model's full depth against the unpruned one's: the ratio of their analytic FLOPs
+    d = 32
+    per_token_full = 4 * d * d * 2 + 4 * d * 64
+    per_token_slim = 4 * d * 16 * 2 + 4 * d * 32
+    assert 1.0 < own_full["flops_speedup"] < per_token_full / per_token_slim * 1.01
+    assert own_full["flops_speedup_own"] == 1.0 and own_full["wall_speedup"] is not None
+    token = [r for r in rows if r["policy"] == "token"]
+    assert all(r["flops_speedup"] == pytest.approx(r["flops_speedup_own"] * own_full["flops_speedup"]) for r in token)
+    assert result["meta"]["reference"] == str(tmp_path / "full")

@@ -87,6 +87,7 @@ class BenchConfig:
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
     device: str | None = None  # cpu (default), cuda, ...
     decoding: dict[str, Any] = field(default_factory=dict)  # a CRF model's decode, meanfield_iters, crf_uncertainty
+    reference: str | None = None  # speed-ups against this model's fp32 full depth (e.g. the unpruned model)
 
 
 @dataclass
@@ -173,6 +174,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     taggers = {(p, b): base if (p, b) == ("fp32", "torch") else
                Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device, **cfg.decoding)
                for p, b in runtimes}
+    ref = None
+    if cfg.reference:  # e.g. a slim model against the model it was cut from
+        ref = Tagger.from_pretrained(cfg.reference, device=cfg.device)
+        if ref.tokenizer.get_vocab() != base.tokenizer.get_vocab() or ref.labels != base.labels:
+            raise ConfigError("reference", f"{cfg.reference} must share {cfg.model}'s tokenizer and labels")
     dataset = base.load(cfg.data, data_dir=cfg.data_dir)
     sentences = dataset.sentences[: cfg.limit] if cfg.limit else dataset.sentences
     docs = [s.tokens for s in sentences]
@@ -241,14 +247,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         units = [bs_batches[i:i + size] for i in range(0, len(bs_batches), size)]
         unit_words = [[w for ws in bs_words[i:i + size] for w in ws] for i in range(0, len(bs_batches), size)]
 
-        def base_fn(unit):
+        def base_fn(unit, baseline=ref or base):
             for b in unit:
-                base.engine.run(b, _FULL)
+                baseline.engine.run(b, _FULL)
 
         precision_full: dict[tuple[str, str], float] = {}
         for runtime, exit_cfg in contenders:
             tagger = taggers[runtime]
-            if runtime == ("fp32", "torch") and exit_cfg is _FULL:
+            if runtime == ("fp32", "torch") and exit_cfg is _FULL and ref is None:
                 timing = None  # the baseline itself
             else:
                 refill = cfg.refill and bs > 1 and exit_cfg.rule.refill
@@ -285,6 +291,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                   cfg.noise_spread))
             bar.update(1)
     bar.close()
+    if ref is not None:
+        _against_reference(rows, ref, base, docs, batches, cfg)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +301,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "repeats": cfg.repeats, "task": base.config.task, "num_layers": num_layers,
             "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": base.engine.refill_tokens,
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
-            "compare_models": cfg.compare_models, "head": base.decoding, "precisions": cfg.precisions, "backends": cfg.backends,
+            "compare_models": cfg.compare_models, "head": base.decoding, "reference": cfg.reference, "precisions": cfg.precisions, "backends": cfg.backends,
             "compare": cfg.compare,
             "timing": cfg.timing, "noise_spread": cfg.noise_spread}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
@@ -315,6 +323,33 @@ def _timing_fields(timing: Timing | None, noise_spread: float) -> dict[str, Any]
     return {"wall_speedup": timing.speedup, "passes": [round(r, 4) for r in timing.ratios],
             "noisy": None if len(timing.ratios) < 2 else timing.spread > noise_spread,
             "seconds": timing.seconds, "baseline_seconds": timing.baseline_seconds}
+
+
+def _against_reference(rows: list[dict], ref: Tagger, base: Tagger, docs, batches, cfg: BenchConfig) -> None:
+    """Make the FLOPs speed-ups of ``rows`` (each against the benched model's own full depth) speed-ups against
+    ``ref``'s full depth, and add the reference's own row. Wall-clock speed-ups were timed against ``ref``."""
+    def full(tagger: Tagger, bs_batches) -> float:
+        return sum(tagger.engine.run(b, _FULL).stats.flops_full for b in bs_batches)
+
+    own, theirs = base.predict_words(docs, _FULL), ref.predict_words(docs, _FULL)
+    scale = theirs.stats.flops_full / own.stats.flops_full
+    timed = {bs: full(ref, b) / full(base, b) for bs, (b, _) in batches.items()}
+    gold = [s.tags for s in base.load(cfg.data, data_dir=cfg.data_dir).sentences[: len(docs)]]
+    for row in rows:
+        if row.get("peer") or str(row["policy"]).startswith("smaller model"):
+            continue
+        row["flops_speedup_own"] = row["flops_speedup"]
+        row["flops_speedup"] *= scale
+        if row.get("timed_flops_speedup") is not None:
+            row["timed_flops_speedup"] *= timed[row["batch_size"]]
+    score = task_scores(ref.config.task, gold, theirs.tags)["score"]
+    for bs in (cfg.batch_sizes if cfg.timing else [None]):
+        rows.append({"policy": "reference", "precision": "fp32", "backend": "torch",
+                     "settings": {"model": cfg.reference, "policy": "none"},
+                     "describe": f"{Path(cfg.reference).name}, full depth (the reference)", "batch_size": bs,
+                     "score": score, "flops_speedup": 1.0, "mean_exit_layer": float(ref.num_layers),
+                     "wall_speedup": None if bs is None else 1.0, "wall_over_flops": None if bs is None else 1.0,
+                     "timed_sentences": len(docs), "packed_layer_steps": 0, "dense_layer_steps": 0})
 
 
 def _compare_row(tagger: Tagger, other: Tagger, path: str, docs, bs: int, limit: int | None, score: float,

@@ -236,7 +236,8 @@ def cmd_bench(args) -> int:
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
                       compare_models=args.compare_model or [], refill=not args.no_refill,
-                      decoding={k: v for k, v in decoding(args).items() if v is not None})
+                      decoding={k: v for k, v in decoding(args).items() if v is not None},
+                      reference=args.reference)
     result = run_bench(cfg)
     print(result["markdown"])
     return 0
@@ -611,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-speedup", type=float, help="also the setting calibrated for this FLOPs speed-up")
     p.add_argument("--calibration-data", help="dev data for --target-speedup (default: the model's dev set)")
     p.add_argument("--label", help="name of this model in the results")
+    p.add_argument("--reference", metavar="MODEL",
+                   help="FLOPs and wall-clock speed-ups against this model's fp32 full depth instead of this model's "
+                        "own (a slim model against the model it was cut from; same tokenizer and labels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")

@@ -211,3 +211,30 @@ def shrink(encoder: nn.Module, slim: dict[str, Any]) -> None:
         keep_h[i, hs] = True
         keep_f[i, :w] = True
     prune_encoder(encoder, adapter, keep_h, keep_f)
+
+
+def magnitude_masks(adapter, spec: SlimSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline of pruning after training, by weight magnitude: per layer, heads ranked by the norm of their
+    output-projection columns times that of their Q/K/V rows, neurons by the norm of their FFN input row times
+    that of their output column. ``(L, H)``, ``(L, F)`` booleans of what stays, at the ratios of ``spec``."""
+    heads, neurons = [], []
+    for parts in adapter.layers:
+        dh = parts.attn_size // parts.num_heads
+        out_cols = parts.attn_out.weight.detach().view(parts.attn_out.out_features, parts.num_heads, dh)
+        qkv = torch.stack([getattr(parts, r).weight.detach().view(parts.num_heads, dh, -1)
+                           for r in ("query", "key", "value")])  # (3, H, dh, d)
+        heads.append(out_cols.pow(2).sum((0, 2)).sqrt() * qkv.pow(2).sum((0, 2, 3)).sqrt())  # (H,)
+        neurons.append(parts.ffn_in.weight.detach().norm(dim=1) * parts.ffn_out.weight.detach().norm(dim=0))  # (F,)
+    return _top(torch.stack(heads), spec.heads), _top(torch.stack(neurons), spec.ffn)
+
+
+def prune_model(model, spec: SlimSpec, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Prune a trained tagger in place (by weight magnitude unless ``masks`` are given); the record is stored in
+    its config, so saving writes a slim model."""
+    from .adapters import adapter_for
+
+    keep_h, keep_f = masks if masks is not None else magnitude_masks(model.adapter, spec)
+    record = prune_encoder(model.encoder, model.adapter, keep_h, keep_f)
+    model.adapter = adapter_for(model.encoder)
+    model.config.slim = record
+    return record

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Issue 13: stage 1 of all-MiniLM-L6-v2 NER with structured slimming (EarlyBERT) against the same training without
+# it, started together so that both see the same machine (one torch thread each): the training-time comparison of
+# docs/results.md section 9 reads their logs. The recipe is scripts/train_minilm.sh's.
+# Needs EARLYTAG_DATA pointing at the data sets.
+set -euo pipefail
+OUT=${OUT:-models}
+SLIM=${SLIM:-heads=0.33,ffn=0.4}
+run() {
+  earlytag train --task ner --train uner-en-ewt:train --dev uner-en-ewt:dev --encoder all-MiniLM-L6-v2 \
+    --output "$OUT/$1" --epochs 4 --freeze-epochs 1 --lr 1e-4 --head-lr 1e-3 --batch-size 32 --seed 42 \
+    --threads 1 --quiet --overwrite "${@:2}"
+}
+run minilm-ner-slim --slim "$SLIM" & run minilm-ner-plain & wait
