@@ -145,7 +145,7 @@ def compare(*args: str) -> str:
     for bench, policy, label in specs:
         rows, meta = _rows(bench)
         bs = max(r["batch_size"] for r in rows)
-        if policy == "none" or policy.startswith("smaller"):
+        if policy.split("@")[0] in ("none", "reference") or policy.startswith("smaller"):
             r = next(r for r in rows if r["batch_size"] == bs and (r["policy"] == policy or
                                                                   (policy.startswith("smaller") and r["policy"].startswith("smaller"))))
             out.append([label or policy, pct(r["score"]), f"{r['flops_speedup']:.2f}x FLOPs, {r['wall_speedup']:.2f}x wall"]
@@ -249,8 +249,8 @@ def verdict(*args: str) -> str:
 
 def curve(rows: list[dict], policy: str, bs) -> list[tuple[float, float]]:
     """(FLOPs speed-up, score) points of one policy's curve, full depth included."""
-    full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
-    return sorted([(1.0, full["score"])] + [(r["flops_speedup"], r["score"]) for r in rows
+    full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)  # 1.0x, or a slim model's
+    return sorted([(full["flops_speedup"], full["score"])] + [(r["flops_speedup"], r["score"]) for r in rows
                                             if r["policy"] == policy and r["batch_size"] == bs])
 
 
@@ -402,7 +402,19 @@ def crfiters(name: str) -> str:
                           out)
 
 
-HANDLERS = {"crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+def slimlog(name: str) -> str:
+    """The search of a slim training: mask distance per check, the ticket (docs/train/NAME.json)."""
+    log = load(DOCS / "train" / f"{name}.json")
+    slim = log["slim"]
+    checks = ", ".join(f"{c['step']}: {c['distance']:.3f}" for c in slim["checks"])
+    ticket = (f"ticket drawn at step {slim['ticket_step']} "
+              + ("(early bird: the mask had stopped changing)" if slim.get("early_bird") else "(the step limit)")
+              + f" after {slim['search_seconds'] / 60:.1f} min of search; encoder parameters "
+              f"{slim['params_before'] / 1e6:.2f} M -> {slim['params_after'] / 1e6:.2f} M")
+    return f"mask distance by step: {checks}\n\n{ticket}."
+
+
+HANDLERS = {"slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 13 figures (docs/results.md section 9), after scripts/train_minilm_slim.sh. Needs EARLYTAG_DATA.
+# STEP=name runs one step only. THREADS (default 1) torch threads of the timed benches.
+set -euo pipefail
+B=docs/bench
+T=${THREADS:-1}
+step() { [ -z "${STEP:-}" ] || [ "$STEP" = "$1" ]; }
+if step magnitude; then  # the baseline: the plain model pruned by weight magnitude after training, same ratios
+  python scripts/slim_magnitude.py models/minilm-ner-plain models/minilm-ner-mag --slim "${SLIM:-heads=0.33,ffn=0.4}"
+fi
+if step eval; then  # every exit head at full depth, dev and test
+  scripts/eval_models.sh minilm-ner-plain minilm-ner-slim minilm-ner-mag
+fi
+if step curves; then  # F1 against FLOPs and wall-clock at batch 32, token exit; all against the unpruned model
+  earlytag bench models/minilm-ner-plain uner-en-ewt:test --out $B/slim-plain --policies token --grid default \
+    --batch-sizes 32 --threads "$T" --label minilm-ner-plain --quiet
+  earlytag bench models/minilm-ner-slim uner-en-ewt:test --out $B/slim-slim --policies token --grid default \
+    --batch-sizes 32 --threads "$T" --precisions fp32 bf16 --label minilm-ner-slim \
+    --reference models/minilm-ner-plain --quiet
+fi
