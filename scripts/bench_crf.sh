@@ -28,3 +28,11 @@ if step signal; then  # what decides exits: mean-field marginals (default, in th
       --no-timing --threads "$T" --decode viterbi --crf-uncertainty "$u" --label "minilm-ner-crf-$u" --quiet
   done
 fi
+if step lr; then  # the third model: the shared CRF with its transitions at a 10x learning rate (--crf-lr 1e-2)
+  python scripts/crf_iters.py models/minilm-ner-crf-lr1e-2 --data uner-en-ewt:dev --out $B/crf-iters-lr.json \
+    --threads "$T"
+  for d in viterbi meanfield; do
+    earlytag bench models/minilm-ner-crf-lr1e-2 uner-en-ewt:test --out $B/crf-minilm-ner-crf-lr1e-2-$d \
+      --policies token --grid default --batch-sizes 32 --threads "$T" --decode "$d" --label "crf-lr1e-2-$d" --quiet
+  done
+fi

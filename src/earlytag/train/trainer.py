@@ -68,7 +68,7 @@ class TrainConfig:
     slim_l1: float = 0.05  # strength of the L1 penalty on the coefficients (per coefficient, added to the loss)
     slim_lr: float = 1e-2  # learning rate of the coefficients
     slim_check_every: int = 50  # steps between two draws of the pruning mask
-    slim_eps: float = 0.02  # the ticket is drawn when 3 consecutive mask distances are below this
+    slim_eps: float = 0.05  # the ticket is drawn when 3 consecutive mask distances are below this (docs/results.md s. 9)
     slim_max_steps: int | None = None  # draw it at the latest here (default: the end of the first epoch)
     max_length: int = 512
     label_scheme: str = "iob2"  # what the heads predict for chunk tasks: iob2 | iobes
