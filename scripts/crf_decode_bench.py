@@ -30,11 +30,11 @@ LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 
 
 def contenders(trans, start, end, trans_c, start_c, end_c):
-    out = {"argmax": lambda e, m: e.max(-1).indices,  # the softmax head's labels, as the engine takes them
+    out = {"argmax": lambda e, m: e.max(-1).indices,  # the softmax head's labels (the engine's flat rows)
            "viterbi": lambda e, m: crf.viterbi(e, m, trans_c, start_c, end_c)[0],
            "forward-backward": lambda e, m: crf.marginals(e, m, trans, start, end)}
     for iters in range(1, 6):
-        out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.meanfield(e, m, trans, start, end, k).max(-1).indices
+        out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.best_labels(crf.meanfield_labels_first(e, m, trans, start, end, k), 1)[1]
     return out
 
 

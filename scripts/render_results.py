@@ -72,9 +72,10 @@ def training(*names: str) -> str:
                      cfg["stage"] + (f" (kv={cfg['kv']})" if cfg["stage"] != "joint" else ""), log["train_sentences"],
                      len(log["epochs"]), best["epoch"],
                      f"{log['seconds'] / 60:.0f} min" if "seconds" in log else "stopped (see text)",
-                     f"{log['cpu_seconds'] / 60:.0f} min" if "cpu_seconds" in log else "-", pct(best["selection_score"])])
+                     f"{log['cpu_seconds'] / 60:.0f} min ({log.get('torch_threads', '?')} threads)"
+                     if "cpu_seconds" in log else "-", pct(best["selection_score"])])
     return markdown_table(["model", "encoder", "stage", "train sentences", "epochs", "best epoch", "wall time",
-                           "CPU time (2 threads)", "dev selection score"], rows)
+                           "CPU time (torch threads)", "dev selection score"], rows)
 
 
 def _rows(bench: str):

@@ -369,3 +369,14 @@ def test_the_model_card_names_the_crf(tmp_path, tokenizer):
     Tagger(crf_model(transitions="per-layer", decode="meanfield"), tokenizer).save_pretrained(tmp_path / "m")
     card = (tmp_path / "m" / "README.md").read_text(encoding="utf-8")
     assert "| head | linear-chain CRF (per-layer transitions), decoded by meanfield (mean-field: 3 updates)" in card
+
+
+def test_best_labels_is_max_with_the_first_index_on_ties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, 33, generator=g).log_softmax(1)
+    x[0, 2, 5] = x[0, 4, 5] = 10.0  # a tie: the first wins, as with max
+    for dim in (1, 2):
+        values, indices = crf.best_labels(x, dim)
+        ref = x.max(dim)
+        assert torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
+    assert crf.best_labels(x, 1)[1][0, 5] == 2

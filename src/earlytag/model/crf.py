@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 NEG = -1e4  # a forbidden transition at decoding (finite: 0·NEG stays 0, -inf would give NaN)
 
@@ -120,37 +119,60 @@ def meanfield(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start
     """Mean-field log-marginals ``(B, W, C)`` after ``iters`` parallel updates (``iters=0``: the softmax of the
     emissions). Position ``t`` reads ``Σ_i q[t-1, i]·trans[i, :]`` from its left neighbour and
     ``Σ_j trans[:, j]·q[t+1, j]`` from its right one; padding sends nothing. Differentiable: trained end to
-    end with a loss on the returned log-marginals.
+    end with a loss on the returned log-marginals. A ``(B, W, C)`` view of :func:`meanfield_labels_first`."""
+    return meanfield_labels_first(emit, mask, trans, start, end, iters).transpose(1, 2)
 
-    Runs labels-first, ``(B, C, W)``: a softmax over a last dimension of a handful of labels is ~30x slower on a
-    CPU than over the middle one (scripts/crf_decode_bench.py). The result is a ``(B, W, C)`` view of that; take
-    labels with ``.max(-1)`` (an ``argmax`` over a few labels is several times slower than ``max``)."""
-    first = torch.zeros_like(mask)
-    first[:, 0] = mask[:, 0]
-    bound = first.unsqueeze(2) * start.unsqueeze(-2) + _ends(mask).unsqueeze(2) * end.unsqueeze(-2)  # (B, W, C)
-    base = (emit + bound).transpose(1, 2).contiguous()  # (B, C, W)
+
+def meanfield_labels_first(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                           end: torch.Tensor, iters: int = 3) -> torch.Tensor:
+    """:func:`meanfield` as ``(B, C, W)``: the layout it runs in. A softmax, a max or an argmax over a last
+    dimension of a handful of labels is several times slower on a CPU than over the middle one
+    (scripts/crf_decode_bench.py); take labels with :func:`best_labels` of this."""
+    b, w, c = emit.shape
+    base = emit.transpose(1, 2).contiguous()  # (B, C, W)
+    rows = torch.arange(b, device=emit.device)
+    last = (mask.sum(1) - 1).clamp(min=0)  # (B,) each sentence's last word
+    live = mask[:, :1].to(emit.dtype)  # (B, 1): sentences with words
+    base[:, :, 0] += start * live  # start scores on the first word
+    base[rows, :, last] += end * live  # end scores on the last
     m = mask.unsqueeze(1).to(emit.dtype)  # (B, 1, W)
     logits = base
+    if trans.dim() == 2:
+        both = torch.cat([trans.transpose(0, 1), trans])  # (2C, C): messages forward and backward in one product
     for _ in range(iters):
         q = logits.softmax(1) * m  # (B, C, W), nothing on padding
         if trans.dim() == 2:
-            into = torch.matmul(trans.transpose(0, 1), q)  # (B, C, W): Σ_i trans[i, j]·q[i, t], sent to t+1
-            back = torch.matmul(trans, q)  # Σ_j trans[i, j]·q[j, t], sent to t-1
+            msgs = torch.matmul(both, q)  # (B, 2C, W)
+            into, back = msgs[:, :c], msgs[:, c:]  # Σ_i trans[i, j]·q[i, t] (for t+1), Σ_j trans[i, j]·q[j, t] (t-1)
             left, right = into[..., :-1], back[..., 1:]
         else:  # trans (B, W, C, C): entry t scores the step t-1 -> t
             left = torch.einsum("bit,btij->bjt", q[..., :-1], trans[:, 1:])
             right = torch.einsum("btij,bjt->bit", trans[:, 1:], q[..., 1:])
-        logits = base + F.pad(left, (1, 0)) + F.pad(right, (0, 1))
-    return logits.log_softmax(1).transpose(1, 2)
+        logits = base.clone()
+        logits[..., 1:] += left
+        logits[..., :-1] += right
+    return logits.log_softmax(1)
 
 
-def normalised_entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Entropy of ``exp(logp) (..., C)`` divided by ``log C``: the uncertainty in [0, 1]."""
-    c = logp.shape[-1]
+def best_labels(logq: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of the maximum over ``dim`` (the first on ties), as ``logq.max(dim)``: with a few
+    labels on the middle dimension torch's ``max``/``argmax`` with indices are 10-200x slower on a CPU than
+    ``amax`` and a comparison (scripts/crf_decode_bench.py)."""
+    best = logq.amax(dim, keepdim=True)
+    c = logq.shape[dim]
+    rank = torch.arange(c, 0, -1, device=logq.device, dtype=logq.dtype).view(
+        [c if i == dim % logq.dim() else 1 for i in range(logq.dim())])
+    first = ((logq >= best) * rank).amax(dim)  # c - index of the first maximum (float: faster than integers)
+    return best.squeeze(dim), c - first.long()
+
+
+def normalised_entropy(logp: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Entropy of ``exp(logp)`` over its labels (``dim``) divided by ``log C``: the uncertainty in [0, 1]."""
+    c = logp.shape[dim]
     if c < 2:
-        return torch.zeros(logp.shape[:-1], dtype=logp.dtype, device=logp.device)
+        return torch.zeros_like(logp.select(dim, 0))
     plogp = torch.where(logp == float("-inf"), 0.0, logp.exp() * logp)
-    return plogp.sum(-1) * (-1.0 / math.log(c))
+    return plogp.sum(dim) * (-1.0 / math.log(c))
 
 
 def allowed(labels: list[str], task: str, scheme: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

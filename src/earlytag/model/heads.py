@@ -197,16 +197,16 @@ class CRFHead(nn.Module):
         (each word's current emission); what decides exits. float32."""
         emit = emit.float()
         if self.uncertainty == "emission":
-            logq = emit.log_softmax(-1)
+            logq = emit.transpose(1, 2).log_softmax(1)  # (B, C, W): labels first, as the mean-field runs
         else:
             trans, start, end = self.params(layer, constrained=self.uncertainty == "exact")
             if self.uncertainty == "exact":
-                logq = crf.marginals(emit, word_mask, trans, start, end).clamp(min=1e-30).log()
+                logq = crf.marginals(emit, word_mask, trans, start, end).clamp(min=1e-30).log().transpose(1, 2)
             else:
-                logq = crf.meanfield(emit, word_mask, trans, start, end, self.meanfield_iters)
-        best, pred = logq.max(-1)
+                logq = crf.meanfield_labels_first(emit, word_mask, trans, start, end, self.meanfield_iters)
+        best, pred = crf.best_labels(logq, 1)  # (B, W)
         score = best.exp()
-        unc = 1.0 - score if criterion == "maxprob" else crf.normalised_entropy(logq)
+        unc = 1.0 - score if criterion == "maxprob" else crf.normalised_entropy(logq, dim=1)
         return score, pred, unc
 
     def decode(self, emit: torch.Tensor, word_mask: torch.Tensor, exit_layer: torch.Tensor):
@@ -214,13 +214,13 @@ class CRFHead(nn.Module):
         Viterbi labels come with the mean-field probability of the chosen label as their score."""
         emit = emit.float()
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=False)
-        logq = crf.meanfield(emit, word_mask, trans, start, end, self.meanfield_iters)  # (B, W, C)
+        logq = crf.meanfield_labels_first(emit, word_mask, trans, start, end, self.meanfield_iters)  # (B, C, W)
         if self.decode_with == "meanfield":
-            best, pred = logq.max(-1)
+            best, pred = crf.best_labels(logq, 1)
             return pred, best.exp()
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=True)
         pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
-        return pred, logq.gather(2, pred.unsqueeze(2)).squeeze(2).exp()
+        return pred, logq.gather(1, pred.unsqueeze(1)).squeeze(1).exp()
 
     def predict_layer(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         """Labels ``(B, W)`` of one layer's emissions and transitions alone (the per-layer table)."""
