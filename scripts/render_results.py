@@ -72,7 +72,8 @@ def training(*names: str) -> str:
                      cfg["stage"] + (f" (kv={cfg['kv']})" if cfg["stage"] != "joint" else ""), log["train_sentences"],
                      len(log["epochs"]), best["epoch"],
                      f"{log['seconds'] / 60:.0f} min" if "seconds" in log else "stopped (see text)",
-                     f"{log['cpu_seconds'] / 60:.0f} min ({log.get('torch_threads', '?')} threads)"
+                     f"{log['cpu_seconds'] / 60:.0f} min ({log.get('torch_threads', '?')} thread"
+                     f"{'' if log.get('torch_threads') == 1 else 's'})"
                      if "cpu_seconds" in log else "-", pct(best["selection_score"])])
     return markdown_table(["model", "encoder", "stage", "train sentences", "epochs", "best epoch", "wall time",
                            "CPU time (torch threads)", "dev selection score"], rows)
