@@ -3,7 +3,8 @@
 # scripts/train_minilm.sh's softmax model: one model with a transition matrix shared by the layers, one with a
 # matrix per layer (issue: measure and choose). Figures in docs/results.md come from these models.
 # Needs EARLYTAG_DATA pointing at the data sets. THREADS (default 2) torch threads per run; PARALLEL=1 runs both
-# at once. MODELS=lr: only the third model, the shared one with the transitions at a 10x learning rate.
+# at once. MODELS=lr: only the third model, the shared one with the transitions at a 10x learning rate (the
+# default since that run; the first two pin the heads' rate they were trained with).
 set -euo pipefail
 OUT=${OUT:-models}
 THREADS=${THREADS:-2}
@@ -15,9 +16,9 @@ run() {
 if [ "${MODELS:-}" = lr ]; then
   run minilm-ner-crf-lr1e-2 shared --crf-lr 1e-2
 elif [ "${PARALLEL:-0}" = 1 ]; then
-  run minilm-ner-crf shared & run minilm-ner-crf-perlayer per-layer & wait
+  run minilm-ner-crf shared --crf-lr 1e-3 & run minilm-ner-crf-perlayer per-layer --crf-lr 1e-3 & wait
 else
-  run minilm-ner-crf shared
-  run minilm-ner-crf-perlayer per-layer
+  run minilm-ner-crf shared --crf-lr 1e-3
+  run minilm-ner-crf-perlayer per-layer --crf-lr 1e-3
   run minilm-ner-crf-lr1e-2 shared --crf-lr 1e-2
 fi

@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crf: mean-field updates unrolled in the loss, and the model's default for decoding")
     g.add_argument("--decode", choices=["viterbi", "meanfield"], default=d.decode,
                    help="crf: the model's default decoding")
-    g.add_argument("--crf-lr", type=float, help="crf: learning rate of the transitions (default: --head-lr)")
+    g.add_argument("--crf-lr", type=float, help="crf: learning rate of the transitions (default: 10x --head-lr)")
     g = p.add_argument_group("structured slimming while fine-tuning (EarlyBERT), stage 1")
     g.add_argument("--slim", metavar="heads=R,ffn=R",
                    help="remove these shares of every layer's attention heads and FFN neurons, chosen by learned "
