@@ -36,3 +36,9 @@ if step lr; then  # the third model: the shared CRF with its transitions at a 10
       --policies token --grid default --batch-sizes 32 --threads "$T" --decode "$d" --label "crf-lr1e-2-$d" --quiet
   done
 fi
+if step ss; then  # stage 2 of the third model (MODELS=ss scripts/train_minilm_crf.sh): F1 against FLOPs, test set
+  for d in viterbi meanfield; do
+    earlytag bench models/minilm-ner-crf-lr1e-2-ss uner-en-ewt:test --out $B/crf-ss-$d --policies token \
+      --grid default --no-timing --threads "$T" --decode "$d" --label "crf-lr1e-2-ss-$d" --quiet
+  done
+fi
