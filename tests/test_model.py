@@ -168,7 +168,8 @@ class TestSlimTagger(BaseTaggerTest):
         assert [len(h) for h in tagger.config.slim["heads"]] == [2, 2, 2]  # of 4
         assert tagger.config.slim["ffn"] == [32, 32, 32]  # of 64
         assert [p.ffn_in.out_features for p in tagger.model.adapter.layers] == [32, 32, 32]
-        assert "slim encoder" in (out / "README.md").read_text(encoding="utf-8")
+        card = (out / "README.md").read_text(encoding="utf-8")
+        assert "slim encoder" in card and "AutoModel.from_pretrained" not in card
 
     def test_transformers_loads_the_fine_tuned_encoder(self, trained):
         """transformers 5 has no per-layer head counts or FFN widths: it refuses the slim weights (loudly)."""

@@ -85,6 +85,7 @@ def render_card(config: dict[str, Any]) -> str:
               "earlytag predict THIS_DIR - <<< 'Angela Merkel visited Paris.'",
               "earlytag evaluate THIS_DIR TEST_DATA            # test scores of every exit head",
               "```", "", "```python", "from earlytag import Tagger",
-              "tagger = Tagger.from_pretrained('THIS_DIR')", "tagger('Angela Merkel visited Paris.')", "```", "",
-              "The encoder weights load in transformers too: `AutoModel.from_pretrained('THIS_DIR')`.", ""]
+              "tagger = Tagger.from_pretrained('THIS_DIR')", "tagger('Angela Merkel visited Paris.')", "```", ""]
+    if not slim:
+        lines += ["The encoder weights load in transformers too: `AutoModel.from_pretrained('THIS_DIR')`.", ""]
     return "\n".join(lines)
