@@ -180,3 +180,21 @@ def test_bench_against_the_unpruned_reference(tokenizer, tmp_path, shared_data):
     token = [r for r in rows if r["policy"] == "token"]
     assert all(r["flops_speedup"] == pytest.approx(r["flops_speedup_own"] * own_full["flops_speedup"]) for r in token)
     assert result["meta"]["reference"] == str(tmp_path / "full")
+
+
+def test_self_sampling_runs_on_a_slim_model_unchanged(tiny_encoder_dirs, shared_data, tmp_path):
+    from earlytag.train.trainer import TrainConfig, train
+
+    common = dict(train="uner-en-ewt:train", task="ner", epochs=1, batch_size=16, train_limit=48, progress=False,
+                  data_dir=str(shared_data))
+    train(TrainConfig(output=str(tmp_path / "slim"), encoder=str(tiny_encoder_dirs["bert"]), freeze_epochs=0,
+                      slim="heads=0.5,ffn=0.5", slim_check_every=1, slim_max_steps=2, **common))
+    stage1 = Tagger.from_pretrained(tmp_path / "slim")
+    with pytest.raises(ConfigError, match="slim"):
+        TrainConfig(output=str(tmp_path / "x"), stage="self-sampling", init=str(tmp_path / "slim"),
+                    slim="heads=0.5", **common).validate()
+    log = train(TrainConfig(output=str(tmp_path / "ss"), stage="self-sampling", init=str(tmp_path / "slim"),
+                            freeze_epochs=0, **common))
+    stage2 = Tagger.from_pretrained(tmp_path / "ss")
+    assert stage2.config.slim == stage1.config.slim and log["epochs"]
+    assert [p.num_heads for p in stage2.model.adapter.layers] == [2, 2, 2]
