@@ -380,3 +380,14 @@ def test_best_labels_is_max_with_the_first_index_on_ties():
         ref = x.max(dim)
         assert torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
     assert crf.best_labels(x, 1)[1][0, 5] == 2
+
+
+def test_ray_actors_load_the_decoding_they_are_given(tmp_path, tokenizer):
+    from earlytag import Tagger
+    from earlytag.ray_tagging import TaggerPredictor
+
+    Tagger(crf_model(), tokenizer).save_pretrained(tmp_path / "m")
+    actor = TaggerPredictor(str(tmp_path / "m"), load={"decode": "meanfield", "meanfield_iters": 1,
+                                                       "precision": "bf16"})
+    assert actor.tagger.model.head.decode_with == "meanfield" and actor.tagger.model.head.meanfield_iters == 1
+    assert actor.tagger.precision == "bf16"

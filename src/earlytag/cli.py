@@ -206,7 +206,9 @@ def cmd_predict(args) -> int:
         from .ray_tagging import tag_corpus
 
         summary = tag_corpus(args.model, args.input, args.output, exit=cfg.to_dict(), batch_size=args.batch_size,
-                             address=args.address, num_actors=args.actors, output_format=args.format)
+                             address=args.address, num_actors=args.actors, output_format=args.format,
+                             load={"precision": args.precision, "backend": args.backend,
+                                   **{k: v for k, v in decoding(args).items() if v is not None}})
     else:
         from .predict import predict_file
 

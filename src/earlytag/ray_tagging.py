@@ -27,13 +27,15 @@ from .errors import ConfigError, DataError
 class TaggerPredictor:
     """Ray Data actor: one :class:`~earlytag.Tagger` per actor, applied to batches of documents."""
 
-    def __init__(self, model_dir: str, exit: dict | None = None, batch_size: int = 32, threads: int = 1):
+    def __init__(self, model_dir: str, exit: dict | None = None, batch_size: int = 32, threads: int = 1,
+                 load: dict | None = None):
         import torch
 
         from .api import Tagger
 
         torch.set_num_threads(threads)
-        self.tagger = Tagger.from_pretrained(model_dir, batch_size=batch_size)
+        # load: precision, backend and a CRF's decoding, as the local predict loads the model
+        self.tagger = Tagger.from_pretrained(model_dir, batch_size=batch_size, **(load or {}))
         self.exit = self.tagger.exit_config(exit)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,8 +81,9 @@ def _ray_read_json_takes_lines() -> bool:
 
 def tag_corpus(model_dir: str, input_path: str, output: str, exit: dict | None = None, batch_size: int = 32,
                address: str | None = None, num_actors: int | None = None, threads_per_actor: int = 1,
-               output_format: str = "jsonl", rows_per_batch: int = 256) -> dict[str, Any]:
-    """Tag ``input_path`` with Ray; returns a summary (documents, seconds, FLOPs speed-up)."""
+               output_format: str = "jsonl", rows_per_batch: int = 256, load: dict | None = None) -> dict[str, Any]:
+    """Tag ``input_path`` with Ray; returns a summary (documents, seconds, FLOPs speed-up). ``load``: options of
+    :meth:`Tagger.from_pretrained` every actor loads the model with (precision, backend, decode, ...)."""
     try:
         import ray
     except ImportError:
@@ -99,7 +102,7 @@ def tag_corpus(model_dir: str, input_path: str, output: str, exit: dict | None =
     ds = read_corpus(input_path).map_batches(
         TaggerPredictor,
         fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "exit": exit, "batch_size": batch_size,
-                               "threads": threads_per_actor},
+                               "threads": threads_per_actor, "load": load},
         batch_size=rows_per_batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=threads_per_actor,
     )
