@@ -391,3 +391,19 @@ def test_ray_actors_load_the_decoding_they_are_given(tmp_path, tokenizer):
                                                        "precision": "bf16"})
     assert actor.tagger.model.head.decode_with == "meanfield" and actor.tagger.model.head.meanfield_iters == 1
     assert actor.tagger.precision == "bf16"
+
+
+@pytest.mark.parametrize("words", [1, 2, 5])
+def test_crf_loss_backward_on_any_sentence_length(words):
+    """A batch of one-word sentences trained once the mean-field wrote into its emissions' memory (the transpose
+    of a (B, 1, C) tensor is that tensor): the loss must backpropagate at every length."""
+    g = torch.Generator().manual_seed(words)
+    logits = [torch.randn(4, words, 5, generator=g, requires_grad=True) for _ in range(2)]
+    labels = torch.randint(0, 5, (4, words), generator=g)
+    head = CRFHead(list(LABELS), "ner", "iob2", 2)
+    word_exit = torch.zeros(4, words, dtype=torch.long)
+    for exits in (None, word_exit):
+        loss, _ = head.loss(logits, labels, exits)
+        loss.backward()
+        assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in logits)
+        assert head.transitions.grad is not None

@@ -129,7 +129,8 @@ def meanfield_labels_first(emit: torch.Tensor, mask: torch.Tensor, trans: torch.
     dimension of a handful of labels is several times slower on a CPU than over the middle one
     (scripts/crf_decode_bench.py); take labels with :func:`best_labels` of this."""
     b, w, c = emit.shape
-    base = emit.transpose(1, 2).contiguous()  # (B, C, W)
+    # (B, C, W), always a copy: written in place below (with one word, the transpose alone would be emit's memory)
+    base = emit.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     rows = torch.arange(b, device=emit.device)
     last = (mask.sum(1) - 1).clamp(min=0)  # (B,) each sentence's last word
     live = mask[:, :1].to(emit.dtype)  # (B, 1): sentences with words
