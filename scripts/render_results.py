@@ -416,7 +416,21 @@ def slimlog(name: str) -> str:
     return f"mask distance by step: {checks}\n\n{ticket}."
 
 
-HANDLERS = {"slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+def slimsweep(*strengths: str) -> str:
+    """The proxy runs of scripts/slim_l1_sweep.sh: per L1 strength, the search and the dev score."""
+    out = []
+    for l1 in strengths:
+        log = load(DOCS / "train" / f"slim-l1-{l1}.json")
+        slim = log["slim"]
+        last = log["epochs"][-1]
+        out.append([l1, ", ".join(f"{c['distance']:.3f}" for c in slim["checks"]), slim["ticket_step"],
+                    "early bird" if slim.get("early_bird") else "step limit", f"{slim['search_seconds']:.0f} s",
+                    pct(last["dev_per_layer"][-1]), f"{log['seconds'] / 60:.1f} min"])
+    return markdown_table(["--slim-l1", "mask distance at each check", "ticket at step", "drawn by", "search time",
+                           "dev F1 (last layer, 500 sentences)", "run wall time"], out)
+
+
+HANDLERS = {"slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
