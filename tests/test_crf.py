@@ -316,6 +316,7 @@ def test_every_cli_verb_with_a_crf_model(capsys, tmp_path, tiny_encoder_dirs, sh
     assert code == 0, err
     config = json.loads((model / "config.json").read_text())["earlytag"]
     assert config["head"] == "crf" and config["crf"]["transitions"] == "per-layer"
+    assert "--head crf" in config["training"]["command"]  # the command line, not the verb alone
     assert config["crf"]["meanfield_iters"] == 2
 
     metrics = tmp_path / "m.json"

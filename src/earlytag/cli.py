@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,9 @@ def cmd_train(args) -> int:
 
     set_threads(args.threads)
     fields = TrainConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    # "command" is argparse's name for the verb, not TrainConfig.command (the command line the card records)
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "command"}
+    values["command"] = args.command_line
     if args.types:
         values["types"] = _types(args.types)
     values["progress"] = not args.quiet
@@ -722,6 +725,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "earlytag " + shlex.join(sys.argv[1:] if argv is None else argv)  # for model cards
     try:
         return args.func(args)
     except EarlytagError as err:
