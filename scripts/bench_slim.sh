@@ -6,7 +6,8 @@ B=docs/bench
 T=${THREADS:-1}
 step() { [ -z "${STEP:-}" ] || [ "$STEP" = "$1" ]; }
 if step magnitude; then  # the baseline: the plain model pruned by weight magnitude after training, same ratios
-  python scripts/slim_magnitude.py models/minilm-ner-plain models/minilm-ner-mag --slim "${SLIM:-heads=0.33,ffn=0.4}"
+  python scripts/slim_magnitude.py models/minilm-ner-plain models/minilm-ner-mag --slim "${SLIM:-heads=0.33,ffn=0.4}" \
+    --overwrite
 fi
 if step eval; then  # every exit head at full depth, dev and test
   scripts/eval_models.sh minilm-ner-plain minilm-ner-slim minilm-ner-mag

@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from earlytag import Tagger  # noqa: E402
+from earlytag.errors import EarlytagError  # noqa: E402
 from earlytag.model.slim import SlimSpec, prune_model  # noqa: E402
 
 
@@ -19,12 +20,17 @@ def main(argv=None) -> int:
     ap.add_argument("model")
     ap.add_argument("output")
     ap.add_argument("--slim", default="heads=0.33,ffn=0.4")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlytag model already in OUTPUT")
     args = ap.parse_args(argv)
     tagger = Tagger.from_pretrained(args.model)
     record = prune_model(tagger.model, SlimSpec.parse(args.slim))
     tagger.model.config.training = dict(tagger.config.training or {}, made_by="scripts/slim_magnitude.py "
                                         + " ".join(argv or sys.argv[1:]))
-    tagger.save_pretrained(args.output, overwrite=True)
+    try:
+        tagger.save_pretrained(args.output, overwrite=args.overwrite)
+    except EarlytagError as err:  # e.g. a model already there without --overwrite: one line, nothing written
+        print(f"slim_magnitude: {err}", file=sys.stderr)
+        return 2
     print(f"{args.output}: heads per layer {[len(h) for h in record['heads']]}, FFN widths {record['ffn']}")
     return 0
 

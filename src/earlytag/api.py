@@ -449,11 +449,10 @@ def _full_depth_prediction(tagger: Tagger, docs: Sequence[Sequence[str]], tags: 
     a = tagger.model.adapter
     windows = tagger.featurizer.windows(docs)
     doc_flops = [0.0] * len(docs)
-    da, f = a.layer_sizes()  # (L,) each: a slim model's layers have their own sizes
     for w in windows:
         n = torch.tensor([[len(w)]])
-        if w.num_words:
-            doc_flops[w.doc] += float(layer_flops(n, n, a.hidden_size, f, "keep", da).sum()
+        if w.num_words:  # every layer at its own sizes (a slim model's differ)
+            doc_flops[w.doc] += float(layer_flops(n, n, a.hidden_size, a.ffn_sizes, "keep", a.attn_sizes).sum()
                                       + head_flops(torch.tensor([w.num_words]), a.hidden_size, len(tagger.labels)))
     words = sum(len(d) for d in docs)
     stats = ExitStats(L, sentences=len(docs), words=words, tokens=sum(len(w) for w in windows),

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .defaults import HALTED_DEFAULT, HALTED_RULES
+from .defaults import CRF_UNCERTAINTIES, DECODERS, HALTED_DEFAULT, HALTED_RULES, HEADS
 from .errors import ConfigError, EarlytagError
 from .storage import atomic_write_text
 
@@ -70,20 +70,21 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CRF models (train --head crf)")
-    g.add_argument("--decode", choices=["viterbi", "meanfield"],
+    g.add_argument("--decode", choices=DECODERS,
                    help="Viterbi (exact, sequential over words) or mean-field (parallel; default: the model's)")
     g.add_argument("--meanfield-iters", type=int, metavar="M",
                    help="mean-field updates, for decoding and for the marginals that decide exits (default: the "
                         "model's)")
-    g.add_argument("--crf-uncertainty", choices=["meanfield", "exact", "emission"],
+    g.add_argument("--crf-uncertainty", choices=CRF_UNCERTAINTIES,
                    help="which marginals decide exits: mean-field (default), exact forward-backward, or the "
                         "emission softmax alone")
 
 
 def decoding(args) -> dict:
-    """The CRF decoding options a command was given (for Tagger.from_pretrained)."""
-    return {"decode": getattr(args, "decode", None), "meanfield_iters": getattr(args, "meanfield_iters", None),
-            "crf_uncertainty": getattr(args, "crf_uncertainty", None)}
+    """The CRF decoding options a command was given (for Tagger.from_pretrained); the others are the model's."""
+    given = {"decode": getattr(args, "decode", None), "meanfield_iters": getattr(args, "meanfield_iters", None),
+             "crf_uncertainty": getattr(args, "crf_uncertainty", None)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def load_tagger(args, **kwargs):
@@ -210,8 +211,7 @@ def cmd_predict(args) -> int:
 
         summary = tag_corpus(args.model, args.input, args.output, exit=cfg.to_dict(), batch_size=args.batch_size,
                              address=args.address, num_actors=args.actors, output_format=args.format,
-                             load={"precision": args.precision, "backend": args.backend,
-                                   **{k: v for k, v in decoding(args).items() if v is not None}})
+                             load={"precision": args.precision, "backend": args.backend, **decoding(args)})
     else:
         from .predict import predict_file
 
@@ -241,7 +241,7 @@ def cmd_bench(args) -> int:
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
                       compare_models=args.compare_model or [], refill=not args.no_refill,
-                      decoding={k: v for k, v in decoding(args).items() if v is not None},
+                      decoding=decoding(args),
                       reference=args.reference)
     result = run_bench(cfg)
     print(result["markdown"])
@@ -487,14 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-scheme", choices=["iob2", "iobes"], default=d.label_scheme,
                    help="what the heads predict for chunk tasks")
     g = p.add_argument_group("head")
-    g.add_argument("--head", choices=["softmax", "crf"], default=d.head,
+    g.add_argument("--head", choices=HEADS, default=d.head,
                    help="softmax: an independent label per word (the paper's); crf: a linear-chain CRF over the "
                         "words, decoded by Viterbi or mean-field")
     g.add_argument("--crf-transitions", choices=["shared", "per-layer"], default=d.crf_transitions,
                    help="crf: one transition matrix for every layer, or one per layer")
     g.add_argument("--meanfield-iters", type=int, default=d.meanfield_iters, metavar="M",
                    help="crf: mean-field updates unrolled in the loss, and the model's default for decoding")
-    g.add_argument("--decode", choices=["viterbi", "meanfield"], default=d.decode,
+    g.add_argument("--decode", choices=DECODERS, default=d.decode,
                    help="crf: the model's default decoding")
     g.add_argument("--crf-lr", type=float, help="crf: learning rate of the transitions (default: 10x --head-lr)")
     g = p.add_argument_group("structured slimming while fine-tuning (EarlyBERT), stage 1")

@@ -9,3 +9,8 @@ parser from it before torch is loaded)."""
 # (rescore pays for a head on every halted word at every later layer). `--halted rescore` runs the authors' rule.
 HALTED_DEFAULT = "frozen"
 HALTED_RULES = ("rescore", "frozen")
+
+# Heads (earlytag.model.heads) and a CRF head's inference settings, named once for the CLI, configs and the code.
+HEADS = ("softmax", "crf")
+DECODERS = ("viterbi", "meanfield")
+CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")

@@ -96,27 +96,16 @@ class ExitPlan:
         """``(L,)`` how many words exited at each layer."""
         return torch.bincount(self.word_exit[self.word_mask], minlength=self.num_layers)
 
-    def flops(self, d: int, f, num_labels: int, da=None) -> torch.Tensor:
-        """``(B,)`` FLOPs of each sentence (docs/design.md). ``f``, ``da``: FFN and Q/K/V widths, numbers or one
-        per layer ``(L,)`` (a slim model)."""
+    def flops(self, d: int, da: torch.Tensor, f: torch.Tensor, num_labels: int) -> torch.Tensor:
+        """``(B,)`` FLOPs of each sentence (docs/design.md); ``da``, ``f``: ``(L,)`` Q/K/V and FFN widths of the
+        model's layers (those that ran are read)."""
         layers = self.live_counts.shape[1]
-        f, da = _per_layer(f, layers), _per_layer(da, layers)
-        return (layer_flops(self.live_counts, self.active_counts, d, f, self.kv, da).sum(1)
+        return (layer_flops(self.live_counts, self.active_counts, d, f[:layers], self.kv, da[:layers]).sum(1)
                 + head_flops(self.head_words.sum(1), d, num_labels))
 
-    def flops_full(self, d: int, f, num_labels: int, total_layers: int, da=None) -> torch.Tensor:
-        """``(B,)`` FLOPs of each sentence at full depth (every token, every layer, one head at the last layer);
-        a sentence without words is never run and costs 0."""
-        n = self.tok_mask.sum(1)
+    def flops_full(self, d: int, da: torch.Tensor, f: torch.Tensor, num_labels: int) -> torch.Tensor:
+        """``(B,)`` FLOPs of each sentence at full depth (every token, every layer of ``da``/``f``, one head at the
+        last layer); a sentence without words is never run and costs 0."""
+        n = self.tok_mask.sum(1)[:, None]  # (B, 1)
         words = self.word_mask.sum(1)
-        if isinstance(f, torch.Tensor) or isinstance(da, torch.Tensor):
-            f, da = _per_layer(f, total_layers), _per_layer(da, total_layers)
-            per_layer = layer_flops(n[:, None], n[:, None], d, f, "keep", da).sum(1)
-        else:
-            per_layer = total_layers * layer_flops(n, n, d, f, "keep", da)
-        return per_layer * (words > 0) + head_flops(words, d, num_labels)
-
-
-def _per_layer(size, layers: int):
-    """A per-layer size tensor cut to the ``layers`` that ran; a number (or None) stays as it is."""
-    return size[:layers] if isinstance(size, torch.Tensor) else size
+        return layer_flops(n, n, d, f, "keep", da).sum(1) * (words > 0) + head_flops(words, d, num_labels)

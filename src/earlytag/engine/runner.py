@@ -228,7 +228,6 @@ class Engine:
     def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384, layers=None):
         self.model = model
         self.layers = layers  # None: torch computes the steps; else a backend (earlytag.engine.backends)
-        self.adapter = model.adapter
         first = next(model.encoder.parameters())
         # bf16/fp16 GEMMs on a CPU are prepared per shape: pad their rows to a few sizes (see _FusedLayer)
         self.bucket = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
@@ -236,9 +235,14 @@ class Engine:
         self.refill_tokens = refill_tokens
         self._fused: list[_FusedLayer | None] = [None] * model.num_layers
 
+    @property
+    def adapter(self):
+        """The model's adapter, read each time: slimming and int8 give the model new layer modules."""
+        return self.model.adapter
+
     def _layer(self, i: int) -> _FusedLayer:
         fused = self._fused[i]
-        if fused is None or fused.stale():
+        if fused is None or fused.parts is not self.adapter.layers[i] or fused.stale():
             fused = self._fused[i] = _FusedLayer(self.adapter.layers[i], self.bucket)
         return fused
 
@@ -312,10 +316,11 @@ class Engine:
         total_act = int(active_t.sum())
         fused = self._layer(layer) if self.layers is None else layer
         dense = total_act >= self.dense_above * g.h.shape[0] * g.h.shape[1]
+        parts = self.adapter.layers[layer]
         if dense:
-            g.h = self._dense_step(fused, g, active_t, total_act, cfg.kv)
+            g.h = self._dense_step(fused, parts, g, active_t, total_act, cfg.kv)
         else:
-            g.h = self._packed_step(fused, g, active_t, active_t.sum(1), cfg.kv)
+            g.h = self._packed_step(fused, parts, g, active_t, active_t.sum(1), cfg.kv)
         counted = outs[min(g.batches)].stats  # a step of merged batches is one step: counted once
         counted.dense_layers += dense
         counted.packed_layers += not dense
@@ -385,16 +390,12 @@ class Engine:
     def _finish(self, o: _Outputs, cfg: ExitConfig, policy: ExitPolicy, trace) -> EngineOutput:
         """Bookkeeping, once per input batch, from the exit layers alone (:class:`ExitPlan`): nothing is recorded
         during the climb."""
-        d, f, c = self.adapter.hidden_size, self.adapter.intermediate_size, self.model.config.num_labels
+        a, c = self.adapter, self.model.config.num_labels
         batch, stats = o.batch, o.stats
         plan = ExitPlan(o.exit, batch.word_mask, batch.token_word, batch.attention_mask.bool(), policy.num_layers,
                         cfg.kv, policy.rescore, [policy.needs_head(i) for i in range(policy.num_layers)])
-        if self.adapter.slim:  # layers of their own sizes
-            da, f = self.adapter.layer_sizes()
-        else:
-            da = None
-        flops = plan.flops(d, f, c, da)  # (B,)
-        flops_full = plan.flops_full(d, f, c, stats.num_layers, da)  # (B,)
+        flops = plan.flops(a.hidden_size, a.attn_sizes, a.ffn_sizes, c)  # (B,)
+        flops_full = plan.flops_full(a.hidden_size, a.attn_sizes, a.ffn_sizes, c)  # (B,)
         stats.active_tokens = _pad(plan.active_counts.sum(0).tolist(), stats.num_layers)
         stats.words_exited = _pad(plan.words_exited.tolist(), stats.num_layers)
         stats.exit_layer_sum = float((plan.word_exit[batch.word_mask] + 1).sum())
@@ -404,9 +405,6 @@ class Engine:
 
     # ------------------------------------------------------------------ layer steps
 
-    def _parts(self, fl) -> LayerParts:
-        return fl.parts if isinstance(fl, _FusedLayer) else self.adapter.layers[fl]
-
     def _position_bias(self, parts: LayerParts, t: int, device) -> torch.Tensor | None:
         """``(h, T, T)`` the encoder's position bias for this layer's heads (a slim layer keeps some), or None."""
         pos = self.adapter.position_bias(t, device)
@@ -414,9 +412,9 @@ class Engine:
             pos = pos.index_select(0, parts.head_index.to(pos.device))
         return pos
 
-    def _dense_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, total_act: int, kv: str) -> torch.Tensor:
+    def _dense_step(self, fl: _FusedLayer | int, parts: LayerParts, s: _Group, active_t: torch.Tensor, total_act: int,
+                    kv: str) -> torch.Tensor:
         h = s.h
-        parts = self._parts(fl)
         da = parts.attn_size  # Q/K/V width: d, or fewer heads' in a slim layer
         if self.layers is None:
             q, k, v = fl.qkv(h).split(da, -1)  # (b, T, da) each
@@ -436,11 +434,10 @@ class Engine:
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
 
-    def _packed_step(self, fl: _FusedLayer, s: _Group, active_t: torch.Tensor, n_act: torch.Tensor,
-                     kv: str) -> torch.Tensor:
+    def _packed_step(self, fl: _FusedLayer | int, parts: LayerParts, s: _Group, active_t: torch.Tensor,
+                     n_act: torch.Tensor, kv: str) -> torch.Tensor:
         h = s.h
         b, t, d = h.shape
-        parts = self._parts(fl)
         heads, da = parts.num_heads, parts.attn_size
         pos = self._position_bias(parts, t, h.device)  # (h, T, T) or None
         flat = active_t.view(-1).nonzero().squeeze(1)  # (N_a,) index into the (b*T) rows

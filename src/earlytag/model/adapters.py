@@ -70,21 +70,17 @@ class EncoderAdapter:
         self.layers: list[LayerParts] = []
         for layer in model.encoder.layer:
             parts = self._layer_parts(layer)
-            attn = self._attention(layer)
+            attn = self.attention(layer)
             parts.num_heads = attn.num_attention_heads
             parts.head_index = getattr(attn, "earlytag_heads", None)  # set by earlytag.model.slim
             self.layers.append(parts)
-        self.slim = any(p.head_index is not None for p in self.layers)
+        # (L,) Q/K/V and FFN widths of the layers, for the FLOPs count (a slim model's layers have their own)
+        self.attn_sizes = torch.tensor([p.attn_size for p in self.layers], dtype=torch.float64)
+        self.ffn_sizes = torch.tensor([p.ffn_size for p in self.layers], dtype=torch.float64)
 
-    def layer_sizes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L,)`` attention widths and ``(L,)`` FFN widths of the layers (the FLOPs count reads them)."""
-        return (torch.tensor([p.attn_size for p in self.layers], dtype=torch.float64),
-                torch.tensor([p.ffn_size for p in self.layers], dtype=torch.float64))
-
-    @staticmethod
-    def _attention(layer: nn.Module) -> nn.Module:
-        attn = layer.attention
-        return attn.self if hasattr(attn, "self") else attn.attn
+    def attention(self, layer: nn.Module) -> nn.Module:
+        """The module of ``layer`` that holds Q/K/V and the head count (earlytag.model.slim changes both)."""
+        raise NotImplementedError
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embeddings(input_ids=input_ids)  # (B, T, d)
@@ -105,6 +101,9 @@ class BertAdapter(EncoderAdapter):
         h = self.model.embeddings(input_ids=input_ids)
         project = getattr(self.model, "embeddings_project", None)  # ELECTRA with embedding_size != hidden_size
         return project(h) if project is not None else h
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attention.self
 
     def _layer_parts(self, layer: nn.Module) -> LayerParts:
         attn = layer.attention
@@ -133,6 +132,9 @@ class MPNetAdapter(EncoderAdapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self._bias_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attention.attn
 
     def _layer_parts(self, layer: nn.Module) -> LayerParts:
         attn = layer.attention

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..defaults import HEADS
 from ..errors import ConfigError
 
 TASKS = ("ner", "chunk", "pos", "cws")
@@ -49,8 +50,8 @@ class TaggerConfig:
         if not 0 <= self.window_overlap <= self.max_length // 4:
             raise ConfigError("window_overlap", f"must be between 0 and max_length/4 ({self.max_length // 4}) "
                                                 f"words, got {self.window_overlap}")
-        if self.head not in ("softmax", "crf"):
-            raise ConfigError("head", f"expected softmax or crf, got {self.head!r}")
+        if self.head not in HEADS:
+            raise ConfigError("head", f"expected one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "crf":
             from .heads import crf_settings
 

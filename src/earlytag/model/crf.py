@@ -32,14 +32,20 @@ def _ends(mask: torch.Tensor) -> torch.Tensor:
     return mask & ~nxt
 
 
+def _alphas(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor) -> list[torch.Tensor]:
+    """The forward recursion: at each position ``(B, C)`` log-sums of every label prefix ending there (padding
+    carries the sentence's last value on)."""
+    alphas = [start + emit[:, 0]]
+    for t in range(1, emit.shape[1]):
+        nxt = torch.logsumexp(alphas[-1].unsqueeze(2) + _step(trans, t), 1) + emit[:, t]  # (B, C)
+        alphas.append(torch.where(mask[:, t, None], nxt, alphas[-1]))
+    return alphas
+
+
 def log_partition(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
                   end: torch.Tensor) -> torch.Tensor:
     """``log Z`` of every sentence: ``(B,)`` (0 for a sentence without words)."""
-    alpha = start + emit[:, 0]  # (B, C)
-    for t in range(1, emit.shape[1]):
-        nxt = torch.logsumexp(alpha.unsqueeze(2) + _step(trans, t), 1) + emit[:, t]  # (B, C)
-        alpha = torch.where(mask[:, t, None], nxt, alpha)
-    z = torch.logsumexp(alpha + end, 1)
+    z = torch.logsumexp(_alphas(emit, mask, trans, start)[-1] + end, 1)
     return torch.where(mask[:, 0], z, torch.zeros_like(z))
 
 
@@ -99,10 +105,7 @@ def marginals(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start
               end: torch.Tensor) -> torch.Tensor:
     """Exact per-word label marginals ``(B, W, C)`` by forward-backward (0 on padding)."""
     b, w, c = emit.shape
-    alphas = [start + emit[:, 0]]
-    for t in range(1, w):
-        nxt = torch.logsumexp(alphas[-1].unsqueeze(2) + _step(trans, t), 1) + emit[:, t]
-        alphas.append(torch.where(mask[:, t, None], nxt, alphas[-1]))
+    alphas = _alphas(emit, mask, trans, start)
     last = _ends(mask)
     beta = torch.where(last[:, w - 1, None], end, torch.zeros_like(end).expand(b, c))
     betas = [beta]

@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..defaults import CRF_UNCERTAINTIES, DECODERS
+from ..engine.policies import head_scores
 from ..errors import ConfigError
 from . import crf
 
-HEADS = ("softmax", "crf")
-DECODERS = ("viterbi", "meanfield")
-CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")
 CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters": 3, "uncertainty": "meanfield"}
 
 
@@ -79,6 +78,11 @@ class SoftmaxHead(nn.Module):
             counts.append((target != -100).sum())
         return layer_weighted(sums, counts, (labels != -100).sum(), reduction)
 
+    def layer_scores(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor, criterion: str = "entropy"):
+        """``score, pred, unc (B, W)`` of every word from its own softmax (the engine's flat path computes the same
+        on the active words' rows only: :func:`earlytag.engine.policies.head_scores`)."""
+        return head_scores(emit, criterion)
+
     def predict_layer(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         """Labels ``(B, W)`` of one layer's emissions alone (the per-layer table)."""
         return emit.max(-1).indices
@@ -123,23 +127,25 @@ class CRFHead(nn.Module):
         self.decode_with, self.meanfield_iters, self.uncertainty = s["decode"], s["meanfield_iters"], s["uncertainty"]
         return self
 
-    def params(self, layer: int, constrained: bool = False):
-        """``trans (C, C), start (C,), end (C,)`` of ``layer`` (float32); ``constrained`` adds the scheme's
-        forbidden transitions as :data:`earlytag.model.crf.NEG`."""
-        i = 0 if self.shared else layer
-        tr, st, en = self.transitions[i].float(), self.start[i].float(), self.end[i].float()
+    def _all(self, constrained: bool):
+        """``trans (T, C, C), start (T, C), end (T, C)`` in float32; ``constrained`` adds the scheme's forbidden
+        transitions as :data:`earlytag.model.crf.NEG`."""
+        tr, st, en = self.transitions.float(), self.start.float(), self.end.float()
         if constrained:
             tr, st, en = tr + self.penalty, st + self.start_penalty, en + self.end_penalty
         return tr, st, en
+
+    def params(self, layer: int, constrained: bool = False):
+        """``trans (C, C), start (C,), end (C,)`` of ``layer`` (see :meth:`_all`)."""
+        i = 0 if self.shared else layer
+        return tuple(x[i] for x in self._all(constrained))
 
     def _params_at(self, exit_layer: torch.Tensor, word_mask: torch.Tensor, constrained: bool):
         """Transitions for a sentence whose words come from different layers: each step takes the deeper of its
         two words' layers, the start/end scores the first/last word's. Shared transitions: one matrix."""
         if self.shared:
             return self.params(0, constrained)
-        tr, st, en = self.transitions.float(), self.start.float(), self.end.float()
-        if constrained:
-            tr, st, en = tr + self.penalty, st + self.start_penalty, en + self.end_penalty
+        tr, st, en = self._all(constrained)
         e = exit_layer.clamp(min=0)  # (B, W)
         deeper = torch.maximum(e, torch.cat([e[:, :1], e[:, :-1]], 1))  # (B, W): step from t-1 to t
         last = e.gather(1, (word_mask.sum(1) - 1).clamp(min=0).unsqueeze(1)).squeeze(1)  # (B,)
@@ -179,13 +185,10 @@ class CRFHead(nn.Module):
             sent_nll = crf.nll(emit, tags, mask, trans, start, end)  # (B,)
             logq = crf.meanfield(emit, mask, trans, start, end, self.meanfield_iters)  # (B, W, C)
             mf = -logq.gather(2, tags.unsqueeze(2)).squeeze(2)  # (B, W)
-            words = mask.sum(1)
-            if reduction == "batch-sum" or word_exit is None:
-                nll_part = (sent_nll * live).sum()
-                n = counted.sum()
-            else:  # per word of the sentences it counts, then rescaled to the active words
-                n = counted.sum()
-                nll_part = (sent_nll * live).sum() * n / (words * live).sum().clamp(min=1)
+            n = counted.sum()
+            nll_part = (sent_nll * live).sum()
+            if reduction == "active-mean" and word_exit is not None:  # per word of the sentences it counts
+                nll_part = nll_part * n / (mask.sum(1) * live).sum().clamp(min=1)
             sums.append(nll_part + (mf * counted).sum())
             counts.append(n)
         return layer_weighted(sums, counts, mask.sum(), reduction)

@@ -28,9 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .adapters import EncoderAdapter
-
-_attention = EncoderAdapter._attention  # the module holding a layer's Q/K/V and its head count
+from .adapters import adapter_for
 
 
 @dataclass
@@ -172,7 +170,7 @@ def prune_encoder(encoder: nn.Module, adapter, keep_heads: torch.Tensor, keep_ff
     dh = adapter.hidden_size // adapter.num_heads
     record_heads, widths = [], []
     for i, (layer, parts) in enumerate(zip(encoder.encoder.layer, adapter.layers)):
-        attn = _attention(layer)
+        attn = adapter.attention(layer)
         current = getattr(attn, "earlytag_heads", torch.arange(parts.num_heads))
         heads = keep_heads[i].nonzero().squeeze(1)  # (H',) in the current numbering
         cols = (heads[:, None] * dh + torch.arange(dh)[None]).reshape(-1)  # (H'·dh,)
@@ -194,9 +192,7 @@ def prune_encoder(encoder: nn.Module, adapter, keep_heads: torch.Tensor, keep_ff
 
 def shrink(encoder: nn.Module, slim: dict[str, Any]) -> None:
     """Give a freshly built full-size encoder the sizes of a saved slim one (weights are loaded afterwards)."""
-    from .adapters import adapter_for
-
-    adapter = adapter_for(encoder)  # noqa: F811
+    adapter = adapter_for(encoder)
     heads, widths = slim.get("heads"), slim.get("ffn")
     n = adapter.num_layers
     if not isinstance(heads, list) or not isinstance(widths, list) or len(heads) != n or len(widths) != n:
@@ -228,13 +224,12 @@ def magnitude_masks(adapter, spec: SlimSpec) -> tuple[torch.Tensor, torch.Tensor
     return _top(torch.stack(heads), spec.heads), _top(torch.stack(neurons), spec.ffn)
 
 
-def prune_model(model, spec: SlimSpec, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Prune a trained tagger in place (by weight magnitude unless ``masks`` are given); the record is stored in
-    its config, so saving writes a slim model."""
-    from .adapters import adapter_for
-
+def prune_model(model, spec: SlimSpec, masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+                coefs: Coefficients | None = None) -> dict[str, Any]:
+    """Prune a tagger in place (by weight magnitude unless ``masks`` are given; ``coefs`` are folded in) and
+    give it the adapter of its new layers; the record is stored in its config, so saving writes a slim model."""
     keep_h, keep_f = masks if masks is not None else magnitude_masks(model.adapter, spec)
-    record = prune_encoder(model.encoder, model.adapter, keep_h, keep_f)
+    record = prune_encoder(model.encoder, model.adapter, keep_h, keep_f, coefs)
     model.adapter = adapter_for(model.encoder)
     model.config.slim = record
     return record

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..data.batching import Window, collate
 from ..defaults import HALTED_DEFAULT
-from ..engine.policies import ExitConfig, head_scores, simulate_exits
+from ..engine.policies import ExitConfig, simulate_exits
 from ..errors import ConfigError
 from ..model.tagger import EarlyExitTagger
 
@@ -63,12 +63,9 @@ def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_i
         batch = collate([windows[i] for i in idx], pad_id).to(device)
         out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels)
         logits = torch.stack(out.logits, 1)  # (B, L, W, C)
-        if model.head.structured:  # a CRF's exits read its marginals, layer by layer
-            scored = [model.head.layer_scores(i, out.logits[i], batch.word_mask, criterion)
-                      for i in range(len(out.logits))]
-            p, u = torch.stack([x[1] for x in scored], 1), torch.stack([x[2] for x in scored], 1)  # (B, L, W)
-        else:
-            _, p, u = head_scores(logits, criterion)  # (B, L, W) each
+        # what the engine's exit rule reads after each layer (a CRF: its marginals over the sentence)
+        scored = [model.head.layer_scores(i, lg, batch.word_mask, criterion) for i, lg in enumerate(out.logits)]
+        p, u = torch.stack([x[1] for x in scored], 1), torch.stack([x[2] for x in scored], 1)  # (B, L, W) each
         ce = None
         if batch.labels is not None:
             target = batch.labels[:, None, :].expand(-1, logits.shape[1], -1)  # (B, L, W)

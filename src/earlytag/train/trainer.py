@@ -27,13 +27,12 @@ from ..api import Tagger
 from ..data import schemes
 from ..data.batching import Featurizer, Window, collate
 from ..data.datasets import Dataset, load_dataset, map_labels, parse_label_map
-from ..defaults import HALTED_DEFAULT
-from ..engine import Engine
+from ..defaults import HALTED_DEFAULT, HEADS
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
-from ..model.heads import HEADS, crf_settings
-from ..model.slim import Coefficients, EarlyBird, SlimSpec, prune_encoder
+from ..model.heads import crf_settings
+from ..model.slim import Coefficients, EarlyBird, SlimSpec, prune_model
 from ..model.tagger import EarlyExitTagger
 from ..storage import atomic_write_text, check_output_dir
 from .self_sampling import RECIPES, Recipe, cache_layer_outputs, flood_levels, sample_exits
@@ -365,30 +364,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv, loss_reduction=reduction,
                          flood=flood)
             loss = out.loss
-            if search is not None and search.active:
+            if search is not None:
                 loss = loss + cfg.slim_l1 * search.coefs.penalty()
             if recipe is not None and recipe.flooding == "batch":
                 level = recipe.flood_level * cache.mean_loss
                 loss = (loss - level).abs() + level
             optimizer.zero_grad(set_to_none=True)
-            if search is not None and search.active:
+            if search is not None:
                 search.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
-            if search is not None and search.active:
-                search.optimizer.step()
-                if search.after_step(step):  # the ticket is drawn: the model is slim from here on
-                    for group, params in zip(optimizer.param_groups[:2], _encoder_groups(model)):
-                        for p in group["params"]:  # the pruned modules' state goes; the heads' stays
-                            optimizer.state.pop(p, None)
-                        group["params"] = params
-                    for p in model.encoder.parameters():
-                        p.requires_grad_(not frozen)
-                    tagger.engine = Engine(model)  # the engine reads the new layers
-                    runner = dist.wrap(model, device)
+            if search is not None and search.step(step):  # the ticket is drawn: the model is slim from here on
+                search = None
+                for group, params in zip(optimizer.param_groups[:2], _encoder_groups(model)):
+                    for p in group["params"]:  # the pruned modules' state goes; the heads' stays
+                        optimizer.state.pop(p, None)
+                    group["params"] = params
+                for p in model.encoder.parameters():
+                    p.requires_grad_(not frozen)
+                runner = dist.wrap(model, device)
             losses.append(out.loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
@@ -443,14 +440,15 @@ class _SlimSearch:
         self.optimizer = torch.optim.Adam(self.coefs.parameters(), lr=cfg.slim_lr)
         self.bird = EarlyBird(self.spec, cfg.slim_eps, patience=3)
         self.max_steps = cfg.slim_max_steps or steps_per_epoch
-        self.active = True
         self.started = time.perf_counter()
         self.log: dict[str, Any] = {"heads": self.spec.heads, "ffn": self.spec.ffn, "l1": cfg.slim_l1,
                                     "check_every": cfg.slim_check_every, "eps": cfg.slim_eps, "checks": [],
                                     "params_before": _encoder_params(model)}
 
-    def after_step(self, step: int) -> bool:
-        """Check the mask when due; prune when the ticket is drawn. True when the model changed."""
+    def step(self, step: int) -> bool:
+        """After the training step ``step``: move the coefficients, check the mask when due, prune when the ticket
+        is drawn. True when the model changed (the search is then over)."""
+        self.optimizer.step()
         if step % self.cfg.slim_check_every and step < self.max_steps:
             return False
         drawn = self.bird.check(self.coefs)
@@ -458,14 +456,8 @@ class _SlimSearch:
             self.log["checks"].append({"step": step, "distance": self.bird.distances[-1]})
         if not drawn and step < self.max_steps:
             return False
-        from ..model.adapters import adapter_for
-
-        keep_h, keep_f = self.coefs.masks(self.spec)
-        record = prune_encoder(self.model.encoder, self.model.adapter, keep_h, keep_f, self.coefs)
         self.coefs.detach_hooks()
-        self.model.adapter = adapter_for(self.model.encoder)
-        self.model.config.slim = record
-        self.active = False
+        record = prune_model(self.model, self.spec, self.coefs.masks(self.spec), self.coefs)
         self.log.update({"ticket_step": step, "early_bird": drawn, "search_seconds": time.perf_counter() - self.started,
                          "params_after": _encoder_params(self.model), "kept": record})
         return True
