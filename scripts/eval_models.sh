@@ -4,7 +4,7 @@
 set -euo pipefail
 OUT=${OUT:-models}
 for name in "$@"; do
-  case "$name" in *ner*) data=uner-en-ewt ;; *pos*) data=ud-en-ewt ;; *) echo "unknown task of $name" >&2; exit 2 ;; esac
+  case "$name" in e5-*) data=uner-zh-gsdsimp ;; *ner*) data=uner-en-ewt ;; *pos*) data=ud-en-ewt ;; *) echo "unknown task of $name" >&2; exit 2 ;; esac
   for split in dev test; do
     earlytag evaluate "$OUT/$name" "$data:$split" --exit none --per-layer --json "docs/eval/$name-$split.json" > /dev/null
   done

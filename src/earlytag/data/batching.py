@@ -82,6 +82,9 @@ class Batch:
         return self.input_ids.shape[0]
 
 
+METASPACE = "\u2581"  # SentencePiece's word-start marker
+
+
 class Featurizer:
     """Turns word lists into :class:`Window` objects for one tokenizer."""
 
@@ -102,6 +105,11 @@ class Featurizer:
             raise ConfigError("max_length", f"{max_length} leaves no room next to the special tokens")
         self.unk_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # SentencePiece vocabularies (XLM-R) split a word that has no "▁x" piece into a bare "▁" and "x": for a
+        # Chinese character that is half the sequence, and the word's first sub-word would carry no content.
+        # The bare marker is dropped from any word that has more pieces (the text never has spaces there anyway).
+        marker = tokenizer.convert_tokens_to_ids(METASPACE) if METASPACE in tokenizer.get_vocab() else None
+        self.marker_id = marker if marker is not None and marker != self.unk_id else None
 
     def pieces(self, docs: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         """Sub-word ids of every word of every document (at least one per word, at most ``budget``)."""
@@ -118,6 +126,8 @@ class Featurizer:
                 for tid, w in zip(enc["input_ids"][j], enc.word_ids(j)):
                     if w is not None:
                         per_word[w].append(tid)
+                if self.marker_id is not None:
+                    per_word = [p[1:] if len(p) > 1 and p[0] == self.marker_id else p for p in per_word]
                 out[i] = [p[: self.budget] if p else [self.unk_id] for p in per_word]
         return out
 

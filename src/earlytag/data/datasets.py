@@ -18,10 +18,11 @@ from pathlib import Path
 from ..errors import DataError
 from . import schemes
 from .readers import ReadReport, read_file
-from .segmentation import to_character_sentence
+from .segmentation import to_character_chunks, to_character_sentence
 from .types import Sentence
 
 TASKS = ("ner", "chunk", "pos", "cws")
+UNITS = ("words", "chars")  # what a token is: a word of the file, or one character
 GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
@@ -177,11 +178,15 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     on_error: str = "fail",
+    units: str = "words",
 ) -> Dataset:
     """Read a tagged data set for ``task`` with its tags normalised (IOB2 for chunk tasks, BMES for cws).
-    ``on_error`` (fail | skip | repair): what a bad line does (the dataset's ``report`` counts it)."""
+    ``on_error`` (fail | skip | repair): what a bad line does (the dataset's ``report`` counts it).
+    ``units="chars"``: one token per character (chunk tags spread over a word's characters; cws always is)."""
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}", spec)
+    if units not in UNITS or (units == "chars" and task == "pos"):
+        raise DataError(f"units {units!r} with task {task}: expected words, or chars for ner/chunk/cws", spec)
     path = resolve(spec, data_dir, download)
     report = ReadReport()
     sentences = read_file(path, format, tag_field=tag_field, token_col=token_col, tag_col=tag_col,
@@ -191,6 +196,8 @@ def load_dataset(
         sentences = [to_character_sentence(s) for s in sentences]
     elif task in ("ner", "chunk"):
         used_scheme, note = normalise_chunk_tags(sentences, scheme, strict, path)
+        if units == "chars":
+            sentences = [to_character_chunks(s) for s in sentences]
     return Dataset(sentences, task, used_scheme, path, note, report)
 
 

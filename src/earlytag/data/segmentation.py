@@ -54,3 +54,18 @@ def to_character_sentence(sentence: Sentence) -> Sentence:
     """A word-segmented sentence -> one token per character with BMES tags (its own tags are dropped)."""
     chars, tags = word_tags(sentence.tokens)
     return Sentence(tokens=chars, tags=tags, spaces=[False] * len(chars), source=sentence.source, id=sentence.id)
+
+
+def to_character_chunks(sentence: Sentence) -> Sentence:
+    """A word-level sentence with IOB2 chunk tags -> one token per character, tags spread over the characters
+    (``B-X`` on a word's first character, ``I-X`` on the rest; ``O`` stays ``O``). Whitespace is dropped."""
+    chars: list[str] = []
+    tags: list[str] = []
+    for word, tag in zip(sentence.tokens, sentence.tags or ["O"] * len(sentence.tokens)):
+        cs = [c for c in word if not c.isspace()]
+        if not cs:
+            continue
+        inside = "O" if tag == "O" else "I-" + tag.split("-", 1)[1]
+        tags.extend([tag] + [inside] * (len(cs) - 1))
+        chars.extend(cs)
+    return Sentence(tokens=chars, tags=tags, spaces=[False] * len(chars), source=sentence.source, id=sentence.id)

@@ -66,6 +66,11 @@ class TaggerConfig:
         return len(self.labels)
 
     @property
+    def units(self) -> str:
+        """What one token is: ``chars`` (a character: cws, character-level NER) or ``words``."""
+        return "chars" if self.word_splitter == "chars" else "words"
+
+    @property
     def is_chunking(self) -> bool:
         return self.task in ("ner", "chunk")
 

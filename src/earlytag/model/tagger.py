@@ -92,6 +92,26 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
+def read_tagger_config(directory: str | os.PathLike) -> TaggerConfig:
+    """The ``earlytag`` section of a saved model's config.json; errors name the file."""
+    directory = require_model_dir(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise EarlytagError(f"{config_path}: invalid JSON ({err})") from None
+    if not isinstance(raw, dict) or "earlytag" not in raw:
+        raise EarlytagError(f"{config_path}: no 'earlytag' section; this is not an earlytag model")
+    try:
+        return TaggerConfig.from_dict(raw["earlytag"])
+    except ConfigError as err:
+        raise EarlytagError(f"{config_path}: earlytag.{err}") from None
+    except TypeError as err:
+        raise EarlytagError(f"{config_path}: earlytag: {err}") from None
+
+
 class EarlyExitTagger(nn.Module):
     def __init__(self, config: TaggerConfig, encoder_config, encoder: nn.Module | None = None):
         super().__init__()
@@ -215,20 +235,7 @@ class EarlyExitTagger(nn.Module):
 
         directory = require_model_dir(directory)
         config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
-        try:
-            raw = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise EarlytagError(f"{config_path}: invalid JSON ({err})") from None
-        if not isinstance(raw, dict) or "earlytag" not in raw:
-            raise EarlytagError(f"{config_path}: no 'earlytag' section; this is not an earlytag model")
-        try:
-            tagger_config = TaggerConfig.from_dict(raw["earlytag"])
-        except ConfigError as err:
-            raise EarlytagError(f"{config_path}: earlytag.{err}") from None
-        except TypeError as err:
-            raise EarlytagError(f"{config_path}: earlytag: {err}") from None
+        tagger_config = read_tagger_config(directory)
         try:
             with quiet_transformers():
                 encoder_config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)

@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 42
     head_dropout: float = 0.1
     head: str = "softmax"  # softmax | crf (earlytag.model.heads); stage 2 keeps the init model's head
+    units: str = "auto"  # what a token is: words | chars (one per character) | auto (chars for cws, else words)
     crf_transitions: str = "shared"  # crf: one transition matrix for every layer (shared) or one per layer
     meanfield_iters: int = 3  # crf: mean-field updates, in the loss and the model's default decoding
     decode: str = "viterbi"  # crf: the model's default decoding (viterbi | meanfield)
@@ -103,6 +104,18 @@ class TrainConfig:
     data_dir: str | None = None
     device: str | None = None  # default: the GPU of this process when there is one, else the CPU
 
+    def token_units(self) -> str:
+        """words | chars: stage 2 keeps the init model's; ``auto`` is chars for cws."""
+        if self.stage == "self-sampling" and self.init:
+            from ..model.tagger import read_tagger_config
+
+            if self.units != "auto":
+                raise ConfigError("units", "self-sampling keeps the init model's units; leave --units out")
+            return read_tagger_config(self.init).units
+        if self.units == "auto":
+            return "chars" if self.task == "cws" else "words"
+        return self.units
+
     def validate(self) -> TrainConfig:
         if self.stage not in ("joint", "self-sampling"):
             raise ConfigError("stage", f"expected joint or self-sampling, got {self.stage!r}")
@@ -115,6 +128,10 @@ class TrainConfig:
             raise ConfigError("freeze_epochs", "must be >= 0")
         if self.label_scheme not in ("iob2", "iobes"):
             raise ConfigError("label_scheme", "expected iob2 or iobes")
+        if self.units not in ("auto", "words", "chars") or (self.units == "words" and self.task == "cws") \
+                or (self.units == "chars" and self.task == "pos"):
+            raise ConfigError("units", f"{self.units!r} with task {self.task}: cws reads characters; pos reads words; "
+                                       "ner and chunk either")
         if self.kv not in ("keep", "drop"):
             raise ConfigError("kv", "expected keep or drop")
         if self.head not in HEADS:
@@ -263,7 +280,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     started, cpu_started = time.perf_counter(), time.process_time()
     chunking = cfg.task in ("ner", "chunk")
     load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir,
-                   format=cfg.format, on_error=cfg.on_error)
+                   format=cfg.format, on_error=cfg.on_error, units=cfg.token_units())
     train_set = _limit(load_dataset(cfg.train, cfg.task, **load_kw), cfg.train_limit)
     dev_set = _limit(load_dataset(cfg.dev, cfg.task, **load_kw), cfg.dev_limit) if cfg.dev else None
     for data in (train_set, dev_set):
@@ -284,7 +301,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             labels=labels, task=cfg.task, input_scheme=train_set.scheme if chunking else None,
             label_scheme=cfg.label_scheme if chunking else None, head_dropout=cfg.head_dropout,
             max_length=cfg.max_length,  # clamped to the encoder's positions by the model
-            word_splitter="chars" if cfg.task == "cws" else "regex", encoder_name=cfg.encoder,
+            word_splitter="chars" if cfg.token_units() == "chars" else "regex", encoder_name=cfg.encoder,
             head=cfg.head, crf=cfg.crf_settings() if cfg.head == "crf" else None,
         )
         model = EarlyExitTagger(tagger_cfg, encoder.config, encoder)

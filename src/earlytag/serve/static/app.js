@@ -73,6 +73,8 @@ function renderDocument(doc) {
   const out = document.createElement("p");
   out.className = "document";
   const spanAt = new Map(doc.spans.map((s) => [s.start, s]));
+  // a segmenter's words (Chinese): each word after the first starts with a thin rule
+  const wordStarts = new Set((doc.words || []).slice(1).map((w) => w.start));
   let pos = 0;
   let group = null;  // the entity element that tokens are currently added to
   const closeGroup = () => {
@@ -97,7 +99,8 @@ function renderDocument(doc) {
       (group || out).appendChild(gap);
     }
     const el = document.createElement("span");
-    el.className = "token"; el.dataset.exitLayer = tok.exit_layer; el.dataset.tag = tok.tag;
+    el.className = wordStarts.has(tok.start) ? "token word-start" : "token";
+    el.dataset.exitLayer = tok.exit_layer; el.dataset.tag = tok.tag;
     const c = layerColor(tok.exit_layer, info.num_layers);
     el.style.background = c.bg; el.style.color = c.fg;
     el.title = `${tok.tag}, exited at layer ${tok.exit_layer}, p=${tok.score.toFixed(3)}`;

