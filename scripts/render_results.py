@@ -83,9 +83,14 @@ def _rows(bench: str):
     return load(DOCS / "bench" / bench / "results.json"), load(DOCS / "bench" / bench / "meta.json")
 
 
+def largest_batch(rows: list[dict]):
+    """The largest timed batch size of a bench (None: a bench without timing)."""
+    return max((r["batch_size"] for r in rows), key=lambda b: -1 if b is None else b)
+
+
 def targets(bench: str, *ts: str) -> str:
     rows, meta = _rows(bench)
-    bs = max(r["batch_size"] for r in rows)
+    bs = largest_batch(rows)
     full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
     out = [["full depth", *[f"{pct(full['score'])} (1.00x)"] * len(ts)]]
     policies = dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none" and not r["policy"].startswith("smaller"))
@@ -276,7 +281,7 @@ def interp(*args: str) -> str:
             out.append([label or f"{policy} ({bench})", f"not measured (docs/bench/{bench})"]
                        + ["-"] * len(ts))
             continue
-        bs = max((r["batch_size"] for r in rows), key=lambda b: -1 if b is None else b)
+        bs = largest_batch(rows)
         full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
         pts = curve(rows, policy, bs)
         out.append([label or f"{policy} ({bench})", pct(full["score"])]

@@ -57,3 +57,16 @@ def test_small_grid_keeps_the_static_depths_nearest_the_targets():
     assert [c.layer for c in default_grid("static", 12, size="small")] == [3, 4, 6, 8]
     assert [c.layer for c in default_grid("static", 6, size="small")] == [2, 3, 4]
     assert [c.layer for c in default_grid("static", 6, size="full")] == [1, 2, 3, 4, 5]
+
+
+def test_thresholds_replace_the_grid_of_threshold_policies(capsys):
+    from earlytag.bench import default_grid
+    from earlytag.cli import build_parser
+
+    token = default_grid("token", 12, kv="drop", halted="frozen", thresholds=[0.5, 0.8])
+    assert [(c.threshold, c.window, c.kv, c.halted) for c in token] == [(0.5, 2, "drop", "frozen"),
+                                                                        (0.8, 2, "drop", "frozen")]
+    assert [c.threshold for c in default_grid("sentence", 12, thresholds=[0.6])] == [0.6]
+    assert [c.layer for c in default_grid("static", 12, thresholds=[0.6])] == [3, 4, 6, 8]  # no τ: unchanged
+    args = build_parser().parse_args(["bench", "m", "d", "--out", "o", "--thresholds", "0.5", "0.9"])
+    assert args.thresholds == [0.5, 0.9]

@@ -190,6 +190,7 @@ class TestCharacterTagging:
     def test_raw_text_offsets(self, trained):
         tagger = Tagger.from_pretrained(trained)
         assert tagger.config.units == "chars"
+        assert "| tokens | characters" in (trained / "README.md").read_text(encoding="utf-8")
         doc = tagger(MIXED)
         assert [t["text"] for t in doc["tokens"]] == [c for c in MIXED if not c.isspace()]
         for t in doc["tokens"]:
@@ -199,6 +200,21 @@ class TestCharacterTagging:
         if tagger.config.task == "cws":
             assert "".join(w["text"] for w in doc["words"]) == MIXED.replace(" ", "")
             assert all(MIXED[w["start"]:w["end"]] == w["text"] for w in doc["words"])
+
+    def test_predict_verb_on_a_chinese_text_file(self, trained, tmp_path, capsys):
+        import json
+
+        from earlytag.cli import main
+
+        src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+        lines = [MIXED, "", "我爱北京天安门。 Ünïcödé ＡＢＣ 𠀋"]
+        src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        assert main(["predict", str(trained), str(src), "--output", str(out), "--quiet"]) == 0
+        docs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        assert [d["text"] for d in docs] == lines
+        for doc in docs:
+            assert [t["text"] for t in doc["tokens"]] == [c for c in doc["text"] if not c.isspace()]
+            assert all(doc["text"][t["start"]:t["end"]] == t["text"] for t in doc["tokens"])
 
     def test_evaluate_reads_the_word_file_as_characters(self, trained, shared_data):
         tagger = Tagger.from_pretrained(trained)

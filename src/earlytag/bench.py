@@ -16,8 +16,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,15 @@ from .storage import atomic_write_text
 
 
 def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default",
-                 halted: str = HALTED_DEFAULT) -> list[ExitConfig]:
-    """The settings the bench sweeps for ``policy`` (each policy brings its own grid)."""
+                 halted: str = HALTED_DEFAULT, thresholds: Sequence[float] | None = None) -> list[ExitConfig]:
+    """The settings the bench sweeps for ``policy`` (each policy brings its own grid); ``thresholds`` replace
+    the τ values of a threshold policy's grid."""
     rule = REGISTRY.get(policy)
     if rule is None:
         raise ConfigError("policies", f"unknown policy {policy!r}; expected one of {', '.join(REGISTRY)}")
     grid = rule.grid(num_layers, size, kv)
+    if thresholds and "threshold" in rule.settings and grid:
+        grid = [replace(grid[0], threshold=float(t)) for t in thresholds]
     if "halted" in rule.settings:
         for cfg in grid:
             cfg.halted = halted
@@ -82,6 +85,7 @@ class BenchConfig:
     label: str | None = None
     extra: list[ExitConfig] = field(default_factory=list)  # settings to add to the sweep
     grid: str = "small"  # small | default | full (policies.BENCH_THRESHOLDS; full: every depth and patience)
+    thresholds: list[float] | None = None  # τ values of the threshold policies instead of the grid's
     compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
     refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
@@ -190,7 +194,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         settings_of = REGISTRY[policy].settings if policy in REGISTRY else ()
         for kv in (cfg.kv if "kv" in settings_of else ["keep"]):
             for halted in (cfg.halted if "halted" in settings_of else ["rescore"]):
-                settings += default_grid(policy, num_layers, kv, cfg.grid, halted)
+                settings += default_grid(policy, num_layers, kv, cfg.grid, halted, cfg.thresholds)
     settings += cfg.extra
     calibration = None
     if cfg.target_speedup:

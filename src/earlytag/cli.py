@@ -240,6 +240,7 @@ def cmd_bench(args) -> int:
                       halted=args.halted_modes,
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
+                      thresholds=args.thresholds,
                       compare_models=args.compare_model or [], refill=not args.no_refill,
                       decoding=decoding(args),
                       reference=args.reference)
@@ -611,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-limit-b1", type=int, default=200, help="sentences timed at batch size 1")
     p.add_argument("--grid", choices=["default", "small", "full"], default="small",
                    help="settings per policy: small (6 thresholds), default (9), full (every depth and patience)")
+    p.add_argument("--thresholds", type=float, nargs="+", metavar="TAU",
+                   help="the τ values the sentence and token policies sweep, instead of the grid's (a model whose "
+                        "heads stay uncertain needs larger ones to reach 3-4x)")
     p.add_argument("--no-refill", action="store_true", help="time every batch on its own (no refill of thin "
                                                             "layers across consecutive batches)")
     p.add_argument("--compare-model", action="append", help="another (smaller) model timed at full depth against "

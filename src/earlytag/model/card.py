@@ -33,6 +33,9 @@ def render_card(config: dict[str, Any]) -> str:
         f"| encoder | {et.get('encoder_name') or config.get('_name_or_path') or '?'} ({config.get('model_type', '?')}, "
         f"{layers} layers, hidden size {config.get('hidden_size', '?')}) |",
     ]
+    if et.get("word_splitter") == "chars":
+        lines.append("| tokens | characters: raw text is split into characters (no segmenter needed); offsets are "
+                     "character offsets |")
     if et.get("head") == "crf":
         c = et.get("crf") or {}
         lines.append(f"| head | linear-chain CRF ({c.get('transitions', 'shared')} transitions), decoded by "

@@ -105,6 +105,16 @@ def setup_encoder(name: str, dest: str | os.PathLike | None = None, overwrite: b
     raise ConfigError("name", f"{name!r} needs no setup step (only all-mpnet-base-v2 and multilingual-e5-small do)")
 
 
+def _prepared(local: Path, build, hub: str) -> str:
+    """A set-up encoder's directory (built on first use), or its hub name where it cannot be built here."""
+    if (local / "config.json").is_file():
+        return str(local)
+    try:
+        return str(build())
+    except EarlytagError:
+        return hub
+
+
 def resolve_encoder(name: str) -> str:
     """A local directory for the offline-installable encoders, else ``name`` unchanged."""
     if Path(name).is_dir():
@@ -114,21 +124,11 @@ def resolve_encoder(name: str) -> str:
         local = minilm_dir()
         return str(local) if local else "sentence-transformers/all-MiniLM-L6-v2"
     if key in MPNET_NAMES:
-        if (mpnet_dir() / "config.json").is_file():
-            return str(mpnet_dir())
-        try:
-            return str(assemble_mpnet())
-        except EarlytagError:
-            return "sentence-transformers/all-mpnet-base-v2"
+        return _prepared(mpnet_dir(), assemble_mpnet, "sentence-transformers/all-mpnet-base-v2")
     from .e5 import E5_NAMES, convert_e5, e5_dir
 
     if key in E5_NAMES:
-        if (e5_dir() / "config.json").is_file():
-            return str(e5_dir())
-        try:
-            return str(convert_e5())
-        except EarlytagError:
-            return "intfloat/multilingual-e5-small"
+        return _prepared(e5_dir(), convert_e5, "intfloat/multilingual-e5-small")
     return name
 
 
