@@ -109,9 +109,10 @@ class TrainConfig:
         if self.stage == "self-sampling" and self.init:
             from ..model.tagger import read_tagger_config
 
-            if self.units != "auto":
-                raise ConfigError("units", "self-sampling keeps the init model's units; leave --units out")
-            return read_tagger_config(self.init).units
+            units = read_tagger_config(self.init).units
+            if self.units not in ("auto", units):
+                raise ConfigError("units", f"self-sampling keeps the init model's units ({units}), not {self.units}")
+            return units
         if self.units == "auto":
             return "chars" if self.task == "cws" else "words"
         return self.units
