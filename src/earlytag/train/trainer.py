@@ -280,8 +280,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         check_output_dir(cfg.output, cfg.overwrite)
     started, cpu_started = time.perf_counter(), time.process_time()
     chunking = cfg.task in ("ner", "chunk")
+    units = cfg.token_units()
     load_kw = dict(scheme=cfg.scheme, strict=cfg.strict, tag_field=cfg.tag_field, data_dir=cfg.data_dir,
-                   format=cfg.format, on_error=cfg.on_error, units=cfg.token_units())
+                   format=cfg.format, on_error=cfg.on_error, units=units)
     train_set = _limit(load_dataset(cfg.train, cfg.task, **load_kw), cfg.train_limit)
     dev_set = _limit(load_dataset(cfg.dev, cfg.task, **load_kw), cfg.dev_limit) if cfg.dev else None
     for data in (train_set, dev_set):
@@ -302,7 +303,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             labels=labels, task=cfg.task, input_scheme=train_set.scheme if chunking else None,
             label_scheme=cfg.label_scheme if chunking else None, head_dropout=cfg.head_dropout,
             max_length=cfg.max_length,  # clamped to the encoder's positions by the model
-            word_splitter="chars" if cfg.token_units() == "chars" else "regex", encoder_name=cfg.encoder,
+            word_splitter="chars" if units == "chars" else "regex", encoder_name=cfg.encoder,
             head=cfg.head, crf=cfg.crf_settings() if cfg.head == "crf" else None,
         )
         model = EarlyExitTagger(tagger_cfg, encoder.config, encoder)
