@@ -5,8 +5,9 @@
 UNER English EWT sentences carry their genre in their sent_id (answers, email, newsgroup, reviews, weblog). For
 every calibration genre: the model is calibrated on that genre's dev sentences (token exit, the calibration grid),
 giving a fixed setting per target speed-up (2x, 3x, 4x). Every other genre's dev and test sentences are then a
-stream tagged three ways per target: with the fixed setting, and with the controller (--target-speedup) starting
-from it, over the stream in file order, shuffled, and sorted by length. Recorded: the realised FLOPs speed-up (the
+stream tagged per target with the fixed setting, and with the controller (--target-speedup) starting from it,
+over the stream in file order, shuffled, and sorted by length: as --target-speedup runs it (looking ahead with
+the calibration's length profile) and with the feedback alone (`_noprofile`). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
 same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that
@@ -28,7 +29,7 @@ from earlytag import Tagger  # noqa: E402
 from earlytag.calibrate import calibrate  # noqa: E402
 from earlytag.data.datasets import Dataset  # noqa: E402
 from earlytag.engine import ExitConfig  # noqa: E402
-from earlytag.engine.control import SpeedController  # noqa: E402
+from earlytag.engine.control import LengthProfile, SpeedController  # noqa: E402
 from earlytag.engine.policies import CALIBRATION_THRESHOLDS  # noqa: E402
 from earlytag.metrics import task_scores  # noqa: E402
 
@@ -103,18 +104,23 @@ def main() -> None:
                 row = {"calibrated_on": cal, "stream": g, "target": target, "fixed_setting": fixed.describe(),
                        "calibrated_dev_speedup": chosen["flops_speedup"], "fixed_speedup": speed, "fixed_f1": score,
                        "sentences": len(stream)}
+                profile = LengthProfile.from_table(table, fixed)
                 for order in ("file", "shuffled", "sorted"):
                     ordered = list(stream)
                     if order == "shuffled":
                         rng.shuffle(ordered)
                     elif order == "sorted":
                         ordered.sort(key=len)
-                    control = SpeedController(fixed, target)  # the defaults, as --target-speedup runs it
-                    c_score, c_speed, state = run(tagger, ordered, control, args.batch_size, args.piece)
-                    row[f"controller_{order}"] = {
-                        "speedup": c_speed, "speedup_after_warmup": state["realised_speedup_after_warmup"],
-                        "f1": c_score, "final_threshold": state["threshold"], "capped": state["capped"],
-                        "fixed_curve_f1_at_same_speedup": interpolate(curves[g], state["realised_speedup_after_warmup"])}
+                    for name, prof in ((f"controller_{order}", profile), (f"controller_{order}_noprofile", None)):
+                        # the defaults, as --target-speedup runs it (with the calibration's length profile), and
+                        # the same controller without it (feedback alone)
+                        control = SpeedController(fixed, target, profile=prof)
+                        c_score, c_speed, state = run(tagger, ordered, control, args.batch_size, args.piece)
+                        row[name] = {
+                            "speedup": c_speed, "speedup_after_warmup": state["realised_speedup_after_warmup"],
+                            "f1": c_score, "final_threshold": state["threshold"], "capped": state["capped"],
+                            "fixed_curve_f1_at_same_speedup": interpolate(curves[g],
+                                                                          state["realised_speedup_after_warmup"])}
                 rows.append(row)
                 c = row["controller_file"]
                 print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller "

@@ -12,7 +12,7 @@ import pytest
 
 from earlytag import Tagger
 from earlytag.engine import ExitConfig
-from earlytag.engine.control import SpeedController
+from earlytag.engine.control import LengthProfile, SpeedController, length_bucket, measure_profile
 from earlytag.errors import ConfigError
 
 from .conftest import tiny_model
@@ -159,3 +159,142 @@ def test_target_speedup_through_evaluate_predict_and_service(calibrated_dir, tmp
         metrics = client.get("/metrics").text
     assert 'earlytag_target_speedup_threshold{target="2"}' in metrics
     assert 'earlytag_target_speedup_realised_total{target="2"}' in metrics
+
+
+# ----------------------------------------------------------------------------- looking ahead at lengths
+
+GRID = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+
+
+def length_plant(tau: float, tokens: int, difficulty: float) -> float:
+    """A speed-up that depends on the input's length as much as on τ: short inputs spend most of their FLOPs on
+    special tokens that never halt, long ones hold more uncertain words (a third slower at 100 tokens)."""
+    words = plant(tau, difficulty, random.Random(0))  # the speed-up of the words themselves (no batch noise)
+    words /= 1.0 + tokens / 300
+    special = 2 / tokens  # share of the FLOPs that always run the full depth
+    return 1.0 / (special + (1 - special) / words)
+
+
+def plant_profile(difficulty: float = 1.0, lengths=range(4, 120)) -> list[tuple[float, list[list[float]]]]:
+    """What calibrate measures on dev inputs of these lengths: FLOPs per length bucket at every threshold."""
+    points = []
+    for tau in GRID:
+        flops = [n * 1e6 / length_plant(tau, n, difficulty) for n in lengths]
+        points.append((tau, measure_profile(list(lengths), flops, [n * 1e6 for n in lengths])))
+    return points
+
+
+def test_measure_profile_sums_flops_per_length_bucket():
+    prof = measure_profile([5, 8, 9, 40, 300, 0], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0], [20.0, 40.0, 90.0, 80.0, 100.0, 1.0])
+    # buckets by tokens: <=8 -> 0, <=12 -> 1, <=48 -> 5, >256 -> 10 (the open one); an empty input is not counted
+    assert prof == [[0, 2, 13, 30.0, 60.0], [1, 1, 9, 30.0, 90.0], [5, 1, 40, 40.0, 80.0], [10, 1, 300, 50.0, 100.0]]
+
+
+def test_length_profile_predicts_the_measured_speedup_and_pools_thin_buckets():
+    points = plant_profile()
+    profile = LengthProfile(points, min_inputs=1)
+    for tau in (0.01, 0.1, 0.4):  # on the grid: exactly the measured speed-up of a bucket's inputs
+        for n in (6, 30, 100):
+            b = length_bucket(n)
+            lengths = [m for m in range(4, 120) if length_bucket(m) == b]
+            spent = sum(m / length_plant(tau, m, 1.0) for m in lengths)
+            assert profile.speedup(math.log(tau), [n]) == pytest.approx(sum(lengths) / spent, rel=1e-9)
+    # a batch of mixed lengths: full-depth FLOPs over the FLOPs the profile predicts for each input
+    mixed = profile.speedup(math.log(0.1), [6, 100])
+    expect = (6 * profile.full_per_token[0] + 100 * profile.full_per_token[-1]) / (
+        6 * profile.full_per_token[0] / profile.speedup(math.log(0.1), [6])
+        + 100 * profile.full_per_token[-1] / profile.speedup(math.log(0.1), [100]))
+    assert mixed == pytest.approx(expect, rel=1e-9)
+    # the plant's length effect, seen: 6 tokens (a third are special) run slower than 100
+    assert profile.speedup(math.log(0.1), [6]) < 0.8 * profile.speedup(math.log(0.1), [100])
+    # never falling in τ, also between and beyond the grid's thresholds
+    taus = [0.001, 0.003, 0.008, 0.05, 0.12, 0.7, 0.9, 1.0]
+    speeds = [profile.speedup(math.log(t), [30]) for t in taus]
+    assert speeds == sorted(speeds) and speeds[0] >= 1.0
+    # thin buckets pooled: with 50 inputs a group, the 116 dev lengths make 2 groups, not 10 buckets
+    assert len(profile.groups) == len({length_bucket(n) for n in range(4, 120)})
+    pooled = LengthProfile(points, min_inputs=50)
+    assert len(pooled.groups) == 2 and sorted(b for g in pooled.groups for b in g) == sorted(
+        {length_bucket(n) for n in range(4, 120)})
+    # an input longer than any dev input counts in the longest group
+    assert pooled.speedup(math.log(0.1), [1000]) == pytest.approx(pooled.speedup(math.log(0.1), [119]), rel=1e-9)
+
+
+def test_length_profile_threshold_inverts_the_prediction():
+    profile = LengthProfile(plant_profile(), min_inputs=1)
+    for want in (1.5, 2.0, 2.5):  # (inputs of 10 tokens reach 2.7x at most: a fifth are special tokens)
+        for lengths in ([10] * 8, [100] * 8, [10, 50, 100]):
+            log_tau, capped = profile.threshold(math.log(want), lengths, math.log(1e-4), math.log(1.0))
+            assert not capped and profile.speedup(log_tau, lengths) == pytest.approx(want, rel=1e-4)
+    log_tau, capped = profile.threshold(math.log(50.0), [30], math.log(1e-4), math.log(0.3))
+    assert capped and log_tau == pytest.approx(math.log(0.3))
+
+
+def test_length_profile_comes_from_the_rows_of_the_same_setting():
+    points = plant_profile()
+    table = [{"exit": {"policy": "token", "threshold": t, "window": 2}, "length_profile": p} for t, p in points]
+    table += [{"exit": {"policy": "token", "threshold": t, "window": 1}, "length_profile": p[:1]} for t, p in points]
+    profile = LengthProfile.from_table(table, ExitConfig("token", threshold=0.1, window=2))
+    assert profile is not None and profile.log_taus == [math.log(t) for t in GRID]
+    assert len(profile.groups) > 1  # the window-2 rows (the window-1 rows have one bucket only)
+    old = [{"exit": {"policy": "token", "threshold": t, "window": 2}, "score": 0.5, "flops_speedup": 2.0} for t in GRID]
+    assert LengthProfile.from_table(old, ExitConfig("token", threshold=0.1, window=2)) is None
+
+
+def run_length_stream(control: SpeedController, lengths: list[int], difficulty: float, batch: int = 16) -> None:
+    for i in range(0, len(lengths), batch):
+        part = lengths[i:i + batch]
+        tau = control.current(part).threshold
+        flops = sum(n * 1e6 / length_plant(tau, n, difficulty) for n in part)
+        control.observe(flops, sum(n * 1e6 for n in part), sum(part))
+
+
+@pytest.mark.parametrize("target", [2.0, 3.0])
+def test_profile_holds_a_length_sorted_stream_that_feedback_alone_trails(target):
+    """Calibrated on dev inputs of every length, then a stream twice as hard sorted from short to long: with the
+    profile the controller picks τ for each batch's lengths and holds the target; feedback alone lags the drift."""
+    rng = random.Random(2)
+    lengths = sorted(rng.randint(4, 119) for _ in range(500))
+    profile = LengthProfile(plant_profile())
+    base = ExitConfig("token", threshold=0.1)
+    ahead, alone = SpeedController(base, target, profile=profile), SpeedController(base, target)
+    run_length_stream(ahead, lengths, 2.0)
+    run_length_stream(alone, lengths, 2.0)
+    assert ahead.realised_after_warmup == pytest.approx(target, rel=0.03)
+    assert abs(ahead.realised_after_warmup / target - 1) < abs(alone.realised_after_warmup / target - 1)
+    state = ahead.to_dict()
+    assert state["length_profile"] and state["asked_of_profile"] > target  # it learnt that the stream is harder
+    assert not alone.to_dict()["length_profile"] and "asked_of_profile" not in alone.to_dict()
+
+
+def test_calibrate_stores_a_length_profile_that_the_controller_reads_for_every_batch(tokenizer, shared_data,
+                                                                                      monkeypatch):
+    from earlytag.calibrate import calibrate
+
+    tagger = Tagger(tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC",
+                                               "I-MISC"), seed=5), tokenizer)
+    result = calibrate(tagger, "uner-en-ewt:dev", 1.5, limit=120, data_dir=shared_data)
+    sentences = tagger.load("uner-en-ewt:dev", data_dir=shared_data).sentences[:120]
+    tokens = [sum(len(w) for w in tagger.featurizer.windows([s.tokens])) for s in sentences]
+    for row in result.table:
+        prof = row["length_profile"]
+        # every dev sentence counted once, in the bucket of its length; the buckets add up to the row's speed-up
+        assert sum(r[1] for r in prof) == 120 and sum(r[2] for r in prof) == sum(tokens)
+        assert {r[0] for r in prof} == {length_bucket(n) for n in tokens}
+        assert sum(r[4] for r in prof) / sum(r[3] for r in prof) == pytest.approx(row["flops_speedup"], rel=1e-9)
+    control = tagger.speed_controller(1.5)
+    assert control.profile is not None
+    calls = []
+    original = tagger.engine.run_many
+
+    def spy(batches, cfg, refill=True):
+        calls.append(([int(n) for b in batches for n in b.attention_mask.sum(1)], cfg.threshold, control.log_ask))
+        return original(batches, cfg, refill)
+
+    monkeypatch.setattr(tagger.engine, "run_many", spy)
+    tagger.predict_words([s.tokens for s in sentences], control, batch_size=16)
+    assert len(calls) == 8
+    for lengths, tau, ask in calls:  # each call's τ: the profile's answer for that call's own lengths
+        want, _ = control.profile.threshold(ask, lengths, math.log(control.tau_min), math.log(control.tau_max))
+        assert tau == pytest.approx(math.exp(want), rel=1e-5)
+    assert len({round(t, 6) for _, t, _ in calls}) > 1

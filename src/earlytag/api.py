@@ -22,7 +22,7 @@ from .data.datasets import Dataset, load_dataset, map_labels
 from .data.segmentation import word_spans
 from .data.types import Sentence
 from .engine import Engine, ExitConfig, ExitStats
-from .engine.control import SpeedController, exit_report
+from .engine.control import LengthProfile, SpeedController, exit_report
 from .errors import ConfigError, DataError, EarlytagError
 from .metrics import task_scores
 from .model.precision import apply_precision, check_precision
@@ -196,7 +196,10 @@ class Tagger:
     def speed_controller(self, target: float, policy: str | None = None, **options: Any) -> SpeedController:
         """A controller that holds ``target`` FLOPs speed-up on the text it sees, starting from the setting the
         model's calibration table gives for it (``earlytag calibrate``). ``options``: SpeedController's."""
-        return SpeedController(self.setting_for_speedup(target, policy), target, **options)
+        base = self.setting_for_speedup(target, policy)
+        if "profile" not in options:  # the calibration table's speed-up per input length, where it has one
+            options["profile"] = LengthProfile.from_table(self.config.exit_calibration["table"], base)
+        return SpeedController(base, target, **options)
 
     def resolve_exit(self, exit: ExitLike) -> ExitConfig | SpeedController:
         """``exit`` as the engine takes it: a fixed setting, or a controller for ``{"target_speedup": X}``."""
@@ -232,7 +235,8 @@ class Tagger:
             outs = []
             step = control.batches_per_step
             for u in range(0, len(batches), step):
-                done = self._run_batches(batches[u:u + step], control.current(), batch_size)
+                lengths = [len(windows[i]) for idx in order[u:u + step] for i in idx]
+                done = self._run_batches(batches[u:u + step], control.current(lengths), batch_size)
                 control.observe(sum(o.stats.flops for o in done), sum(o.stats.flops_full for o in done),
                                 sum(o.stats.tokens for o in done))
                 outs += done

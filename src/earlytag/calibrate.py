@@ -2,7 +2,9 @@
 
 A small grid search: every candidate setting of the policy is run on the dev data; among those whose
 FLOPs speed-up reaches the target, the best-scoring one wins (if none reaches it, the fastest one, and the
-result says so). The winner can be stored in the model directory as its default exit setting.
+result says so). The winner can be stored in the model directory as its default exit setting. Every row of the
+table also keeps its FLOPs per length of input (``length_profile``), from which a speed controller predicts
+the speed-up of a threshold on inputs of any length (:class:`earlytag.engine.control.LengthProfile`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .api import Tagger
 from .data.datasets import Dataset
 from .defaults import HALTED_DEFAULT
 from .engine import REGISTRY, ExitConfig
+from .engine.control import measure_profile
 from .errors import ConfigError
 from .metrics import task_scores
 
@@ -66,12 +69,16 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
     gold = [s.tags for s in sentences]
     table = []
     grid = candidates(policy, tagger.num_layers, kv, halted)
+    tokens = [0] * len(docs)  # encoder tokens of each sentence (with its special tokens): the length profile's key
+    for window in tagger.featurizer.windows(docs):
+        tokens[window.doc] += len(window)
     with tqdm(grid, desc=f"calibrating on {len(sentences)} sentences", disable=not progress, file=sys.stderr,
               leave=False) as bar:
         for cand in bar:
             pred = tagger.predict_words(docs, cand, batch_size)
             score = task_scores(tagger.config.task, gold, pred.tags)["score"]
-            table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup})
+            table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup,
+                          "length_profile": measure_profile(tokens, pred.doc_flops, pred.doc_flops_full)})
     reaching = [row for row in table if row["flops_speedup"] >= target_speedup]
     if reaching:
         best = max(reaching, key=lambda r: (r["score"], r["flops_speedup"]))

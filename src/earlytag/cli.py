@@ -132,7 +132,7 @@ def _resolve_exit(tagger, args, model_dir: str):
     """The exit setting of a command. ``--target-speedup X``: a controller that holds X on the text being tagged,
     starting from the model's calibration table, or from a calibration on dev data made in memory (nothing is
     written into the model directory)."""
-    from .engine.control import SpeedController
+    from .engine.control import LengthProfile, SpeedController
 
     settings = _exit_settings(args)
     target = getattr(args, "target_speedup", None)
@@ -155,7 +155,7 @@ def _resolve_exit(tagger, args, model_dir: str):
     print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
           f"{result.flops_speedup:.2f}x FLOPs{note} (not stored; `earlytag calibrate` stores it); holding "
           f"{target}x from there", file=sys.stderr)
-    return SpeedController(result.exit, target)
+    return SpeedController(result.exit, target, profile=LengthProfile.from_table(result.table, result.exit))
 
 
 # ----------------------------------------------------------------------------- verbs

@@ -19,24 +19,151 @@ batch converged too slowly on streams of a few hundred sentences; the price is t
 refilled across batches under a controller). τ never exceeds ``tau_max``; a stream that cannot reach the
 target there runs at that ceiling, and the controller says so (``capped``, and a warning once). Its state (τ, realised speed-up
 over the window and since the start) is reported by the CLI, the evaluation JSON and the service's /metrics.
+
+**Length.** The speed-up of one threshold depends on how long the tagged sentences are (short inputs spend a
+larger share on [CLS]/[SEP], which never halt; long sentences hold more uncertain words, and attention grows
+with the square of the length). A stream whose length drifts — requests sorted by length, a file of headlines
+followed by a file of articles — moves the speed-up before the feedback can see it, and a feedback that moves τ
+slowly trails the drift. With a :class:`LengthProfile` (written by ``earlytag calibrate``: the speed-up of
+every threshold of the setting on dev inputs of each length) the controller looks ahead: what it integrates is
+the speed-up it asks of the profile, ``log x``, moved by the same feedback as above, and before every engine
+call it picks the τ at which the profile predicts ``x`` for the lengths of that very call. The feedback then
+only has to learn how much harder the stream is than the dev data, which drifts slowly; the length it knows.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from ..errors import ConfigError
 from .policies import ExitConfig
 
+# length buckets of a profile: upper bounds on the tokens of one encoder input (the last bucket is open)
+LENGTH_EDGES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+def length_bucket(tokens: int) -> int:
+    return bisect.bisect_left(LENGTH_EDGES, tokens)
+
+
+def measure_profile(tokens: Sequence[int], flops: Sequence[float], flops_full: Sequence[float]) -> list[list[float]]:
+    """One setting's FLOPs per length bucket: ``[[bucket, inputs, tokens, flops, flops_full], ...]`` over the
+    inputs (documents) of a run, from their token counts and the FLOPs the engine reported for each."""
+    sums: dict[int, list[float]] = {}
+    for n, f, ff in zip(tokens, flops, flops_full):
+        if n > 0 and f > 0:
+            row = sums.setdefault(length_bucket(n), [0, 0, 0.0, 0.0])
+            row[0] += 1
+            row[1] += n
+            row[2] += f
+            row[3] += ff
+    return [[b, *v] for b, v in sorted(sums.items())]
+
+
+class LengthProfile:
+    """The FLOPs speed-up of one setting at each threshold of a grid, per length bucket, as measured on dev data
+    (``earlytag calibrate``): ``speedup(log τ, lengths)`` predicts it for a batch of inputs of these lengths.
+    Buckets with fewer than ``min_inputs`` dev inputs are pooled with their neighbours (a curve measured on a
+    handful of sentences says more about them than about their length); an input longer or shorter than any
+    the dev data had counts in the nearest group. Between two thresholds of the grid log speed-up is linear in
+    log τ (beyond the grid: the end segments extended, never falling)."""
+
+    def __init__(self, points: Sequence[tuple[float, list[list[float]]]], min_inputs: int = 50):
+        points = sorted((t, p) for t, p in points if t and t > 0 and p)
+        if len(points) < 2:
+            raise ConfigError("exit_calibration.table", "a length profile needs at least two thresholds")
+        self.log_taus = [math.log(t) for t, _ in points]
+        counts: dict[int, float] = {}  # inputs per bucket (the same dev data at every threshold)
+        for row in points[0][1]:
+            counts[int(row[0])] = counts.get(int(row[0]), 0) + row[1]
+        groups: list[list[int]] = [[]]  # consecutive buckets, each group with min_inputs inputs (the last: its rest)
+        for b in sorted(counts):
+            groups[-1].append(b)
+            if sum(counts[x] for x in groups[-1]) >= min_inputs:
+                groups.append([])
+        if not groups[-1]:
+            groups.pop()
+        if len(groups) > 1 and sum(counts[x] for x in groups[-1]) < min_inputs:
+            rest = groups.pop()
+            groups[-1].extend(rest)
+        self.groups = groups
+        self.curves: list[list[float]] = []  # per group: log speed-up at each threshold, non-decreasing
+        self.full_per_token: list[float] = []  # per group: full-depth FLOPs of one token
+        for group in groups:
+            curve, last, per_token = [], 0.0, 0.0
+            for _, prof in points:
+                rows = [r for r in prof if int(r[0]) in group]
+                tokens, spent, full = (sum(r[i] for r in rows) for i in (2, 3, 4))
+                last = max(last, math.log(full / spent)) if spent else last
+                curve.append(last)
+                per_token = full / tokens if tokens else per_token
+            self.curves.append(curve)
+            self.full_per_token.append(per_token)
+        self._group_of = {}  # bucket -> group; a bucket the dev data lacked: the nearest one's
+        for b in range(len(LENGTH_EDGES) + 1):
+            nearest = min(counts, key=lambda x: (abs(x - b), x))
+            self._group_of[b] = next(i for i, g in enumerate(groups) if nearest in g)
+
+    @classmethod
+    def from_table(cls, table: Sequence[dict[str, Any]], base: ExitConfig) -> LengthProfile | None:
+        """The profile of ``base``'s setting (all its settings but the threshold) in a calibration table; None
+        where the table has none (a table written before profiles existed, or fewer than two thresholds)."""
+        def key(cfg: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in ExitConfig.from_dict(cfg).to_dict().items() if k != "threshold"}
+
+        want = key(base.to_dict())
+        points = [(r["exit"]["threshold"], r["length_profile"]) for r in table
+                  if r.get("length_profile") and isinstance(r["exit"].get("threshold"), (int, float))
+                  and key(r["exit"]) == want]
+        return cls(points) if len(points) >= 2 else None
+
+    def _weights(self, lengths: Sequence[int]) -> list[float]:
+        """Full-depth FLOPs of the inputs in each group."""
+        weights = [0.0] * len(self.groups)
+        for n in lengths:
+            i = self._group_of[length_bucket(n)]
+            weights[i] += n * self.full_per_token[i]
+        return weights
+
+    def _log_speedup(self, curve: list[float], log_tau: float) -> float:
+        xs = self.log_taus
+        i = min(max(bisect.bisect_right(xs, log_tau) - 1, 0), len(xs) - 2)
+        slope = max(0.0, (curve[i + 1] - curve[i]) / (xs[i + 1] - xs[i]))
+        return max(0.0, curve[i] + slope * (log_tau - xs[i]))
+
+    def speedup(self, log_tau: float, lengths: Sequence[int], weights: list[float] | None = None) -> float:
+        """Predicted FLOPs speed-up of a batch of inputs with these token counts at threshold exp(log_tau)."""
+        weights = self._weights(lengths) if weights is None else weights
+        spent = sum(w * math.exp(-self._log_speedup(c, log_tau)) for w, c in zip(weights, self.curves) if w)
+        total = sum(weights)
+        return total / spent if spent else 1.0
+
+    def threshold(self, log_speedup: float, lengths: Sequence[int], floor: float, ceiling: float) -> tuple[float, bool]:
+        """log τ in [floor, ceiling] at which the profile predicts exp(log_speedup) for these inputs, and whether
+        the ceiling stopped it short."""
+        weights = self._weights(lengths)
+        if math.log(self.speedup(ceiling, lengths, weights)) < log_speedup:
+            return ceiling, True
+        lo, hi = floor, ceiling
+        for _ in range(40):  # bisection: the prediction never falls as τ grows
+            mid = 0.5 * (lo + hi)
+            if math.log(self.speedup(mid, lengths, weights)) < log_speedup:
+                lo = mid
+            else:
+                hi = mid
+        return hi, False
+
 
 class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
-                 batches_per_step: int = 1):
+                 batches_per_step: int = 1, profile: LengthProfile | None = None):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -52,6 +179,9 @@ class SpeedController:
         self.tau_min = tau_min
         self.warmup_tokens = warmup_tokens
         self.log_tau = math.log(max(float(base.threshold), tau_min))
+        # with a length profile the feedback moves the speed-up asked of the profile; τ follows each call's lengths
+        self.profile = profile
+        self.log_ask = math.log(self.target)
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
         self.window_size = 0
         self.total = [0.0, 0.0, 0]  # flops, flops_full, tokens since the start
@@ -64,8 +194,12 @@ class SpeedController:
     def tau(self) -> float:
         return math.exp(self.log_tau)
 
-    def current(self) -> ExitConfig:
-        """The setting to run the next engine call with."""
+    def current(self, lengths: Sequence[int] | None = None) -> ExitConfig:
+        """The setting to run the next engine call with; ``lengths``: the token counts of that call's inputs
+        (with a length profile, τ is chosen for them)."""
+        if self.profile is not None and lengths:
+            floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
+            self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling)
         return replace(self.base, threshold=round(self.tau, 6))
 
     @staticmethod
@@ -107,10 +241,15 @@ class SpeedController:
         since = self.realised_after_warmup if warm else self.realised_total
         error = 2 * math.log(self.target) - math.log(self.realised_window) - math.log(since)
         step = max(-self.max_step, min(self.max_step, self.gain * error))
-        wanted = self.log_tau + step
         ceiling, floor = math.log(self.tau_max), math.log(self.tau_min)
-        self.capped = wanted >= ceiling and error > 0
-        self.log_tau = min(max(wanted, floor), ceiling)
+        if self.profile is not None:
+            # the ask stops growing while the ceiling holds τ back (no wind-up: it comes down as soon as it may)
+            if not (self.capped and step > 0):
+                self.log_ask = min(max(self.log_ask + step, 0.0), math.log(100.0))
+        else:
+            wanted = self.log_tau + step
+            self.capped = wanted >= ceiling and error > 0
+            self.log_tau = min(max(wanted, floor), ceiling)
         if self.capped and warm and not self._warned and self.realised_window < 0.9 * self.target:
             self._warned = True
             warnings.warn(f"target speed-up {self.target:g}x is out of reach on this text: at the threshold ceiling "
@@ -122,7 +261,9 @@ class SpeedController:
                 "realised_speedup_total": round(self.realised_total, 4),
                 "realised_speedup_after_warmup": round(self.realised_after_warmup, 4),
                 "tokens": self.total[2], "engine_calls": self.calls, "capped": self.capped,
-                "start_threshold": self.base.threshold, "window_tokens": self.window_tokens}
+                "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
+                "length_profile": self.profile is not None,
+                **({"asked_of_profile": round(math.exp(self.log_ask), 4)} if self.profile is not None else {})}
 
 
 def exit_report(exit: ExitConfig | SpeedController) -> dict[str, Any]:

@@ -202,10 +202,10 @@ class MicroBatcher:
         return call
 
     async def _execute(self, loop, call: list[tuple[_Job, int, int]]) -> None:
+        # a target speed-up: the controller itself goes to the tagger, which moves its thresholds between the
+        # engine batches of this call, each chosen for that batch's lengths (one model thread: no other call
+        # touches the controller meanwhile)
         exit_cfg = call[0][0].exit
-        control = exit_cfg if isinstance(exit_cfg, SpeedController) else None
-        if control is not None:  # a target speed-up: this call runs with the controller's current thresholds
-            exit_cfg = control.current()
         sentences = [s for job, a, b in call for s in job.sentences[a:b]]
         started = time.perf_counter()
         try:
@@ -218,8 +218,6 @@ class MicroBatcher:
                 await self._execute(loop, [piece])
             return
         seconds = time.perf_counter() - started
-        if control is not None:
-            control.observe(pred.stats.flops, pred.stats.flops_full, pred.stats.tokens)
         words = sum(_cost(s) for s in sentences)
         self.words_per_second = 0.8 * self.words_per_second + 0.2 * (words / max(seconds, 1e-6))
         pos = 0
@@ -228,7 +226,7 @@ class MicroBatcher:
             self._deliver(job, docs[pos:pos + n], pred, range(pos, pos + n), len(sentences))
             pos += n
 
-    def _tag(self, sentences: list[Sentence], exit: ExitConfig) -> tuple[list[dict], Prediction]:
+    def _tag(self, sentences: list[Sentence], exit: ExitConfig | SpeedController) -> tuple[list[dict], Prediction]:
         if self.on_batch is not None:
             self.on_batch(len(sentences))
         return self.tagger.documents(sentences, exit)
