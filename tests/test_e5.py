@@ -152,30 +152,40 @@ def test_character_units_on_uner_chinese(shared_data):
 MIXED = "2026年，北京大学的Angela Merkel去了Paris😀，见到李明。"
 
 
+@pytest.fixture(scope="module")
+def tiny_e5_encoder(e5_encoder_dir, tmp_path_factory):
+    """A tiny random BERT with the e5 tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    enc = tmp_path_factory.mktemp("tiny-e5")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(enc)
+    AutoTokenizer.from_pretrained(str(e5_encoder_dir)).save_pretrained(enc)
+    return enc
+
+
+def train_tiny_chinese(encoder, task: str, units: str, shared_data, tmp_path_factory, epochs: int = 1,
+                       limit: int = 64, lr: float = 1e-3):
+    """The tiny encoder trained a few steps on UNER Chinese (``units``: chars or words for NER)."""
+    from earlytag.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp(f"e5-{task}-{units}")
+    train(TrainConfig(train="uner-zh-gsdsimp:train", dev="uner-zh-gsdsimp:dev", output=str(out), task=task,
+                      encoder=str(encoder), epochs=epochs, freeze_epochs=0, batch_size=16, train_limit=limit,
+                      dev_limit=32, lr=lr, progress=False, data_dir=str(shared_data), units=units))
+    return out
+
+
 class TestCharacterTagging:
     """A tiny random BERT with the e5 tokenizer, trained a few steps on characters (NER and segmentation): raw
     Chinese and mixed-script text through predict, with offsets into the text."""
 
     @pytest.fixture(scope="class", params=["ner", "cws"])
     @classmethod
-    def trained(cls, request, e5_encoder_dir, shared_data, tmp_path_factory):
-        from transformers import BertConfig, BertModel
-
-        from earlytag.train.trainer import TrainConfig, train
-
-        enc = tmp_path_factory.mktemp("tiny-e5")
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=250037, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                             intermediate_size=64, max_position_embeddings=128)).save_pretrained(enc)
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(str(e5_encoder_dir)).save_pretrained(enc)
-        out = tmp_path_factory.mktemp(f"e5-{request.param}")
-        units = {"units": "chars"} if request.param == "ner" else {}
-        train(TrainConfig(train="uner-zh-gsdsimp:train", dev="uner-zh-gsdsimp:dev", output=str(out),
-                          task=request.param, encoder=str(enc), epochs=1, freeze_epochs=0, batch_size=16,
-                          train_limit=64, dev_limit=32, lr=1e-3, progress=False, data_dir=str(shared_data), **units))
-        return out
+    def trained(cls, request, tiny_e5_encoder, shared_data, tmp_path_factory):
+        units = "chars" if request.param == "ner" else "auto"
+        return train_tiny_chinese(tiny_e5_encoder, request.param, units, shared_data, tmp_path_factory)
 
     def test_raw_text_offsets(self, trained):
         tagger = Tagger.from_pretrained(trained)
@@ -270,3 +280,116 @@ def test_setup_never_replaces_a_directory_it_did_not_build(e5_encoder_dir, tmp_p
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert not list(tmp_path.glob(".my-models.tmp-*"))  # nothing half-written left beside it
     assert (e5_encoder_dir / ENCODER_MARK).is_file()  # what it built, it may rebuild
+
+
+class TestSegmentThenTag:
+    """NER on raw Chinese through a word-level model: the segmenter's words, then the tagger; scored on
+    characters like a character model."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def models(cls, tiny_e5_encoder, shared_data, tmp_path_factory):
+        return (train_tiny_chinese(tiny_e5_encoder, "cws", "auto", shared_data, tmp_path_factory),
+                train_tiny_chinese(tiny_e5_encoder, "ner", "words", shared_data, tmp_path_factory, epochs=2,
+                                   limit=256, lr=3e-3))
+
+    TEST = "uner-zh-gsdsimp:test"
+
+    def test_with_the_gold_words_it_scores_what_the_word_model_scores(self, models, shared_data, monkeypatch):
+        """Given the data's own words (the segmenter replaced by the gold B/M/E/S), the character-level F1 of the
+        spread tags is the word model's own entity F1 on those words: the same entities, counted by character."""
+        from earlytag.pipeline import SegmentThenTag
+
+        seg, ner = (Tagger.from_pretrained(m) for m in models)
+        gold_bmes = [s.tags for s in seg.load(self.TEST, data_dir=shared_data).sentences]
+        real_seg = seg.predict_words
+        monkeypatch.setattr(seg, "predict_words", lambda docs, exit=None, batch_size=None: _with_tags(
+            real_seg(docs, exit, batch_size), gold_bmes))
+        # the tiny tagger finds no entity yet: its answers on these words are the gold tags, every third entity
+        # given another type and every seventh O word made a person (the same answers whoever asks)
+        answers = {tuple(s.tokens): _perturbed(s.tags) for s in ner.load(self.TEST, data_dir=shared_data).sentences}
+        real_ner = ner.predict_words
+        monkeypatch.setattr(ner, "predict_words", lambda docs, exit=None, batch_size=None: _with_tags(
+            real_ner(docs, exit, batch_size), [answers[tuple(d)] for d in docs]))
+        result = SegmentThenTag(seg, ner).evaluate(self.TEST, data_dir=shared_data)
+        words = ner.evaluate(self.TEST, data_dir=shared_data)
+        assert result["segmentation"]["f1"] == 1.0
+        assert 0.1 < words["f1"] < 0.9  # some right, some wrong
+        for key in ("f1", "precision", "recall"):
+            assert result[key] == pytest.approx(words[key], abs=1e-12)
+        assert {k: v["support"] for k, v in result["per_type"].items()} == {
+            k: v["support"] for k, v in words["per_type"].items()}
+
+    def test_scores_segmentation_and_counts_the_flops_of_both(self, models, shared_data):
+        from earlytag.pipeline import SegmentThenTag
+
+        seg, ner = (Tagger.from_pretrained(m) for m in models)
+        result = SegmentThenTag(seg, ner).evaluate(self.TEST, data_dir=shared_data, exit={"policy": "token",
+                                                                                         "threshold": 0.3})
+        alone = seg.evaluate(self.TEST, data_dir=shared_data)
+        chars = sum(len(w) for s in load_dataset(shared_data / "uner_chinese_gsdsimp" / "zh_gsdsimp-ud-test.iob2",
+                                                 "ner").sentences for w in s.tokens)
+        assert result["tokens"] == chars and result["units"] == "chars"
+        assert result["segmentation"]["f1"] == pytest.approx(alone["f1"], abs=1e-12)
+        assert result["segmenter"]["flops_speedup"] == pytest.approx(alone["flops_speedup"], rel=1e-9)
+        assert result["segmenter"]["flops_speedup"] == pytest.approx(1.0)  # the segmenter's default: full depth
+        assert result["tagger"]["flops_speedup"] > 1.0  # the tagger exits early
+        both = (result["segmenter"]["flops_full"] + result["tagger"]["flops_full"]) / (
+            result["segmenter"]["flops"] + result["tagger"]["flops"])
+        assert result["flops_speedup"] == pytest.approx(both, rel=1e-12) and 1.0 < both < result["tagger"]["flops_speedup"]
+
+    def test_predict_verb_tags_the_segmenters_words_with_offsets(self, models, tmp_path, capsys):
+        import json
+
+        from earlytag.cli import main
+
+        src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+        lines = [MIXED, "", "我爱北京天安门。 李明在北京大学工作。"]
+        src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        assert main(["predict", str(models[1]), str(src), "--output", str(out), "--segmenter", str(models[0])]) == 0
+        summary = capsys.readouterr().err
+        summary = json.loads(summary[summary.rindex("({") + 1:summary.rindex(")")])
+        assert summary["segmenter"]["characters"] == sum(1 for line in lines for c in line if not c.isspace())
+        assert summary["flops_speedup_with_segmenter"] >= 1.0
+        docs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        seg = Tagger.from_pretrained(models[0])
+        for line, doc in zip(lines, docs):
+            assert doc["text"] == line
+            # the tokens are the segmenter's own words for this text, with their offsets
+            expect = seg(line)["words"] if line else []
+            assert [(t["text"], t["start"], t["end"]) for t in doc["tokens"]] == [
+                (w["text"], w["start"], w["end"]) for w in expect]
+            assert all(line[s["start"]:s["end"]] == s["text"] for s in doc["spans"])
+
+    def test_wrong_models_and_inputs_are_refused(self, models, tmp_path, capsys):
+        from earlytag.cli import main
+        from earlytag.errors import ConfigError
+        from earlytag.pipeline import SegmentThenTag
+
+        seg, ner = (Tagger.from_pretrained(m) for m in models)
+        with pytest.raises(ConfigError, match="word segmentation model"):
+            SegmentThenTag(ner, ner)
+        with pytest.raises(ConfigError, match="trained on words"):
+            SegmentThenTag(seg, seg)
+        conll = tmp_path / "words.conll"
+        conll.write_text("李明\tO\n\n", encoding="utf-8")
+        assert main(["predict", str(models[1]), str(conll), "--segmenter", str(models[0]), "--quiet"]) != 0
+        err = capsys.readouterr().err
+        assert str(conll) in err and "drop --segmenter" in err
+
+
+def _with_tags(pred, tags):
+    pred.tags = [list(t) for t in tags]
+    return pred
+
+
+def _perturbed(tags: list[str]) -> list[str]:
+    out = list(tags)
+    for n, (label, i, j) in enumerate(spans(tags)):
+        if n % 3 == 0:
+            other = "LOC" if label != "LOC" else "ORG"
+            out[i:j] = [f"B-{other}"] + [f"I-{other}"] * (j - i - 1)
+    for k, tag in enumerate(tags):
+        if tag == "O" and k % 7 == 3:
+            out[k] = "B-PER"
+    return out

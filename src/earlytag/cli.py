@@ -186,13 +186,25 @@ def cmd_evaluate(args) -> int:
     cfg = _resolve_exit(tagger, args, args.model)
     from .data.datasets import parse_label_map
 
-    result = tagger.evaluate(args.data, exit=cfg, mode=args.mode, per_layer=args.per_layer,
-                             label_map=parse_label_map(args.label_map), types=_types(args.types),
-                             data_dir=args.data_dir, scheme=args.scheme, tag_field=args.tag_field, format=args.format,
-                             strict=bool(args.strict), on_error=args.on_error)
+    load = {"data_dir": args.data_dir, "scheme": args.scheme, "tag_field": args.tag_field, "format": args.format,
+            "strict": bool(args.strict), "on_error": args.on_error}
+    pipe = _segmenter(args, tagger)
+    if pipe is not None:  # words from the segmenter, scored on characters
+        if args.per_layer or args.label_map or args.types or args.mode != "default":
+            raise ConfigError("segmenter", "--per-layer, --label-map, --types and --mode strict are not available "
+                                           "with --segmenter")
+        result = pipe.evaluate(args.data, exit=cfg, **load)
+        result["warnings"] = []
+    else:
+        result = tagger.evaluate(args.data, exit=cfg, mode=args.mode, per_layer=args.per_layer,
+                                 label_map=parse_label_map(args.label_map), types=_types(args.types), **load)
     for warning in result["warnings"]:
         print(f"earlytag: warning: {warning}", file=sys.stderr)
     print(format_evaluation(result, tagger.config.task))
+    if pipe is not None:
+        seg = result["segmentation"]
+        print(f"segmented by {args.segmenter}: word F1 {100 * seg['f1']:.2f} at {result['segmenter']['flops_speedup']:.2f}x "
+              f"FLOPs; both models together: {result['flops_speedup']:.2f}x FLOPs")
     if args.json:
         text = json.dumps(result, indent=2) + "\n"
         if args.json == "-":
@@ -202,11 +214,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _segmenter(args, tagger):
+    """``--segmenter DIR``: a word segmentation model that splits raw text into words for ``tagger`` (in the same
+    precision, backend and device); None without it."""
+    if not getattr(args, "segmenter", None):
+        return None
+    from .pipeline import SegmentThenTag
+
+    return SegmentThenTag(load_tagger(argparse.Namespace(**{**vars(args), "model": args.segmenter}),
+                                      batch_size=args.batch_size), tagger)
+
+
 def cmd_predict(args) -> int:
 
     tagger = load_tagger(args, batch_size=args.batch_size)
     cfg = _resolve_exit(tagger, args, args.model)
+    pipe = _segmenter(args, tagger)
     if args.engine == "ray":
+        if pipe is not None:
+            raise ConfigError("segmenter", "--segmenter runs with --engine local")
         from .ray_tagging import tag_corpus
 
         summary = tag_corpus(args.model, args.input, args.output, exit=cfg.to_dict(), batch_size=args.batch_size,
@@ -216,7 +242,8 @@ def cmd_predict(args) -> int:
         from .predict import predict_file
 
         summary = predict_file(tagger, args.input, args.output, args.format, args.input_format, cfg,
-                               args.batch_size, progress=not args.quiet and args.output != "-", on_error=args.on_error)
+                               args.batch_size, progress=not args.quiet and args.output != "-", on_error=args.on_error,
+                               segmenter=pipe)
     if not args.quiet:  # the summary goes to standard error whatever the output is
         held = summary.get("controller")
         note = "" if not held else (f", target {held['target_speedup']:g}x held at τ={held['threshold']:.4g}"
@@ -555,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the score of every exit head at full depth (with --exit none it comes from the same "
                         "pass; with early exit it costs a second, full-depth pass)")
     p.add_argument("--no-per-layer", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
+    p.add_argument("--segmenter", metavar="CWS_MODEL",
+                   help="a word segmentation model (--task cws) that splits raw Chinese text into words for a model "
+                        "trained on words, run at its own default exit (`earlytag calibrate --set-default` sets it); the data is scored on characters, like a character model's")
     data_opts(p)
     _exit_args(p)
     _runtime_args(p)
@@ -580,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a document that cannot be read: stop, or write an error record in its place and go on "
                         "(repair: replace invalid characters with U+FFFD first)")
     p.add_argument("--data-dir", help="where --calibration-data names are looked up (default: $EARLYTAG_DATA)")
+    p.add_argument("--segmenter", metavar="CWS_MODEL",
+                   help="a word segmentation model (--task cws) that splits raw Chinese text into words for a model "
+                        "trained on words, run at its own default exit (`earlytag calibrate --set-default` sets it); output tokens are its words")
     _exit_args(p)
     _runtime_args(p)
     p.set_defaults(func=cmd_predict)

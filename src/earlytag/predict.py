@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm.auto import tqdm
 
@@ -27,6 +27,9 @@ from .engine import ExitStats
 from .engine.control import exit_report
 from .errors import DataError
 from .storage import AtomicFile
+
+if TYPE_CHECKING:
+    from .pipeline import SegmentThenTag
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "conll", "conllu", "uner")
 OUTPUT_FORMATS = ("jsonl", "conll")
@@ -131,22 +134,34 @@ def write_document(out: TextIO, doc: dict, fmt: str, tagger: Tagger) -> None:
 def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_format: str = "jsonl",
                  input_format: str = "auto", exit: ExitLike = None, batch_size: int = 32,
                  chunk_size: int = 4096, progress: bool = False, chunk_words: int = 50_000,
-                 on_error: str = "fail") -> dict[str, Any]:
-    """Tag a whole file; returns run statistics (documents, FLOPs speed-up, mean exit layer, seconds)."""
+                 on_error: str = "fail", segmenter: SegmentThenTag | None = None) -> dict[str, Any]:
+    """Tag a whole file; returns run statistics (documents, FLOPs speed-up, mean exit layer, seconds).
+    ``segmenter``: raw text is segmented into words by its segmentation model first (``tagger`` is its tagger)."""
     if output_format not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format {output_format!r}; expected jsonl or conll", output)
+    fmt = guess_input_format(input_path) if input_format == "auto" else input_format
+    if segmenter is not None and fmt in ("conll", "conllu", "uner"):
+        raise DataError(f"{fmt} input is already split into words; --segmenter segments raw text (text or JSON "
+                        "lines): drop --segmenter", input_path)
     started = time.perf_counter()
     cfg = tagger.resolve_exit(exit)  # a SpeedController holds a target speed-up over the whole file
     stats = ExitStats(tagger.num_layers)
+    seg_stats = ExitStats(segmenter.segmenter.num_layers) if segmenter is not None else None
     model_seconds = 0.0
     n_docs = errors = 0
     bar = tqdm(desc="tagging", unit="doc", disable=not progress, file=sys.stderr, leave=False)
     with _output(output) as target:
         try:
-            inputs = read_inputs(tagger, input_path, input_format, on_error)  # streamed: a chunk at a time
+            # streamed: a chunk at a time
+            inputs = read_inputs(segmenter or tagger, input_path, input_format, on_error)
             for chunk in chunked(inputs, chunk_size, chunk_words, lambda item: len(item[0]) if item[0] else 0):
                 good = [s for s, _ in chunk if s is not None]
-                docs, pred = tagger.documents(good, cfg, batch_size)
+                if segmenter is None:
+                    docs, pred = tagger.documents(good, cfg, batch_size)
+                else:
+                    docs, stages = segmenter.documents(good, cfg, batch_size)
+                    pred, seg_stats = stages.tagger, seg_stats + stages.segmenter.stats
+                    model_seconds += stages.segmenter.model_seconds
                 stats = stats + pred.stats
                 model_seconds += pred.model_seconds
                 tagged = iter(docs)
@@ -164,10 +179,16 @@ def predict_file(tagger: Tagger, input_path: str, output: str = "-", output_form
                 bar.update(len(chunk))
         finally:
             bar.close()
-    return {"documents": n_docs, "errors": errors, "words": stats.words, **exit_report(cfg),
-            "flops_speedup": stats.flops_speedup, "mean_exit_layer": stats.mean_exit_layer,
-            "inference_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
-            "precision": tagger.precision, "backend": tagger.backend}
+    summary = {"documents": n_docs, "errors": errors, "words": stats.words, **exit_report(cfg),
+               "flops_speedup": stats.flops_speedup, "mean_exit_layer": stats.mean_exit_layer,
+               "inference_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+               "precision": tagger.precision, "backend": tagger.backend}
+    if seg_stats is not None:  # the segmenter's own figures, and the FLOPs speed-up of both models together
+        spent, full = stats.flops + seg_stats.flops, stats.flops_full + seg_stats.flops_full
+        summary["segmenter"] = {"exit": segmenter.segmenter_exit.to_dict(), "characters": seg_stats.words,
+                                "flops_speedup": seg_stats.flops_speedup, "mean_exit_layer": seg_stats.mean_exit_layer}
+        summary["flops_speedup_with_segmenter"] = full / spent if spent else 1.0
+    return summary
 
 
 @contextmanager
