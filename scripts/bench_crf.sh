@@ -42,3 +42,12 @@ if step ss; then  # stage 2 of the third model (MODELS=ss scripts/train_minilm_c
       --grid default --no-timing --threads "$T" --decode "$d" --label "crf-lr1e-2-ss-$d" --quiet
   done
 fi
+if step mpnet; then  # all-mpnet-base-v2 (STEPS=ner-crf scripts/train_mpnet.sh against models/mpnet-ner, both epoch 2
+  # of the same 3-epoch schedule): F1 against FLOPs, test set, the small grid of thresholds (12 layers: hours)
+  earlytag bench models/mpnet-ner uner-en-ewt:test --out $B/crf-softmax-mpnet-ner --policies token --grid small \
+    --no-timing --threads "$T" --label mpnet-ner --quiet
+  for d in viterbi meanfield; do
+    earlytag bench models/mpnet-ner-crf uner-en-ewt:test --out $B/crf-mpnet-ner-crf-$d --policies token \
+      --grid small --no-timing --threads "$T" --decode "$d" --label "mpnet-ner-crf-$d" --quiet
+  done
+fi

