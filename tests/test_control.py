@@ -267,7 +267,7 @@ def test_profile_holds_a_length_sorted_stream_that_feedback_alone_trails(target)
     assert not alone.to_dict()["length_profile"] and "asked_of_profile" not in alone.to_dict()
 
 
-def test_calibrate_stores_a_length_profile_that_the_controller_reads_for_every_batch(tokenizer, shared_data,
+def test_calibrate_stores_a_length_profile_that_the_controller_reads_for_every_call(tokenizer, shared_data,
                                                                                       monkeypatch):
     from earlytag.calibrate import calibrate
 
@@ -294,7 +294,9 @@ def test_calibrate_stores_a_length_profile_that_the_controller_reads_for_every_b
     monkeypatch.setattr(tagger.engine, "run_many", spy)
     tagger.predict_words([s.tokens for s in sentences], control, batch_size=16)
     assert len(calls) == 8
-    for lengths, tau, ask in calls:  # each call's τ: the profile's answer for that call's own lengths
-        want, _ = control.profile.threshold(ask, lengths, math.log(control.tau_min), math.log(control.tau_max))
+    everything = [n for lengths, _, _ in calls for n in lengths]
+    assert sorted(everything) == sorted(tokens)
+    for _, tau, ask in calls:  # each engine call's τ: the profile's answer for the lengths of the whole Tagger call
+        want, _ = control.profile.threshold(ask, everything, math.log(control.tau_min), math.log(control.tau_max))
         assert tau == pytest.approx(math.exp(want), rel=1e-5)
-    assert len({round(t, 6) for _, t, _ in calls}) > 1
+    assert len({round(t, 6) for _, t, _ in calls}) > 1  # the feedback moves it between engine calls

@@ -234,8 +234,11 @@ class Tagger:
         if control is not None:  # a few batches at a time, the thresholds moving in between
             outs = []
             step = control.batches_per_step
+            # τ is chosen for the lengths of the whole call, not of each batch: one τ for all of a call's
+            # sentences (moved only by the feedback between batches) spends the FLOPs where words are unsure;
+            # a τ per batch that made every batch reach the target cost ~1 F1 at 3x (docs/results.md section 5)
+            lengths = [len(w) for w in windows]
             for u in range(0, len(batches), step):
-                lengths = [len(windows[i]) for idx in order[u:u + step] for i in idx]
                 done = self._run_batches(batches[u:u + step], control.current(lengths), batch_size)
                 control.observe(sum(o.stats.flops for o in done), sum(o.stats.flops_full for o in done),
                                 sum(o.stats.tokens for o in done))

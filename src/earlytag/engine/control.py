@@ -27,8 +27,10 @@ followed by a file of articles — moves the speed-up before the feedback can se
 slowly trails the drift. With a :class:`LengthProfile` (written by ``earlytag calibrate``: the speed-up of
 every threshold of the setting on dev inputs of each length) the controller looks ahead: what it integrates is
 the speed-up it asks of the profile, ``log x``, moved by the same feedback as above, and before every engine
-call it picks the τ at which the profile predicts ``x`` for the lengths of that very call. The feedback then
-only has to learn how much harder the stream is than the dev data, which drifts slowly; the length it knows.
+batch it picks the τ at which the profile predicts ``x`` for the lengths of the Tagger call the batch belongs
+to (one τ for all of a call's sentences, so that within a call the FLOPs go where words are unsure, not to
+equalise batches of different lengths). The feedback then only has to learn how much harder the stream is
+than the dev data, which drifts slowly; the length it knows.
 """
 
 from __future__ import annotations
@@ -195,8 +197,8 @@ class SpeedController:
         return math.exp(self.log_tau)
 
     def current(self, lengths: Sequence[int] | None = None) -> ExitConfig:
-        """The setting to run the next engine call with; ``lengths``: the token counts of that call's inputs
-        (with a length profile, τ is chosen for them)."""
+        """The setting to run the next engine call with; ``lengths``: the token counts of the inputs it is for
+        (with a length profile, τ is chosen for them: the Tagger passes those of its whole call)."""
         if self.profile is not None and lengths:
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
             self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling)
