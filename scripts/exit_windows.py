@@ -1,0 +1,63 @@
+"""Token exit's window and upper-half multiplier, swept: score against FLOPs speed-up for each (k, multiplier),
+interpolated at 2x/3x/4x.
+
+    python scripts/exit_windows.py models/e5-cws uner-zh-gsdsimp:test --out docs/bench/e5-cws-windows.json
+
+The paper's rule (and the default) is k=2 with τ on the lower half of the layers and 2τ on the upper half; a
+segmenter's B/M/E/S tags depend on the characters right beside them, so other windows may trade differently.
+Scores and FLOPs only: no timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from shifted_streams import interpolate  # noqa: E402  (the script's own folder is on the path)
+
+from earlytag import Tagger  # noqa: E402
+from earlytag.engine import ExitConfig  # noqa: E402
+from earlytag.report import markdown_table  # noqa: E402
+from earlytag.storage import atomic_write_text  # noqa: E402
+
+TAUS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 0.9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("data")
+    ap.add_argument("--windows", nargs="+", type=int, default=[0, 1, 2, 4])
+    ap.add_argument("--multipliers", nargs="+", type=float, default=[2.0, 1.0])
+    ap.add_argument("--targets", nargs="+", type=float, default=[2.0, 3.0, 4.0])
+    ap.add_argument("--out", required=True, help="JSON; a markdown table is written beside it (.md)")
+    args = ap.parse_args()
+    tagger = Tagger.from_pretrained(args.model)
+    data = tagger.load(args.data)
+    full = tagger.evaluate(data, exit="none")["score"]
+    curves = []
+    for k in args.windows:
+        for m in args.multipliers:
+            points = [(1.0, full)]
+            for tau in TAUS:
+                r = tagger.evaluate(data, exit=ExitConfig("token", threshold=tau, window=k, upper_multiplier=m))
+                points.append((r["flops_speedup"], r["score"]))
+            curves.append({"window": k, "upper_multiplier": m, "points": points,
+                           "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
+            print(f"k={k} x{m:g}: " + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()), file=sys.stderr,
+                  flush=True)
+    out = {"model": args.model, "data": args.data, "full_depth": full, "taus": TAUS, "curves": curves}
+    atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
+    rows = [[c["window"], f"τ, {c['upper_multiplier']:g}τ", *("-" if v is None else f"{100 * v:.2f}"
+                                                             for v in c["at"].values())] for c in curves]
+    table = markdown_table(["window k", "lower half, upper half", *(f"at {t:g}x FLOPs" for t in args.targets)], rows)
+    atomic_write_text(Path(args.out).with_suffix(".md"), table + f"\n\nFull depth: {100 * full:.2f}.\n")
+
+
+if __name__ == "__main__":
+    main()
