@@ -300,3 +300,23 @@ def test_calibrate_stores_a_length_profile_that_the_controller_reads_for_every_c
         want, _ = control.profile.threshold(ask, everything, math.log(control.tau_min), math.log(control.tau_max))
         assert tau == pytest.approx(math.exp(want), rel=1e-5)
     assert len({round(t, 6) for _, t, _ in calls}) > 1  # the feedback moves it between engine calls
+
+
+def test_predict_holds_the_target_with_the_length_profile_unless_told_not_to(tokenizer, shared_data, tmp_path,
+                                                                              capsys):
+    """--target-speedup calibrated in memory looks ahead at lengths; --no-length-profile runs the feedback alone."""
+    from earlytag.cli import main
+
+    model = tmp_path / "model"
+    Tagger(tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"),
+                      seed=5), tokenizer).save_pretrained(model)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(" ".join(s) for s in SENTENCES * 10) + "\n", encoding="utf-8")
+    states = {}
+    for flag in ([], ["--no-length-profile"]):
+        assert main(["predict", str(model), str(src), "--output", str(tmp_path / "o.jsonl"), "--target-speedup", "1.3",
+                     "--calibration-data", "uner-en-ewt:dev", "--data-dir", str(shared_data), *flag]) == 0
+        err = capsys.readouterr().err
+        states[bool(flag)] = json.loads(err[err.rindex("({") + 1:err.rindex(")")])["controller"]
+    assert states[False]["length_profile"] is True and "asked_of_profile" in states[False]
+    assert states[True]["length_profile"] is False and "asked_of_profile" not in states[True]

@@ -51,6 +51,10 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
                        help="choose thresholds on dev data that reach this FLOPs speed-up with the best score, "
                             "and store them in the model directory as its default")
         g.add_argument("--calibration-data", help="dev data for --target-speedup (default: the model's dev set)")
+        g.add_argument("--no-length-profile", action="store_true",
+                       help="hold --target-speedup by feedback alone, without looking ahead at the lengths of each "
+                            "request: slightly better F1, but it trails streams whose lengths drift (docs/results.md "
+                            "section 5)")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -138,8 +142,9 @@ def _resolve_exit(tagger, args, model_dir: str):
     target = getattr(args, "target_speedup", None)
     if not target:
         return tagger.exit_config(settings or None)
+    no_profile = {"profile": None} if getattr(args, "no_length_profile", False) else {}
     if (tagger.config.exit_calibration or {}).get("table") and not getattr(args, "calibration_data", None):
-        control = tagger.speed_controller(target, settings.get("policy"))
+        control = tagger.speed_controller(target, settings.get("policy"), **no_profile)
         print(f"--target-speedup {target}: holding it from {control.base.describe()} (the model's calibration table)",
               file=sys.stderr)
         return control
@@ -155,7 +160,8 @@ def _resolve_exit(tagger, args, model_dir: str):
     print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
           f"{result.flops_speedup:.2f}x FLOPs{note} (not stored; `earlytag calibrate` stores it); holding "
           f"{target}x from there", file=sys.stderr)
-    return SpeedController(result.exit, target, profile=LengthProfile.from_table(result.table, result.exit))
+    return SpeedController(result.exit, target, **(no_profile or {"profile": LengthProfile.from_table(result.table,
+                                                                                                     result.exit)}))
 
 
 # ----------------------------------------------------------------------------- verbs
