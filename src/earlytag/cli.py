@@ -200,7 +200,6 @@ def cmd_evaluate(args) -> int:
             raise ConfigError("segmenter", "--per-layer, --label-map, --types and --mode strict are not available "
                                            "with --segmenter")
         result = pipe.evaluate(args.data, exit=cfg, **load)
-        result["warnings"] = []
     else:
         result = tagger.evaluate(args.data, exit=cfg, mode=args.mode, per_layer=args.per_layer,
                                  label_map=parse_label_map(args.label_map), types=_types(args.types), **load)

@@ -78,9 +78,8 @@ class SegmentThenTag:
         words = []
         for sent, tags in zip(sentences, pred.tags):
             offsets = sent.offsets
-            spans = word_spans(tags)
-            words.append(Sentence(tokens=["".join(sent.tokens[i:j]) for i, j in spans], text_override=sent.text,
-                                  token_offsets=[(offsets[i][0], offsets[j - 1][1]) for i, j in spans]))
+            words.append(Sentence(tokens=tags_to_words(sent.tokens, tags), text_override=sent.text,
+                                  token_offsets=[(offsets[i][0], offsets[j - 1][1]) for i, j in word_spans(tags)]))
         return words, pred
 
     def documents(self, sentences: Sequence[Sentence], exit: ExitLike = None,
@@ -91,13 +90,12 @@ class SegmentThenTag:
         docs, pred = self.tagger.documents(words, exit, batch_size)
         return docs, Stages(seg, pred)
 
-    def tag_characters(self, chars: Sequence[Sequence[str]], exit: ExitLike = None,
+    def tag_characters(self, sentences: Sequence[Sentence], exit: ExitLike = None,
                        batch_size: int | None = None) -> tuple[list[list[str]], Stages]:
-        """Character sequences -> one chunk tag per character (a word's tag spread over its characters)."""
-        seg = self.segmenter.predict_words([list(c) for c in chars], self.segmenter_exit, batch_size)
-        words = [tags_to_words(c, t) for c, t in zip(chars, seg.tags)]
-        pred = self.tagger.predict_words(words, exit, batch_size)
-        tags = [to_character_chunks(Sentence(tokens=w, tags=t)).tags for w, t in zip(words, pred.tags)]
+        """Character sentences -> one chunk tag per character (a word's tag spread over its characters)."""
+        words, seg = self.segment(sentences, batch_size)
+        pred = self.tagger.predict_words([w.tokens for w in words], exit, batch_size)
+        tags = [to_character_chunks(Sentence(tokens=w.tokens, tags=t)).tags for w, t in zip(words, pred.tags)]
         return tags, Stages(seg, pred)
 
     def evaluate(self, data: str | os.PathLike | Dataset, exit: ExitLike = None, batch_size: int | None = None,
@@ -105,19 +103,20 @@ class SegmentThenTag:
         """Score word-segmented data as characters: the chunk F1 of the spread tags against the data's own tags
         spread the same way (what a character model is scored on), and the segmentation F1 on the way."""
         start = time.perf_counter()
+        cfg = self.tagger.resolve_exit(exit)  # once: a controller reports the state it ended with
         gold = self.tagger.load(data, units="chars", **load_kwargs)
         gold_words = self.segmenter.load(data, **load_kwargs)
         chars = [s.tokens for s in gold.sentences]
         if chars != [s.tokens for s in gold_words.sentences]:  # both read the same characters of the same file
             raise ConfigError("segmenter", f"{gold.path}: the segmenter and the tagger read different characters")
-        tags, stages = self.tag_characters(chars, exit, batch_size)
+        tags, stages = self.tag_characters(gold.sentences, cfg, batch_size)
         result = task_scores(self.tagger.config.task, [s.tags for s in gold.sentences], tags)
-        cfg = self.tagger.resolve_exit(exit)
         result.update({
             "segmentation": task_scores("cws", [s.tags for s in gold_words.sentences], stages.segmenter.tags),
             "data": str(gold.path), "sentences": len(chars), "tokens": sum(len(c) for c in chars), "units": "chars",
             "mean_exit_layer": stages.tagger.stats.mean_exit_layer,
             **exit_report(cfg), "segmenter_exit": self.segmenter_exit.to_dict(), **stages.report(),
+            "warnings": [f"{gold.path}: {gold.report.describe()}"] if gold.report else [],
             "seconds": time.perf_counter() - start})
         return result
 

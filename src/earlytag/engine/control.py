@@ -125,7 +125,7 @@ class LengthProfile:
                   and key(r["exit"]) == want]
         return cls(points) if len(points) >= 2 else None
 
-    def _weights(self, lengths: Sequence[int]) -> list[float]:
+    def weights(self, lengths: Sequence[int]) -> list[float]:
         """Full-depth FLOPs of the inputs in each group."""
         weights = [0.0] * len(self.groups)
         for n in lengths:
@@ -141,15 +141,16 @@ class LengthProfile:
 
     def speedup(self, log_tau: float, lengths: Sequence[int], weights: list[float] | None = None) -> float:
         """Predicted FLOPs speed-up of a batch of inputs with these token counts at threshold exp(log_tau)."""
-        weights = self._weights(lengths) if weights is None else weights
+        weights = self.weights(lengths) if weights is None else weights
         spent = sum(w * math.exp(-self._log_speedup(c, log_tau)) for w, c in zip(weights, self.curves) if w)
         total = sum(weights)
         return total / spent if spent else 1.0
 
-    def threshold(self, log_speedup: float, lengths: Sequence[int], floor: float, ceiling: float) -> tuple[float, bool]:
+    def threshold(self, log_speedup: float, lengths: Sequence[int], floor: float, ceiling: float,
+                  weights: list[float] | None = None) -> tuple[float, bool]:
         """log τ in [floor, ceiling] at which the profile predicts exp(log_speedup) for these inputs, and whether
-        the ceiling stopped it short."""
-        weights = self._weights(lengths)
+        the ceiling stopped it short (``weights``: :meth:`weights` of ``lengths``, where the caller keeps them)."""
+        weights = self.weights(lengths) if weights is None else weights
         if math.log(self.speedup(ceiling, lengths, weights)) < log_speedup:
             return ceiling, True
         lo, hi = floor, ceiling
@@ -184,6 +185,8 @@ class SpeedController:
         # with a length profile the feedback moves the speed-up asked of the profile; τ follows each call's lengths
         self.profile = profile
         self.log_ask = math.log(self.target)
+        self._lengths: Sequence[int] | None = None  # the last lengths weighed by the profile, and their weights
+        self._weights: list[float] = []
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
         self.window_size = 0
         self.total = [0.0, 0.0, 0]  # flops, flops_full, tokens since the start
@@ -200,8 +203,10 @@ class SpeedController:
         """The setting to run the next engine call with; ``lengths``: the token counts of the inputs it is for
         (with a length profile, τ is chosen for them: the Tagger passes those of its whole call)."""
         if self.profile is not None and lengths:
+            if lengths is not self._lengths:  # the same call's lengths for each of its batches: weighed once
+                self._lengths, self._weights = lengths, self.profile.weights(lengths)
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
-            self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling)
+            self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
         return replace(self.base, threshold=round(self.tau, 6))
 
     @staticmethod
