@@ -175,3 +175,106 @@ def test_real_model_bf16_agrees_and_int8_stays_within_one_f1(small_real_model, s
     int8 = Tagger.from_pretrained(small_real_model, precision="int8").evaluate(data, exit="none", per_layer=False)
     assert ref["f1"] > 0.3  # a real model, not noise
     assert abs(int8["f1"] - ref["f1"]) <= 0.01
+
+
+def _slim_mpnet():
+    from earlytag.model.adapters import adapter_for
+
+    from .test_slim import SPEC, searched
+
+    model, coefs = searched("mpnet", seed=2)
+    from earlytag.model.slim import prune_encoder
+
+    keep_h, keep_f = coefs.masks(SPEC)
+    model.config.slim = prune_encoder(model.encoder, model.adapter, keep_h, keep_f, coefs)
+    model.adapter = adapter_for(model.encoder)
+    return model
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet", "slim-mpnet"])
+def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkeypatch, family):
+    """Batch size 1 with the onnxruntime backend: the whole climb is one session call (spied), with the same
+    tags, exit layers and scores as the torch engine and as the backend's own layer-by-layer loop, for every
+    policy the graph covers, including a threshold that halts every word after the first layer (the later layers
+    then run on zero rows) and per-layer thresholds; the others fall back to the layer loop."""
+    need_module("onnxruntime")
+    from earlytag.engine.backends import OnnxLayers
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    model = _slim_mpnet() if family == "slim-mpnet" else tiny_model(family, labels=LABELS, seed=4)
+    path = tmp_path / "model"
+    Tagger(model, tokenizer).save_pretrained(path)
+    torch_tagger = Tagger.from_pretrained(path)
+    ort_tagger = Tagger.from_pretrained(path, backend="onnxruntime")
+    calls = {"climb": 0, "packed": 0, "dense": 0}
+    for name in calls:
+        def spy(self, *args, _name=name, _original=getattr(OnnxLayers, name)):
+            calls[_name] += 1
+            return _original(self, *args)
+        monkeypatch.setattr(OnnxLayers, name, spy)
+    layers = torch_tagger.num_layers
+    docs = SENTENCES * 2
+    covered = [ExitConfig(), ExitConfig("static", layer=2), ExitConfig("token", threshold=0.3, window=1),
+               ExitConfig("token", threshold=0.2, window=0, criterion="maxprob"),
+               ExitConfig("token", threshold=[0.05 * (i + 1) for i in range(layers)], window=2),
+               ExitConfig("token", threshold=1.5, window=1), ExitConfig("sentence", threshold=0.3)]
+    for cfg in covered + [ExitConfig("patience", patience=1), ExitConfig("token", threshold=0.3, halted="rescore"),
+                          ExitConfig("sentence", threshold=0.3, pool="mean")]:
+        ref = torch_tagger.predict_words(docs, cfg, 1)
+        for whole in (True, False):
+            ort_tagger.engine.layers.whole_sentence = whole
+            before = dict(calls)
+            got = ort_tagger.predict_words(docs, cfg, 1)
+            climbed = calls["climb"] - before["climb"]
+            looped = calls["packed"] + calls["dense"] - before["packed"] - before["dense"]
+            if whole and cfg in covered:
+                assert climbed == len(docs) and looped == 0, cfg.describe()
+            else:
+                assert climbed == 0 and looped > 0, cfg.describe()
+            assert got.tags == ref.tags and got.exit_layers == ref.exit_layers, (cfg.describe(), whole)
+            for x, y in zip(got.scores, ref.scores):
+                assert x == pytest.approx(y, abs=1e-4)
+            assert got.stats.flops == pytest.approx(ref.stats.flops)
+    early = ort_tagger.predict_words(docs, ExitConfig("token", threshold=1.5, window=1), 1)
+    assert {e for s in early.exit_layers for e in s} == {1}  # everyone after layer 1: layers 2.. ran on zero rows
+
+
+def test_onnxruntime_int8_climb_keeps_exit_heads_float32(model_dir, tmp_path, monkeypatch):
+    need_module("onnxruntime")
+    import onnx
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    tagger = Tagger.from_pretrained(model_dir, backend="onnxruntime", precision="int8")
+    fp32 = Tagger.from_pretrained(model_dir)
+    cfg = ExitConfig("token", threshold=0.3, window=1)
+    a, b = tagger.predict_words(SENTENCES, cfg, 1), fp32.predict_words(SENTENCES, cfg, 1)
+    same = sum(p == q for s, t in zip(a.tags, b.tags) for p, q in zip(s, t)) / sum(map(len, a.tags))
+    assert same >= 0.9
+    graph = onnx.load(str(tagger.engine.layers.root / "climb-int8.onnx")).graph
+    kinds = [n.op_type for n in graph.node]
+    assert kinds.count("MatMulInteger") + kinds.count("DynamicQuantizeMatMul") >= 6 * tagger.num_layers
+    float_heads = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                   and any(len(i.dims) == 2 and len(LABELS) in i.dims for i in graph.initializer if i.name in n.input)]
+    assert len(float_heads) == tagger.num_layers  # one float32 MatMul per exit head
+
+
+def test_auto_backend_runs_batches_in_torch_and_single_sentences_in_one_call(model_dir, tmp_path, monkeypatch):
+    need_module("onnxruntime")
+    from earlytag.engine.backends import OnnxLayers
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    calls = []
+    original = OnnxLayers.climb
+    monkeypatch.setattr(OnnxLayers, "climb", lambda self, *a: calls.append(1) or original(self, *a))
+    auto = Tagger.from_pretrained(model_dir, backend="auto")
+    reference = Tagger.from_pretrained(model_dir)
+    assert auto.single_sentence_backend == "onnxruntime" and reference.single_sentence_backend == "torch"
+    assert auto.engine.layers is None  # batches: the torch layer steps
+    docs = SENTENCES * 2
+    for cfg in (ExitConfig("token", threshold=0.3, window=1), ExitConfig("token", threshold=0.3, kv="drop")):
+        for batch_size in (1, 4):
+            calls.clear()
+            got, ref = auto.predict_words(docs, cfg, batch_size), reference.predict_words(docs, cfg, batch_size)
+            assert len(calls) == (len(docs) if batch_size == 1 and cfg.kv == "keep" else 0)
+            assert got.tags == ref.tags and got.exit_layers == ref.exit_layers
+    assert Tagger.from_pretrained(model_dir, backend="auto", precision="bf16").single_sentence_backend == "torch"

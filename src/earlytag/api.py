@@ -6,6 +6,7 @@ lists) that serialise to the JSON documents the CLI prints.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import time
@@ -29,7 +30,7 @@ from .model.precision import apply_precision, check_precision
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | SpeedController | dict | str | None
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "auto")
 
 
 @dataclass
@@ -60,13 +61,14 @@ class Tagger:
         if backend not in BACKENDS:
             raise ConfigError("backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend = backend
-        self.model = apply_precision(model.to(self.device).eval(), precision if backend == "torch" else "fp32")
+        self.model = apply_precision(model.to(self.device).eval(), precision if backend != "onnxruntime" else "fp32")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.refill = refill  # let thin later layers of a batch wait for the next batch (Engine.run_many)
         cfg = model.config
         self.featurizer = Featurizer(tokenizer, cfg.max_length, cfg.window_overlap)
-        self.engine = Engine(self.model, layers=self._layer_backend(precision, backend))
+        layers, single = self._layer_backend(precision, backend)
+        self.engine = Engine(self.model, layers=layers, single=single)
         self.set_decoding(decode, meanfield_iters, crf_uncertainty)
 
     def set_decoding(self, decode: str | None = None, meanfield_iters: int | None = None,
@@ -126,16 +128,28 @@ class Tagger:
 
     @property
     def precision(self) -> str:
-        return self.model.precision if self.backend == "torch" else self._precision
+        return self.model.precision if self.backend != "onnxruntime" else self._precision
+
+    @property
+    def single_sentence_backend(self) -> str:
+        """What tags a one-sentence batch: ``onnxruntime`` (one graph call for the whole climb) or ``torch``."""
+        return "onnxruntime" if self.engine.single is not None and self.engine.single.whole_sentence else "torch"
 
     def _layer_backend(self, precision: str, backend: str):
-        """None: the engine's own torch layer steps; else the ONNX Runtime sessions of every layer."""
+        """(what runs the layer steps, what climbs a one-sentence batch in one call): ``torch`` (None, None),
+        ``onnxruntime`` (its sessions for both), ``auto`` (torch steps; ONNX Runtime's whole-climb graph for single
+        sentences when onnxruntime is installed, the model is fp32 and on the CPU — else torch alone)."""
         self._precision = precision
         if backend == "torch":
-            return None
+            return None, None
         from .engine.backends import OnnxLayers
 
-        return OnnxLayers(self.model, precision)
+        if backend == "auto":
+            if precision != "fp32" or self.device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+                return None, None
+            return None, OnnxLayers(self.model, "fp32")
+        layers = OnnxLayers(self.model, precision)
+        return layers, layers
 
     @property
     def labels(self) -> list[str]:
@@ -406,7 +420,7 @@ class Tagger:
         control = cfg if isinstance(cfg, SpeedController) else None
         docs = [s.tokens for s in dataset.sentences]
         gold = [s.tags for s in dataset.sentences]
-        one_pass = per_layer and control is None and cfg.policy == "none" and self.backend == "torch"
+        one_pass = per_layer and control is None and cfg.policy == "none" and self.backend != "onnxruntime"
         layers = None
         if one_pass:  # every head's prediction from one full-depth pass: the last one is the result
             t0 = time.perf_counter()
@@ -438,7 +452,7 @@ class Tagger:
             "inference_seconds": pred.model_seconds,
             "stats": pred.stats.to_dict(),
             "runtime": {"precision": self.precision, "backend": self.backend, "device": str(self.device),
-                        "head": self.decoding},
+                        "single_sentences": self.single_sentence_backend, "head": self.decoding},
             "data": str(dataset.path),
             "scheme": dataset.scheme_note,
             "warnings": warnings_,

@@ -62,9 +62,11 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
                    help="encoder precision: bf16/fp16 weights and activations, int8 per-channel weights with "
                         "activations quantized per call; exit decisions always in float32")
-    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "auto"],
                    help="what runs each layer step and exit head: torch, or ONNX Runtime sessions (fp32/int8; "
-                        "the exit loop stays in earlytag)")
+                        "the exit loop stays in earlytag; a single sentence climbs in one graph call); auto: torch "
+                        "for batches, ONNX Runtime's one-call climb for single sentences (fp32 on the CPU, when "
+                        "onnxruntime is installed)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
     g.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: what torch picks, usually one per core; on a shared "

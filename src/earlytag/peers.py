@@ -69,8 +69,9 @@ def export_onnx(module: nn.Module, args: tuple, path: Path, names: Sequence[str]
     return path
 
 
-def quantize_onnx(src: Path, dst: Path) -> Path:
-    """Dynamic int8 of every MatMul, weights per output channel (onnxruntime.quantization)."""
+def quantize_onnx(src: Path, dst: Path, keep_float: Sequence[str] = ()) -> Path:
+    """Dynamic int8 of every MatMul (but the nodes named in ``keep_float``), weights per output channel
+    (onnxruntime.quantization)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -79,7 +80,8 @@ def quantize_onnx(src: Path, dst: Path) -> Path:
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to pre-process the graph is printed for every graph
     try:
-        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=list(keep_float))
     finally:
         root.setLevel(level)
     return dst

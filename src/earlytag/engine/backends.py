@@ -10,6 +10,12 @@ once per model and cached. One layer is three small graphs:
   and values, halted ones included), ``slot (N_a,)`` each active row's place in the ``(b, Ta)`` query padding,
   ``bias (b, 1|H, Ta, T)`` -> ``(N_a, d)``;
 - ``head``: ``h (N_w, d) -> score, label, uncertainty`` (float32, the engine's :func:`head_scores`).
+
+A single sentence (batch size 1, the latency case) does not need the host loop between layers at all:
+:class:`_Climb` is the whole token-exit climb of one sentence as one graph — embeddings, every layer's packed step,
+every exit head, the window rule — so one session call tags the sentence (``climb.onnx``; see :meth:`OnnxLayers.climb`
+for the policies it covers). A layer with no active token left runs on empty matrices. Full depth and static
+truncation take :class:`_Truncated`, a plain graph of that depth.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..peers import export_onnx, ort_session, quantize_onnx
 from ..model.layers import attend, dense_layer, finish
-from .policies import head_scores
+from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
 
 class _LayerGraph(nn.Module):
@@ -67,6 +74,97 @@ class _Head(nn.Module):
         return score, pred, unc
 
 
+def _attend_rows(q, k, v, bias, heads: int):
+    """Attention of ``q (N_q, da)`` over ``k, v (N_k, da)`` plus ``bias (heads, N_q, N_k)`` -> ``(N_q, da)``, with
+    every reshape written so that zero rows export and run (a sentence whose words have all halted)."""
+    dh = q.shape[-1] // heads
+    q, k, v = (x.reshape(-1, heads, dh).transpose(0, 1) for x in (q, k, v))  # (heads, N, dh)
+    scores = torch.matmul(q, k.transpose(1, 2)) * (dh ** -0.5)  # (heads, N_q, N_k)
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(scores.softmax(-1), v).transpose(0, 1).reshape(-1, heads * dh)
+
+
+class _Climb(nn.Module):
+    """The token-exit climb of one sentence, every layer unrolled (halted words frozen, kv=keep).
+
+    ``input_ids (1, T)``, ``token_word (T,)`` (-1 on special tokens), ``word_pos (W,)``, ``taus (L,)`` (a word halts
+    after layer l when the max uncertainty over its window is below ``taus[l]``; the last layer halts everyone),
+    ``window ()`` (k, int64), ``maxprob ()`` (bool: 1 - max probability instead of the normalised entropy)
+    -> ``pred (W,)``, ``score (W,)``, ``exit (W,)``. The same arithmetic as the engine's packed step for one
+    sentence (``Engine._packed_step``, ``b == 1``) and its frozen window rule (``TokenExit.halt``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, token_word, word_pos, taus, window, maxprob):
+        m = self.model
+        a = m.adapter
+        h = m.embed(input_ids)[0]  # (T, d)
+        pos = None
+        if getattr(a, "has_position_bias", False):  # computed in the graph: the adapter's cache is per length
+            pos = a.model.encoder.compute_position_bias(h[None])[0]  # (heads, T, T)
+        is_word = token_word >= 0  # (T,)
+        tokens = torch.ones_like(token_word, dtype=torch.bool)  # (T,)
+        tw = token_word.clamp(min=0)
+        active = torch.ones_like(word_pos, dtype=torch.bool)  # (W,)
+        idx = active.long().cumsum(0)  # (W,) 1..W
+        band = (idx[:, None] - idx[None, :]).abs() <= window  # (W, W) j's window
+        unc = torch.zeros_like(word_pos, dtype=torch.float32)
+        score = torch.zeros_like(unc)
+        pred = torch.zeros_like(word_pos)
+        last = len(a.layers) - 1
+        exit_layer = torch.full_like(word_pos, last)
+        for layer, parts in enumerate(a.layers):
+            live = active.any()
+            active_t = (is_word & active.index_select(0, tw)) | (~is_word & live)  # (T,) (no bool Where in ORT)
+            flat = active_t.nonzero()[:, 0]  # (N_a,)
+            keys = (tokens & live).nonzero()[:, 0]  # (T,) every token while the sentence is live, then none
+            x = h.index_select(0, flat)  # (N_a, d)
+            hk = h.index_select(0, keys)  # (N_k, d): halted tokens are keys too
+            bias = None
+            if pos is not None:
+                p = pos if parts.head_index is None else pos.index_select(0, parts.head_index)
+                bias = p.index_select(1, flat).index_select(2, keys)  # (heads, N_a, N_k)
+            ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads)  # (N_a, da)
+            h = h.index_put((flat,), finish(parts, ctx, x))  # (T, d): halted rows unchanged
+            s, p_, u = head_scores(m.heads[layer].linear(h.index_select(0, word_pos)))  # (W,) each, float32
+            u = torch.where(maxprob, 1.0 - s, u)
+            unc = torch.where(active, u, unc)  # halted words keep the uncertainty they halted with
+            pred = torch.where(active, p_, pred)
+            score = torch.where(active, s, score)
+            if layer < last:
+                halt = active & (torch.where(band, unc[None, :], 0.0).amax(1) < taus[layer])  # (W,)
+                exit_layer = torch.where(halt, layer, exit_layer)
+                active = active & ~halt
+        return pred, score, exit_layer
+
+
+class _Truncated(nn.Module):
+    """One sentence through the first ``depth`` layers, every token of every layer (no exit rule to apply: the
+    none and static policies), and that layer's exit head on each word: ``input_ids (1, T), word_pos (W,) ->
+    pred (W,), score (W,)``. The same graph as a full-depth export of the model, so full depth costs what ONNX
+    Runtime's own graph costs."""
+
+    def __init__(self, model, depth: int):
+        super().__init__()
+        self.model, self.depth = model, depth
+
+    def forward(self, input_ids, word_pos):
+        m = self.model
+        a = m.adapter
+        h = m.embed(input_ids)  # (1, T, d)
+        pos = a.model.encoder.compute_position_bias(h)[0] if getattr(a, "has_position_bias", False) else None
+        for parts in a.layers[: self.depth]:
+            bias = None
+            if pos is not None:
+                bias = (pos if parts.head_index is None else pos.index_select(0, parts.head_index))[None]
+            h = dense_layer(parts, h, bias, parts.num_heads)
+        score, pred, _ = head_scores(m.heads[self.depth - 1].linear(h[0].index_select(0, word_pos)))
+        return pred, score
+
+
 def _model_key(model, precision: str) -> str:
     """Identifies the exported graphs: the weights' bytes (hashed), the config, the precision, the exporter."""
     digest = hashlib.sha256()
@@ -80,8 +178,22 @@ def _model_key(model, precision: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _head_matmuls(path: Path, num_labels: int) -> list[str]:
+    """Names of the MatMul/Gemm nodes of a graph whose weight has ``num_labels`` rows or columns: the exit heads,
+    kept float32 when the rest is quantised (their output decides exits)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+             and any(len(shapes.get(i, ())) == 2 and num_labels in shapes[i] for i in n.input[1:2])]
+    return names + [f"{n}_MatMul" for n in names]  # the quantiser renames a Gemm it turns into MatMul + Add
+
+
 class OnnxLayers:
-    """Every layer step and exit head of a model as ONNX Runtime sessions (fp32 or int8)."""
+    """Every layer step and exit head of a model as ONNX Runtime sessions (fp32 or int8), and the whole climb of
+    one sentence (:meth:`climb`). Each graph is exported and its session opened when it is first needed, and
+    cached on disk under a key of the weights: the model must not change while this object runs it."""
 
     def __init__(self, model, precision: str = "fp32", cache: str | os.PathLike | None = None,
                  threads: int | None = None):
@@ -94,51 +206,105 @@ class OnnxLayers:
             raise ConfigError("precision", f"the onnxruntime backend runs fp32 or int8, not {precision}; use "
                                            "--backend torch for bf16/fp16")
         from ..data.datasets import cache_dir
-        from ..peers import export_onnx, ort_session, quantize_onnx
 
         self.model = model
         self.precision = precision
         self.num_heads = model.adapter.num_heads
-        root = Path(cache or cache_dir() / "onnx") / _model_key(model, precision)
-        d = model.adapter.hidden_size
-        sessions = {}
-        for i, parts in enumerate(model.adapter.layers):
-            h = torch.randn(2, 5, d)
-            graphs = {
-                "dense": (_Dense(parts, parts.num_heads), (h, torch.zeros(2, 1, 5, 5)), ["h", "bias"],
-                          {"h": {0: "b", 1: "t"}, "bias": {0: "b", 1: "hb", 2: "t", 3: "t"}, "out": {0: "b", 1: "t"}}),
-                "packed": (_Packed(parts, parts.num_heads),
-                           (torch.randn(3, d), h, torch.tensor([0, 1, 5]), torch.zeros(2, 1, 3, 5)),
-                           ["x", "h", "slot", "bias"],
-                           {"x": {0: "n"}, "h": {0: "b", 1: "t"}, "slot": {0: "n"},
-                            "bias": {0: "b", 1: "hb", 2: "ta", 3: "t"}, "out": {0: "n"}}),
-            }
-            for kind, (module, args, names, dynamic) in graphs.items():
-                path = root / f"layer{i}-{kind}.onnx"
-                if not path.is_file():
-                    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
-                    export_onnx(module.eval(), args, tmp, names, ["out"], dynamic)
-                    os.replace(tmp, path)
-                if precision == "int8":
-                    qpath = path.with_name(path.stem + "-int8.onnx")
-                    if not qpath.is_file():
-                        tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
-                        quantize_onnx(path, tmp)
-                        os.replace(tmp, qpath)
-                    path = qpath
-                sessions[i, kind] = ort_session(path, threads)
-        for i, head in enumerate(model.heads):
-            for criterion in ("entropy", "maxprob"):
-                path = root / f"head{i}-{criterion}.onnx"
-                if not path.is_file():
-                    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
-                    export_onnx(_Head(head.linear, criterion).eval(), (torch.randn(3, d),), tmp, ["h"],
-                                ["score", "pred", "unc"], {"h": {0: "n"}, "score": {0: "n"}, "pred": {0: "n"},
-                                                          "unc": {0: "n"}})
-                    os.replace(tmp, path)
-                sessions[i, criterion] = ort_session(path, threads)
-        self.sessions = sessions
-        self.root = root
+        self.root = Path(cache or cache_dir() / "onnx") / _model_key(model, precision)
+        self.threads = threads
+        self.sessions: dict = {}
+        self.whole_sentence = True  # a one-sentence batch climbs in one call (climb.onnx); False: layer by layer
+
+    def _session(self, key, name: str, build):
+        """The session of graph ``name``: exported by ``build() -> (module, args, inputs, outputs, dynamic axes)``
+        the first time (written to a temporary name, then renamed), int8-quantized where the precision asks."""
+        session = self.sessions.get(key)
+        if session is not None:
+            return session
+        path = self.root / f"{name}.onnx"
+        if not path.is_file():
+            module, args, inputs, outputs, dynamic = build()
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
+            export_onnx(module.eval(), args, tmp, inputs, outputs, dynamic)
+            os.replace(tmp, path)
+        if self.precision == "int8" and not name.startswith("head"):  # exit heads stay float32
+            qpath = path.with_name(f"{name}-int8.onnx")
+            if not qpath.is_file():
+                tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
+                quantize_onnx(path, tmp, keep_float=_head_matmuls(path, self.model.config.num_labels))
+                os.replace(tmp, qpath)
+            path = qpath
+        session = self.sessions[key] = ort_session(path, self.threads)
+        return session
+
+    def _layer_session(self, layer: int, kind: str):
+        parts = self.model.adapter.layers[layer]
+        d = self.model.adapter.hidden_size
+        h = torch.randn(2, 5, d)
+
+        def build():
+            if kind == "dense":
+                return (_Dense(parts, parts.num_heads), (h, torch.zeros(2, 1, 5, 5)), ["h", "bias"], ["out"],
+                        {"h": {0: "b", 1: "t"}, "bias": {0: "b", 1: "hb", 2: "t", 3: "t"}, "out": {0: "b", 1: "t"}})
+            return (_Packed(parts, parts.num_heads), (torch.randn(3, d), h, torch.tensor([0, 1, 5]),
+                                                      torch.zeros(2, 1, 3, 5)), ["x", "h", "slot", "bias"], ["out"],
+                    {"x": {0: "n"}, "h": {0: "b", 1: "t"}, "slot": {0: "n"},
+                     "bias": {0: "b", 1: "hb", 2: "ta", 3: "t"}, "out": {0: "n"}})
+
+        return self._session((layer, kind), f"layer{layer}-{kind}", build)
+
+    def _head_session(self, layer: int, criterion: str):
+        def build():
+            return (_Head(self.model.heads[layer].linear, criterion),
+                    (torch.randn(3, self.model.adapter.hidden_size),), ["h"], ["score", "pred", "unc"],
+                    {"h": {0: "n"}, "score": {0: "n"}, "pred": {0: "n"}, "unc": {0: "n"}})
+
+        return self._session((layer, criterion), f"head{layer}-{criterion}", build)
+
+    def climbs(self, policy: ExitPolicy, batch) -> bool:
+        """Whether :meth:`climb` covers this batch and policy: one sentence with words, a softmax head, kv=keep,
+        and none, static, sentence (max pool) or token exit with halted words frozen."""
+        rule = policy.rule.name
+        return (self.whole_sentence and batch.word_pos.shape[0] == 1 and batch.word_pos.shape[1] > 0
+                and not self.model.head.structured and not policy.rescore and policy.cfg.kv == "keep"
+                and (rule in ("none", "static", "token") or (rule == "sentence" and policy.cfg.pool == "max")))
+
+    def _climb_session(self):
+        def build():
+            return (_Climb(self.model),
+                    (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([-1, 0, 1, 1, -1]), torch.tensor([1, 2]),
+                     torch.full((self.model.num_layers,), 0.1), torch.tensor(1), torch.tensor(False)),
+                    ["input_ids", "token_word", "word_pos", "taus", "window", "maxprob"], ["pred", "score", "exit"],
+                    {"input_ids": {1: "t"}, "token_word": {0: "t"}, "word_pos": {0: "w"}, "pred": {0: "w"},
+                     "score": {0: "w"}, "exit": {0: "w"}})
+
+        return self._session("climb", "climb", build)
+
+    def _truncated_session(self, depth: int):
+        def build():
+            return (_Truncated(self.model, depth), (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([1, 2])),
+                    ["input_ids", "word_pos"], ["pred", "score"],
+                    {"input_ids": {1: "t"}, "word_pos": {0: "w"}, "pred": {0: "w"}, "score": {0: "w"}})
+
+        return self._session(("depth", depth), f"depth{depth}", build)
+
+    def climb(self, batch, policy: ExitPolicy) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The whole climb of a one-sentence batch in one session call -> ``pred, score, exit (1, W)``.
+        Full depth and static truncation (nobody decides anything) take a plain graph of that depth."""
+        rule = policy.rule.name
+        if rule in ("none", "static"):
+            depth = policy.num_layers
+            pred, score = self._truncated_session(depth).run(None, {
+                "input_ids": self._np(batch.input_ids), "word_pos": self._np(batch.word_pos[0])})
+            exit_layer = torch.full((1, pred.shape[0]), depth - 1, dtype=torch.long)
+            return torch.from_numpy(pred)[None], torch.from_numpy(score)[None], exit_layer
+        taus = list(policy.taus)
+        window = policy.cfg.window if rule == "token" else MAX_WINDOW
+        pred, score, exit_layer = self._climb_session().run(None, {
+            "input_ids": self._np(batch.input_ids), "token_word": self._np(batch.token_word[0]),
+            "word_pos": self._np(batch.word_pos[0]), "taus": np.asarray(taus, dtype=np.float32),
+            "window": np.asarray(window, dtype=np.int64), "maxprob": np.asarray(policy.cfg.criterion == "maxprob")})
+        return torch.from_numpy(pred)[None], torch.from_numpy(score)[None], torch.from_numpy(exit_layer)[None]
 
     @staticmethod
     def _np(t: torch.Tensor) -> np.ndarray:
@@ -147,7 +313,7 @@ class OnnxLayers:
     def dense(self, layer: int, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if bias is None:
             bias = torch.zeros(1, 1, 1, 1)
-        out = self.sessions[layer, "dense"].run(None, {"h": self._np(h), "bias": self._np(bias.float())})[0]
+        out = self._layer_session(layer, "dense").run(None, {"h": self._np(h), "bias": self._np(bias.float())})[0]
         return torch.from_numpy(out)
 
     def packed(self, layer: int, x: torch.Tensor, h: torch.Tensor, slot: torch.Tensor, ta: int,
@@ -157,11 +323,11 @@ class OnnxLayers:
             bias = torch.zeros(1, 1, ta, 1)
         elif bias.shape[2] != ta:
             bias = bias.expand(-1, -1, ta, -1)
-        out = self.sessions[layer, "packed"].run(None, {"x": self._np(x), "h": self._np(h), "slot": self._np(slot),
+        out = self._layer_session(layer, "packed").run(None, {"x": self._np(x), "h": self._np(h), "slot": self._np(slot),
                                                         "bias": self._np(bias.float())})[0]
         return torch.from_numpy(out)
 
     def head(self, layer: int, hw: torch.Tensor, criterion: str):
-        score, pred, unc = self.sessions[layer, criterion].run(None, {"h": self._np(hw)})
+        score, pred, unc = self._head_session(layer, criterion).run(None, {"h": self._np(hw)})
         return torch.from_numpy(score), torch.from_numpy(pred), torch.from_numpy(unc)
 

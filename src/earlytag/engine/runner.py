@@ -225,9 +225,13 @@ class Engine:
     (results are the same; GEMMs on a handful of rows are inefficient).
     """
 
-    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384, layers=None):
+    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384, layers=None,
+                 single=None):
         self.model = model
         self.layers = layers  # None: torch computes the steps; else a backend (earlytag.engine.backends)
+        # what climbs a one-sentence batch in one call where it can (OnnxLayers.climb): the layer backend, or one
+        # of its own (backend "auto": torch for batches, ONNX Runtime for single sentences); None: the layer loop
+        self.single = layers if single is None else single
         first = next(model.encoder.parameters())
         # bf16/fp16 GEMMs on a CPU are prepared per shape: pad their rows to a few sizes (see _FusedLayer)
         self.bucket = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
@@ -267,11 +271,22 @@ class Engine:
                               device=b.input_ids.device) for b in batches] if trace else None)
         parked: dict[int, _Group] = {}  # layer -> sentences waiting there for company
         for i, batch in enumerate(batches):
+            if traces is None and self.single is not None and self.single.climbs(policy, batch):
+                self._whole_climb(batch, policy, outs[i])  # one sentence: one graph call, no host loop
+                continue
             self._climb(self._start(batch, i, policy), policy, cfg, outs, traces, parked if refill else None)
         while parked:  # no more batches: the waiting groups finish, lowest layer first (merging on the way up)
             group = parked.pop(min(parked))
             self._climb(group, policy, cfg, outs, traces, parked, final=True)
         return [self._finish(o, cfg, policy, None if traces is None else traces[i]) for i, o in enumerate(outs)]
+
+    def _whole_climb(self, batch: Batch, policy: ExitPolicy, out: _Outputs) -> None:
+        """A one-sentence batch through the backend's whole-climb graph (``OnnxLayers.climb``)."""
+        pred, score, exit_layer = self.single.climb(batch, policy)  # (1, W) each
+        out.pred.copy_(pred)
+        out.score.copy_(score)
+        out.exit.copy_(exit_layer)
+        out.stats.packed_layers += int(exit_layer.max()) + 1
 
     def _start(self, batch: Batch, index: int, policy: ExitPolicy) -> _Group:
         big_b, w = batch.word_pos.shape
