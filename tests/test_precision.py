@@ -207,11 +207,16 @@ def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkey
     torch_tagger = Tagger.from_pretrained(path)
     ort_tagger = Tagger.from_pretrained(path, backend="onnxruntime")
     calls = {"climb": 0, "packed": 0, "dense": 0}
+    def spy(name):
+        original = getattr(OnnxLayers, name)
+
+        def counted(self, *args):
+            calls[name] += 1
+            return original(self, *args)
+        return counted
+
     for name in calls:
-        def spy(self, *args, _name=name, _original=getattr(OnnxLayers, name)):
-            calls[_name] += 1
-            return _original(self, *args)
-        monkeypatch.setattr(OnnxLayers, name, spy)
+        monkeypatch.setattr(OnnxLayers, name, spy(name))
     layers = torch_tagger.num_layers
     docs = SENTENCES * 2
     covered = [ExitConfig(), ExitConfig("static", layer=2), ExitConfig("token", threshold=0.3, window=1),

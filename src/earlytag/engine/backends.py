@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..peers import export_onnx, ort_session, quantize_onnx
 from ..model.layers import attend, dense_layer, finish
+from ..peers import export_onnx, ort_session, quantize_onnx
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
 
