@@ -28,7 +28,7 @@ def model_dir(tmp_path_factory, tokenizer):
     return path
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8", "int8-mixed"])
 @pytest.mark.parametrize("cfg", POLICY_SETTINGS, ids=lambda c: c.describe())
 def test_every_policy_runs_in_every_precision(model_dir, precision, cfg):
     tagger = Tagger.from_pretrained(model_dir, precision=precision)
@@ -75,7 +75,7 @@ def test_crf_head_runs_every_policy_in_every_precision(crf_dir, precision, backe
     assert agree / total >= (1.0 if precision == "fp32" else 0.7)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8", "int8-mixed"])
 def test_exit_decisions_use_float32_uncertainty(model_dir, precision, monkeypatch):
     seen = []
     original = ExitPolicy.halt
@@ -91,8 +91,32 @@ def test_exit_decisions_use_float32_uncertainty(model_dir, precision, monkeypatc
     tagger(SENTENCES[0], exit={"policy": "token", "threshold": 0.3})
     hook.remove()
     assert seen and set(seen) == {torch.float32}
-    expected = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[precision]
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     assert hidden == [expected]  # the encoder really ran in that precision
+
+
+def test_int8_mixed_keeps_the_ffn_output_float32(model_dir, tmp_path, monkeypatch):
+    """torch: every Linear an Int8Linear but the FFN's output projection; ONNX Runtime: the graph's integer products
+    are the same five per layer, the FFN output and the heads float32 MatMuls (found by their weights)."""
+    mixed = Tagger.from_pretrained(model_dir, precision="int8-mixed")
+    for parts in mixed.model.adapter.layers:
+        assert all(isinstance(getattr(parts, r), precision_module.Int8Linear)
+                   for r in ("query", "key", "value", "attn_out", "ffn_in"))
+        assert type(parts.ffn_out) is torch.nn.Linear
+    fp32 = Tagger.from_pretrained(model_dir)
+    assert mixed.model.adapter.layers[0].ffn_out.weight.equal(fp32.model.adapter.layers[0].ffn_out.weight)
+    need_module("onnxruntime")
+    import onnx
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    ort = Tagger.from_pretrained(model_dir, backend="onnxruntime", precision="int8-mixed")
+    cfg = ExitConfig("token", threshold=0.3, window=1)
+    a, b = ort.predict_words(SENTENCES, cfg, 1), fp32.predict_words(SENTENCES, cfg, 1)
+    same = sum(p == q for s, t in zip(a.tags, b.tags) for p, q in zip(s, t)) / sum(map(len, a.tags))
+    assert same >= 0.9
+    kinds = [n.op_type for n in onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph.node]
+    assert kinds.count("MatMulInteger") == 5 * ort.num_layers
+    assert kinds.count("Gemm") + kinds.count("MatMul") == (1 + 1 + 2) * ort.num_layers  # ffn_out, head, attention
 
 
 def test_int8_layers_are_quantized_and_fused(model_dir):
@@ -113,7 +137,7 @@ def test_bad_precision_settings_stop_with_one_line(model_dir, monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     with pytest.raises(ConfigError, match="no float16 arithmetic .* use --precision bf16 or fp32"):
         Tagger.from_pretrained(model_dir, precision="fp16")
-    with pytest.raises(ConfigError, match="expected one of fp32, bf16, fp16, int8"):
+    with pytest.raises(ConfigError, match="expected one of fp32, bf16, fp16, int8, int8-mixed"):
         Tagger.from_pretrained(model_dir, precision="fp8")
     with pytest.raises(ConfigError, match="a bf16 tagger is for inference"):
         Tagger.from_pretrained(model_dir, precision="bf16").save_pretrained(model_dir.parent / "x")
@@ -142,7 +166,7 @@ def test_onnxruntime_backend_equals_torch(model_dir, tmp_path, monkeypatch, prec
     assert list((tmp_path / "cache" / "onnx").rglob("*.onnx"))  # exported once, cached
     with pytest.raises(ConfigError, match="kv=keep"):
         ort_tagger.predict_words(docs, ExitConfig("token", threshold=0.3, kv="drop"))
-    with pytest.raises(ConfigError, match="runs fp32 or int8"):
+    with pytest.raises(ConfigError, match="runs fp32, int8 or int8-mixed"):
         Tagger.from_pretrained(model_dir, backend="onnxruntime", precision="bf16")
 
 

@@ -22,6 +22,7 @@ from .data.batching import Featurizer, check_text, collate, length_sorted_batche
 from .data.datasets import Dataset, load_dataset, map_labels
 from .data.segmentation import word_spans
 from .data.types import Sentence
+from .defaults import BACKENDS
 from .engine import Engine, ExitConfig, ExitStats
 from .engine.control import LengthProfile, SpeedController, exit_report
 from .errors import ConfigError, DataError, EarlytagError
@@ -30,7 +31,6 @@ from .model.precision import apply_precision, check_precision
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | SpeedController | dict | str | None
-BACKENDS = ("torch", "onnxruntime", "auto")
 
 
 @dataclass

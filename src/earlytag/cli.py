@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .defaults import CRF_UNCERTAINTIES, DECODERS, HALTED_DEFAULT, HALTED_RULES, HEADS
+from .defaults import BACKENDS, CRF_UNCERTAINTIES, DECODERS, HALTED_DEFAULT, HALTED_RULES, HEADS, PRECISIONS
 from .errors import ConfigError, EarlytagError
 from .storage import atomic_write_text
 
@@ -59,10 +59,11 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="encoder precision: bf16/fp16 weights and activations, int8 per-channel weights with "
-                        "activations quantized per call; exit decisions always in float32")
-    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "auto"],
+                        "activations quantized per call (int8-mixed: the FFN's output projection kept float32); "
+                        "exit decisions always in float32")
+    g.add_argument("--backend", default="torch", choices=list(BACKENDS),
                    help="what runs each layer step and exit head: torch, or ONNX Runtime sessions (fp32/int8; "
                         "the exit loop stays in earlytag; a single sentence climbs in one graph call); auto: torch "
                         "for batches, ONNX Runtime's one-call climb for single sentences (fp32 on the CPU, when "
@@ -636,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-modes", nargs="+", default=["keep"], choices=["keep", "drop"], help="sentence/token exit: halted words kept as keys/values and/or dropped")
     p.add_argument("--halted-modes", nargs="+", default=[HALTED_DEFAULT], choices=HALTED_RULES,
                    help="token exit: sweep with halted words re-scored (the paper) and/or frozen")
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "int8"],
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(PRECISIONS),
                    help="run every setting in each precision; wall-clock speed-ups are against fp32 full depth")
     p.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
                    help="also run the settings with ONNX Runtime layer steps (fp32 and int8 precisions)")

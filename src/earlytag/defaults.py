@@ -14,3 +14,7 @@ HALTED_RULES = ("rescore", "frozen")
 HEADS = ("softmax", "crf")
 DECODERS = ("viterbi", "meanfield")
 CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")
+
+# Inference precisions (earlytag.model.precision) and layer backends (earlytag.api, earlytag.engine.backends).
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed")
+BACKENDS = ("torch", "onnxruntime", "auto")

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model.layers import attend, dense_layer, finish
+from ..model.precision import INT8_ROLES
 from ..peers import export_onnx, ort_session, quantize_onnx
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
@@ -178,15 +179,22 @@ def _model_key(model, precision: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _head_matmuls(path: Path, num_labels: int) -> list[str]:
-    """Names of the MatMul/Gemm nodes of a graph whose weight has ``num_labels`` rows or columns: the exit heads,
-    kept float32 when the rest is quantised (their output decides exits)."""
+def _matmuls_of(path: Path, linears: list[nn.Linear]) -> list[str]:
+    """Names of the MatMul/Gemm nodes of a graph whose weight is one of ``linears`` (found by value, as stored or
+    transposed): the ones to keep float32 when the rest is quantised."""
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
-    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-             and any(len(shapes.get(i, ())) == 2 and num_labels in shapes[i] for i in n.input[1:2])]
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 2}
+    wanted = [lin.weight.detach().float().numpy() for lin in linears]
+
+    def matches(array: np.ndarray) -> bool:
+        return any((w.shape == array.shape and np.array_equal(w, array))
+                   or (w.T.shape == array.shape and np.array_equal(w.T, array)) for w in wanted)
+
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+             and n.input[1] in weights and matches(weights[n.input[1]])]
     return names + [f"{n}_MatMul" for n in names]  # the quantiser renames a Gemm it turns into MatMul + Add
 
 
@@ -202,9 +210,9 @@ class OnnxLayers:
         except ImportError:
             raise ConfigError("backend", "the onnxruntime backend needs onnxruntime and onnx: pip install "
                                          "'earlytag[onnx]'") from None
-        if precision not in ("fp32", "int8"):
-            raise ConfigError("precision", f"the onnxruntime backend runs fp32 or int8, not {precision}; use "
-                                           "--backend torch for bf16/fp16")
+        if precision not in ("fp32", "int8", "int8-mixed"):
+            raise ConfigError("precision", f"the onnxruntime backend runs fp32, int8 or int8-mixed, not {precision}; "
+                                           "use --backend torch for bf16/fp16")
         from ..data.datasets import cache_dir
 
         self.model = model
@@ -227,11 +235,14 @@ class OnnxLayers:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
             export_onnx(module.eval(), args, tmp, inputs, outputs, dynamic)
             os.replace(tmp, path)
-        if self.precision == "int8" and not name.startswith("head"):  # exit heads stay float32
-            qpath = path.with_name(f"{name}-int8.onnx")
+        if self.precision != "fp32" and not name.startswith("head"):  # exit heads stay float32
+            qpath = path.with_name(f"{name}-{self.precision}.onnx")
             if not qpath.is_file():
                 tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
-                quantize_onnx(path, tmp, keep_float=_head_matmuls(path, self.model.config.num_labels))
+                keep = [self.model.heads[i].linear for i in range(len(self.model.heads))]
+                keep += [getattr(parts, role) for parts in self.model.adapter.layers for role in ("query", "key",
+                         "value", "attn_out", "ffn_in", "ffn_out") if role not in INT8_ROLES[self.precision]]
+                quantize_onnx(path, tmp, keep_float=_matmuls_of(path, keep))
                 os.replace(tmp, qpath)
             path = qpath
         session = self.sessions[key] = ort_session(path, self.threads)

@@ -1,4 +1,4 @@
-"""Inference precision of a tagger: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+"""Inference precision of a tagger: ``fp32``, ``bf16``, ``fp16``, ``int8`` or ``int8-mixed``.
 
 - ``bf16`` / ``fp16``: the encoder's weights and activations in that dtype. The exit heads stay in float32 (they
   are tiny) and the uncertainty that decides exits is always computed in float32.
@@ -6,6 +6,7 @@
   channel (symmetric), activations quantized per call, the product computed by torch's quantized CPU kernels
   (``torch.ops.quantized.linear_dynamic``: fbgemm / oneDNN). Layer norms, attention and the exit heads stay in
   float32. The engine keeps its fused Q/K/V projection (:meth:`Int8Linear.cat` joins the int8 rows exactly).
+- ``int8-mixed``: the same but the FFN's output projection stays float32 (:data:`INT8_ROLES`).
 
 Settings a device cannot run stop with one line that says what to use instead (:func:`check_precision`).
 """
@@ -18,10 +19,16 @@ import warnings
 import torch
 from torch import nn
 
+from ..defaults import PRECISIONS
 from ..errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32,
+          "int8-mixed": torch.float32}
+# the Linear layers each int8 precision quantizes; int8-mixed keeps the FFN's output projection in float32: its input
+# (after GELU) has the widest activation range, and quantizing it per call cost most of int8's F1 loss
+# (docs/results.md section 4)
+INT8_ROLES = {"int8": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+              "int8-mixed": ("query", "key", "value", "attn_out", "ffn_in")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,9 +58,9 @@ def check_precision(precision: str, device: torch.device | str = "cpu") -> None:
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ConfigError("precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "int8":
+    if precision in INT8_ROLES:
         if device.type != "cpu":
-            raise ConfigError("precision", f"int8 runs on the CPU (torch's quantized kernels), not on {device}; "
+            raise ConfigError("precision", f"{precision} runs on the CPU (torch's quantized kernels), not on {device}; "
                                            "on a GPU use --precision fp16 or bf16")
         if not int8_kernels():
             raise ConfigError("precision", "this torch build has no quantized int8 CPU kernels (fbgemm/oneDNN); use "
@@ -138,11 +145,11 @@ def apply_precision(model, precision: str):
         raise ConfigError("precision", f"the model is already in {current}; load it again for {precision}")
     if precision in ("bf16", "fp16"):
         model.encoder.to(DTYPES[precision])
-    elif precision == "int8":
+    elif precision in INT8_ROLES:
         parents = {id(m): (parent, name) for parent in model.encoder.modules()
                    for name, m in parent.named_children()}
         for parts in model.adapter.layers:
-            for role in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"):
+            for role in INT8_ROLES[precision]:
                 linear = getattr(parts, role)
                 parent, name = parents[id(linear)]
                 setattr(parent, name, Int8Linear.from_linear(linear))
