@@ -7,7 +7,7 @@
 #   BENCHES="minilm" scripts/bench_stacked.sh
 set -euo pipefail
 OUT=${OUT:-models}
-B="--policies token --grid small --precisions fp32 bf16 int8 --backends torch onnxruntime --batch-sizes 1 32 \
+B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
   --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet"
 for name in ${BENCHES:-minilm mpnet}; do
   echo "=== $(date +%T) $name"
