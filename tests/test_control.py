@@ -150,15 +150,36 @@ def test_target_speedup_through_evaluate_predict_and_service(calibrated_dir, tmp
     assert "holding it from token" in err and "target 2x held at" in err
     summary = json.loads(err[err.rindex("({") + 1:err.rindex(")")])
     assert summary["controller"]["target_speedup"] == 2.0
-    with TestClient(create_app(str(calibrated_dir), load_in_background=False)) as client:
+    profiled = tmp_path / "profiled"  # the service on a table with a length profile (calibrate writes one)
+    lengths = [6, 9, 14, 30]
+    tagger.model.config.exit_calibration = {"table": [
+        {"exit": {"policy": "token", "threshold": tau, "window": 1}, "score": 0.5, "flops_speedup": speedup,
+         "length_profile": measure_profile(lengths, [n * 1e6 / speedup for n in lengths], [n * 1e6 for n in lengths])}
+        for tau, speedup in ((0.1, 1.2), (0.3, 1.5), (0.6, 2.5))]}
+    tagger.save_pretrained(profiled)
+    built = []
+    original = SpeedController.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self.profile)
+
+    with TestClient(create_app(str(profiled), load_in_background=False)) as client, \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SpeedController, "__init__", spy)
         while client.get("/ready").status_code != 200:
             pass
         for _ in range(3):
-            assert client.post("/predict", json={"texts": [" ".join(s) for s in SENTENCES],
-                                                 "exit": {"target_speedup": 2.0}}).status_code == 200
+            for exit_settings in ({"target_speedup": 2.0}, {"target_speedup": 2.0, "length_profile": False}):
+                assert client.post("/predict", json={"texts": [" ".join(s) for s in SENTENCES],
+                                                     "exit": exit_settings}).status_code == 200
+        bad = client.post("/predict", json={"texts": ["a"], "exit": {"length_profile": False}})
         metrics = client.get("/metrics").text
-    assert 'earlytag_target_speedup_threshold{target="2"}' in metrics
-    assert 'earlytag_target_speedup_realised_total{target="2"}' in metrics
+    assert len(built) == 2 and built[0] is not None and built[1] is None  # one controller each, kept over requests
+    assert bad.status_code == 422 and "only with exit.target_speedup" in bad.json()["detail"]
+    for mode in ("profile", "feedback"):
+        assert f'earlytag_target_speedup_threshold{{control="{mode}",policy="default",target="2"}}' in metrics
+        assert f'earlytag_target_speedup_realised_total{{control="{mode}",policy="default",target="2"}}' in metrics
 
 
 # ----------------------------------------------------------------------------- looking ahead at lengths

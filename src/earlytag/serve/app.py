@@ -62,6 +62,10 @@ class ExitSettings(BaseModel):
     halted: Literal["rescore", "frozen"] | None = None
     target_speedup: float | None = Field(None, description="pick the setting for this FLOPs speed-up from the "
                                                            "model's calibration table")
+    length_profile: bool | None = Field(None, description="with target_speedup: solve the threshold for each "
+                                                          "request's lengths from the calibration's length profile "
+                                                          "(default, where the table has one), or false: hold the "
+                                                          "target by feedback alone")
 
 
 class PredictRequest(BaseModel):
@@ -165,6 +169,11 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": data})
 
 
+# a target speed-up's controller on /metrics: its target, its policy (or the calibration's default), and whether it
+# solves τ from the length profile or holds the target by feedback alone
+CONTROL_LABELS = ["target", "policy", "control"]
+
+
 class Metrics:
     """Prometheus metrics in a registry of the app's own."""
 
@@ -192,13 +201,13 @@ class Metrics:
         self.dropped = Gauge("earlytag_dropped_requests", "requests dropped before all their work ran "
                                                            "(deadline passed or client gone)", registry=self.registry)
         self.control_tau = Gauge("earlytag_target_speedup_threshold", "threshold the controller of a target "
-                                 "speed-up runs with now", ["target"], registry=self.registry)
+                                 "speed-up runs with now", CONTROL_LABELS, registry=self.registry)
         self.control_window = Gauge("earlytag_target_speedup_realised_window", "realised FLOPs speed-up over the "
-                                    "controller's window of recent tokens", ["target"], registry=self.registry)
+                                    "controller's window of recent tokens", CONTROL_LABELS, registry=self.registry)
         self.control_total = Gauge("earlytag_target_speedup_realised_total", "realised FLOPs speed-up since the "
-                                   "start", ["target"], registry=self.registry)
+                                   "start", CONTROL_LABELS, registry=self.registry)
         self.control_capped = Gauge("earlytag_target_speedup_capped", "1 when the target is out of reach at the "
-                                    "threshold ceiling", ["target"], registry=self.registry)
+                                    "threshold ceiling", CONTROL_LABELS, registry=self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -218,7 +227,7 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
     load_options = dict(load or {})  # (the name `load` is the loader function below)
     metrics = Metrics()
     state: dict[str, Any] = {"tagger": model if isinstance(model, Tagger) else None, "error": None, "batcher": None}
-    controllers: dict[tuple[float, str | None], Any] = {}  # (target speed-up, policy) -> SpeedController
+    controllers: dict[tuple[float, str | None, bool], Any] = {}  # (target, policy, length profile) -> controller
 
     def load() -> None:
         try:
@@ -285,8 +294,8 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
         if batcher is not None:
             metrics.queue_words.set(batcher.queued_words)
             metrics.dropped.set(batcher.dropped)
-        for (target, _), control in controllers.items():
-            labels = (f"{target:g}",)
+        for (target, policy, _), control in controllers.items():
+            labels = (f"{target:g}", policy or "default", "profile" if control.profile is not None else "feedback")
             metrics.control_tau.labels(*labels).set(control.tau)
             metrics.control_window.labels(*labels).set(control.realised_window)
             metrics.control_total.labels(*labels).set(control.realised_total)
@@ -321,11 +330,14 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
                                                f"{limits.max_chars}"}, status_code=413)
         tagger = batcher.tagger
         settings = req.exit.model_dump(exclude_none=True) if req.exit else {}
+        profile = settings.pop("length_profile", None) is not False
         if settings.get("target_speedup") is not None:  # one controller per target holds it over all the traffic
-            key = (float(settings["target_speedup"]), settings.get("policy"))
+            key = (float(settings["target_speedup"]), settings.get("policy"), profile)
             if key not in controllers:
-                controllers[key] = tagger.speed_controller(*key)
+                controllers[key] = tagger.speed_controller(*key[:2], **({} if profile else {"profile": None}))
             exit_cfg = controllers[key]
+        elif "length_profile" in (req.exit.model_fields_set if req.exit else ()):
+            return JSONResponse({"detail": "exit.length_profile: only with exit.target_speedup"}, status_code=422)
         else:
             exit_cfg = tagger.exit_config(settings or None)
         sentences = [tagger.to_sentence(t, f"texts[{i}]") for i, t in enumerate(req.texts)]
