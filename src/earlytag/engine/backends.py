@@ -36,6 +36,9 @@ from ..peers import export_onnx, ort_session, quantize_onnx
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
 
+GRAPHS_VERSION = "v2"  # part of the cache key: bump it when the code of an exported graph changes
+
+
 class _LayerGraph(nn.Module):
     """One layer's modules (registered, so the exporter finds their weights) and its head count."""
 
@@ -75,10 +78,11 @@ class _Head(nn.Module):
         return score, pred, unc
 
 
-def _attend_rows(q, k, v, bias, heads: int):
+def _attend_rows(q, k, v, bias, heads: int, dh: int):
     """Attention of ``q (N_q, da)`` over ``k, v (N_k, da)`` plus ``bias (heads, N_q, N_k)`` -> ``(N_q, da)``, with
-    every reshape written so that zero rows export and run (a sentence whose words have all halted)."""
-    dh = q.shape[-1] // heads
+    every reshape written so that zero rows export and run (a sentence whose words have all halted). ``heads`` and
+    ``dh`` are Python ints, not read from a tensor's shape: the exported reshapes then take constant shapes instead
+    of a chain of shape arithmetic per call."""
     q, k, v = (x.reshape(-1, heads, dh).transpose(0, 1) for x in (q, k, v))  # (heads, N, dh)
     scores = torch.matmul(q, k.transpose(1, 2)) * (dh ** -0.5)  # (heads, N_q, N_k)
     if bias is not None:
@@ -128,7 +132,8 @@ class _Climb(nn.Module):
             if pos is not None:
                 p = pos if parts.head_index is None else pos.index_select(0, parts.head_index)
                 bias = p.index_select(1, flat).index_select(2, keys)  # (heads, N_a, N_k)
-            ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads)  # (N_a, da)
+            ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads,
+                               parts.attn_size // parts.num_heads)  # (N_a, da)
             h = h.index_put((flat,), finish(parts, ctx, x))  # (T, d): halted rows unchanged
             s, p_, u = head_scores(m.heads[layer].linear(h.index_select(0, word_pos)))  # (W,) each, float32
             u = torch.where(maxprob, 1.0 - s, u)
@@ -175,7 +180,7 @@ def _model_key(model, precision: str) -> str:
         digest.update(str(tuple(t.shape)).encode())
         digest.update(str(float(t.float().sum())).encode())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(f"{precision} {torch.__version__} v1".encode())
+    digest.update(f"{precision} {torch.__version__} {GRAPHS_VERSION}".encode())
     return digest.hexdigest()[:16]
 
 
