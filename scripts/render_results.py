@@ -318,6 +318,57 @@ def stacked(bench: str, *losses: str) -> str:
                                             "wall speed-up vs earlytag fp32 full depth"], out)
 
 
+def stackedtargets(bench: str, *specs: str) -> str:
+    """Issue 10's targets read from a stacked bench. ``BS:LOSS:X``: earlytag's fastest setting within LOSS F1 of fp32
+    full depth at batch BS reaches X times fp32 full depth. Then for every batch size with peers: at equal or better
+    F1 than the peer, ≥ 1.5x ONNX Runtime int8 and ≥ 3x the HF pipeline; fp32 full depth (either backend) ≥ ONNX
+    Runtime fp32; and at batch 1 the fastest setting within 0.5 F1 ≥ ONNX Runtime int8."""
+    rows, _ = _rows(bench)
+    out = []
+
+    def own(bs):
+        return [r for r in rows if r["batch_size"] == bs and not r.get("peer") and not r["policy"].startswith("smaller")]
+
+    def fastest(cands):
+        return max(cands, key=lambda r: r["wall_speedup"]) if cands else None
+
+    def name(r):
+        return f"{r['policy']} ({r['describe']}): {pct(r['score'])} at {r['wall_speedup']:.2f}x"
+
+    def full_of(bs):
+        return next(r for r in own(bs) if r["policy"] == "none")
+
+    for spec in specs:
+        bs, loss, x = spec.split(":")
+        bs, loss, x = int(bs), float(loss), float(x)
+        full = full_of(bs)
+        best = fastest([r for r in own(bs) if full["score"] - r["score"] <= loss / 100])
+        out.append([f"batch {bs}: ≥ {x:g}x wall over fp32 full depth at ≤ {loss:g} F1 loss",
+                    f"{name(best)} (loss {100 * (full['score'] - best['score']):.2f})", "yes" if best["wall_speedup"] >= x else "no"])
+    for bs in sorted({r["batch_size"] for r in rows if r.get("peer")}):
+        peers = {r["policy"]: r for r in rows if r.get("peer") and r["batch_size"] == bs}
+        for peer, factor in (("ort-int8", 1.5), ("hf-pipeline", 3.0)):
+            if peer not in peers:
+                continue
+            p = peers[peer]
+            best = fastest([r for r in own(bs) if r["score"] >= p["score"] - 1e-9])
+            ratio = best["wall_speedup"] / p["wall_speedup"]
+            out.append([f"batch {bs}: ≥ {factor:g}x {peer} ({pct(p['score'])} at {p['wall_speedup']:.2f}x) at equal or better F1",
+                        f"{name(best)} = {ratio:.2f}x", "yes" if ratio >= factor else "no"])
+        if "ort-fp32" in peers:
+            p = peers["ort-fp32"]
+            best = fastest([r for r in own(bs) if r["policy"] in ("none", "none/ort")])
+            out.append([f"batch {bs}: earlytag fp32 full depth ≥ ort-fp32 ({p['wall_speedup']:.2f}x)", name(best),
+                        "yes" if best["wall_speedup"] >= p["wall_speedup"] else "no"])
+        if bs == 1 and "ort-int8" in peers:
+            p = peers["ort-int8"]
+            full = full_of(bs)
+            best = fastest([r for r in own(bs) if full["score"] - r["score"] <= 0.005])
+            out.append([f"batch 1: fastest within 0.5 F1 ≥ ort-int8 ({p['wall_speedup']:.2f}x)", name(best),
+                        "yes" if best["wall_speedup"] >= p["wall_speedup"] else "no"])
+    return markdown_table(["target", "measured (wall speed-up vs earlytag fp32 full depth)", "met"], out)
+
+
 def shifted(name: str) -> str:
     d = load(DOCS / "bench" / f"{name}.json")
     rows = d["rows"]
@@ -476,7 +527,7 @@ def e5check(name: str) -> str:
 
 HANDLERS = {"pipeline": pipeline, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
-            "file": file, "interp": interp, "stacked": stacked, "shifted": shifted, "mixed": mixed, "memory": memory,
+            "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
 
 
