@@ -70,3 +70,32 @@ def test_thresholds_replace_the_grid_of_threshold_policies(capsys):
     assert [c.layer for c in default_grid("static", 12, thresholds=[0.6])] == [3, 4, 6, 8]  # no τ: unchanged
     args = build_parser().parse_args(["bench", "m", "d", "--out", "o", "--thresholds", "0.5", "0.9"])
     assert args.thresholds == [0.5, 0.9]
+
+
+def test_bench_stacks_precisions_backends_and_peers(models, tmp_path, monkeypatch, shared_data):
+    """--precisions/--backends/--compare: one row per setting, precision and backend with both wall speed-ups, the
+    fp32 torch full depth (every wall figure's reference) present even when torch is not among the backends, and the
+    peers' rows with their scores and word agreement."""
+    from .conftest import need_module
+
+    need_module("onnxruntime")
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "stacked"
+    assert main(["bench", str(models / "big"), "uner-en-ewt:dev", "--out", str(out), "--limit", "30",
+                 "--batch-sizes", "1", "--timing-limit-b1", "4", "--repeats", "1", "--policies", "token",
+                 "--grid", "small", "--precisions", "fp32", "int8-mixed", "--backends", "onnxruntime",
+                 "--compare", "ort-fp32", "--quiet"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    by_key = {(r["policy"], r["describe"]): r for r in rows}
+    reference = by_key["none", "none"]
+    assert (reference["precision"], reference["backend"], reference["wall_speedup"]) == ("fp32", "torch", 1.0)
+    own = [r for r in rows if not r.get("peer") and r is not reference]
+    assert {(r["precision"], r["backend"]) for r in own} == {("fp32", "onnxruntime"), ("int8-mixed", "onnxruntime")}
+    assert len(own) == 2 * 7  # full depth and the small grid's six thresholds, per precision
+    for r in own:
+        assert r["wall_speedup"] > 0 and r["wall_speedup_same_precision"] > 0
+        assert r["policy"].endswith("/ort") and ("@int8-mixed" in r["policy"]) == (r["precision"] == "int8-mixed")
+    assert by_key["none/ort", "none"]["score"] == reference["score"]  # the same fp32 model
+    peer = next(r for r in rows if r.get("peer"))
+    assert peer["policy"] == "ort-fp32" and peer["score"] == reference["score"] and peer["agreement_with_full_depth"] >= 0.99
+    assert "none@int8-mixed/ort" in (out / "results.md").read_text()

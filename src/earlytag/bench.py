@@ -206,6 +206,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         calibration = calibrate(base, dev, cfg.target_speedup, data_dir=cfg.data_dir)  # in memory only
         settings.append(calibration.exit)
     contenders = [(r, c) for r in runtimes for c in [_FULL] + settings]
+    if ("fp32", "torch") not in runtimes:  # the reference of every wall-clock figure has its row in any case
+        taggers["fp32", "torch"] = base
+        contenders.insert(0, (("fp32", "torch"), _FULL))
 
     # pre-built batches per batch size: timing covers the model only, not tokenisation or padding
     limits = {bs: (cfg.timing_limit_b1 if bs == 1 else cfg.timing_limit) for bs in cfg.batch_sizes}
