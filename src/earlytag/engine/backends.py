@@ -35,7 +35,6 @@ from ..model.precision import INT8_ROLES
 from ..peers import export_onnx, ort_session, quantize_onnx
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
-
 GRAPHS_VERSION = "v2"  # part of the cache key: bump it when the code of an exported graph changes
 
 
