@@ -20,24 +20,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
-def layer_flops(n: torch.Tensor, a: torch.Tensor, d: int, f, kv: str = "keep", da=None) -> torch.Tensor:
+def layer_flops(n, a, d: int, f, kv: str = "keep", da=None):
     """FLOPs of one layer per sentence ``(B,)``, from live ``n (B,)`` and active ``a (B,)`` token counts.
 
     ``da``: the width of Q/K/V (heads × head size; ``d`` unless the layer is slim). ``f`` and ``da`` may be
     ``(L,)`` tensors broadcast against ``(B, L)`` counts (layers of different sizes)."""
-    n = n.double()
-    a = a.double()
+    n, a = _f64(n), _f64(a)
     da = d if da is None else da
     kv_rows = n if kv == "keep" else a
     return 4 * kv_rows * d * da + 4 * a * d * da + 4 * a * d * f + 4 * a * kv_rows * da
 
 
-def head_flops(words: torch.Tensor, d: int, num_labels: int) -> torch.Tensor:
+def head_flops(words, d: int, num_labels: int):
     """FLOPs of an exit head on ``words`` active words (per sentence or in total)."""
-    return words.double() * (2 * d * num_labels)
+    return _f64(words) * (2 * d * num_labels)
+
+
+def _f64(x):
+    """Counts as float64, from a torch tensor or a numpy array (the engine counts in numpy, tests in either)."""
+    return x.double() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
 
 
 @dataclass

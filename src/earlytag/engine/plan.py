@@ -7,7 +7,8 @@ included; with ``frozen`` only the active words.
 
 - :func:`active_tokens` applies the rule to the words active now (the engine's climb, one layer at a time);
 - :class:`ExitPlan` applies it to known exit layers: the training forward of self-sampling freezes tokens by
-  it, and the engine derives its statistics and FLOPs from it once per batch, after the climb.
+  it (torch, on the model's device), and the engine derives its statistics and FLOPs from it once per batch,
+  after the climb (counted in numpy: tiny arrays, where each torch call would cost more than the arithmetic).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from .flops import head_flops, layer_flops
@@ -70,42 +72,72 @@ class ExitPlan:
         """``(B, T)`` tokens computed at ``layer`` (queries, attention output, FFN)."""
         return self.token_exit >= layer
 
+    # ---- the engine's bookkeeping, once per input batch: counted in numpy on the CPU, where a few dozen torch calls
+    # on (B, W)-sized tensors cost more than a short sentence's whole climb in ONNX Runtime (about 1 ms at batch 1)
+
     @cached_property
-    def active_counts(self) -> torch.Tensor:
+    def _np(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``word_exit (B, W)``, ``word_mask (B, W)``, ``tok_exit (B, T)`` (-1 on padding), ``sentence_exit (B,)``,
+        ``layers (L,)`` as numpy arrays."""
+        we = self.word_exit.cpu().numpy()
+        wm = self.word_mask.cpu().numpy().astype(bool)
+        tw = self.token_word.cpu().numpy()
+        tm = self.tok_mask.cpu().numpy().astype(bool)
+        sent = we.max(1) if we.shape[1] else np.full(we.shape[0], -1, dtype=we.dtype)
+        own = np.take_along_axis(we, np.clip(tw, 0, None), 1)
+        tok_exit = np.where(tm, np.where(tw >= 0, own, sent[:, None]), -1)
+        self._tokens = tm.sum(1)  # (B,) real tokens of each sentence
+        return we, wm, tok_exit, sent, np.arange(self.num_layers)
+
+    @cached_property
+    def active_counts(self) -> np.ndarray:
         """``(B, L)`` tokens computed at each layer."""
-        return (self.token_exit.unsqueeze(-1) >= self.layers).sum(1)
+        _, _, tok_exit, _, layers = self._np
+        return (tok_exit[:, :, None] >= layers).sum(1)
 
     @cached_property
-    def live_counts(self) -> torch.Tensor:
+    def live_counts(self) -> np.ndarray:
         """``(B, L)`` tokens of each live sentence (its keys/values under kv=keep), 0 once it has left."""
-        return self.tok_mask.sum(1, keepdim=True) * (self.sentence_exit[:, None] >= self.layers)
+        _, _, _, sent, layers = self._np
+        return self._tokens[:, None] * (sent[:, None] >= layers)
 
     @cached_property
-    def head_words(self) -> torch.Tensor:
+    def head_words(self) -> np.ndarray:
         """``(B, L)`` words a layer's head scores: all words of live sentences (rescore) or the active ones."""
+        we, wm, _, sent, layers = self._np
         if self.rescore:
-            counts = self.word_mask.sum(1, keepdim=True) * (self.sentence_exit[:, None] >= self.layers)
+            counts = wm.sum(1, keepdims=True) * (sent[:, None] >= layers)
         else:
-            counts = (self.word_exit.unsqueeze(-1) >= self.layers).sum(1)
+            counts = (we[:, :, None] >= layers).sum(1)
         if self.heads is not None:
-            counts = counts * torch.tensor(self.heads, device=counts.device)
+            counts = counts * np.asarray(self.heads)
         return counts
 
     @cached_property
-    def words_exited(self) -> torch.Tensor:
+    def words_exited(self) -> np.ndarray:
         """``(L,)`` how many words exited at each layer."""
-        return torch.bincount(self.word_exit[self.word_mask], minlength=self.num_layers)
+        we, wm, _, _, _ = self._np
+        return np.bincount(we[wm], minlength=self.num_layers)
 
-    def flops(self, d: int, da: torch.Tensor, f: torch.Tensor, num_labels: int) -> torch.Tensor:
+    @property
+    def exit_layer_sum(self) -> float:
+        """Σ over words of their 1-based exit layer."""
+        we, wm, _, _, _ = self._np
+        return float((we[wm] + 1).sum())
+
+    def flops(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence (docs/design.md); ``da``, ``f``: ``(L,)`` Q/K/V and FFN widths of the
         model's layers (those that ran are read)."""
         layers = self.live_counts.shape[1]
+        da, f = np.asarray(da, dtype=np.float64), np.asarray(f, dtype=np.float64)
         return (layer_flops(self.live_counts, self.active_counts, d, f[:layers], self.kv, da[:layers]).sum(1)
                 + head_flops(self.head_words.sum(1), d, num_labels))
 
-    def flops_full(self, d: int, da: torch.Tensor, f: torch.Tensor, num_labels: int) -> torch.Tensor:
+    def flops_full(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence at full depth (every token, every layer of ``da``/``f``, one head at the
         last layer); a sentence without words is never run and costs 0."""
-        n = self.tok_mask.sum(1)[:, None]  # (B, 1)
-        words = self.word_mask.sum(1)
+        _, wm, _, _, _ = self._np
+        n = self._tokens[:, None]  # (B, 1)
+        words = wm.sum(1)
+        da, f = np.asarray(da, dtype=np.float64), np.asarray(f, dtype=np.float64)
         return layer_flops(n, n, d, f, "keep", da).sum(1) * (words > 0) + head_flops(words, d, num_labels)

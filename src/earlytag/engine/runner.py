@@ -413,10 +413,11 @@ class Engine:
         flops_full = plan.flops_full(a.hidden_size, a.attn_sizes, a.ffn_sizes, c)  # (B,)
         stats.active_tokens = _pad(plan.active_counts.sum(0).tolist(), stats.num_layers)
         stats.words_exited = _pad(plan.words_exited.tolist(), stats.num_layers)
-        stats.exit_layer_sum = float((plan.word_exit[batch.word_mask] + 1).sum())
+        stats.exit_layer_sum = plan.exit_layer_sum
         stats.flops = float(flops.sum())
         stats.flops_full = float(flops_full.sum())
-        return EngineOutput(o.pred, o.score, o.exit, stats, flops, flops_full, trace, plan)
+        return EngineOutput(o.pred, o.score, o.exit, stats, torch.from_numpy(flops), torch.from_numpy(flops_full),
+                            trace, plan)
 
     # ------------------------------------------------------------------ layer steps
 
