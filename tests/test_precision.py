@@ -307,3 +307,30 @@ def test_auto_backend_runs_batches_in_torch_and_single_sentences_in_one_call(mod
             assert len(calls) == (len(docs) if batch_size == 1 and cfg.kv == "keep" else 0)
             assert got.tags == ref.tags and got.exit_layers == ref.exit_layers
     assert Tagger.from_pretrained(model_dir, backend="auto", precision="bf16").single_sentence_backend == "torch"
+
+
+def test_onnxruntime_graphs_are_exported_once_when_threads_race(model_dir, tmp_path, monkeypatch):
+    """Sessions open lazily; two threads that need the same graph at once export it once and both tag."""
+    need_module("onnxruntime")
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from earlytag.engine import backends
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    exported = []
+    original = backends.export_onnx
+
+    def slow_export(module, args, path, *rest):
+        exported.append(path.name)
+        time.sleep(0.2)  # widen the window in which the other thread could start the same export
+        return original(module, args, path, *rest)
+
+    monkeypatch.setattr(backends, "export_onnx", slow_export)
+    tagger = Tagger.from_pretrained(model_dir, backend="onnxruntime")
+    assert exported == []  # nothing before it is needed
+    cfg = ExitConfig("token", threshold=0.3, window=1)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda docs: tagger.predict_words(docs, cfg, 1).tags, [SENTENCES, SENTENCES]))
+    assert results[0] == results[1] == Tagger.from_pretrained(model_dir).predict_words(SENTENCES, cfg, 1).tags
+    assert len(exported) == len(set(exported)) == 1  # the climb graph, once

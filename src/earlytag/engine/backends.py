@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,7 @@ class OnnxLayers:
         self.root = Path(cache or cache_dir() / "onnx") / _model_key(model, precision)
         self.threads = threads
         self.sessions: dict = {}
+        self._export_lock = threading.Lock()
         self.whole_sentence = True  # a one-sentence batch climbs in one call (climb.onnx); False: layer by layer
 
     def _session(self, key, name: str, build):
@@ -233,6 +235,12 @@ class OnnxLayers:
         session = self.sessions.get(key)
         if session is not None:
             return session
+        with self._export_lock:  # two threads tagging at once export a graph once (its temporary name is per process)
+            if key not in self.sessions:
+                self.sessions[key] = self._open(name, build)
+        return self.sessions[key]
+
+    def _open(self, name: str, build):
         path = self.root / f"{name}.onnx"
         if not path.is_file():
             module, args, inputs, outputs, dynamic = build()
@@ -249,8 +257,7 @@ class OnnxLayers:
                 quantize_onnx(path, tmp, keep_float=_matmuls_of(path, keep))
                 os.replace(tmp, qpath)
             path = qpath
-        session = self.sessions[key] = ort_session(path, self.threads)
-        return session
+        return ort_session(path, self.threads)
 
     def _layer_session(self, layer: int, kind: str):
         parts = self.model.adapter.layers[layer]
