@@ -51,6 +51,11 @@ def test_mpnet_position_bias_is_shared_and_cached():
         assert model.adapter.position_bias(9) is a  # cached in inference
         model.encoder.encoder.relative_attention_bias.weight.add_(1.0)
         assert not torch.equal(model.adapter.position_bias(9), a)  # an update invalidates the cache
+        # the uncached form an exported graph computes from the hidden states' shape gives the same bias
+        for length in (1, 9, 40):
+            h = torch.randn(1, length, TINY["hidden_size"])
+            assert torch.equal(model.adapter.traced_position_bias(h), model.adapter.position_bias(length))
+    assert tiny_model("bert").adapter.traced_position_bias(torch.randn(1, 5, TINY["hidden_size"])) is None
 
 
 def test_unsupported_family_is_a_clear_error():

@@ -36,7 +36,7 @@ from ..model.precision import INT8_ROLES
 from ..peers import export_onnx, ort_session, quantize_onnx
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
-GRAPHS_VERSION = "v2"  # part of the cache key: bump it when the code of an exported graph changes
+GRAPHS_VERSION = "v3"  # part of the cache key: bump it when the code of an exported graph changes
 
 
 class _LayerGraph(nn.Module):
@@ -107,9 +107,7 @@ class _Climb(nn.Module):
         m = self.model
         a = m.adapter
         h = m.embed(input_ids)[0]  # (T, d)
-        pos = None
-        if getattr(a, "has_position_bias", False):  # computed in the graph: the adapter's cache is per length
-            pos = a.model.encoder.compute_position_bias(h[None])[0]  # (heads, T, T)
+        pos = a.traced_position_bias(h[None])  # (heads, T, T) or None, computed in the graph
         is_word = token_word >= 0  # (T,)
         tokens = torch.ones_like(token_word, dtype=torch.bool)  # (T,)
         tw = token_word.clamp(min=0)
@@ -161,7 +159,7 @@ class _Truncated(nn.Module):
         m = self.model
         a = m.adapter
         h = m.embed(input_ids)  # (1, T, d)
-        pos = a.model.encoder.compute_position_bias(h)[0] if getattr(a, "has_position_bias", False) else None
+        pos = a.traced_position_bias(h)  # (heads, T, T) or None
         for parts in a.layers[: self.depth]:
             bias = None
             if pos is not None:

@@ -88,6 +88,11 @@ class EncoderAdapter:
     def position_bias(self, length: int, device: torch.device | None = None) -> torch.Tensor | None:
         return None
 
+    def traced_position_bias(self, h: torch.Tensor) -> torch.Tensor | None:
+        """``(heads, T, T)`` position bias for hidden states ``h (1, T, d)``, computed from ``h``'s shape with tensor
+        operations only (no cache keyed by a Python length): what an exported graph with a dynamic length needs."""
+        return None
+
     def _layer_parts(self, layer: nn.Module) -> LayerParts:
         raise NotImplementedError
 
@@ -152,6 +157,9 @@ class MPNetAdapter(EncoderAdapter):
             ffn_dropout=layer.output.dropout,
             ffn_norm=layer.output.LayerNorm,
         )
+
+    def traced_position_bias(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder.compute_position_bias(h)[0]  # (heads, T, T)
 
     def position_bias(self, length: int, device: torch.device | None = None) -> torch.Tensor:
         """``(heads, T, T)`` bias from the installed ``MPNetEncoder.compute_position_bias``.
