@@ -27,12 +27,17 @@ def setting(tau: float | None) -> ExitConfig | str:
     return "none" if tau is None else ExitConfig("token", threshold=tau, window=2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_args(ap: argparse.ArgumentParser) -> None:
+    """The three models and the data, as this script and scripts/pipeline_e5_timing.py take them."""
     ap.add_argument("--chars", default="models/e5-ner", help="the NER model on characters")
     ap.add_argument("--segmenter", default="models/e5-cws")
     ap.add_argument("--words", default="models/e5-ner-words", help="the NER model on words")
     ap.add_argument("--data", default="uner-zh-gsdsimp:test")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model_args(ap)
     ap.add_argument("--taus", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.4])
     ap.add_argument("--segmenter-taus", nargs="+", type=float, default=[0.1, 0.3])
     ap.add_argument("--out", required=True)

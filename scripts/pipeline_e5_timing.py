@@ -12,30 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
+from pipeline_e5 import model_args, setting  # the same models, data and settings as the scored run
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from earlytag import Tagger  # noqa: E402
-from earlytag.bench import machine_info, paired  # noqa: E402
-from earlytag.engine import ExitConfig  # noqa: E402
-from earlytag.pipeline import SegmentThenTag  # noqa: E402
-from earlytag.storage import atomic_write_text  # noqa: E402
-
-
-def setting(tau: float | None) -> ExitConfig | str:
-    return "none" if tau is None else ExitConfig("token", threshold=tau, window=2)
+from earlytag import Tagger
+from earlytag.bench import machine_info, paired
+from earlytag.pipeline import SegmentThenTag
+from earlytag.storage import atomic_write_text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--chars", default="models/e5-ner", help="the NER model on characters")
-    ap.add_argument("--segmenter", default="models/e5-cws")
-    ap.add_argument("--words", default="models/e5-ner-words", help="the NER model on words")
-    ap.add_argument("--data", default="uner-zh-gsdsimp:test")
+    model_args(ap)
     ap.add_argument("--sentences", type=int, default=640)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
-from .defaults import HALTED_DEFAULT
+from .defaults import HALTED_DEFAULT, ONNX_PRECISIONS
 from .engine import REGISTRY, ExitConfig, ExitStats
 from .engine.policies import TARGETS
 from .errors import ConfigError
@@ -174,7 +174,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise ConfigError("repeats", "must be at least 1")
     base = Tagger.from_pretrained(cfg.model, device=cfg.device, **cfg.decoding)  # fp32: the reference of every wall-clock speed-up
     runtimes = [(p, b) for b in cfg.backends for p in cfg.precisions
-                if b == "torch" or p in ("fp32", "int8", "int8-mixed")]  # ONNX Runtime: fp32 and int8
+                if b == "torch" or p in ONNX_PRECISIONS]
     taggers = {(p, b): base if (p, b) == ("fp32", "torch") else
                Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device, **cfg.decoding)
                for p, b in runtimes}

@@ -18,3 +18,4 @@ CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")
 # Inference precisions (earlytag.model.precision) and layer backends (earlytag.api, earlytag.engine.backends).
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed")
 BACKENDS = ("torch", "onnxruntime", "auto")
+ONNX_PRECISIONS = ("fp32", "int8", "int8-mixed")  # what the onnxruntime backend runs

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..defaults import ONNX_PRECISIONS
 from ..errors import ConfigError
 from ..model.layers import attend, dense_layer, finish
 from ..model.precision import INT8_ROLES
@@ -213,9 +214,9 @@ class OnnxLayers:
         except ImportError:
             raise ConfigError("backend", "the onnxruntime backend needs onnxruntime and onnx: pip install "
                                          "'earlytag[onnx]'") from None
-        if precision not in ("fp32", "int8", "int8-mixed"):
-            raise ConfigError("precision", f"the onnxruntime backend runs fp32, int8 or int8-mixed, not {precision}; "
-                                           "use --backend torch for bf16/fp16")
+        if precision not in ONNX_PRECISIONS:
+            raise ConfigError("precision", f"the onnxruntime backend runs {', '.join(ONNX_PRECISIONS[:-1])} or "
+                                           f"{ONNX_PRECISIONS[-1]}, not {precision}; use --backend torch for bf16/fp16")
         from ..data.datasets import cache_dir
 
         self.model = model
@@ -249,9 +250,9 @@ class OnnxLayers:
             qpath = path.with_name(f"{name}-{self.precision}.onnx")
             if not qpath.is_file():
                 tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
-                keep = [self.model.heads[i].linear for i in range(len(self.model.heads))]
-                keep += [getattr(parts, role) for parts in self.model.adapter.layers for role in ("query", "key",
-                         "value", "attn_out", "ffn_in", "ffn_out") if role not in INT8_ROLES[self.precision]]
+                keep = [head.linear for head in self.model.heads]  # and the Linears this precision leaves float
+                keep += [getattr(parts, role) for parts in self.model.adapter.layers for role in INT8_ROLES["int8"]
+                         if role not in INT8_ROLES[self.precision]]
                 quantize_onnx(path, tmp, keep_float=_matmuls_of(path, keep))
                 os.replace(tmp, qpath)
             path = qpath

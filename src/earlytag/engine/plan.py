@@ -13,8 +13,9 @@ included; with ``frozen`` only the active words.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +37,17 @@ def word_mask_of(token_word: torch.Tensor, num_words: int) -> torch.Tensor:
     return mask.scatter_reduce_(1, token_word.clamp(min=0), (token_word >= 0).long(), reduce="amax").bool()
 
 
+class _Counts(NamedTuple):
+    """An :class:`ExitPlan` in numpy, for the engine's counts."""
+
+    word_exit: np.ndarray  # (B, W), -1 on padding
+    word_mask: np.ndarray  # (B, W) bool
+    token_exit: np.ndarray  # (B, T) last layer each token is computed at, -1 on padding
+    sentence_exit: np.ndarray  # (B,) last layer each sentence is live at, -1: never run
+    tokens: np.ndarray  # (B,) real tokens of each sentence
+    layers: np.ndarray  # (L,) 0..L-1
+
+
 @dataclass
 class ExitPlan:
     """Exit layers of a batch and everything that follows from them (all tensors per sentence)."""
@@ -48,11 +60,9 @@ class ExitPlan:
     kv: str = "keep"  # halted tokens stay keys/values (keep) or leave attention (drop)
     rescore: bool = True  # heads score every word of a live sentence (halted ones too), or active words only
     heads: list[bool] | None = None  # layers whose head runs (None: every layer)
-    layers: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
         self.word_exit = torch.where(self.word_mask, self.word_exit, -1)
-        self.layers = torch.arange(self.num_layers, device=self.word_exit.device)  # (L,)
 
     @cached_property
     def sentence_exit(self) -> torch.Tensor:
@@ -76,9 +86,8 @@ class ExitPlan:
     # on (B, W)-sized tensors cost more than a short sentence's whole climb in ONNX Runtime (about 1 ms at batch 1)
 
     @cached_property
-    def _np(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``word_exit (B, W)``, ``word_mask (B, W)``, ``tok_exit (B, T)`` (-1 on padding), ``sentence_exit (B,)``,
-        ``layers (L,)`` as numpy arrays."""
+    def _np(self) -> _Counts:
+        """The plan's tensors as numpy arrays, and what every count below starts from."""
         we = self.word_exit.cpu().numpy()
         wm = self.word_mask.cpu().numpy().astype(bool)
         tw = self.token_word.cpu().numpy()
@@ -86,29 +95,28 @@ class ExitPlan:
         sent = we.max(1) if we.shape[1] else np.full(we.shape[0], -1, dtype=we.dtype)
         own = np.take_along_axis(we, np.clip(tw, 0, None), 1)
         tok_exit = np.where(tm, np.where(tw >= 0, own, sent[:, None]), -1)
-        self._tokens = tm.sum(1)  # (B,) real tokens of each sentence
-        return we, wm, tok_exit, sent, np.arange(self.num_layers)
+        return _Counts(we, wm, tok_exit, sent, tm.sum(1), np.arange(self.num_layers))
 
     @cached_property
     def active_counts(self) -> np.ndarray:
         """``(B, L)`` tokens computed at each layer."""
-        _, _, tok_exit, _, layers = self._np
-        return (tok_exit[:, :, None] >= layers).sum(1)
+        c = self._np
+        return (c.token_exit[:, :, None] >= c.layers).sum(1)
 
     @cached_property
     def live_counts(self) -> np.ndarray:
         """``(B, L)`` tokens of each live sentence (its keys/values under kv=keep), 0 once it has left."""
-        _, _, _, sent, layers = self._np
-        return self._tokens[:, None] * (sent[:, None] >= layers)
+        c = self._np
+        return c.tokens[:, None] * (c.sentence_exit[:, None] >= c.layers)
 
     @cached_property
     def head_words(self) -> np.ndarray:
         """``(B, L)`` words a layer's head scores: all words of live sentences (rescore) or the active ones."""
-        we, wm, _, sent, layers = self._np
+        c = self._np
         if self.rescore:
-            counts = wm.sum(1, keepdims=True) * (sent[:, None] >= layers)
+            counts = c.word_mask.sum(1, keepdims=True) * (c.sentence_exit[:, None] >= c.layers)
         else:
-            counts = (we[:, :, None] >= layers).sum(1)
+            counts = (c.word_exit[:, :, None] >= c.layers).sum(1)
         if self.heads is not None:
             counts = counts * np.asarray(self.heads)
         return counts
@@ -116,14 +124,14 @@ class ExitPlan:
     @cached_property
     def words_exited(self) -> np.ndarray:
         """``(L,)`` how many words exited at each layer."""
-        we, wm, _, _, _ = self._np
-        return np.bincount(we[wm], minlength=self.num_layers)
+        c = self._np
+        return np.bincount(c.word_exit[c.word_mask], minlength=self.num_layers)
 
     @property
     def exit_layer_sum(self) -> float:
         """Σ over words of their 1-based exit layer."""
-        we, wm, _, _, _ = self._np
-        return float((we[wm] + 1).sum())
+        c = self._np
+        return float((c.word_exit[c.word_mask] + 1).sum())
 
     def flops(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence (docs/design.md); ``da``, ``f``: ``(L,)`` Q/K/V and FFN widths of the
@@ -136,8 +144,7 @@ class ExitPlan:
     def flops_full(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence at full depth (every token, every layer of ``da``/``f``, one head at the
         last layer); a sentence without words is never run and costs 0."""
-        _, wm, _, _, _ = self._np
-        n = self._tokens[:, None]  # (B, 1)
-        words = wm.sum(1)
+        n = self._np.tokens[:, None]  # (B, 1)
+        words = self._np.word_mask.sum(1)
         da, f = np.asarray(da, dtype=np.float64), np.asarray(f, dtype=np.float64)
         return layer_flops(n, n, d, f, "keep", da).sum(1) * (words > 0) + head_flops(words, d, num_labels)
