@@ -5,8 +5,11 @@ set -euo pipefail
 B=docs/bench
 T=${THREADS:-2}
 step() { [ -z "${STEP:-}" ] || [ "$STEP" = "$1" ]; }
-if step decode; then  # decoding time per batch of 32 against sentence length (1 thread, alternating passes)
+if step decode; then  # decoding time per batch of 32 against sentence length (1 thread, alternating passes):
+  # random emissions, then the model's own on the test set laid end to end into documents
   python scripts/crf_decode_bench.py --model models/minilm-ner-crf --out $B/crf-decode.json
+  python scripts/crf_decode_bench.py --model models/minilm-ner-crf-lr1e-2 --emissions uner-en-ewt:test \
+    --out $B/crf-decode-real.json
 fi
 if step iters; then  # the mean-field iterations, chosen on dev
   python scripts/crf_iters.py models/minilm-ner-crf models/minilm-ner-crf-perlayer --data uner-en-ewt:dev \
@@ -35,6 +38,11 @@ if step lr; then  # the third model: the shared CRF with its transitions at a 10
     earlytag bench models/minilm-ner-crf-lr1e-2 uner-en-ewt:test --out $B/crf-minilm-ner-crf-lr1e-2-$d \
       --policies token --grid default --batch-sizes 32 --threads "$T" --decode "$d" --label "crf-lr1e-2-$d" --quiet
   done
+fi
+if step mpnet-decoders; then  # all-mpnet-base-v2: Viterbi, mean-field and blockwise on the test set, full depth
+  # and token exit at τ=0.07 (~3x FLOPs)
+  python scripts/crf_iters.py models/mpnet-ner-crf --data uner-en-ewt:test --iters 3 --blockwise-iters 3 \
+    --threshold 0.07 --out $B/crf-iters-mpnet.json --threads "$T"
 fi
 if step ss; then  # stage 2 of the third model (MODELS=ss scripts/train_minilm_crf.sh): F1 against FLOPs, test set
   for d in viterbi meanfield; do

@@ -1,11 +1,19 @@
 """Decoding time of a batch of 32 sentences against sentence length: argmax (softmax head), Viterbi, exact
-marginals (forward-backward) and mean-field with M = 1..5 updates (earlytag.model.crf).
+marginals (forward-backward), mean-field with M = 1..5 updates, and blockwise (mean-field M = 1 or 3, then
+exact decoding of blocks of 3 words where a word's mean-field probability is below 0.9 or a step breaks the
+scheme, two sweeps)
+(earlytag.model.crf).
 
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode.json [--model models/minilm-ner-crf]
+    python scripts/crf_decode_bench.py --out docs/bench/crf-decode-real.json --model models/minilm-ner-crf-lr1e-2 \
+        --emissions uner-en-ewt:test
 
-Emissions and transitions are random (or the model's learned transitions with --model), C = the model's labels
-(7 for UNER without a model). Every contender runs on the same tensors in alternating passes (the order shuffled
-per pass); the figure is the median over passes of the per-call time. One torch thread unless --threads.
+Emissions are random, scaled by 3 (a worst case for blockwise: many doubtful words), or with --emissions the
+model's own last-layer emissions on a data set, its sentences laid end to end into documents of each length.
+Transitions are random or the model's (--model); C = the model's labels (7 for UNER without a model). Every
+contender runs on the same tensors in alternating passes (the order shuffled per pass); the figure is the median
+over passes of the per-call time, with each contender's share of words labelled as Viterbi labels them. One
+torch thread unless --threads.
 """
 
 from __future__ import annotations
@@ -35,7 +43,44 @@ def contenders(trans, start, end, trans_c, start_c, end_c):
            "forward-backward": lambda e, m: crf.marginals(e, m, trans, start, end)}
     for iters in range(1, 6):
         out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.best_labels(crf.meanfield_labels_first(e, m, trans, start, end, k), 1)[1]
+    for iters in (1, 3):
+        out[f"blockwise-{iters}"] = lambda e, m, k=iters: blockwise(e, m, k, trans, start, end, trans_c, start_c, end_c)
     return out
+
+
+def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, block=3, below=0.9):
+    """What a CRF head with decode blockwise computes on a batch it refines (earlytag.model.heads.CRFHead.decode;
+    the head hands batches of sentences shorter than its blockwise_from to Viterbi)."""
+    best, pred = crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, iters), 1)
+    return crf.refine_blocks(emit, mask, trans_c, start_c, end_c, pred, block, best.exp(), below)
+
+
+def model_emissions(model: str, data: str) -> list[torch.Tensor]:
+    """The last layer's emissions ``(n, C)`` of every sentence of ``data`` (what the engine hands the head's
+    decode at full depth)."""
+    from earlytag import Tagger
+
+    tagger = Tagger.from_pretrained(model)
+    head = tagger.model.head
+    decode = head.decode
+    sentences = []
+
+    def keep(emit, word_mask, exit_layer):
+        sentences.extend(e[:n] for e, n in zip(emit.float(), word_mask.sum(1).tolist()))
+        return decode(emit, word_mask, exit_layer)
+
+    head.decode = keep
+    tagger.evaluate(tagger.load(data), exit={"policy": "none"})
+    head.decode = decode
+    return sentences
+
+
+def documents(sentences: list[torch.Tensor], batch: int, n: int) -> torch.Tensor:
+    """``(batch, n, C)``: the sentences end to end, cut into documents of ``n`` words (wrapping around)."""
+    flat = torch.cat(sentences)  # (words, C)
+    need = batch * n
+    flat = flat.repeat(-(-need // flat.shape[0]), 1)[:need]
+    return flat.reshape(batch, n, -1)
 
 
 def main(argv=None) -> int:
@@ -46,7 +91,10 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    ap.add_argument("--emissions", metavar="DATA", help="the model's own emissions on this data set (needs --model)")
     args = ap.parse_args(argv)
+    if args.emissions and not args.model:
+        ap.error("--emissions needs --model")
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     if args.model:
@@ -62,11 +110,12 @@ def main(argv=None) -> int:
         trans_c, start_c, end_c = trans, start, end
     c = trans.shape[0]
     fns = contenders(trans, start, end, trans_c, start_c, end_c)
+    real = model_emissions(args.model, args.emissions) if args.emissions else None
     rows = []
     rng = random.Random(0)
     with torch.inference_mode():
         for n in args.lengths:
-            emit = torch.randn(args.batch, n, c, generator=g) * 3
+            emit = documents(real, args.batch, n) if real else torch.randn(args.batch, n, c, generator=g) * 3
             mask = torch.ones(args.batch, n, dtype=torch.bool)
             mask[1::2, n // 2:] = False  # half the sentences half as long: padding is handled as in real batches
             calls = max(1, int(2000 / n))  # enough calls per pass for a measurable time
@@ -82,15 +131,20 @@ def main(argv=None) -> int:
                         fns[name](emit, mask)
                     times[name].append((time.perf_counter() - t0) / calls)
             med = {name: statistics.median(v) for name, v in times.items()}
+            exact = fns["viterbi"](emit, mask)
+            agree = {k: round(float((fn(emit, mask) == exact)[mask].float().mean()), 5) for k, fn in fns.items()
+                     if k not in ("viterbi", "forward-backward")}
             row = {"words": n, "batch": args.batch, "labels": c, "ms": {k: round(v * 1e3, 4) for k, v in med.items()},
                    "viterbi_over_meanfield3": round(med["viterbi"] / med["meanfield-3"], 2),
+                   "viterbi_over_blockwise1": round(med["viterbi"] / med["blockwise-1"], 2),
+                   "as_viterbi": agree,
                    "spread": {k: round((max(v) - min(v)) / statistics.median(v), 3) for k, v in times.items()}}
             rows.append(row)
             print(f"{n:5d} words: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in med.items())
                   + f" | viterbi/meanfield-3 {row['viterbi_over_meanfield3']:.1f}x", file=sys.stderr)
     result = {"command": "python scripts/crf_decode_bench.py " + " ".join(argv or sys.argv[1:]),
               "machine": machine_info(), "threads": args.threads, "passes": args.passes,
-              "load_average": os.getloadavg(), "model": args.model, "rows": rows}
+              "load_average": os.getloadavg(), "model": args.model, "emissions": args.emissions, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -166,6 +166,103 @@ def test_viterbi_never_breaks_the_scheme_even_when_emissions_ask_for_it():
     assert tags[0] != "I-PER" and not (tags[1] == "O" and tags[2].startswith("I-"))
 
 
+def forbid(trans: torch.Tensor) -> torch.Tensor:
+    """A copy of random transitions with a few forbidden steps (as the tag scheme's)."""
+    trans = trans.clone()
+    trans[..., 0, 2] = trans[..., 1, 1] = crf.NEG
+    return trans
+
+
+@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
+@pytest.mark.parametrize("block", [2, 3, 4])
+@pytest.mark.parametrize("seed", range(3))
+def test_block_refinement_climbs_the_crf_score(seed, block, per_position):
+    """From any labels (random ones, or mean-field's) every block step keeps or raises the path score; blocks as
+    long as a sentence give its Viterbi path; forbidden steps are repaired; labels on padding stay 0."""
+    emit, mask, trans, start, end = random_case(seed, w=11, per_position=per_position)
+    trans = forbid(trans)
+    g = torch.Generator().manual_seed(seed + 10)
+    starts = [torch.randint(0, 3, mask.shape, generator=g),
+              crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, 1), 1)[1]]
+    best, best_score = crf.viterbi(emit, mask, trans, start, end)
+    for init in starts:
+        before = crf.path_score(emit, init, mask, trans, start, end)
+        after_labels = crf.refine_blocks(emit, mask, trans, start, end, init, block)
+        after = crf.path_score(emit, after_labels, mask, trans, start, end)
+        assert (after >= before - 1e-4).all() and (after <= best_score + 1e-4).all()
+        assert (after > crf.NEG / 2).all(), "a forbidden step is left"
+        assert (after_labels[~mask] == 0).all()
+        short = mask.sum(1) <= block
+        assert torch.equal(after_labels[short], best[short])
+    assert torch.equal(crf.refine_blocks(emit, mask, trans, start, end, starts[0], 11), best)
+
+
+@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
+@pytest.mark.parametrize("k, c", [(1, 3), (2, 5), (3, 3), (4, 2), (4, 7)])
+def test_best_in_blocks_equals_brute_force(k, c, per_position, monkeypatch):
+    """Short blocks, padded ones included: by enumeration (C**K <= ENUMERATE) and by the Viterbi loop."""
+    emit, mask, trans, start, end = random_case(k * 10 + c, b=6, w=k, c=c, per_position=per_position)
+    if not per_position:
+        start, end = start.expand(6, c), end.expand(6, c)  # one start/end per block, as refine_blocks passes
+    for limit in (crf.ENUMERATE, 0):
+        monkeypatch.setattr(crf, "ENUMERATE", limit)
+        tags = crf.best_in_blocks(emit, mask, trans, start, end)
+        for row in range(6):
+            scores = brute_force(emit, mask, trans, start, end, row)
+            n = int(mask[row].sum())
+            assert tuple(tags[row, :n].tolist()) == max(scores, key=scores.get)
+            assert (tags[row, n:] == 0).all()
+
+
+def test_block_refinement_decodes_only_the_doubtful_blocks(monkeypatch):
+    """With confidences, only blocks holding a word below ``below`` or a forbidden step are decoded again (the
+    rows Viterbi really received, spied)."""
+    emit, mask, trans, start, end = random_case(0, b=2, w=12)
+    mask[:] = True
+    trans = forbid(trans)
+    best, _ = crf.viterbi(emit, mask, trans, start, end)
+    seen = []
+    real = crf.best_in_blocks
+    monkeypatch.setattr(crf, "best_in_blocks", lambda e, *a: seen.append(e.shape[0]) or real(e, *a))
+    sure = torch.ones(mask.shape)
+    assert torch.equal(crf.refine_blocks(emit, mask, trans, start, end, best, 4, sure, 0.9), best)
+    assert seen == []  # a valid path and every word sure: nothing decoded
+    doubt = sure.clone()
+    doubt[1, 5] = 0.5  # one word: its block in each sweep (shift 0: block 1; shift 2: block 0 of 5..8 -> [2:6])
+    wrong = best.clone()
+    wrong[1, 5] = (best[1, 5] + 1) % 3
+    out = crf.refine_blocks(emit, mask, trans, start, end, wrong, 4, doubt, 0.9)
+    assert seen == [1, 1] and torch.equal(out, best)
+    seen.clear()
+    broken = best.clone()
+    broken[0, 0], broken[0, 1] = 0, 2  # a forbidden step inside row 0's first block, every word "sure"
+    crf.refine_blocks(emit, mask, trans, start, end, broken, 4, sure, 0.9)
+    assert seen and seen[0] == 1
+
+
+def test_blockwise_head_refines_long_batches_and_hands_short_ones_to_viterbi(monkeypatch):
+    head = CRFHead(list(LABELS), "ner", "iob2", 2, {"decode": "blockwise", "blockwise_from": 6, "block_words": 2})
+    with torch.no_grad():
+        head.transitions.copy_(torch.randn(head.transitions.shape, generator=torch.Generator().manual_seed(0)))
+    calls = []
+    real = crf.refine_blocks
+    monkeypatch.setattr(crf, "refine_blocks", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    g = torch.Generator().manual_seed(1)
+    for w in (5, 6, 9):
+        emit = torch.randn(3, w, 5, generator=g) * 2
+        mask = torch.ones(3, w, dtype=torch.bool)
+        layer = torch.ones(3, w, dtype=torch.long)
+        pred, _ = head.decode(emit, mask, layer)
+        trans, start, end = head.params(1, constrained=True)
+        score = crf.path_score(emit, pred, mask, trans, start, end)
+        mf = crf.best_labels(crf.meanfield_labels_first(emit, mask, *head.params(1), 3), 1)[1]
+        assert (score >= crf.path_score(emit, mf, mask, trans, start, end) - 1e-4).all()
+        assert (score > crf.NEG / 2).all()  # never a forbidden step
+        if w < 6:
+            assert torch.equal(pred, crf.viterbi(emit, mask, trans, start, end)[0])
+    assert [s[1] for s in calls] == [6, 9]
+
+
 def test_per_layer_transitions_take_the_deeper_word():
     head = CRFHead(list(LABELS), "ner", "iob2", 3, {"transitions": "per-layer"})
     with torch.no_grad():
@@ -192,10 +289,12 @@ def crf_model(seed: int = 0, **settings):
     return model
 
 
-@pytest.mark.parametrize("decode", ["viterbi", "meanfield"])
+@pytest.mark.parametrize("decode", ["viterbi", "meanfield", "blockwise"])
 @pytest.mark.parametrize("transitions", ["shared", "per-layer"])
 def test_engine_at_threshold_zero_decodes_the_full_forward(tokenizer, decode, transitions):
-    model = crf_model(transitions=transitions, decode=decode)
+    # blockwise with blocks longer than any sentence here and every block decoded: exactly Viterbi's labels
+    model = crf_model(transitions=transitions, decode=decode,
+                      **({"block_words": 64, "block_below": 1.0, "blockwise_from": 0} if decode == "blockwise" else {}))
     batch = batch_of(tokenizer, SENTENCES)
     with torch.no_grad():
         last = model(batch.input_ids, batch.attention_mask, batch.word_pos).logits[-1]
@@ -205,7 +304,7 @@ def test_engine_at_threshold_zero_decodes_the_full_forward(tokenizer, decode, tr
         out = Engine(model).run(batch, cfg)
         assert torch.equal(out.pred[batch.word_mask], expect[batch.word_mask])
         assert torch.allclose(out.score[batch.word_mask], score[batch.word_mask], atol=1e-5)
-    if decode == "viterbi":
+    if decode != "meanfield":
         tr, st, en = model.head.params(model.num_layers - 1, constrained=True)
         tags, _ = crf.viterbi(last, batch.word_mask, tr, st, en)
         assert torch.equal(out.pred[batch.word_mask], tags[batch.word_mask])
@@ -289,7 +388,9 @@ def test_crf_refuses_the_rescore_rule(tokenizer):
 
 
 @pytest.mark.parametrize("bad, field", [({"decode": "beam"}, "crf.decode"), ({"meanfield_iters": -1}, "crf.meanfield_iters"),
-                                        ({"transitions": "some"}, "crf.transitions"), ({"colour": 1}, "crf.colour")])
+                                        ({"transitions": "some"}, "crf.transitions"), ({"colour": 1}, "crf.colour"),
+                                        ({"block_words": 1}, "crf.block_words"), ({"block_below": 2}, "crf.block_below"),
+                                        ({"blockwise_from": -1}, "crf.blockwise_from")])
 def test_bad_crf_settings_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         tiny_model(head="crf", crf=bad)
@@ -329,7 +430,7 @@ def test_every_cli_verb_with_a_crf_model(capsys, tmp_path, tiny_encoder_dirs, sh
     text = tmp_path / "in.txt"
     text.write_text("Angela Merkel visited Paris .\nHi\n", encoding="utf-8")
     outputs = {}
-    for decode in ("viterbi", "meanfield"):
+    for decode in ("viterbi", "meanfield", "blockwise"):
         code, out, err = run(capsys, "predict", model, text, "--decode", decode, "--crf-uncertainty", "exact")
         assert code == 0, err
         outputs[decode] = [json.loads(line) for line in out.splitlines()]

@@ -12,7 +12,7 @@ HALTED_RULES = ("rescore", "frozen")
 
 # Heads (earlytag.model.heads) and a CRF head's inference settings, named once for the CLI, configs and the code.
 HEADS = ("softmax", "crf")
-DECODERS = ("viterbi", "meanfield")
+DECODERS = ("viterbi", "meanfield", "blockwise")
 CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")
 
 # Inference precisions (earlytag.model.precision) and layer backends (earlytag.api, earlytag.engine.backends).

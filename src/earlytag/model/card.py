@@ -39,7 +39,10 @@ def render_card(config: dict[str, Any]) -> str:
     if et.get("head") == "crf":
         c = et.get("crf") or {}
         lines.append(f"| head | linear-chain CRF ({c.get('transitions', 'shared')} transitions), decoded by "
-                     f"{c.get('decode', 'viterbi')} (mean-field: {c.get('meanfield_iters', 3)} updates); exits read "
+                     f"{c.get('decode', 'viterbi')} (mean-field: {c.get('meanfield_iters', 3)} updates"
+                     + (f"; blocks of {c.get('block_words', 3)} words below {c.get('block_below', 0.9):g} from "
+                          f"{c.get('blockwise_from', 64)} words"
+                        if c.get('decode') == 'blockwise' else '') + "); exits read "
                      f"the {c.get('uncertainty', 'meanfield')} marginals |")
     slim = et.get("slim")
     if slim:

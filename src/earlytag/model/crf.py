@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 NEG = -1e4  # a forbidden transition at decoding (finite: 0·NEG stays 0, -inf would give NaN)
 
@@ -80,25 +81,120 @@ def nll(emit: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor, trans: torch
 def viterbi(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
             end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Best label sequence ``(B, W)`` (0 on padding) and its score ``(B,)``. Forbidden transitions are simply
-    very negative entries of ``trans``/``start``/``end``."""
+    very negative entries of ``trans``/``start``/``end``.
+
+    Runs labels first (``(C, B)`` per position): the forward pass keeps only each position's best scores (a max
+    over the outer dimension, which a CPU vectorises), and the backtrace takes one argmax of ``C`` candidates per
+    position. torch's max-with-indices over a few labels is several times slower than the max alone
+    (scripts/crf_decode_bench.py), so no back-pointers are stored."""
     b, w, c = emit.shape
-    score = start + emit[:, 0]  # (B, C)
-    back = []
+    per_position = trans.dim() == 4
+    em = emit.transpose(0, 1).transpose(1, 2)  # (W, C, B)
+    live = mask.t()  # (W, B)
+    tr = trans.permute(1, 2, 3, 0) if per_position else trans.unsqueeze(-1)  # (W, C, C, B) or (C, C, 1)
+    score = (start.t() if start.dim() == 2 else start.unsqueeze(-1)) + em[0]  # (C, B)
+    scores = [score]
     for t in range(1, w):
-        cand = score.unsqueeze(2) + _step(trans, t)  # (B, C_prev, C)
-        best, arg = cand.max(1)  # (B, C)
-        live = mask[:, t, None]
-        score = torch.where(live, best + emit[:, t], score)
-        # a padded step points each label at itself, so the backtrace walks through padding unchanged
-        back.append(torch.where(live, arg, torch.arange(c, device=emit.device).expand(b, c)))
-    score = score + end
-    best_score, last = score.max(1)  # (B,)
+        best = (score.unsqueeze(1) + (tr[t] if per_position else tr)).amax(0)  # (C, B): over the previous label
+        score = torch.where(live[t], best + em[t], score)  # padding carries the last word's scores on
+        scores.append(score)
+    best_score, last = (score + (end.t() if end.dim() == 2 else end.unsqueeze(-1))).max(0)  # (B,)
     path = [last]
-    for arg in reversed(back):
-        last = arg.gather(1, last.unsqueeze(1)).squeeze(1)
+    rows = torch.arange(b, device=emit.device)
+    for t in range(w - 2, -1, -1):
+        into = trans[rows, t + 1, :, last].t() if per_position else trans[:, last]  # (C, B): every label -> last
+        prev = (scores[t] + into).max(0).indices  # (B,)
+        last = torch.where(live[t + 1], prev, last)  # through padding the label stays
         path.append(last)
-    tags = torch.stack(path[::-1], 1).masked_fill(~mask, 0)
-    return tags, best_score
+    return torch.stack(path[::-1], 1).masked_fill(~mask, 0), best_score
+
+
+def refine_blocks(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                  end: torch.Tensor, labels: torch.Tensor, block: int = 8, confidence: torch.Tensor | None = None,
+                  below: float = 0.9, sweeps: int = 2) -> torch.Tensor:
+    """Improve the labels ``(B, W)`` of a parallel decoder (mean-field) toward the Viterbi path: exact Viterbi
+    inside blocks of ``block`` words, many blocks at once, each with its neighbours' current labels held fixed
+    (their transitions into and out of the block become the block's start/end scores). A sweep decodes the blocks
+    at even places, then the odd ones between them (never two neighbours at once); the second sweep shifts the
+    blocks by ``block // 2``, so that every boundary of the first lies inside a block of the second.
+
+    Block coordinate ascent on the CRF score: no step lowers the path's score, a sentence of at most ``block``
+    words gets its exact Viterbi path, and a label sequence that breaks the scheme (very negative ``trans``) is
+    repaired wherever a valid one exists. The loops run over the positions of one block (``2 x sweeps x block``
+    steps), not over the sentence. With ``confidence (B, W)`` (e.g. the mean-field probability of each label)
+    only the blocks holding a word below ``below`` or a forbidden step (as the sweep starts) are decoded again;
+    the others keep their labels."""
+    b, w, c = emit.shape
+    per_position = trans.dim() == 4
+    last_word = mask.sum(1) - 1  # (B,)
+    starts, ends = start.view(-1, c).expand(b, c), end.view(-1, c).expand(b, c)  # (B, C)
+    labels = labels.masked_fill(~mask, 0)
+    inside = torch.arange(block, device=emit.device)  # (K,)
+    for shift in (0, block // 2)[:sweeps]:
+        if shift >= w or (shift and w <= block):
+            break  # nothing past the shift, or every sentence was one block
+        nb = -(-(w - shift) // block)  # blocks per sentence
+        first = torch.arange(nb, device=emit.device) * block + shift  # (nb,) each block's first position
+        todo = first.view(1, nb) <= last_word.view(b, 1)  # (B, nb) blocks with words
+        if confidence is not None:
+            before = torch.cat([labels[:, :1], labels[:, :-1]], 1)  # (B, W) each word's left neighbour's label
+            step = (trans[torch.arange(b, device=emit.device).unsqueeze(1), torch.arange(w, device=emit.device),
+                          before, labels] if per_position else trans[before, labels])  # (B, W) the step into it
+            step[:, 0] = starts.gather(1, labels[:, :1]).squeeze(1)
+            doubt = mask & ((confidence < below) | (step < NEG / 2))  # (B, W)
+            doubt = torch.cat([doubt[:, shift:], doubt.new_zeros(b, nb * block - (w - shift))], 1)
+            todo = todo & doubt.view(b, nb, block).any(2)
+        for parity in (0, 1):
+            row, j = todo[:, parity::2].nonzero().unbind(1)  # (N,) sentence and block of each block to decode
+            if row.numel() == 0:
+                continue
+            at = first[parity::2][j]  # (N,) its first position
+            pos = (at.unsqueeze(1) + inside).clamp(max=w - 1)  # (N, K)
+            real = mask[row.unsqueeze(1), pos] & (at.unsqueeze(1) + inside < w)  # (N, K) its words
+            prev = labels[row, (at - 1).clamp(min=0)]  # (N,) the label before the block
+            after = (at + block).clamp(max=w - 1)  # (N,) the position after it
+            nxt = labels[row, after]  # (N,)
+            if per_position:
+                tr = trans[row.unsqueeze(1), pos]  # (N, K, C, C)
+                into = trans[row, at.clamp(1, w - 1), prev]  # (N, C): prev -> each label of the first word
+                out = trans[row, after, :, nxt]  # (N, C): each label of the last word -> next
+            else:
+                tr, into, out = trans, trans[prev], trans[:, nxt].t()
+            st = torch.where((at == 0).unsqueeze(1), starts[row], into)  # (N, C)
+            en = torch.where((at + block > last_word[row]).unsqueeze(1), ends[row], out)  # holds the last word
+            tags = best_in_blocks(emit[row.unsqueeze(1), pos], real, tr, st, en)  # (N, K)
+            labels = labels.index_put((row.unsqueeze(1).expand_as(pos)[real], pos[real]), tags[real])
+    return labels
+
+
+ENUMERATE = 1024  # blocks with at most this many label sequences are scored all at once, not by a loop
+
+
+def best_in_blocks(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                   end: torch.Tensor) -> torch.Tensor:
+    """The best labels ``(N, K)`` of ``N`` short sequences (blocks; ``start``/``end`` ``(N, C)``), as
+    :func:`viterbi` gives them. With few label sequences (``C ** K <= ENUMERATE``) every one is scored in a
+    handful of batched sums and the best taken by one max: no loop over positions, which on short blocks costs
+    more than the arithmetic. Else Viterbi."""
+    n, k, c = emit.shape
+    if c ** k > ENUMERATE:
+        return viterbi(emit, mask, trans, start, end)[0]
+    at_last = F.one_hot(mask.sum(1) - 1, k).unsqueeze(-1).to(emit.dtype)  # (N, K, 1) each block's last word
+    em = emit + at_last * end.unsqueeze(1)  # (N, K, C): the end scores on the last word
+    em[:, 0] += start
+    pad = torch.full((c,), NEG, dtype=emit.dtype, device=emit.device)
+    pad[0] = 0.0  # a padded position takes label 0 at no cost
+    em = torch.where(mask.unsqueeze(-1), em, pad)
+    shape = [n] + [1] * k
+    score = em[:, 0].reshape(shape[:1] + [c] + shape[2:])  # (N, C, 1, ..., 1)
+    for p in range(1, k):  # extend every sequence by position p: (N, C, ..., C, 1, ...)
+        step = trans if trans.dim() == 2 else trans[:, p]  # (C, C) or (N, C, C): into position p
+        step = torch.where(mask[:, p].view(n, 1, 1), step, 0.0)  # nothing into padding
+        grow = [n] + [1] * (p - 1) + [c, c] + [1] * (k - p - 1)
+        score = score + (step + em[:, p].unsqueeze(1)).reshape(grow)
+    best = score.reshape(n, -1).max(1).indices  # (N,) the best sequence, as one number in base C
+    digits = c ** torch.arange(k - 1, -1, -1, device=emit.device)  # (K,)
+    return (best.unsqueeze(1) // digits) % c
 
 
 def marginals(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,

@@ -8,7 +8,9 @@ Every layer has an exit head (dropout + linear, :class:`earlytag.model.tagger.Ex
 - :class:`CRFHead`: a linear-chain CRF over the words (``earlytag train --head crf``): a learned transition
   matrix (shared by the layers or one per layer) with start/end scores; loss = CRF negative log-likelihood +
   cross-entropy of the unrolled mean-field marginals (so mean-field can replace Viterbi at inference); decoding
-  by Viterbi (exact, sequential over positions) or mean-field (parallel, ``iters`` updates). Under early exit a
+  by Viterbi (exact, sequential over positions), mean-field (parallel, ``iters`` updates), or blockwise
+  (mean-field's labels, then Viterbi inside blocks of a few words wherever mean-field doubts or breaks the tag
+  scheme: :func:`earlytag.model.crf.refine_blocks`). Under early exit a
   word's emission is the one of the layer it exited at, and the uncertainty that decides exits comes from the
   layer's CRF marginals (``uncertainty``: meanfield | exact | emission, see docs/results.md).
 
@@ -29,7 +31,8 @@ from ..engine.policies import head_scores
 from ..errors import ConfigError
 from . import crf
 
-CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters": 3, "uncertainty": "meanfield"}
+CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters": 3, "uncertainty": "meanfield",
+                "block_words": 3, "block_below": 0.9, "blockwise_from": 64}
 
 
 def layer_weighted(sums: list[torch.Tensor], counts: list[torch.Tensor], total: torch.Tensor, reduction: str):
@@ -94,7 +97,10 @@ class SoftmaxHead(nn.Module):
 class CRFHead(nn.Module):
     """A linear-chain CRF on the exit heads' emissions. Parameters ``transitions (T, C, C)``, ``start``/``end
     (T, C)`` with ``T = 1`` (shared by every layer) or one per layer. Runtime settings (not parameters):
-    ``decode`` (viterbi | meanfield), ``meanfield_iters``, ``uncertainty`` (what decides exits)."""
+    ``decode`` (viterbi | meanfield | blockwise), ``meanfield_iters``, ``uncertainty`` (what decides exits),
+    ``block_words``, ``block_below``, ``blockwise_from`` (blockwise: the block length; the mean-field
+    probability below which a word's block is decoded again; the sentence length from which a batch is refined
+    in blocks at all: shorter batches get Viterbi, which is then as fast and exact; docs/results.md section 8)."""
 
     kind: ClassVar[str] = "crf"
     structured: ClassVar[bool] = True  # the engine scores whole sentences (b, W, C)
@@ -116,6 +122,7 @@ class CRFHead(nn.Module):
         self.decode_with = s["decode"]
         self.meanfield_iters = s["meanfield_iters"]
         self.uncertainty = s["uncertainty"]
+        self.block_words, self.block_below, self.blockwise_from = s["block_words"], s["block_below"], s["blockwise_from"]
 
     def configure(self, decode: str | None = None, meanfield_iters: int | None = None,
                   uncertainty: str | None = None) -> CRFHead:
@@ -123,7 +130,9 @@ class CRFHead(nn.Module):
         s = crf_settings({"transitions": "shared" if self.shared else "per-layer",
                           "decode": decode or self.decode_with,
                           "meanfield_iters": self.meanfield_iters if meanfield_iters is None else meanfield_iters,
-                          "uncertainty": uncertainty or self.uncertainty})
+                          "uncertainty": uncertainty or self.uncertainty,
+                          "block_words": self.block_words, "block_below": self.block_below,
+                          "blockwise_from": self.blockwise_from})
         self.decode_with, self.meanfield_iters, self.uncertainty = s["decode"], s["meanfield_iters"], s["uncertainty"]
         return self
 
@@ -214,7 +223,7 @@ class CRFHead(nn.Module):
 
     def decode(self, emit: torch.Tensor, word_mask: torch.Tensor, exit_layer: torch.Tensor):
         """Labels and scores ``(B, W)`` of finished sentences: each word's emission from its exit layer.
-        Viterbi labels come with the mean-field probability of the chosen label as their score."""
+        Viterbi and blockwise labels come with the mean-field probability of the chosen label as their score."""
         emit = emit.float()
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=False)
         logq = crf.meanfield_labels_first(emit, word_mask, trans, start, end, self.meanfield_iters)  # (B, C, W)
@@ -222,7 +231,12 @@ class CRFHead(nn.Module):
             best, pred = crf.best_labels(logq, 1)
             return pred, best.exp()
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=True)
-        pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
+        if self.decode_with == "blockwise" and emit.shape[1] >= self.blockwise_from:
+            best, pred = crf.best_labels(logq, 1)
+            pred = crf.refine_blocks(emit, word_mask, trans, start, end, pred, self.block_words, best.exp(),
+                                     self.block_below)
+        else:
+            pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
         return pred, logq.gather(1, pred.unsqueeze(1)).squeeze(1).exp()
 
     def predict_layer(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
@@ -232,9 +246,11 @@ class CRFHead(nn.Module):
 
     def describe(self) -> str:
         mf = f" M={self.meanfield_iters}"
+        blocks = (f" K={self.block_words} below {self.block_below:g} from {self.blockwise_from} words"
+                  if self.decode_with == "blockwise" else "")
         return (f"crf ({'shared' if self.shared else 'per-layer'} transitions), decode {self.decode_with}"
-                + (mf if self.decode_with == "meanfield" else "") + f", exits by {self.uncertainty}"
-                + (mf if self.uncertainty == "meanfield" and self.decode_with != "meanfield" else ""))
+                + (mf if self.decode_with != "viterbi" else "") + blocks + f", exits by {self.uncertainty}"
+                + (mf if self.uncertainty == "meanfield" and self.decode_with == "viterbi" else ""))
 
 
 def crf_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
@@ -254,6 +270,15 @@ def crf_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     m = s["meanfield_iters"]
     if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= 50:
         raise ConfigError("crf.meanfield_iters", f"must be an integer between 0 and 50, got {m!r}")
+    k = s["block_words"]
+    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= 512:
+        raise ConfigError("crf.block_words", f"must be an integer between 2 and 512, got {k!r}")
+    f = s["blockwise_from"]
+    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+        raise ConfigError("crf.blockwise_from", f"must be a whole number of words, got {f!r}")
+    below = s["block_below"]
+    if not isinstance(below, (int, float)) or isinstance(below, bool) or not 0.0 <= below <= 1.0:
+        raise ConfigError("crf.block_below", f"must be a probability between 0 and 1, got {below!r}")
     return s
 
 
