@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     result = {"command": "python scripts/crf_iters.py " + " ".join(argv or sys.argv[1:]), "data": args.data,
-              "machine": machine_info(), "load_average": os.getloadavg(), "rows": rows}
+              "threshold": args.threshold, "machine": machine_info(), "load_average": os.getloadavg(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -20,6 +20,9 @@ for step in $STEPS; do
     ner-words) earlytag train ${NER/--units chars/} $ENC $S1 --epochs "${EPOCHS:-6}" --output "$OUT/e5-ner-words" --overwrite ;;
     cws-ss) earlytag train $CWS $SS --init "$OUT/e5-cws" --output "$OUT/e5-cws-ss" --overwrite ;;
     ner-ss) earlytag train $NER $SS --init "$OUT/e5-ner" --output "$OUT/e5-ner-ss" --overwrite ;;
-    *) echo "unknown step: $step (cws, ner, ner-words, cws-ss, ner-ss)" >&2; exit 2 ;;
+    # the word model of segment-then-tag (scripts/pipeline_e5.py), self-sampled like the character models
+    ner-words-ss) earlytag train ${NER/--units chars/} $SS --init "$OUT/e5-ner-words" --output "$OUT/e5-ner-words-ss" \
+      --overwrite ;;
+    *) echo "unknown step: $step (cws, ner, ner-words, cws-ss, ner-ss, ner-words-ss)" >&2; exit 2 ;;
   esac
 done
