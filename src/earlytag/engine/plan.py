@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .flops import head_flops, layer_flops
+from .flops import head_flops, layer_coefficients, layer_flops
 
 
 def active_tokens(active_words: torch.Tensor, token_word: torch.Tensor, tok_mask: torch.Tensor) -> torch.Tensor:
@@ -87,14 +87,18 @@ class ExitPlan:
 
     @cached_property
     def _np(self) -> _Counts:
-        """The plan's tensors as numpy arrays, and what every count below starts from."""
-        we = self.word_exit.cpu().numpy()
-        wm = self.word_mask.cpu().numpy().astype(bool)
-        tw = self.token_word.cpu().numpy()
-        tm = self.tok_mask.cpu().numpy().astype(bool)
-        sent = we.max(1) if we.shape[1] else np.full(we.shape[0], -1, dtype=we.dtype)
-        own = np.take_along_axis(we, np.clip(tw, 0, None), 1)
-        tok_exit = np.where(tm, np.where(tw >= 0, own, sent[:, None]), -1)
+        """The plan's tensors as numpy arrays, and what every count below starts from. Few and plain numpy calls:
+        between two climbs their code is cold, and each costs several times what it does in a tight loop."""
+        we = self.word_exit.numpy(force=True)
+        wm = self.word_mask.numpy(force=True).astype(bool, copy=False)
+        tw = self.token_word.numpy(force=True)
+        tm = self.tok_mask.numpy(force=True).astype(bool, copy=False)
+        b, w = we.shape
+        sent = we.max(1) if w else np.full(b, -1, dtype=we.dtype)
+        # a sub-word takes its word's exit, a special token its sentence's, padding -1
+        own = we[np.arange(b)[:, None], np.maximum(tw, 0)] if w else np.zeros_like(tw)
+        tok_exit = np.where(tw >= 0, own, sent[:, None])
+        tok_exit[~tm] = -1
         return _Counts(we, wm, tok_exit, sent, tm.sum(1), np.arange(self.num_layers))
 
     @cached_property
@@ -137,9 +141,12 @@ class ExitPlan:
         """``(B,)`` FLOPs of each sentence (docs/design.md); ``da``, ``f``: ``(L,)`` Q/K/V and FFN widths of the
         model's layers (those that ran are read)."""
         layers = self.live_counts.shape[1]
-        da, f = np.asarray(da, dtype=np.float64), np.asarray(f, dtype=np.float64)
-        return (layer_flops(self.live_counts, self.active_counts, d, f[:layers], self.kv, da[:layers]).sum(1)
-                + head_flops(self.head_words.sum(1), d, num_labels))
+        per_kv, per_active, per_pair = layer_coefficients(d, np.asarray(f[:layers], dtype=np.float64),
+                                                          np.asarray(da[:layers], dtype=np.float64))  # (L,) each
+        a = self.active_counts  # (B, L)
+        kv_rows = self.live_counts if self.kv == "keep" else a
+        return kv_rows @ per_kv + a @ per_active + (a * kv_rows) @ per_pair + head_flops(self.head_words.sum(1), d,
+                                                                                             num_labels)
 
     def flops_full(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence at full depth (every token, every layer of ``da``/``f``, one head at the
