@@ -110,20 +110,20 @@ def viterbi(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: 
 
 
 def refine_blocks(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
-                  end: torch.Tensor, labels: torch.Tensor, block: int = 8, confidence: torch.Tensor | None = None,
+                  end: torch.Tensor, labels: torch.Tensor, block: int = 3, confidence: torch.Tensor | None = None,
                   below: float = 0.9, sweeps: int = 2) -> torch.Tensor:
-    """Improve the labels ``(B, W)`` of a parallel decoder (mean-field) toward the Viterbi path: exact Viterbi
-    inside blocks of ``block`` words, many blocks at once, each with its neighbours' current labels held fixed
-    (their transitions into and out of the block become the block's start/end scores). A sweep decodes the blocks
-    at even places, then the odd ones between them (never two neighbours at once); the second sweep shifts the
-    blocks by ``block // 2``, so that every boundary of the first lies inside a block of the second.
+    """Improve the labels ``(B, W)`` of a parallel decoder (mean-field) toward the Viterbi path: the exact best
+    labels of blocks of ``block`` words (:func:`best_in_blocks`), many blocks at once, each with its neighbours'
+    current labels held fixed (their transitions into and out of the block become the block's start/end scores).
+    A sweep decodes the blocks at even places, then the odd ones between them (never two neighbours at once); the
+    second sweep shifts the blocks by ``block // 2``, so that every boundary of the first lies inside a block of
+    the second.
 
     Block coordinate ascent on the CRF score: no step lowers the path's score, a sentence of at most ``block``
     words gets its exact Viterbi path, and a label sequence that breaks the scheme (very negative ``trans``) is
-    repaired wherever a valid one exists. The loops run over the positions of one block (``2 x sweeps x block``
-    steps), not over the sentence. With ``confidence (B, W)`` (e.g. the mean-field probability of each label)
-    only the blocks holding a word below ``below`` or a forbidden step (as the sweep starts) are decoded again;
-    the others keep their labels."""
+    repaired wherever a valid one exists. Nothing loops over the sentence: ``2 x sweeps`` batched block decodes.
+    With ``confidence (B, W)`` (e.g. the mean-field probability of each label) only the blocks holding a word
+    below ``below`` or a forbidden step (as the sweep starts) are decoded again; the others keep their labels."""
     b, w, c = emit.shape
     per_position = trans.dim() == 4
     last_word = mask.sum(1) - 1  # (B,)
