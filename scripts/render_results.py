@@ -375,6 +375,8 @@ def shifted(name: str) -> str:
     variants = [("", "length profile + feedback")]
     if "controller_file_noprofile" in rows[0]:
         variants.append(("_noprofile", "feedback alone"))
+    if "controller_file_window" in rows[0]:
+        variants.append(("_window", "length profile of the recent window + feedback"))
     out = []
     for t in d["targets"]:
         rs = [r for r in rows if r["target"] == t]
@@ -395,7 +397,8 @@ def shifted(name: str) -> str:
             out.append(line)
     return markdown_table(["target", "controller", "fixed τ: realised", "fixed τ within ±10%", "controller, file order",
                            "controller, shuffled", "controller, sorted by length",
-                           "controller F1 − fixed-τ curve F1 at the same speed-up (median of the 60 streams)"], out)
+                           f"controller F1 − fixed-τ curve F1 at the same speed-up (median of the {3 * len(rs)} streams)"],
+                          out)
 
 
 def mixed(name: str) -> str:

@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--piece", type=int, default=128,
                     help="sentences per Tagger call of the controller runs (the order of the stream matters across calls)")
     ap.add_argument("--calibration-genres", nargs="+", default=list(GENRES))
+    ap.add_argument("--window-profile", action="store_true",
+                    help="also the profile controller solving τ for the recent window's lengths (`_window`)")
     args = ap.parse_args()
     tagger = Tagger.from_pretrained(args.model)
     dev, test = tagger.load("uner-en-ewt:dev"), tagger.load("uner-en-ewt:test")
@@ -111,10 +113,13 @@ def main() -> None:
                         rng.shuffle(ordered)
                     elif order == "sorted":
                         ordered.sort(key=len)
-                    for name, prof in ((f"controller_{order}", profile), (f"controller_{order}_noprofile", None)):
+                    variants = [(f"controller_{order}", profile, "request"), (f"controller_{order}_noprofile", None, "request")]
+                    if args.window_profile:
+                        variants.append((f"controller_{order}_window", profile, "window"))
+                    for name, prof, over in variants:
                         # the defaults, as --target-speedup runs it (with the calibration's length profile), and
                         # the same controller without it (feedback alone)
-                        control = SpeedController(fixed, target, profile=prof)
+                        control = SpeedController(fixed, target, profile=prof, profile_over=over)
                         c_score, c_speed, state = run(tagger, ordered, control, args.batch_size, args.piece)
                         row[name] = {
                             "speedup": c_speed, "speedup_after_warmup": state["realised_speedup_after_warmup"],

@@ -288,6 +288,33 @@ def test_profile_holds_a_length_sorted_stream_that_feedback_alone_trails(target)
     assert not alone.to_dict()["length_profile"] and "asked_of_profile" not in alone.to_dict()
 
 
+def test_window_profile_solves_tau_for_the_recent_calls_lengths_together(monkeypatch):
+    """profile_over="window": τ is solved for the recent calls' inputs and this one's together (what the profile
+    was really asked, spied), so a call of short inputs after long ones gets the τ of the mix, not its own."""
+    profile = LengthProfile(plant_profile(), min_inputs=1)
+    asked = []
+    real = profile.threshold
+    monkeypatch.setattr(profile, "threshold", lambda *a, **k: asked.append(a[4]) or real(*a, **k))
+    base = ExitConfig("token", threshold=0.1)
+    window, own = (SpeedController(base, 2.0, profile=profile, profile_over=o, window_tokens=1000)
+                   for o in ("window", "request"))
+    long_call, short_call = [100] * 6, [10] * 6
+    for control in (window, own):
+        control.current(long_call)
+        control.current(short_call)
+    w_long, w_short = profile.weights(long_call), profile.weights(short_call)
+    assert asked[1] == pytest.approx([a + b for a, b in zip(w_long, w_short)])  # window: both calls' inputs
+    assert asked[3] == pytest.approx(w_short)  # request: this call's alone
+    assert window.tau != own.tau
+    tau_mix, _ = real(math.log(2.0), [], math.log(1e-4), math.log(1.0), asked[1])
+    assert window.tau == pytest.approx(math.exp(tau_mix))
+    window.current([10] * 200)  # 2,000 tokens: the window (1,000) keeps only the newest call
+    assert asked[-1] == pytest.approx(profile.weights([10] * 200))
+    assert window.to_dict()["profile_over"] == "window"
+    with pytest.raises(ConfigError, match="profile_over"):
+        SpeedController(base, 2.0, profile=profile, profile_over="sentence")
+
+
 def test_calibrate_stores_a_length_profile_that_the_controller_reads_for_every_call(tokenizer, shared_data,
                                                                                       monkeypatch):
     from earlytag.calibrate import calibrate

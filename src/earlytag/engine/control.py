@@ -166,12 +166,14 @@ class LengthProfile:
 class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
-                 batches_per_step: int = 1, profile: LengthProfile | None = None):
+                 batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request"):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not target >= 1.0:
             raise ConfigError("exit.target_speedup", f"must be a number >= 1, got {target!r}")
+        if profile_over not in ("request", "window"):
+            raise ConfigError("exit.profile_over", f"expected request or window, got {profile_over!r}")
         self.base = base
         self.target = float(target)
         self.batches_per_step = batches_per_step  # engine batches between two moves of the thresholds
@@ -187,6 +189,10 @@ class SpeedController:
         self.log_ask = math.log(self.target)
         self._lengths: Sequence[int] | None = None  # the last lengths weighed by the profile, and their weights
         self._weights: list[float] = []
+        # what τ is solved for: each call's own inputs ("request"), or the recent window's with them ("window":
+        # τ then moves with the length mix of the stream, not with each request's)
+        self.profile_over = profile_over
+        self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
         self.window_size = 0
         self.total = [0.0, 0.0, 0]  # flops, flops_full, tokens since the start
@@ -205,6 +211,11 @@ class SpeedController:
         if self.profile is not None and lengths:
             if lengths is not self._lengths:  # the same call's lengths for each of its batches: weighed once
                 self._lengths, self._weights = lengths, self.profile.weights(lengths)
+                if self.profile_over == "window":
+                    self._recent.append((self._weights, sum(lengths)))
+                    while len(self._recent) > 1 and sum(n for _, n in self._recent) - self._recent[0][1] >= self.window_tokens:
+                        self._recent.popleft()
+                    self._weights = [sum(col) for col in zip(*(w for w, _ in self._recent))]
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
             self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
         return replace(self.base, threshold=round(self.tau, 6))
@@ -270,6 +281,7 @@ class SpeedController:
                 "tokens": self.total[2], "engine_calls": self.calls, "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None,
+                **({"profile_over": self.profile_over} if self.profile is not None else {}),
                 **({"asked_of_profile": round(math.exp(self.log_ask), 4)} if self.profile is not None else {})}
 
 
