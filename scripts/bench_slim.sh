@@ -19,3 +19,10 @@ if step curves; then  # F1 against FLOPs and wall-clock at batch 32, token exit;
     --batch-sizes 32 --threads "$T" --precisions fp32 bf16 --label minilm-ner-slim \
     --reference models/minilm-ner-plain --quiet
 fi
+if step ss; then  # self-sampling of a slim model (STEPS=ner-slim scripts/train_minilm_ss.sh) against the unpruned
+  # self-sampled model: F1 against FLOPs with token exit, both against the unpruned model's full depth
+  earlytag bench models/minilm-ner-ss uner-en-ewt:test --out $B/slim-ss-plain --policies token --grid default \
+    --no-timing --threads "$T" --label minilm-ner-ss --quiet
+  earlytag bench models/minilm-ner-slim-ss uner-en-ewt:test --out $B/slim-ss-slim --policies token --grid default \
+    --no-timing --threads "$T" --label minilm-ner-slim-ss --reference models/minilm-ner-ss --quiet
+fi

@@ -18,6 +18,8 @@ for step in $STEPS; do
     ner-v01) earlytag train $SS $NER --output "$OUT/minilm-ner-ss-v01" --recipe earlytag-0.1 --overwrite ;;
     ner-drop) earlytag train $SS $NER --output "$OUT/minilm-ner-ss-drop" --kv drop --overwrite ;;
     pos) earlytag train $SS $POS --output "$OUT/minilm-pos-ss" --overwrite ;;
-    *) echo "unknown step: $step (ner, ner-v01, ner-drop, pos)" >&2; exit 2 ;;
+    # the slim model of scripts/train_minilm_slim.sh, self-sampled with the same recipe (issue 13)
+    ner-slim) earlytag train $SS ${NER/minilm-ner/minilm-ner-slim} --output "$OUT/minilm-ner-slim-ss" --overwrite ;;
+    *) echo "unknown step: $step (ner, ner-v01, ner-drop, pos, ner-slim)" >&2; exit 2 ;;
   esac
 done
