@@ -9,8 +9,8 @@ Every layer has an exit head (dropout + linear, :class:`earlytag.model.tagger.Ex
   matrix (shared by the layers or one per layer) with start/end scores; loss = CRF negative log-likelihood +
   cross-entropy of the unrolled mean-field marginals (so mean-field can replace Viterbi at inference); decoding
   by Viterbi (exact, sequential over positions), mean-field (parallel, ``iters`` updates), or blockwise
-  (mean-field's labels, then Viterbi inside blocks of a few words wherever mean-field doubts or breaks the tag
-  scheme: :func:`earlytag.model.crf.refine_blocks`). Under early exit a
+  (mean-field's labels, then the exact best labels of blocks of a few words wherever mean-field doubts or breaks
+  the tag scheme: :func:`earlytag.model.crf.refine_blocks`). Under early exit a
   word's emission is the one of the layer it exited at, and the uncertainty that decides exits comes from the
   layer's CRF marginals (``uncertainty``: meanfield | exact | emission, see docs/results.md).
 
