@@ -1,8 +1,7 @@
 """Decoding time of a batch of 32 sentences against sentence length: argmax (softmax head), Viterbi, exact
 marginals (forward-backward), mean-field with M = 1..5 updates, and blockwise (mean-field M = 1 or 3, then
 exact decoding of blocks of 3 words where a word's mean-field probability is below 0.9 or a step breaks the
-scheme, two sweeps)
-(earlytag.model.crf).
+scheme, two sweeps) (earlytag.model.crf).
 
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode.json [--model models/minilm-ner-crf]
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode-real.json --model models/minilm-ner-crf-lr1e-2 \

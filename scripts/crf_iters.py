@@ -38,12 +38,12 @@ def main(argv=None) -> int:
     rows = []
     for model in args.models:
         tagger = Tagger.from_pretrained(model)
+        tagger.model.head.blockwise_from = 0  # blockwise refines every batch (set_decoding keeps it)
         dataset = tagger.load(args.data)
         runs = ([("viterbi", 3)] + [("meanfield", m) for m in args.iters]
                 + [("blockwise", m) for m in args.blockwise_iters])
         for decode, iters in runs:
             tagger.set_decoding(decode, iters)
-            tagger.model.head.blockwise_from = 0
             row = {"model": model, "decode": decode, "meanfield_iters": iters if decode != "viterbi" else None,
                    "head": tagger.model.head.describe()}
             for name, exit in (("full", {"policy": "none"}),

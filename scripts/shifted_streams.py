@@ -113,12 +113,14 @@ def main() -> None:
                         rng.shuffle(ordered)
                     elif order == "sorted":
                         ordered.sort(key=len)
-                    variants = [(f"controller_{order}", profile, "request"), (f"controller_{order}_noprofile", None, "request")]
+                    # the defaults, as --target-speedup runs it (with the calibration's length profile), the same
+                    # controller without it (feedback alone), and with --window-profile the profile solved for the
+                    # recent window's lengths
+                    variants = [(f"controller_{order}", profile, "request"),
+                                (f"controller_{order}_noprofile", None, "request")]
                     if args.window_profile:
                         variants.append((f"controller_{order}_window", profile, "window"))
                     for name, prof, over in variants:
-                        # the defaults, as --target-speedup runs it (with the calibration's length profile), and
-                        # the same controller without it (feedback alone)
                         control = SpeedController(fixed, target, profile=prof, profile_over=over)
                         c_score, c_speed, state = run(tagger, ordered, control, args.batch_size, args.piece)
                         row[name] = {

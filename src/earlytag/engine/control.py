@@ -193,6 +193,7 @@ class SpeedController:
         # τ then moves with the length mix of the stream, not with each request's)
         self.profile_over = profile_over
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
+        self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
         self.window_size = 0
         self.total = [0.0, 0.0, 0]  # flops, flops_full, tokens since the start
@@ -213,8 +214,9 @@ class SpeedController:
                 self._lengths, self._weights = lengths, self.profile.weights(lengths)
                 if self.profile_over == "window":
                     self._recent.append((self._weights, sum(lengths)))
-                    while len(self._recent) > 1 and sum(n for _, n in self._recent) - self._recent[0][1] >= self.window_tokens:
-                        self._recent.popleft()
+                    self._recent_tokens += self._recent[-1][1]
+                    while len(self._recent) > 1 and self._recent_tokens - self._recent[0][1] >= self.window_tokens:
+                        self._recent_tokens -= self._recent.popleft()[1]
                     self._weights = [sum(col) for col in zip(*(w for w, _ in self._recent))]
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
             self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
@@ -281,8 +283,8 @@ class SpeedController:
                 "tokens": self.total[2], "engine_calls": self.calls, "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None,
-                **({"profile_over": self.profile_over} if self.profile is not None else {}),
-                **({"asked_of_profile": round(math.exp(self.log_ask), 4)} if self.profile is not None else {})}
+                **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4)}
+                   if self.profile is not None else {})}
 
 
 def exit_report(exit: ExitConfig | SpeedController) -> dict[str, Any]:

@@ -30,15 +30,9 @@ def layer_flops(n, a, d: int, f, kv: str = "keep", da=None):
     ``da``: the width of Q/K/V (heads × head size; ``d`` unless the layer is slim). ``f`` and ``da`` may be
     ``(L,)`` tensors broadcast against ``(B, L)`` counts (layers of different sizes)."""
     n, a = _f64(n), _f64(a)
+    da = d if da is None else da
     kv_rows = n if kv == "keep" else a
-    per_kv, per_active, per_pair = layer_coefficients(d, f, d if da is None else da)
-    return kv_rows * per_kv + a * per_active + a * kv_rows * per_pair
-
-
-def layer_coefficients(d: int, f, da):
-    """The formula above as ``(per key/value row, per active row, per active × key/value pair)``: a layer costs
-    ``kv·per_kv + a·per_active + a·kv·per_pair`` (``f``, ``da``: numbers or ``(L,)`` arrays of per-layer sizes)."""
-    return 4 * d * da, 4 * d * da + 4 * d * f, 4 * da
+    return 4 * kv_rows * d * da + 4 * a * d * da + 4 * a * d * f + 4 * a * kv_rows * da
 
 
 def head_flops(words, d: int, num_labels: int):

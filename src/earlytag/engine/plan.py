@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .flops import head_flops, layer_coefficients, layer_flops
+from .flops import head_flops, layer_flops
 
 
 def active_tokens(active_words: torch.Tensor, token_word: torch.Tensor, tok_mask: torch.Tensor) -> torch.Tensor:
@@ -141,12 +141,9 @@ class ExitPlan:
         """``(B,)`` FLOPs of each sentence (docs/design.md); ``da``, ``f``: ``(L,)`` Q/K/V and FFN widths of the
         model's layers (those that ran are read)."""
         layers = self.live_counts.shape[1]
-        per_kv, per_active, per_pair = layer_coefficients(d, np.asarray(f[:layers], dtype=np.float64),
-                                                          np.asarray(da[:layers], dtype=np.float64))  # (L,) each
-        a = self.active_counts  # (B, L)
-        kv_rows = self.live_counts if self.kv == "keep" else a
-        return kv_rows @ per_kv + a @ per_active + (a * kv_rows) @ per_pair + head_flops(self.head_words.sum(1), d,
-                                                                                             num_labels)
+        da, f = np.asarray(da, dtype=np.float64), np.asarray(f, dtype=np.float64)
+        return (layer_flops(self.live_counts, self.active_counts, d, f[:layers], self.kv, da[:layers]).sum(1)
+                + head_flops(self.head_words.sum(1), d, num_labels))
 
     def flops_full(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence at full depth (every token, every layer of ``da``/``f``, one head at the
