@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from earlytag.data.batching import Featurizer, collate
-from earlytag.engine import Engine, ExitConfig, ExitPolicy
+from earlytag.engine import Engine, ExitConfig, ExitPlan, ExitPolicy
+from earlytag.engine.plan import sentence_counts
 from earlytag.engine.policies import head_scores, simulate_exits, uncertainty, window_max
 from earlytag.errors import ConfigError
 
@@ -299,6 +300,33 @@ def test_flops_per_sentence_follow_the_formula(tokenizer, name):
                            a.hidden_size, a.intermediate_size, model.config.num_labels, "keep", False)
     assert out.flops_full.tolist() == pytest.approx(full)  # the empty sentence costs nothing at any depth
     assert out.stats.flops == pytest.approx(sum(expected))
+
+
+@pytest.mark.parametrize("heads_every_layer", [True, False])
+def test_sentence_counts_equal_the_plan(tokenizer, heads_every_layer):
+    """The one-sentence count traced into the ONNX Runtime climb graphs (``sentence_counts``) gives what
+    :class:`ExitPlan` counts for the same exit layers — FLOPs (also with layers of different sizes, as a slim model
+    has), full-depth FLOPs, Σ exit layers, tokens per layer, words exited per layer — and the FLOPs of the plain-loop
+    reference, on every sentence, for random exit layers and shallower settings."""
+    gen = torch.Generator().manual_seed(0)
+    d, c, model_layers = 16, 5, 4
+    da, f = [16.0, 8.0, 12.0, 16.0], [40.0, 24.0, 36.0, 40.0]
+    for layers in (4, 2):
+        for doc in SENTENCES:
+            b = batch_of(tokenizer, [doc])
+            w = b.word_pos.shape[1]
+            exits = torch.randint(0, layers, (1, w), generator=gen) if heads_every_layer else torch.full((1, w), layers - 1)
+            got = sentence_counts(exits[0], b.token_word[0], layers, d, da, f, c, heads_every_layer).tolist()
+            plan = ExitPlan(exits, b.word_mask, b.token_word, b.attention_mask.bool(), layers, "keep", False,
+                            [heads_every_layer or i == layers - 1 for i in range(layers)])
+            assert got[0] == pytest.approx(float(plan.flops(d, da, f, c)[0]))
+            assert got[1] == pytest.approx(float(plan.flops_full(d, da, f, c)[0]))
+            assert got[2] == plan.exit_layer_sum
+            assert got[3:3 + layers] == plan.active_counts[0].tolist()
+            assert got[3 + layers:] == plan.words_exited.tolist()
+            same = sentence_counts(exits[0], b.token_word[0], layers, d, [16.0] * model_layers, [40.0] * model_layers,
+                                   c, heads_every_layer)[0]
+            assert float(same) == pytest.approx(reference_flops(b, exits, layers, d, 40, c, "keep", heads_every_layer)[0])
 
 
 # ----------------------------------------------------------------------------- what the engine really computed

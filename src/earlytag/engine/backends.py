@@ -35,9 +35,10 @@ from ..errors import ConfigError
 from ..model.layers import attend, dense_layer, finish
 from ..model.precision import INT8_ROLES
 from ..peers import export_onnx, ort_session, quantize_onnx
+from .plan import sentence_counts
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
-GRAPHS_VERSION = "v3"  # part of the cache key: bump it when the code of an exported graph changes
+GRAPHS_VERSION = "v4"  # part of the cache key: bump it when the code of an exported graph changes
 
 
 class _LayerGraph(nn.Module):
@@ -97,7 +98,8 @@ class _Climb(nn.Module):
     ``input_ids (1, T)``, ``token_word (T,)`` (-1 on special tokens), ``word_pos (W,)``, ``taus (L,)`` (a word halts
     after layer l when the max uncertainty over its window is below ``taus[l]``; the last layer halts everyone),
     ``window ()`` (k, int64), ``maxprob ()`` (bool: 1 - max probability instead of the normalised entropy)
-    -> ``pred (W,)``, ``score (W,)``, ``exit (W,)``. The same arithmetic as the engine's packed step for one
+    -> ``pred (W,)``, ``score (W,)``, ``exit (W,)``, ``counts`` (the sentence's statistics,
+    :func:`~earlytag.engine.plan.sentence_counts`). The same arithmetic as the engine's packed step for one
     sentence (``Engine._packed_step``, ``b == 1``) and its frozen window rule (``TokenExit.halt``)."""
 
     def __init__(self, model):
@@ -143,14 +145,14 @@ class _Climb(nn.Module):
                 halt = active & (torch.where(band, unc[None, :], 0.0).amax(1) < taus[layer])  # (W,)
                 exit_layer = torch.where(halt, layer, exit_layer)
                 active = active & ~halt
-        return pred, score, exit_layer
+        return pred, score, exit_layer, _counts(m, exit_layer, token_word, len(a.layers), True)
 
 
 class _Truncated(nn.Module):
     """One sentence through the first ``depth`` layers, every token of every layer (no exit rule to apply: the
     none and static policies), and that layer's exit head on each word: ``input_ids (1, T), word_pos (W,) ->
-    pred (W,), score (W,)``. The same graph as a full-depth export of the model, so full depth costs what ONNX
-    Runtime's own graph costs."""
+    pred (W,), score (W,), counts``. The same graph as a full-depth export of the model (and the sentence's
+    statistics, a few small nodes), so full depth costs what ONNX Runtime's own graph costs."""
 
     def __init__(self, model, depth: int):
         super().__init__()
@@ -167,7 +169,15 @@ class _Truncated(nn.Module):
                 bias = (pos if parts.head_index is None else pos.index_select(0, parts.head_index))[None]
             h = dense_layer(parts, h, bias, parts.num_heads)
         score, pred, _ = head_scores(m.heads[self.depth - 1].linear(h[0].index_select(0, word_pos)))
-        return pred, score
+        everyone = torch.full_like(input_ids[0], -1)  # (T,) every token computed up to the last layer, as [CLS] is
+        return pred, score, _counts(m, torch.full_like(word_pos, self.depth - 1), everyone, self.depth, False)
+
+
+def _counts(model, exit_layer, token_word, layers: int, heads_every_layer: bool):
+    """The sentence's statistics in the graph (:func:`~earlytag.engine.plan.sentence_counts`)."""
+    a = model.adapter
+    return sentence_counts(exit_layer, token_word, layers, a.hidden_size, a.attn_sizes.tolist(), a.ffn_sizes.tolist(),
+                           model.config.num_labels, heads_every_layer)
 
 
 def _model_key(model, precision: str) -> str:
@@ -295,7 +305,8 @@ class OnnxLayers:
             return (_Climb(self.model),
                     (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([-1, 0, 1, 1, -1]), torch.tensor([1, 2]),
                      torch.full((self.model.num_layers,), 0.1), torch.tensor(1), torch.tensor(False)),
-                    ["input_ids", "token_word", "word_pos", "taus", "window", "maxprob"], ["pred", "score", "exit"],
+                    ["input_ids", "token_word", "word_pos", "taus", "window", "maxprob"],
+                    ["pred", "score", "exit", "counts"],
                     {"input_ids": {1: "t"}, "token_word": {0: "t"}, "word_pos": {0: "w"}, "pred": {0: "w"},
                      "score": {0: "w"}, "exit": {0: "w"}})
 
@@ -304,28 +315,30 @@ class OnnxLayers:
     def _truncated_session(self, depth: int):
         def build():
             return (_Truncated(self.model, depth), (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([1, 2])),
-                    ["input_ids", "word_pos"], ["pred", "score"],
+                    ["input_ids", "word_pos"], ["pred", "score", "counts"],
                     {"input_ids": {1: "t"}, "word_pos": {0: "w"}, "pred": {0: "w"}, "score": {0: "w"}})
 
         return self._session(("depth", depth), f"depth{depth}", build)
 
-    def climb(self, batch, policy: ExitPolicy) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The whole climb of a one-sentence batch in one session call -> ``pred, score, exit (1, W)``.
-        Full depth and static truncation (nobody decides anything) take a plain graph of that depth."""
+    def climb(self, batch, policy: ExitPolicy) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """The whole climb of a one-sentence batch in one session call -> ``pred, score, exit (1, W)`` and the
+        sentence's statistics (:func:`~earlytag.engine.plan.sentence_counts`). Full depth and static truncation
+        (nobody decides anything) take a plain graph of that depth."""
         rule = policy.rule.name
         if rule in ("none", "static"):
             depth = policy.num_layers
-            pred, score = self._truncated_session(depth).run(None, {
+            pred, score, counts = self._truncated_session(depth).run(None, {
                 "input_ids": self._np(batch.input_ids), "word_pos": self._np(batch.word_pos[0])})
             exit_layer = torch.full((1, pred.shape[0]), depth - 1, dtype=torch.long)
-            return torch.from_numpy(pred)[None], torch.from_numpy(score)[None], exit_layer
+            return torch.from_numpy(pred)[None], torch.from_numpy(score)[None], exit_layer, counts
         taus = list(policy.taus)
         window = policy.cfg.window if rule == "token" else MAX_WINDOW
-        pred, score, exit_layer = self._climb_session().run(None, {
+        pred, score, exit_layer, counts = self._climb_session().run(None, {
             "input_ids": self._np(batch.input_ids), "token_word": self._np(batch.token_word[0]),
             "word_pos": self._np(batch.word_pos[0]), "taus": np.asarray(taus, dtype=np.float32),
             "window": np.asarray(window, dtype=np.int64), "maxprob": np.asarray(policy.cfg.criterion == "maxprob")})
-        return torch.from_numpy(pred)[None], torch.from_numpy(score)[None], torch.from_numpy(exit_layer)[None]
+        return (torch.from_numpy(pred)[None], torch.from_numpy(score)[None], torch.from_numpy(exit_layer)[None],
+                counts)
 
     @staticmethod
     def _np(t: torch.Tensor) -> np.ndarray:

@@ -30,9 +30,17 @@ def layer_flops(n, a, d: int, f, kv: str = "keep", da=None):
     ``da``: the width of Q/K/V (heads × head size; ``d`` unless the layer is slim). ``f`` and ``da`` may be
     ``(L,)`` tensors broadcast against ``(B, L)`` counts (layers of different sizes)."""
     n, a = _f64(n), _f64(a)
-    da = d if da is None else da
     kv_rows = n if kv == "keep" else a
-    return 4 * kv_rows * d * da + 4 * a * d * da + 4 * a * d * f + 4 * a * kv_rows * da
+    per_kv, per_active, per_pair = layer_coefficients(d, f, da)
+    return per_kv * kv_rows + per_active * a + per_pair * a * kv_rows
+
+
+def layer_coefficients(d: int, f, da=None):
+    """The formula above as FLOPs per key/value row (K/V projections), per active row (Q, output projection,
+    FFN) and per (active row, key/value row) pair (attention): ``layer_flops = per_kv·kv_rows + per_active·a
+    + per_pair·a·kv_rows``."""
+    da = d if da is None else da
+    return 4 * d * da, 4 * d * da + 4 * d * f, 4 * da
 
 
 def head_flops(words, d: int, num_labels: int):

@@ -8,7 +8,10 @@ included; with ``frozen`` only the active words.
 - :func:`active_tokens` applies the rule to the words active now (the engine's climb, one layer at a time);
 - :class:`ExitPlan` applies it to known exit layers: the training forward of self-sampling freezes tokens by
   it (torch, on the model's device), and the engine derives its statistics and FLOPs from it once per batch,
-  after the climb (counted in numpy: tiny arrays, where each torch call would cost more than the arithmetic).
+  after the climb (counted in numpy: tiny arrays, where each torch call would cost more than the arithmetic);
+- :func:`sentence_counts` is the same count for one sentence with halted words frozen, in torch, traced into the
+  ONNX Runtime backend's whole-climb graphs: a one-sentence batch comes back from its one session call with its
+  statistics, and no host code counts anything (tests hold it to :class:`ExitPlan`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .flops import head_flops, layer_flops
+from .flops import head_flops, layer_coefficients, layer_flops
 
 
 def active_tokens(active_words: torch.Tensor, token_word: torch.Tensor, tok_mask: torch.Tensor) -> torch.Tensor:
@@ -31,10 +34,43 @@ def active_tokens(active_words: torch.Tensor, token_word: torch.Tensor, tok_mask
     return tok_mask & torch.where(token_word >= 0, own, live)
 
 
+def sentence_counts(exit_layer: torch.Tensor, token_word: torch.Tensor, layers: int, d: int, da: list[float],
+                    f: list[float], num_labels: int, heads_every_layer: bool) -> torch.Tensor:
+    """One sentence's statistics, halted words frozen and ``kv=keep``: ``exit_layer (W,)`` of its words (all real,
+    W ≥ 1), ``token_word (T,)`` (-1 on special tokens; no padding), ``layers`` the depth of the setting, ``da``/``f``
+    every layer's Q/K/V and FFN widths -> ``(3 + 2·layers,)`` float64: FLOPs, FLOPs at full depth, Σ of the words'
+    1-based exit layers, tokens computed at each layer, words exited at each layer.
+
+    The rule of :class:`ExitPlan` for one sentence in torch, to be traced into a graph, in few operations (each is
+    a node that costs about a microsecond per call): a sentence is live, all its ``t`` tokens keys/values, at
+    every layer where any of its tokens is active, so ``layer_flops`` sums to ``t·Σ per_kv + a·(per_active +
+    t·per_pair)`` over the layers it is live at (``layer_coefficients``)."""
+    per_kv, per_active, per_pair = (torch.tensor(np.broadcast_to(c, (len(da),)), dtype=torch.float64)
+                                    for c in layer_coefficients(d, np.asarray(f), np.asarray(da)))  # (L_model,) each
+    at = torch.arange(layers)  # (L,)
+    t = torch.ones_like(token_word, dtype=torch.float64).sum()  # tensors: the lengths vary per call
+    w = torch.ones_like(exit_layer, dtype=torch.float64).sum()
+    last = exit_layer.max()  # the sentence is live up to here
+    token_exit = torch.where(token_word >= 0, exit_layer.index_select(0, token_word.clamp(min=0)), last)  # (T,)
+    active = (token_exit[:, None] >= at).sum(0).double()  # (L,)
+    exited = (exit_layer[:, None] == at).sum(0).double()  # (L,)
+    exit_sum = (exited * (at + 1)).sum()  # Σ 1-based exit layers
+    head_words = exit_sum if heads_every_layer else w  # a word is scored at layers 0..exit, or once at the last
+    flops = (t * (per_kv[:layers] * (active > 0)).sum() + (active * (per_active[:layers] + t * per_pair[:layers])).sum()
+             + head_flops(head_words, d, num_labels))
+    full = t * per_kv.sum() + t * per_active.sum() + t * t * per_pair.sum() + head_flops(w, d, num_labels)
+    return torch.cat([torch.stack([flops, full, exit_sum]), active, exited])
+
+
 def word_mask_of(token_word: torch.Tensor, num_words: int) -> torch.Tensor:
     """``(B, W)`` words that have at least one sub-word."""
     mask = torch.zeros((token_word.shape[0], num_words), dtype=torch.long, device=token_word.device)
     return mask.scatter_reduce_(1, token_word.clamp(min=0), (token_word >= 0).long(), reduce="amax").bool()
+
+
+def _numpy(x) -> np.ndarray:
+    """A tensor's values as a numpy array (a numpy array as it is: the whole climb's outputs come as numpy)."""
+    return x if isinstance(x, np.ndarray) else x.numpy(force=True)
 
 
 class _Counts(NamedTuple):
@@ -45,6 +81,7 @@ class _Counts(NamedTuple):
     token_exit: np.ndarray  # (B, T) last layer each token is computed at, -1 on padding
     sentence_exit: np.ndarray  # (B,) last layer each sentence is live at, -1: never run
     tokens: np.ndarray  # (B,) real tokens of each sentence
+    words: np.ndarray  # (B,) real words of each sentence
     layers: np.ndarray  # (L,) 0..L-1
 
 
@@ -52,6 +89,7 @@ class _Counts(NamedTuple):
 class ExitPlan:
     """Exit layers of a batch and everything that follows from them (all tensors per sentence)."""
 
+    # torch tensors; the engine's counts also take numpy arrays (the torch accessors below need tensors)
     word_exit: torch.Tensor  # (B, W) 0-based exit layer of each word; ignored on padding
     word_mask: torch.Tensor  # (B, W) real words
     token_word: torch.Tensor  # (B, T) word of each sub-word, -1 for special tokens and padding
@@ -61,20 +99,22 @@ class ExitPlan:
     rescore: bool = True  # heads score every word of a live sentence (halted ones too), or active words only
     heads: list[bool] | None = None  # layers whose head runs (None: every layer)
 
-    def __post_init__(self):
-        self.word_exit = torch.where(self.word_mask, self.word_exit, -1)
+    @cached_property
+    def exits(self) -> torch.Tensor:
+        """``(B, W)`` the exit layers with -1 on padding (torch; the training forward's side of the plan)."""
+        return torch.where(self.word_mask, self.word_exit, -1)
 
     @cached_property
     def sentence_exit(self) -> torch.Tensor:
         """``(B,)`` last layer each sentence is live at (-1: it has no words and is never run)."""
-        return self.word_exit.max(1).values if self.word_exit.shape[1] else torch.full(
-            self.word_exit.shape[:1], -1, dtype=torch.long, device=self.word_exit.device)
+        return self.exits.max(1).values if self.exits.shape[1] else torch.full(
+            self.exits.shape[:1], -1, dtype=torch.long, device=self.exits.device)
 
     @cached_property
     def token_exit(self) -> torch.Tensor:
         """``(B, T)`` last layer each token is computed at: its word's exit for a sub-word, the sentence's for a
         special token, -1 for padding."""
-        own = self.word_exit.gather(1, self.token_word.clamp(min=0))
+        own = self.exits.gather(1, self.token_word.clamp(min=0))
         out = torch.where(self.token_word >= 0, own, self.sentence_exit[:, None])
         return out.masked_fill(~self.tok_mask, -1)
 
@@ -89,17 +129,26 @@ class ExitPlan:
     def _np(self) -> _Counts:
         """The plan's tensors as numpy arrays, and what every count below starts from. Few and plain numpy calls:
         between two climbs their code is cold, and each costs several times what it does in a tight loop."""
-        we = self.word_exit.numpy(force=True)
-        wm = self.word_mask.numpy(force=True).astype(bool, copy=False)
-        tw = self.token_word.numpy(force=True)
-        tm = self.tok_mask.numpy(force=True).astype(bool, copy=False)
+        wm = _numpy(self.word_mask).astype(bool, copy=False)
+        tw = _numpy(self.token_word)
+        tm = _numpy(self.tok_mask).astype(bool, copy=False)
+        we = np.where(wm, _numpy(self.word_exit), -1)
         b, w = we.shape
         sent = we.max(1) if w else np.full(b, -1, dtype=we.dtype)
         # a sub-word takes its word's exit, a special token its sentence's, padding -1
-        own = we[np.arange(b)[:, None], np.maximum(tw, 0)] if w else np.zeros_like(tw)
-        tok_exit = np.where(tw >= 0, own, sent[:, None])
-        tok_exit[~tm] = -1
-        return _Counts(we, wm, tok_exit, sent, tm.sum(1), np.arange(self.num_layers))
+        own = np.take_along_axis(we, np.maximum(tw, 0), 1) if w else np.zeros_like(tw)
+        tok_exit = np.where(tm, np.where(tw >= 0, own, sent[:, None]), -1)
+        return _Counts(we, wm, tok_exit, sent, tm.sum(1), wm.sum(1), np.arange(self.num_layers))
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """``(B,)`` real tokens of each sentence."""
+        return self._np.tokens
+
+    @property
+    def words(self) -> np.ndarray:
+        """``(B,)`` real words of each sentence."""
+        return self._np.words
 
     @cached_property
     def active_counts(self) -> np.ndarray:
@@ -118,7 +167,7 @@ class ExitPlan:
         """``(B, L)`` words a layer's head scores: all words of live sentences (rescore) or the active ones."""
         c = self._np
         if self.rescore:
-            counts = c.word_mask.sum(1, keepdims=True) * (c.sentence_exit[:, None] >= c.layers)
+            counts = c.words[:, None] * (c.sentence_exit[:, None] >= c.layers)
         else:
             counts = (c.word_exit[:, :, None] >= c.layers).sum(1)
         if self.heads is not None:
@@ -128,14 +177,12 @@ class ExitPlan:
     @cached_property
     def words_exited(self) -> np.ndarray:
         """``(L,)`` how many words exited at each layer."""
-        c = self._np
-        return np.bincount(c.word_exit[c.word_mask], minlength=self.num_layers)
+        return np.bincount(self._np.word_exit.ravel() + 1, minlength=self.num_layers + 1)[1:]  # padding is -1
 
     @property
     def exit_layer_sum(self) -> float:
         """Σ over words of their 1-based exit layer."""
-        c = self._np
-        return float((c.word_exit[c.word_mask] + 1).sum())
+        return float((self._np.word_exit + 1).sum())  # padding adds 0
 
     def flops(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence (docs/design.md); ``da``, ``f``: ``(L,)`` Q/K/V and FFN widths of the
@@ -148,7 +195,6 @@ class ExitPlan:
     def flops_full(self, d: int, da, f, num_labels: int) -> np.ndarray:
         """``(B,)`` FLOPs of each sentence at full depth (every token, every layer of ``da``/``f``, one head at the
         last layer); a sentence without words is never run and costs 0."""
-        n = self._np.tokens[:, None]  # (B, 1)
-        words = self._np.word_mask.sum(1)
+        n, words = self._np.tokens[:, None], self._np.words  # (B, 1), (B,)
         da, f = np.asarray(da, dtype=np.float64), np.asarray(f, dtype=np.float64)
         return layer_flops(n, n, d, f, "keep", da).sum(1) * (words > 0) + head_flops(words, d, num_labels)

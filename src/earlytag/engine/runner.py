@@ -52,7 +52,8 @@ class EngineOutput:
     flops: torch.Tensor  # (B,) FLOPs spent on each sentence
     flops_full: torch.Tensor  # (B,) FLOPs each sentence costs at full depth
     trace: torch.Tensor | None = None  # (B, L, W) uncertainty the policy saw after each layer (NaN: not live)
-    plan: ExitPlan | None = None  # who was active where (the statistics and FLOPs come from it)
+    plan: ExitPlan | None = None  # who was active where (the statistics and FLOPs come from it); None where a
+    # one-sentence batch climbed in one ONNX Runtime call, whose graph counted them (plan.sentence_counts)
 
 
 def bucket_rows(n: int) -> int:
@@ -205,15 +206,19 @@ class _Outputs:
     """Outputs of one input batch, filled as its sentences finish (in whatever group they finish)."""
 
     def __init__(self, batch: Batch, index: int, num_layers: int):
-        big_b, w = batch.word_pos.shape
-        dev = batch.input_ids.device
         self.batch = batch
         self.index = index
+        self.stats = ExitStats(num_layers, sentences=batch.word_pos.shape[0])  # words and tokens: from the plan
+        self.pred = self.score = self.exit = None  # (B, W) each; the whole climb hands over its own
+        self.counts = None  # the whole climb's statistics (plan.sentence_counts); None: counted after the climb
+
+    def allocate(self) -> None:
+        """Buffers that finished rows of layer-by-layer groups are copied into."""
+        big_b, w = self.batch.word_pos.shape
+        dev = self.batch.input_ids.device
         self.pred = torch.zeros((big_b, w), dtype=torch.long, device=dev)
         self.score = torch.zeros((big_b, w), device=dev)
         self.exit = torch.full((big_b, w), -1, dtype=torch.long, device=dev)
-        self.stats = ExitStats(num_layers, sentences=big_b, words=int(batch.word_mask.sum()),
-                               tokens=int(batch.attention_mask.sum()))
 
 
 class Engine:
@@ -274,6 +279,7 @@ class Engine:
             if traces is None and self.single is not None and self.single.climbs(policy, batch):
                 self._whole_climb(batch, policy, outs[i])  # one sentence: one graph call, no host loop
                 continue
+            outs[i].allocate()
             self._climb(self._start(batch, i, policy), policy, cfg, outs, traces, parked if refill else None)
         while parked:  # no more batches: the waiting groups finish, lowest layer first (merging on the way up)
             group = parked.pop(min(parked))
@@ -282,11 +288,7 @@ class Engine:
 
     def _whole_climb(self, batch: Batch, policy: ExitPolicy, out: _Outputs) -> None:
         """A one-sentence batch through the backend's whole-climb graph (``OnnxLayers.climb``)."""
-        pred, score, exit_layer = self.single.climb(batch, policy)  # (1, W) each
-        out.pred.copy_(pred)
-        out.score.copy_(score)
-        out.exit.copy_(exit_layer)
-        out.stats.packed_layers += int(exit_layer.max()) + 1
+        out.pred, out.score, out.exit, out.counts = self.single.climb(batch, policy)  # (1, W) each, counts
 
     def _start(self, batch: Batch, index: int, policy: ExitPolicy) -> _Group:
         big_b, w = batch.word_pos.shape
@@ -407,10 +409,13 @@ class Engine:
         during the climb."""
         a, c = self.adapter, self.model.config.num_labels
         batch, stats = o.batch, o.stats
+        if o.counts is not None:  # the whole climb counted itself in its graph
+            return self._counted(o)
         plan = ExitPlan(o.exit, batch.word_mask, batch.token_word, batch.attention_mask.bool(), policy.num_layers,
                         cfg.kv, policy.rescore, [policy.needs_head(i) for i in range(policy.num_layers)])
         flops = plan.flops(a.hidden_size, a.attn_sizes, a.ffn_sizes, c)  # (B,)
         flops_full = plan.flops_full(a.hidden_size, a.attn_sizes, a.ffn_sizes, c)  # (B,)
+        stats.words, stats.tokens = int(plan.words.sum()), int(plan.tokens.sum())
         stats.active_tokens = _pad(plan.active_counts.sum(0).tolist(), stats.num_layers)
         stats.words_exited = _pad(plan.words_exited.tolist(), stats.num_layers)
         stats.exit_layer_sum = plan.exit_layer_sum
@@ -418,6 +423,20 @@ class Engine:
         stats.flops_full = float(flops_full.sum())
         return EngineOutput(o.pred, o.score, o.exit, stats, torch.from_numpy(flops), torch.from_numpy(flops_full),
                             trace, plan)
+
+    @staticmethod
+    def _counted(o: _Outputs) -> EngineOutput:
+        """A one-sentence batch's output from the statistics its whole-climb graph returned (no :class:`ExitPlan`)."""
+        counts = o.counts.tolist()  # flops, flops_full, Σ exit layers, tokens per layer, words exited per layer
+        stats, layers = o.stats, o.stats.num_layers
+        depth = (len(counts) - 3) // 2
+        stats.flops, stats.flops_full, stats.exit_layer_sum = counts[:3]
+        stats.active_tokens = _pad([int(x) for x in counts[3:3 + depth]], layers)
+        stats.words_exited = _pad([int(x) for x in counts[3 + depth:]], layers)
+        stats.words, stats.tokens = o.pred.shape[1], o.batch.input_ids.shape[1]
+        stats.packed_layers = sum(x > 0 for x in stats.active_tokens)
+        flops = torch.from_numpy(o.counts)
+        return EngineOutput(o.pred, o.score, o.exit, stats, flops[0:1], flops[1:2])
 
     # ------------------------------------------------------------------ layer steps
 
