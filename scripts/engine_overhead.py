@@ -1,6 +1,9 @@
-"""Where the time of one sentence goes with the ONNX Runtime backend (batch 1): the graph's session call alone,
-``OnnxLayers.climb`` (the call plus its inputs and outputs), and ``Engine.run`` (plus the policy, the output buffers
-and the per-batch statistics and FLOPs), timed one sentence at a time in alternation (docs/results.md section 4).
+"""Where the time of one sentence goes with the ONNX Runtime backend (batch 1), against ONNX Runtime's own
+full-depth graph of the same model (the ort-fp32 / ort-int8 peer of ``earlytag bench``): the backend's full-depth
+graph exported without the statistics it counts (``plan.sentence_counts``) and with them, each in a session of its
+own; then the backend's session call alone, ``OnnxLayers.climb`` (the call plus its inputs and outputs), and
+``Engine.run`` (plus the policy and the output), timed one sentence at a time in alternation (docs/results.md
+section 4).
 
     python scripts/engine_overhead.py models/minilm-ner-ss --precision int8 --out docs/bench/engine-overhead
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +21,31 @@ import torch
 from earlytag import Tagger
 from earlytag.bench import machine_info, prebuilt_batches
 from earlytag.engine import ExitConfig
+from earlytag.engine.backends import _matmuls_of, _Truncated
 from earlytag.engine.policies import ExitPolicy
+from earlytag.peers import OrtPeer, export_onnx, ort_session, quantize_onnx
 from earlytag.storage import atomic_write_text
+
+
+class _WithoutCounts(_Truncated):
+    """The full-depth graph as before it counted the sentence's statistics: what the counting nodes cost."""
+
+    def forward(self, input_ids, word_pos):
+        return super().forward(input_ids, word_pos)[:2]
+
+
+def without_counts(tagger, precision: str, workdir: Path):
+    """A session of the full-depth graph without its statistics, exported (and quantized) as the backend does."""
+    path = export_onnx(_WithoutCounts(tagger.model, tagger.num_layers).eval(),
+                       (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([1, 2])), workdir / "plain.onnx",
+                       ["input_ids", "word_pos"], ["pred", "score"],
+                       {"input_ids": {1: "t"}, "word_pos": {0: "w"}, "pred": {0: "w"}, "score": {0: "w"}})
+    if precision != "fp32":
+        if precision != "int8":
+            raise SystemExit("--precision: fp32 or int8")
+        heads = [head.linear for head in tagger.model.heads]  # float32, as the backend keeps them
+        path = quantize_onnx(path, workdir / "plain-int8.onnx", keep_float=_matmuls_of(path, heads))
+    return ort_session(path, 1)
 
 
 def main() -> None:
@@ -38,12 +65,20 @@ def main() -> None:
     policy = ExitPolicy(cfg, tagger.num_layers)
     engine, layers = tagger.engine, tagger.engine.layers
     session = layers._truncated_session(tagger.num_layers)
+    with tempfile.TemporaryDirectory(prefix="earlytag-overhead-") as tmp:  # the sessions keep what they loaded
+        plain = without_counts(tagger, args.precision, Path(tmp))
+        peer = OrtPeer(Tagger.from_pretrained(args.model), args.precision == "int8", Path(tmp), 1)
 
-    def session_only(b):
-        session.run(None, {"input_ids": b.input_ids.numpy(), "word_pos": b.word_pos[0].numpy()})
+    def call(s):
+        return lambda b: s.run(None, {"input_ids": b.input_ids.numpy(), "word_pos": b.word_pos[0].numpy()})
 
-    pieces = {"session call": session_only, "OnnxLayers.climb": lambda b: layers.climb(b, policy),
-              "Engine.run": lambda b: engine.run(b, cfg)}
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    own = ort_session(layers.root / f"depth{tagger.num_layers}{suffix}.onnx", 1)  # the same graph, its own session
+    # the first two each have a session of their own (a session that runs three times per sentence, as the last
+    # three share one, is faster on its later calls): they compare the graph with and without its statistics
+    pieces = {f"{peer.name} peer (its full-depth graph and the argmax)": peer.run_batch,
+              "graph without the statistics": call(plain), "graph with them": call(own), "session call": call(session),
+              "OnnxLayers.climb": lambda b: layers.climb(b, policy), "Engine.run": lambda b: engine.run(b, cfg)}
     for b in batches[:10]:  # warm-up
         for f in pieces.values():
             f(b)
