@@ -42,7 +42,7 @@ def sentence_counts(exit_layer: torch.Tensor, token_word: torch.Tensor, layers: 
     1-based exit layers, tokens computed at each layer, words exited at each layer.
 
     The rule of :class:`ExitPlan` for one sentence in torch, to be traced into a graph, in few operations (each is
-    a node that costs about a microsecond per call): a sentence is live, all its ``t`` tokens keys/values, at
+    a node that costs a few microseconds per call): a sentence is live, all its ``t`` tokens keys/values, at
     every layer where any of its tokens is active, so ``layer_flops`` sums to ``t·Σ per_kv + a·(per_active +
     t·per_pair)`` over the layers it is live at (``layer_coefficients``)."""
     per_kv, per_active, per_pair = (torch.tensor(np.broadcast_to(c, (len(da),)), dtype=torch.float64)
@@ -68,11 +68,6 @@ def word_mask_of(token_word: torch.Tensor, num_words: int) -> torch.Tensor:
     return mask.scatter_reduce_(1, token_word.clamp(min=0), (token_word >= 0).long(), reduce="amax").bool()
 
 
-def _numpy(x) -> np.ndarray:
-    """A tensor's values as a numpy array (a numpy array as it is: the whole climb's outputs come as numpy)."""
-    return x if isinstance(x, np.ndarray) else x.numpy(force=True)
-
-
 class _Counts(NamedTuple):
     """An :class:`ExitPlan` in numpy, for the engine's counts."""
 
@@ -89,7 +84,6 @@ class _Counts(NamedTuple):
 class ExitPlan:
     """Exit layers of a batch and everything that follows from them (all tensors per sentence)."""
 
-    # torch tensors; the engine's counts also take numpy arrays (the torch accessors below need tensors)
     word_exit: torch.Tensor  # (B, W) 0-based exit layer of each word; ignored on padding
     word_mask: torch.Tensor  # (B, W) real words
     token_word: torch.Tensor  # (B, T) word of each sub-word, -1 for special tokens and padding
@@ -129,10 +123,10 @@ class ExitPlan:
     def _np(self) -> _Counts:
         """The plan's tensors as numpy arrays, and what every count below starts from. Few and plain numpy calls:
         between two climbs their code is cold, and each costs several times what it does in a tight loop."""
-        wm = _numpy(self.word_mask).astype(bool, copy=False)
-        tw = _numpy(self.token_word)
-        tm = _numpy(self.tok_mask).astype(bool, copy=False)
-        we = np.where(wm, _numpy(self.word_exit), -1)
+        wm = self.word_mask.numpy(force=True).astype(bool, copy=False)
+        tw = self.token_word.numpy(force=True)
+        tm = self.tok_mask.numpy(force=True).astype(bool, copy=False)
+        we = np.where(wm, self.word_exit.numpy(force=True), -1)
         b, w = we.shape
         sent = we.max(1) if w else np.full(b, -1, dtype=we.dtype)
         # a sub-word takes its word's exit, a special token its sentence's, padding -1
