@@ -407,10 +407,10 @@ class Engine:
     def _finish(self, o: _Outputs, cfg: ExitConfig, policy: ExitPolicy, trace) -> EngineOutput:
         """Bookkeeping, once per input batch, from the exit layers alone (:class:`ExitPlan`): nothing is recorded
         during the climb."""
-        a, c = self.adapter, self.model.config.num_labels
-        batch, stats = o.batch, o.stats
         if o.counts is not None:  # the whole climb counted itself in its graph
             return self._counted(o)
+        a, c = self.adapter, self.model.config.num_labels
+        batch, stats = o.batch, o.stats
         plan = ExitPlan(o.exit, batch.word_mask, batch.token_word, batch.attention_mask.bool(), policy.num_layers,
                         cfg.kv, policy.rescore, [policy.needs_head(i) for i in range(policy.num_layers)])
         flops = plan.flops(a.hidden_size, a.attn_sizes, a.ffn_sizes, c)  # (B,)
