@@ -2,6 +2,8 @@
 interpolated at 2x/3x/4x.
 
     python scripts/exit_windows.py models/e5-cws uner-zh-gsdsimp:test --out docs/bench/e5-cws-windows.json
+    python scripts/exit_windows.py models/e5-ner uner-zh-gsdsimp:dev --windows 1 2 4 --targets 2 \
+        --thresholds 0.04 0.07 0.1 0.15 0.2 0.3 --out docs/bench/e5-ner-windows-dev.json   (and :test)
 
 The paper's rule (and the default) is k=2 with τ on the lower half of the layers and 2τ on the upper half; a
 segmenter's B/M/E/S tags depend on the characters right beside them, so other windows may trade differently.
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--windows", nargs="+", type=int, default=[0, 1, 2, 4])
     ap.add_argument("--multipliers", nargs="+", type=float, default=[2.0, 1.0])
     ap.add_argument("--targets", nargs="+", type=float, default=[2.0, 3.0, 4.0])
+    ap.add_argument("--thresholds", nargs="+", type=float, default=list(TAUS), help="the τ swept for each curve")
     ap.add_argument("--out", required=True, help="JSON; a markdown table is written beside it (.md)")
     args = ap.parse_args()
     tagger = Tagger.from_pretrained(args.model)
@@ -44,14 +47,14 @@ def main() -> None:
     for k in args.windows:
         for m in args.multipliers:
             points = [(1.0, full)]
-            for tau in TAUS:
+            for tau in args.thresholds:
                 r = tagger.evaluate(data, exit=ExitConfig("token", threshold=tau, window=k, upper_multiplier=m))
                 points.append((r["flops_speedup"], r["score"]))
             curves.append({"window": k, "upper_multiplier": m, "points": points,
                            "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
             print(f"k={k} x{m:g}: " + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()), file=sys.stderr,
                   flush=True)
-    out = {"model": args.model, "data": args.data, "full_depth": full, "taus": TAUS, "curves": curves}
+    out = {"model": args.model, "data": args.data, "full_depth": full, "taus": args.thresholds, "curves": curves}
     atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
     rows = [[c["window"], f"τ, {c['upper_multiplier']:g}τ", *("-" if v is None else f"{100 * v:.2f}"
                                                              for v in c["at"].values())] for c in curves]
