@@ -21,9 +21,9 @@ import torch
 from earlytag import Tagger
 from earlytag.bench import machine_info, prebuilt_batches
 from earlytag.engine import ExitConfig
-from earlytag.engine.backends import _matmuls_of, _Truncated
+from earlytag.engine.backends import _Truncated, quantize_graph
 from earlytag.engine.policies import ExitPolicy
-from earlytag.peers import OrtPeer, export_onnx, ort_session, quantize_onnx
+from earlytag.peers import OrtPeer, export_onnx, ort_session
 from earlytag.storage import atomic_write_text
 
 
@@ -43,8 +43,7 @@ def without_counts(tagger, precision: str, workdir: Path):
     if precision != "fp32":
         if precision != "int8":
             raise SystemExit("--precision: fp32 or int8")
-        heads = [head.linear for head in tagger.model.heads]  # float32, as the backend keeps them
-        path = quantize_onnx(path, workdir / "plain-int8.onnx", keep_float=_matmuls_of(path, heads))
+        path = quantize_graph(tagger.model, path, workdir / "plain-int8.onnx")  # as the backend quantizes it
     return ort_session(path, 1)
 
 

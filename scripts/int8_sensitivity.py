@@ -22,8 +22,8 @@ import torch
 from earlytag import Tagger
 from earlytag.bench import machine_info, prebuilt_batches
 from earlytag.engine import ExitConfig
-from earlytag.engine.backends import _matmuls_of
-from earlytag.peers import OrtPeer, ort_session, quantize_onnx
+from earlytag.engine.backends import quantize_graph
+from earlytag.peers import OrtPeer, ort_session
 from earlytag.storage import atomic_write_text
 
 
@@ -44,7 +44,6 @@ def main() -> None:
     layers._truncated_session(depth)  # exported as the backend exports it
     src = layers.root / f"depth{depth}.onnx"
     parts = tagger.model.adapter.layers
-    heads = [head.linear for head in tagger.model.heads]  # float32, as the backend keeps them
     sets = {split: tagger.load(name) for split, name in (("dev", args.dev), ("test", args.test))}
 
     def score(model: Tagger, split: str) -> float:
@@ -54,8 +53,8 @@ def main() -> None:
         def int8_keeping(float_layers: tuple[int, ...], split: str) -> float:
             """int8 with the FFN output projection of ``float_layers`` in float32, scored on ``split``."""
             name = "-".join(map(str, float_layers)) or "none"
-            q = quantize_onnx(src, Path(tmp) / f"keep-{name}.onnx",
-                              keep_float=_matmuls_of(src, heads + [parts[k].ffn_out for k in float_layers]))
+            q = quantize_graph(tagger.model, src, Path(tmp) / f"keep-{name}.onnx",
+                               [parts[k].ffn_out for k in float_layers])
             layers.sessions[("depth", depth)] = ort_session(q, 1)
             return score(tagger, split)
 
@@ -94,9 +93,8 @@ def climb_against_peer(tagger: Tagger, float_layers: tuple[int, ...], args, tmp:
     layers, parts = tagger.engine.layers, tagger.model.adapter.layers
     layers._climb_session()
     src = layers.root / "climb.onnx"
-    keep = [head.linear for head in tagger.model.heads] + [parts[k].ffn_out for k in float_layers]
-    climbs = {"int8": layers.sessions["climb"],
-              "chosen": ort_session(quantize_onnx(src, tmp / "climb-chosen.onnx", keep_float=_matmuls_of(src, keep)), 1)}
+    chosen = quantize_graph(tagger.model, src, tmp / "climb-chosen.onnx", [parts[k].ffn_out for k in float_layers])
+    climbs = {"int8": layers.sessions["climb"], "chosen": ort_session(chosen, 1)}
     peer = OrtPeer(Tagger.from_pretrained(args.model), True, tmp, 1)
     batches, _ = prebuilt_batches(tagger, [s.tokens for s in test.sentences[: args.sentences]], 1)
     out = []

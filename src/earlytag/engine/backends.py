@@ -176,7 +176,7 @@ class _Truncated(nn.Module):
 def _counts(model, exit_layer, token_word, layers: int, heads_every_layer: bool):
     """The sentence's statistics in the graph (:func:`~earlytag.engine.plan.sentence_counts`)."""
     a = model.adapter
-    return sentence_counts(exit_layer, token_word, layers, a.hidden_size, a.attn_sizes.tolist(), a.ffn_sizes.tolist(),
+    return sentence_counts(exit_layer, token_word, layers, a.hidden_size, a.attn_sizes, a.ffn_sizes,
                            model.config.num_labels, heads_every_layer)
 
 
@@ -210,6 +210,12 @@ def _matmuls_of(path: Path, linears: list[nn.Linear]) -> list[str]:
     names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
              and n.input[1] in weights and matches(weights[n.input[1]])]
     return names + [f"{n}_MatMul" for n in names]  # the quantiser renames a Gemm it turns into MatMul + Add
+
+
+def quantize_graph(model, src: Path, dst: Path, keep: list[nn.Linear] = ()) -> Path:
+    """Dynamic int8 of a graph exported from ``model``: every matrix product but the exit heads' (float32 always)
+    and those of ``keep``."""
+    return quantize_onnx(src, dst, keep_float=_matmuls_of(src, [head.linear for head in model.heads] + list(keep)))
 
 
 class OnnxLayers:
@@ -260,10 +266,9 @@ class OnnxLayers:
             qpath = path.with_name(f"{name}-{self.precision}.onnx")
             if not qpath.is_file():
                 tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
-                keep = [head.linear for head in self.model.heads]  # and the Linears this precision leaves float
-                keep += [getattr(parts, role) for parts in self.model.adapter.layers for role in INT8_ROLES["int8"]
-                         if role not in INT8_ROLES[self.precision]]
-                quantize_onnx(path, tmp, keep_float=_matmuls_of(path, keep))
+                quantize_graph(self.model, path, tmp, [getattr(parts, role) for parts in self.model.adapter.layers
+                                                       for role in INT8_ROLES["int8"]
+                                                       if role not in INT8_ROLES[self.precision]])
                 os.replace(tmp, qpath)
             path = qpath
         return ort_session(path, self.threads)

@@ -34,8 +34,8 @@ def active_tokens(active_words: torch.Tensor, token_word: torch.Tensor, tok_mask
     return tok_mask & torch.where(token_word >= 0, own, live)
 
 
-def sentence_counts(exit_layer: torch.Tensor, token_word: torch.Tensor, layers: int, d: int, da: list[float],
-                    f: list[float], num_labels: int, heads_every_layer: bool) -> torch.Tensor:
+def sentence_counts(exit_layer: torch.Tensor, token_word: torch.Tensor, layers: int, d: int, da, f,
+                    num_labels: int, heads_every_layer: bool) -> torch.Tensor:
     """One sentence's statistics, halted words frozen and ``kv=keep``: ``exit_layer (W,)`` of its words (all real,
     W ≥ 1), ``token_word (T,)`` (-1 on special tokens; no padding), ``layers`` the depth of the setting, ``da``/``f``
     every layer's Q/K/V and FFN widths -> ``(3 + 2·layers,)`` float64: FLOPs, FLOPs at full depth, Σ of the words'
@@ -45,8 +45,8 @@ def sentence_counts(exit_layer: torch.Tensor, token_word: torch.Tensor, layers: 
     a node that costs a few microseconds per call): a sentence is live, all its ``t`` tokens keys/values, at
     every layer where any of its tokens is active, so ``layer_flops`` sums to ``t·Σ per_kv + a·(per_active +
     t·per_pair)`` over the layers it is live at (``layer_coefficients``)."""
-    per_kv, per_active, per_pair = (torch.tensor(np.broadcast_to(c, (len(da),)), dtype=torch.float64)
-                                    for c in layer_coefficients(d, np.asarray(f), np.asarray(da)))  # (L_model,) each
+    da, f = torch.as_tensor(da, dtype=torch.float64), torch.as_tensor(f, dtype=torch.float64)  # (L_model,) each
+    per_kv, per_active, per_pair = layer_coefficients(d, f, da)  # (L_model,) each
     at = torch.arange(layers)  # (L,)
     t = torch.ones_like(token_word, dtype=torch.float64).sum()  # tensors: the lengths vary per call
     w = torch.ones_like(exit_layer, dtype=torch.float64).sum()

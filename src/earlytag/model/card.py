@@ -37,13 +37,14 @@ def render_card(config: dict[str, Any]) -> str:
         lines.append("| tokens | characters: raw text is split into characters (no segmenter needed); offsets are "
                      "character offsets |")
     if et.get("head") == "crf":
-        c = et.get("crf") or {}
-        lines.append(f"| head | linear-chain CRF ({c.get('transitions', 'shared')} transitions), decoded by "
-                     f"{c.get('decode', 'viterbi')} (mean-field: {c.get('meanfield_iters', 3)} updates"
-                     + (f"; blocks of {c.get('block_words', 3)} words below {c.get('block_below', 0.9):g} from "
-                          f"{c.get('blockwise_from', 64)} words"
-                        if c.get('decode') == 'blockwise' else '') + "); exits read "
-                     f"the {c.get('uncertainty', 'meanfield')} marginals |")
+        from .heads import CRF_DEFAULTS
+
+        c = {**CRF_DEFAULTS, **{k: v for k, v in (et.get("crf") or {}).items() if v is not None}}
+        lines.append(f"| head | linear-chain CRF ({c['transitions']} transitions), decoded by {c['decode']} "
+                     f"(mean-field: {c['meanfield_iters']} updates"
+                     + (f"; blocks of {c['block_words']} words below {c['block_below']:g} from "
+                        f"{c['blockwise_from']} words" if c["decode"] == "blockwise" else "")
+                     + f"); exits read the {c['uncertainty']} marginals |")
     slim = et.get("slim")
     if slim:
         lines.append(f"| slim encoder | heads kept per layer: {', '.join(str(len(h)) for h in slim.get('heads', []))} of "

@@ -267,15 +267,11 @@ def crf_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError("crf.decode", f"expected one of {', '.join(DECODERS)}, got {s['decode']!r}")
     if s["uncertainty"] not in CRF_UNCERTAINTIES:
         raise ConfigError("crf.uncertainty", f"expected one of {', '.join(CRF_UNCERTAINTIES)}, got {s['uncertainty']!r}")
-    m = s["meanfield_iters"]
-    if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= 50:
-        raise ConfigError("crf.meanfield_iters", f"must be an integer between 0 and 50, got {m!r}")
-    k = s["block_words"]
-    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= 512:
-        raise ConfigError("crf.block_words", f"must be an integer between 2 and 512, got {k!r}")
-    f = s["blockwise_from"]
-    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-        raise ConfigError("crf.blockwise_from", f"must be a whole number of words, got {f!r}")
+    for key, low, high in (("meanfield_iters", 0, 50), ("block_words", 2, 512), ("blockwise_from", 0, None)):
+        v = s[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+            bounds = f"between {low} and {high}" if high is not None else f"of at least {low}"
+            raise ConfigError(f"crf.{key}", f"must be an integer {bounds}, got {v!r}")
     below = s["block_below"]
     if not isinstance(below, (int, float)) or isinstance(below, bool) or not 0.0 <= below <= 1.0:
         raise ConfigError("crf.block_below", f"must be a probability between 0 and 1, got {below!r}")
