@@ -195,6 +195,25 @@ def test_calibrate_stores_its_table_and_changes_the_default_only_when_asked(caps
     assert (copy / "config.json").read_text() == config_before
 
 
+def test_quantize_stores_its_choice_and_says_what_it_stored(capsys, model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    config_before = (copy / "config.json").read_text()
+    code, out, err = run(capsys, "quantize", copy, "uner-en-ewt:dev", "--limit", 20, "--dry-run", "--quiet")
+    assert code == 0, err
+    result = json.loads(out)
+    assert "scored on 20 sentences" in err and "--limit" in err and "dry run: nothing stored" in err
+    assert set(result["scores"]) >= {"fp32", "int8", "int8-mixed, every layer", "layer 0"}
+    assert (copy / "config.json").read_text() == config_before
+    code, out, err = run(capsys, "quantize", copy, "uner-en-ewt:dev", "--limit", 20, "--quiet")
+    assert code == 0, err
+    stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]
+    assert stored["float_ffn_out"] == json.loads(out)["float_ffn_out"] and stored["sentences"] == 20
+    assert "stored in" in err and "int8-mixed" in (copy / "README.md").read_text()
+
+
 def test_data_list_and_version(capsys):
     code, out, _ = run(capsys, "data", "list")
     assert code == 0 and "uner-en-ewt" in out

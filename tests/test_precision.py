@@ -9,7 +9,7 @@ import torch
 from earlytag import Tagger
 from earlytag.engine import ExitConfig
 from earlytag.engine.runner import ExitPolicy
-from earlytag.errors import ConfigError
+from earlytag.errors import ConfigError, EarlytagError
 from earlytag.model import precision as precision_module
 
 from .conftest import need_module, tiny_model
@@ -340,3 +340,122 @@ def test_onnxruntime_graphs_are_exported_once_when_threads_race(model_dir, tmp_p
         results = list(pool.map(lambda docs: tagger.predict_words(docs, cfg, 1).tags, [SENTENCES, SENTENCES]))
     assert results[0] == results[1] == Tagger.from_pretrained(model_dir).predict_words(SENTENCES, cfg, 1).tags
     assert len(exported) == len(set(exported)) == 1  # the climb graph, once
+
+
+def _float_ffn_out_layers(tagger) -> tuple[int, ...]:
+    """Which layers' FFN output projection the tagger's torch model really holds in float32."""
+    return tuple(i for i, parts in enumerate(tagger.model.adapter.layers) if type(parts.ffn_out) is torch.nn.Linear)
+
+
+def test_int8_mixed_keeps_only_the_layers_chosen_for_the_model(model_dir, tmp_path, monkeypatch):
+    """A stored choice (earlytag quantize) makes int8-mixed keep those layers' FFN output float32 and quantize the
+    rest, in torch and in the ONNX Runtime graph; a choice naming a layer the encoder lacks stops with its field."""
+    import shutil
+
+    from earlytag.model.tagger import update_saved_config
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": [1]}})
+    mixed = Tagger.from_pretrained(copy, precision="int8-mixed")
+    assert _float_ffn_out_layers(mixed) == (1,)
+    for parts in mixed.model.adapter.layers:
+        assert all(isinstance(getattr(parts, r), precision_module.Int8Linear)
+                   for r in ("query", "key", "value", "attn_out", "ffn_in"))
+    assert _float_ffn_out_layers(Tagger.from_pretrained(copy, precision="int8")) == ()  # int8 ignores the choice
+    need_module("onnxruntime")
+    import onnx
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    ort = Tagger.from_pretrained(copy, backend="onnxruntime", precision="int8-mixed")
+    ort.predict_words(SENTENCES[:1], ExitConfig("token", threshold=0.3, window=1), 1)
+    kinds = [n.op_type for n in onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph.node]
+    layers = ort.num_layers
+    assert kinds.count("MatMulInteger") == 6 * layers - 1
+    assert kinds.count("Gemm") + kinds.count("MatMul") == 1 + (1 + 2) * layers  # ffn_out of layer 1, heads, attention
+    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": [0, 7]}})
+    with pytest.raises(ConfigError, match=r"int8_mixed\.float_ffn_out.*\[0, 7\].*has 3"):
+        Tagger.from_pretrained(copy, precision="int8-mixed")
+    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": "0,1"}})
+    with pytest.raises(EarlytagError, match=r"config.json.*int8_mixed\.float_ffn_out"):
+        Tagger.from_pretrained(copy)
+
+
+def test_smallest_sufficient_adds_layers_best_first():
+    from earlytag.quantize import smallest_sufficient
+
+    single = {0: 0.70, 1: 0.72, 2: 0.60, 3: 0.72}
+    seen = []
+
+    def score_of(layers):
+        seen.append(layers)
+        return {(1,): 0.72, (1, 3): 0.74, (0, 1, 3): 0.80}[layers]
+
+    assert smallest_sufficient(single, score_of, 0.74, 4) == ((1, 3), [(1,), (1, 3)])
+    assert seen == [(1,), (1, 3)]  # ties go to the lower layer; stops at the first set reaching the bound
+    assert smallest_sufficient(single, score_of, 0.9, 4)[0] == (0, 1, 2, 3)  # none reaches it: every layer
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_quantize_scores_each_quantization_and_stores_the_smallest_sufficient_set(model_dir, tmp_path, monkeypatch,
+                                                                                    backend, shared_data):
+    """The scores come from what each trial model really held (a spy on predict_words reads its float FFN outputs
+    for torch, the keep list handed to the graph quantizer for ONNX Runtime); the choice is stored, trial graphs do
+    not go to the user's cache, and a reloaded int8-mixed model keeps exactly the chosen layers float32."""
+    import json
+    import shutil
+
+    from earlytag import quantize as quantize_module
+    from earlytag.engine import backends
+
+    if backend == "onnxruntime":
+        need_module("onnxruntime")
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    # the 3-layer model's dev scores by the layers whose FFN output is float32 (() = int8, all three = int8-mixed)
+    table = {"fp32": 0.81, (): 0.50, (0, 1, 2): 0.80, (0,): 0.60, (1,): 0.79, (2,): 0.70, (1, 2): 0.80}
+    trials = []
+    held = {}
+
+    def spy_predict(self, docs, exit=None, batch_size=None):
+        if self.precision == "fp32":
+            held["key"] = "fp32"
+        elif backend == "torch":
+            held["key"] = _float_ffn_out_layers(self)
+        else:  # the graph quantizer is called when the first graph is opened
+            held["key"] = None
+        out = real_predict(self, docs, exit, batch_size)
+        trials.append(held["key"])
+        return out
+
+    real_predict = Tagger.predict_words
+    real_quantize_graph = backends.quantize_graph
+    fp32 = Tagger.from_pretrained(copy)
+
+    def spy_quantize_graph(model, src, dst, keep=()):
+        weights = [lin.weight for lin in keep]
+        held["key"] = tuple(i for i, parts in enumerate(fp32.model.adapter.layers)
+                            if any(parts.ffn_out.weight.equal(w) for w in weights))
+        return real_quantize_graph(model, src, dst, keep)
+
+    monkeypatch.setattr(Tagger, "predict_words", spy_predict)
+    monkeypatch.setattr(backends, "quantize_graph", spy_quantize_graph)
+    monkeypatch.setattr(quantize_module, "task_scores", lambda task, gold, pred: {"score": table[trials[-1]]})
+    choice = quantize_module.choose_int8_mixed(copy, "uner-en-ewt:dev", backend=backend, batch_size=4, limit=6)
+    # layer 1 alone (0.79, already scored) misses every layer's 0.80; layers 1 and 2 (scored next) reach it
+    assert trials == ["fp32", (), (0, 1, 2), (0,), (1,), (2,), (1, 2)]
+    assert choice.float_ffn_out == [1, 2] and choice.score == 0.80 and choice.tried == [[1], [1, 2]]
+    assert choice.sentences == 6 and choice.backend == backend
+    assert choice.scores == {"fp32": 0.81, "int8": 0.50, "int8-mixed, every layer": 0.80, "layer 0": 0.60,
+                             "layer 1": 0.79, "layer 2": 0.70, "layers 1,2": 0.80}
+    loose = quantize_module.choose_int8_mixed(copy, "uner-en-ewt:dev", backend=backend, batch_size=4, limit=6,
+                                              tolerance=1.0)
+    assert loose.float_ffn_out == [1] and loose.score == 0.79
+    stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]
+    assert stored["float_ffn_out"] == [1] and stored["tolerance"] == 1.0
+    assert stored["data"] == str((shared_data / "uner_english_ewt" / "en_ewt-ud-dev.iob2").resolve())
+    if backend == "onnxruntime":
+        assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*-int8*.onnx"))
+    monkeypatch.undo()
+    assert _float_ffn_out_layers(Tagger.from_pretrained(copy, precision="int8-mixed")) == (1,)

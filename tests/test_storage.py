@@ -233,3 +233,28 @@ def test_train_replaces_a_model_only_with_overwrite_and_keeps_other_files(tmp_pa
     assert (out / "notes.txt").read_text() == "keep"
     assert json.loads((out / "training_log.json").read_text())["epochs"]
     assert leftovers(out) == []
+
+
+def test_a_config_update_whose_card_fails_writes_nothing(tmp_path, tokenizer, monkeypatch):
+    """update_saved_config (calibrate, quantize) renders the card before writing: if that fails, config.json and the
+    card stay as they were (a model of an older version once lacked a key the card read)."""
+    from earlytag import Tagger
+    from earlytag.model import tagger as tagger_module
+
+    from .conftest import tiny_model
+
+    path = tmp_path / "model"
+    Tagger(tiny_model("bert"), tokenizer).save_pretrained(path)
+    before = {name: (path / name).read_bytes() for name in ("config.json", "README.md")}
+
+    def broken(raw):
+        raise KeyError("recipe")
+
+    monkeypatch.setattr(tagger_module, "render_card", broken)
+    with pytest.raises(KeyError):
+        tagger_module.update_saved_config(path, {"int8_mixed": {"float_ffn_out": [0]}})
+    assert {name: (path / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    tagger_module.update_saved_config(path, {"int8_mixed": {"float_ffn_out": [0], "scores": {}}})
+    assert json.loads((path / "config.json").read_text())["earlytag"]["int8_mixed"]["float_ffn_out"] == [0]
+    assert "int8-mixed | FFN output kept float32 in layers 0" in (path / "README.md").read_text()

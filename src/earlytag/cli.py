@@ -310,6 +310,26 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from .quantize import choose_int8_mixed
+
+    set_threads(args.threads)
+    choice = choose_int8_mixed(args.model, args.data, backend=args.backend, batch_size=args.batch_size,
+                               limit=args.limit, tolerance=args.tolerance, save=not args.dry_run,
+                               progress=not args.quiet, data_dir=args.data_dir)
+    s = {k: 100 * v for k, v in choice.scores.items()}
+    kept = ", ".join(map(str, choice.float_ffn_out)) or "none"
+    print(f"scored on {choice.sentences} sentences of {args.data} (--limit sets how many, 0 all), full depth, "
+          f"{args.backend} at batch size {args.batch_size}: fp32 {s['fp32']:.2f}, int8 {s['int8']:.2f}, every FFN "
+          f"output float32 {s['int8-mixed, every layer']:.2f}; FFN output kept float32 in layers {kept} (from 0): "
+          f"{100 * choice.score:.2f}", file=sys.stderr)
+    print("dry run: nothing stored" if args.dry_run else
+          f"stored in {args.model}/config.json: --precision int8-mixed now keeps the FFN output float32 in layers "
+          f"{kept} only", file=sys.stderr)
+    print(json.dumps(choice.to_dict(), indent=2))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve.app import Limits, serve
 
@@ -690,6 +710,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
     _runtime_args(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = _verb(sub, "quantize", "choose on dev data which layers --precision int8-mixed keeps partly in float32",
+              "  earlytag quantize models/ner uner-en-ewt:dev\n"
+              "  earlytag quantize models/ner dev.conll --backend onnxruntime --batch-size 1 --tolerance 0.1")
+    model_arg(p)
+    p.add_argument("data", help="dev data: a file or a known name")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="what scores each quantization (choose with the backend you serve with)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="sentences per call while scoring (int8 quantizes activations per call: use the batch size "
+                        "you serve with)")
+    p.add_argument("--limit", type=int, default=1000, help="dev sentences used")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="dev score points the choice may lose against every layer's FFN output in float32")
+    p.add_argument("--dry-run", action="store_true", help="do not store the choice in the model directory")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
+    p.set_defaults(func=cmd_quantize)
 
     p = _verb(sub, "serve", "HTTP service: /predict with micro-batching, /metrics, and a page that shows where each "
                             "word exits",

@@ -33,7 +33,7 @@ from torch import nn
 from ..defaults import ONNX_PRECISIONS
 from ..errors import ConfigError
 from ..model.layers import attend, dense_layer, finish
-from ..model.precision import INT8_ROLES
+from ..model.precision import INT8_ROLES, quantized_roles
 from ..peers import export_onnx, ort_session, quantize_onnx
 from .plan import sentence_counts
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
@@ -266,9 +266,9 @@ class OnnxLayers:
             qpath = path.with_name(f"{name}-{self.precision}.onnx")
             if not qpath.is_file():
                 tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
-                quantize_graph(self.model, path, tmp, [getattr(parts, role) for parts in self.model.adapter.layers
-                                                       for role in INT8_ROLES["int8"]
-                                                       if role not in INT8_ROLES[self.precision]])
+                layers = zip(self.model.adapter.layers, quantized_roles(self.model, self.precision))
+                quantize_graph(self.model, path, tmp, [getattr(parts, role) for parts, roles in layers
+                                                       for role in INT8_ROLES["int8"] if role not in roles])
                 os.replace(tmp, qpath)
             path = qpath
         return ort_session(path, self.threads)

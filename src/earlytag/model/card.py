@@ -61,7 +61,7 @@ def render_card(config: dict[str, Any]) -> str:
             f"| dev data | {training.get('dev', '-')}"
             + (f", first {training['dev_limit']} sentences" if training.get("dev_limit") else "") + " |",
             f"| stage | {training.get('stage', '?')}"
-            + (f" (recipe {training['recipe']}, kv={training.get('kv')})" if training.get("stage") == "self-sampling"
+            + (f" (recipe {training.get('recipe', '?')}, kv={training.get('kv')})" if training.get("stage") == "self-sampling"
                else "") + " |",
             f"| epochs | {training.get('epochs', '?')} ({training.get('freeze_epochs', 0)} with the encoder frozen); "
             f"this checkpoint: epoch {training.get('epoch', '?')} |",
@@ -79,6 +79,13 @@ def render_card(config: dict[str, Any]) -> str:
     else:
         lines.append("| default exit | full depth (choose one: `earlytag calibrate MODEL DEV --target-speedup 2 "
                      "--set-default`) |")
+    mixed = et.get("int8_mixed")
+    if mixed:
+        kept = ", ".join(map(str, mixed.get("float_ffn_out", []))) or "none"
+        lines.append(f"| int8-mixed | FFN output kept float32 in layers {kept} (from 0): dev {metric} "
+                     f"{_pct(mixed.get('score'))} against int8 {_pct(mixed.get('scores', {}).get('int8'))} and fp32 "
+                     f"{_pct(mixed.get('scores', {}).get('fp32'))} on {mixed.get('sentences', '?')} sentences "
+                     f"({mixed.get('backend', '?')}, batch size {mixed.get('batch_size', '?')}; `earlytag quantize`) |")
     per_layer = training.get("dev_per_layer")
     if per_layer:
         lines += ["", f"Dev {metric} of every exit head at full depth (this checkpoint):", "",

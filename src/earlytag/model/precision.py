@@ -6,7 +6,9 @@
   channel (symmetric), activations quantized per call, the product computed by torch's quantized CPU kernels
   (``torch.ops.quantized.linear_dynamic``: fbgemm / oneDNN). Layer norms, attention and the exit heads stay in
   float32. The engine keeps its fused Q/K/V projection (:meth:`Int8Linear.cat` joins the int8 rows exactly).
-- ``int8-mixed``: the same but the FFN's output projection stays float32 (:data:`INT8_ROLES`).
+- ``int8-mixed``: the same but the FFN's output projection stays float32 (:data:`INT8_ROLES`): in every layer, or
+  only in the layers ``earlytag quantize`` chose on dev data for this model (``int8_mixed.float_ffn_out`` in its
+  config; :func:`quantized_roles`).
 
 Settings a device cannot run stop with one line that says what to use instead (:func:`check_precision`).
 """
@@ -29,6 +31,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 # (docs/results.md section 4)
 INT8_ROLES = {"int8": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
               "int8-mixed": ("query", "key", "value", "attn_out", "ffn_in")}
+
+
+def quantized_roles(model, precision: str) -> list[tuple[str, ...]]:
+    """Per encoder layer, the Linear roles ``precision`` quantizes. ``int8-mixed`` keeps the FFN output projection
+    float32 in the layers the model's ``int8_mixed.float_ffn_out`` names (chosen on dev by ``earlytag quantize``),
+    in every layer when the model has no such choice."""
+    num_layers = len(model.adapter.layers)
+    if precision not in INT8_ROLES:
+        return [()] * num_layers
+    choice = model.config.int8_mixed
+    if precision == "int8" or choice is None:
+        return [INT8_ROLES[precision]] * num_layers
+    kept = set(choice["float_ffn_out"])
+    if kept - set(range(num_layers)):
+        raise ConfigError("int8_mixed.float_ffn_out", f"layers {sorted(kept)} named, the encoder has {num_layers} "
+                                                      f"(counted from 0); run earlytag quantize again")
+    return [INT8_ROLES["int8-mixed"] if i in kept else INT8_ROLES["int8"] for i in range(num_layers)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -148,8 +167,8 @@ def apply_precision(model, precision: str):
     elif precision in INT8_ROLES:
         parents = {id(m): (parent, name) for parent in model.encoder.modules()
                    for name, m in parent.named_children()}
-        for parts in model.adapter.layers:
-            for role in INT8_ROLES[precision]:
+        for parts, roles in zip(model.adapter.layers, quantized_roles(model, precision)):
+            for role in roles:
                 linear = getattr(parts, role)
                 parent, name = parents[id(linear)]
                 setattr(parent, name, Int8Linear.from_linear(linear))

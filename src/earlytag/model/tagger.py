@@ -302,5 +302,6 @@ def update_saved_config(directory: str | os.PathLike, settings: dict) -> None:
         raise EarlytagError(f"{directory}: not an earlytag model directory (no {CONFIG_NAME})")
     raw = json.loads(path.read_text(encoding="utf-8"))
     raw.setdefault("earlytag", {}).update(settings)
+    card = render_card(raw)  # before anything is written: a card that cannot be rendered leaves both as they were
     atomic_write_text(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(Path(directory) / CARD_NAME, render_card(raw))  # the card says what the config says
+    atomic_write_text(Path(directory) / CARD_NAME, card)  # the card says what the config says
