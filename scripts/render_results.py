@@ -358,8 +358,11 @@ def stackedtargets(bench: str, *specs: str) -> str:
         if "ort-fp32" in peers:
             p = peers["ort-fp32"]
             best = fastest([r for r in own(bs) if r["policy"] in ("none", "none/ort")])
-            out.append([f"batch {bs}: earlytag fp32 full depth ≥ ort-fp32 ({p['wall_speedup']:.2f}x)", name(best),
-                        "yes" if best["wall_speedup"] >= p["wall_speedup"] else "no"])
+            met = best["wall_speedup"] >= p["wall_speedup"]
+            shown = f"{p['wall_speedup']:.2f}x"
+            if not met and f"{best['wall_speedup']:.2f}" == f"{p['wall_speedup']:.2f}":  # level to 2 decimals
+                shown = f"{p['wall_speedup']:.4f}x, earlytag {best['wall_speedup']:.4f}x: equal to 2 decimals"
+            out.append([f"batch {bs}: earlytag fp32 full depth ≥ ort-fp32 ({shown})", name(best), "yes" if met else "no"])
         if bs == 1 and "ort-int8" in peers:
             p = peers["ort-int8"]
             full = full_of(bs)
