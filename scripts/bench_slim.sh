@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13 figures (docs/results.md section 9), after scripts/train_minilm_slim.sh. Needs EARLYTAG_DATA.
-# STEP=name runs one step only. THREADS (default 1) torch threads of the timed benches.
+# STEP=name runs one step only (magnitude, eval, curves, ss; mpnet-eval, mpnet-curves). THREADS (default 1) torch threads of the timed benches.
 set -euo pipefail
 B=docs/bench
 T=${THREADS:-1}
@@ -25,4 +25,17 @@ if step ss; then  # self-sampling of a slim model (STEPS=ner-slim scripts/train_
     --no-timing --threads "$T" --label minilm-ner-ss --quiet
   earlytag bench models/minilm-ner-slim-ss uner-en-ewt:test --out $B/slim-ss-slim --policies token --grid default \
     --no-timing --threads "$T" --label minilm-ner-slim-ss --reference models/minilm-ner-ss --quiet
+fi
+# the 12-layer all-mpnet-base-v2 at a reduced scale, after scripts/train_mpnet_slim.sh (both models trained on the
+# same 2,000 sentences): every exit head at full depth, then F1 against wall-clock at batch 32 with token exit, the
+# slim model timed against the unpruned one (bench --reference), the first 300 test sentences timed
+if step mpnet-eval; then
+  scripts/eval_models.sh mpnet-ner-2k-plain mpnet-ner-2k-slim
+fi
+if step mpnet-curves; then
+  earlytag bench models/mpnet-ner-2k-plain uner-en-ewt:test --out $B/slim-mpnet-plain --policies token --grid small \
+    --batch-sizes 32 --threads "$T" --timing-limit 300 --label mpnet-ner-2k-plain --quiet
+  earlytag bench models/mpnet-ner-2k-slim uner-en-ewt:test --out $B/slim-mpnet-slim --policies token --grid small \
+    --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner-2k-slim \
+    --reference models/mpnet-ner-2k-plain --quiet
 fi
