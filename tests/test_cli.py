@@ -209,9 +209,9 @@ def test_quantize_stores_its_choice_and_says_what_it_stored(capsys, model_dir, t
     assert (copy / "config.json").read_text() == config_before
     code, out, err = run(capsys, "quantize", copy, "uner-en-ewt:dev", "--limit", 20, "--quiet")
     assert code == 0, err
-    stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]
+    stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]
     assert stored["float_ffn_out"] == json.loads(out)["float_ffn_out"] and stored["sentences"] == 20
-    assert "stored in" in err and "int8-mixed" in (copy / "README.md").read_text()
+    assert "stored in" in err and "--backend torch" in err and "int8-mixed, torch" in (copy / "README.md").read_text()
 
 
 def test_data_list_and_version(capsys):

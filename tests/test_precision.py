@@ -349,14 +349,14 @@ def _float_ffn_out_layers(tagger) -> tuple[int, ...]:
 
 def test_int8_mixed_keeps_only_the_layers_chosen_for_the_model(model_dir, tmp_path, monkeypatch):
     """A stored choice (earlytag quantize) makes int8-mixed keep those layers' FFN output float32 and quantize the
-    rest, in torch and in the ONNX Runtime graph; a choice naming a layer the encoder lacks stops with its field."""
+    rest, with the backend it was made for only; a choice naming a layer the encoder lacks stops with its field."""
     import shutil
 
     from earlytag.model.tagger import update_saved_config
 
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
-    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": [1]}})
+    update_saved_config(copy, {"int8_mixed": {"torch": {"float_ffn_out": [1]}}})
     mixed = Tagger.from_pretrained(copy, precision="int8-mixed")
     assert _float_ffn_out_layers(mixed) == (1,)
     for parts in mixed.model.adapter.layers:
@@ -367,17 +367,25 @@ def test_int8_mixed_keeps_only_the_layers_chosen_for_the_model(model_dir, tmp_pa
     import onnx
 
     monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
-    ort = Tagger.from_pretrained(copy, backend="onnxruntime", precision="int8-mixed")
-    ort.predict_words(SENTENCES[:1], ExitConfig("token", threshold=0.3, window=1), 1)
-    kinds = [n.op_type for n in onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph.node]
-    layers = ort.num_layers
-    assert kinds.count("MatMulInteger") == 6 * layers - 1
-    assert kinds.count("Gemm") + kinds.count("MatMul") == 1 + (1 + 2) * layers  # ffn_out of layer 1, heads, attention
-    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": [0, 7]}})
-    with pytest.raises(ConfigError, match=r"int8_mixed\.float_ffn_out.*\[0, 7\].*has 3"):
+
+    def integer_products() -> int:
+        ort = Tagger.from_pretrained(copy, backend="onnxruntime", precision="int8-mixed")
+        ort.predict_words(SENTENCES[:1], ExitConfig("token", threshold=0.3, window=1), 1)
+        kinds = [n.op_type for n in onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph.node]
+        return kinds.count("MatMulInteger"), kinds.count("Gemm") + kinds.count("MatMul")
+
+    layers = mixed.num_layers
+    assert integer_products() == (5 * layers, (1 + 1 + 2) * layers)  # the torch choice is not ONNX Runtime's
+    update_saved_config(copy, {"int8_mixed": {"torch": {"float_ffn_out": [1]}, "onnxruntime": {"float_ffn_out": [1]}}})
+    assert integer_products() == (6 * layers - 1, 1 + (1 + 2) * layers)  # ffn_out of layer 1, heads, attention
+    update_saved_config(copy, {"int8_mixed": {"torch": {"float_ffn_out": [0, 7]}}})
+    with pytest.raises(ConfigError, match=r"int8_mixed\.torch\.float_ffn_out.*\[0, 7\].*has 3"):
         Tagger.from_pretrained(copy, precision="int8-mixed")
-    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": "0,1"}})
-    with pytest.raises(EarlytagError, match=r"config.json.*int8_mixed\.float_ffn_out"):
+    update_saved_config(copy, {"int8_mixed": {"torch": {"float_ffn_out": "0,1"}}})
+    with pytest.raises(EarlytagError, match=r"config.json.*int8_mixed\.torch\.float_ffn_out"):
+        Tagger.from_pretrained(copy)
+    update_saved_config(copy, {"int8_mixed": {"float_ffn_out": [1]}})  # not keyed by backend
+    with pytest.raises(EarlytagError, match=r"config.json.*int8_mixed.*backends.*float_ffn_out"):
         Tagger.from_pretrained(copy)
 
 
@@ -407,11 +415,14 @@ def test_quantize_scores_each_quantization_and_stores_the_smallest_sufficient_se
 
     from earlytag import quantize as quantize_module
     from earlytag.engine import backends
+    from earlytag.model.tagger import update_saved_config
 
     if backend == "onnxruntime":
         need_module("onnxruntime")
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
+    other = "torch" if backend == "onnxruntime" else "onnxruntime"
+    update_saved_config(copy, {"int8_mixed": {other: {"float_ffn_out": [0]}}})  # the other backend's choice stays
     monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
     # the 3-layer model's dev scores by the layers whose FFN output is float32 (() = int8, all three = int8-mixed)
     table = {"fp32": 0.81, (): 0.50, (0, 1, 2): 0.80, (0,): 0.60, (1,): 0.79, (2,): 0.70, (1, 2): 0.80}
@@ -453,9 +464,12 @@ def test_quantize_scores_each_quantization_and_stores_the_smallest_sufficient_se
                                               tolerance=1.0)
     assert loose.float_ffn_out == [1] and loose.score == 0.79
     stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]
+    assert stored[other] == {"float_ffn_out": [0]}
+    stored = stored[backend]
     assert stored["float_ffn_out"] == [1] and stored["tolerance"] == 1.0
     assert stored["data"] == str((shared_data / "uner_english_ewt" / "en_ewt-ud-dev.iob2").resolve())
     if backend == "onnxruntime":
         assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*-int8*.onnx"))
     monkeypatch.undo()
-    assert _float_ffn_out_layers(Tagger.from_pretrained(copy, precision="int8-mixed")) == (1,)
+    assert _float_ffn_out_layers(Tagger.from_pretrained(copy, precision="int8-mixed")) == ((1,) if backend == "torch"
+                                                                                          else (0,))

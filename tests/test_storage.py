@@ -252,9 +252,9 @@ def test_a_config_update_whose_card_fails_writes_nothing(tmp_path, tokenizer, mo
 
     monkeypatch.setattr(tagger_module, "render_card", broken)
     with pytest.raises(KeyError):
-        tagger_module.update_saved_config(path, {"int8_mixed": {"float_ffn_out": [0]}})
+        tagger_module.update_saved_config(path, {"int8_mixed": {"torch": {"float_ffn_out": [0]}}})
     assert {name: (path / name).read_bytes() for name in before} == before
     monkeypatch.undo()
-    tagger_module.update_saved_config(path, {"int8_mixed": {"float_ffn_out": [0], "scores": {}}})
-    assert json.loads((path / "config.json").read_text())["earlytag"]["int8_mixed"]["float_ffn_out"] == [0]
-    assert "int8-mixed | FFN output kept float32 in layers 0" in (path / "README.md").read_text()
+    tagger_module.update_saved_config(path, {"int8_mixed": {"torch": {"float_ffn_out": [0], "scores": {}}}})
+    assert json.loads((path / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]["float_ffn_out"] == [0]
+    assert "int8-mixed, torch | FFN output kept float32 in layers 0" in (path / "README.md").read_text()

@@ -324,8 +324,8 @@ def cmd_quantize(args) -> int:
           f"output float32 {s['int8-mixed, every layer']:.2f}; FFN output kept float32 in layers {kept} (from 0): "
           f"{100 * choice.score:.2f}", file=sys.stderr)
     print("dry run: nothing stored" if args.dry_run else
-          f"stored in {args.model}/config.json: --precision int8-mixed now keeps the FFN output float32 in layers "
-          f"{kept} only", file=sys.stderr)
+          f"stored in {args.model}/config.json: --precision int8-mixed --backend {args.backend} now keeps the FFN "
+          f"output float32 in layers {kept} only", file=sys.stderr)
     print(json.dumps(choice.to_dict(), indent=2))
     return 0
 

@@ -10,8 +10,10 @@ six recover). Every float projection costs speed, so the choice is made per mode
 3. add layers in the order of those scores, best first, and keep the smallest set whose dev score is within
    ``tolerance`` of every layer's (int8 alone when it already is).
 
-The choice is stored in the model's config.json (``int8_mixed``); ``--precision int8-mixed`` then keeps only those
-layers' FFN outputs float32, with either backend. A model without a stored choice keeps all of them.
+The choice is stored in the model's config.json under the backend it was made with (``int8_mixed.torch`` or
+``int8_mixed.onnxruntime``): each backend quantizes activations its own way, and a choice made for one did not carry
+to the other (docs/results.md section 4). ``--precision int8-mixed`` with that backend then keeps only those layers'
+FFN outputs float32; without a choice for the backend it keeps all of them.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
     """Choose the layers whose FFN output ``int8-mixed`` keeps float32, on ``dev`` (its first ``limit`` sentences,
     at full depth, scored by ``backend`` at ``batch_size``: dynamic int8 quantizes activations per call, so both
     change the scores a little). ``tolerance``: dev score points (0-100) the choice may lose against keeping every
-    layer's. With ``save`` the choice goes into the model directory's config.json (``int8_mixed``)."""
+    layer's. With ``save`` the choice goes into the model directory's config.json (``int8_mixed[backend]``; a choice
+    for the other backend is kept)."""
     if backend not in ("torch", "onnxruntime"):
         raise ConfigError("backend", f"expected torch or onnxruntime, got {backend!r}")
     if not 0 <= tolerance <= 100:
@@ -89,7 +92,7 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
                  disable=not progress, file=sys.stderr, leave=False) as bar:
         def score(name: str, precision: str, float_layers: Sequence[int] | None = None) -> float:
             model = copy.deepcopy(base.model)
-            model.config.int8_mixed = None if float_layers is None else {"float_ffn_out": list(float_layers)}
+            model.config.int8_mixed = None if float_layers is None else {backend: {"float_ffn_out": list(float_layers)}}
             tagger = Tagger(model, base.tokenizer, precision=precision, backend=backend)
             if backend == "onnxruntime":  # trial graphs go to a temporary cache, not the user's
                 tagger.engine.layers.root = Path(tmp) / tagger.engine.layers.root.name
@@ -118,7 +121,7 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
     if save:
         from .model.tagger import update_saved_config
 
-        update_saved_config(directory, {"int8_mixed": choice.to_dict()})
+        update_saved_config(directory, {"int8_mixed": {**(base.config.int8_mixed or {}), backend: choice.to_dict()}})
     return choice
 
 

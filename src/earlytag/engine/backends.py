@@ -266,7 +266,7 @@ class OnnxLayers:
             qpath = path.with_name(f"{name}-{self.precision}.onnx")
             if not qpath.is_file():
                 tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
-                layers = zip(self.model.adapter.layers, quantized_roles(self.model, self.precision))
+                layers = zip(self.model.adapter.layers, quantized_roles(self.model, self.precision, "onnxruntime"))
                 quantize_graph(self.model, path, tmp, [getattr(parts, role) for parts, roles in layers
                                                        for role in INT8_ROLES["int8"] if role not in roles])
                 os.replace(tmp, qpath)

@@ -79,13 +79,14 @@ def render_card(config: dict[str, Any]) -> str:
     else:
         lines.append("| default exit | full depth (choose one: `earlytag calibrate MODEL DEV --target-speedup 2 "
                      "--set-default`) |")
-    mixed = et.get("int8_mixed")
-    if mixed:
+    for backend, mixed in (et.get("int8_mixed") or {}).items():
+        if not isinstance(mixed, dict):  # not a valid choice: loading the model says what is wrong with it
+            continue
         kept = ", ".join(map(str, mixed.get("float_ffn_out", []))) or "none"
-        lines.append(f"| int8-mixed | FFN output kept float32 in layers {kept} (from 0): dev {metric} "
+        lines.append(f"| int8-mixed, {backend} | FFN output kept float32 in layers {kept} (from 0): dev {metric} "
                      f"{_pct(mixed.get('score'))} against int8 {_pct(mixed.get('scores', {}).get('int8'))} and fp32 "
                      f"{_pct(mixed.get('scores', {}).get('fp32'))} on {mixed.get('sentences', '?')} sentences "
-                     f"({mixed.get('backend', '?')}, batch size {mixed.get('batch_size', '?')}; `earlytag quantize`) |")
+                     f"(batch size {mixed.get('batch_size', '?')}; `earlytag quantize`) |")
     per_layer = training.get("dev_per_layer")
     if per_layer:
         lines += ["", f"Dev {metric} of every exit head at full depth (this checkpoint):", "",

@@ -29,7 +29,7 @@ class TaggerConfig:
     encoder_name: str | None = None  # where the encoder came from (informational)
     exit: dict[str, Any] | None = None  # the default exit settings (see earlytag.engine.ExitConfig)
     exit_calibration: dict[str, Any] | None = None  # how `exit` was chosen (earlytag.calibrate)
-    int8_mixed: dict[str, Any] | None = None  # which FFN output projections int8-mixed keeps float (earlytag.quantize)
+    int8_mixed: dict[str, Any] | None = None  # per backend, the FFN outputs int8-mixed keeps float (earlytag.quantize)
     training: dict[str, Any] = field(default_factory=dict)  # how the model was trained (informational)
 
     def __post_init__(self):
@@ -59,10 +59,14 @@ class TaggerConfig:
             self.crf = crf_settings(self.crf)
         elif self.crf is not None:
             raise ConfigError("crf", "CRF settings on a softmax head")
-        if self.int8_mixed is not None:
-            kept = self.int8_mixed.get("float_ffn_out")
+        for backend, choice in (self.int8_mixed or {}).items():
+            if backend not in ("torch", "onnxruntime"):
+                raise ConfigError("int8_mixed", f"its keys are the backends a choice was made for (torch, onnxruntime), "
+                                                f"got {backend!r:.40}")
+            kept = choice.get("float_ffn_out") if isinstance(choice, dict) else None
             if not (isinstance(kept, list) and all(_is(k, "int") and k >= 0 for k in kept)):
-                raise ConfigError("int8_mixed.float_ffn_out", f"must be a list of layer indices (from 0), got {kept!r:.60}")
+                raise ConfigError(f"int8_mixed.{backend}.float_ffn_out",
+                                  f"must be a list of layer indices (from 0), got {kept!r:.60}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError("head_dropout", f"must be in [0, 1), got {self.head_dropout}")
 

@@ -7,7 +7,7 @@
   (``torch.ops.quantized.linear_dynamic``: fbgemm / oneDNN). Layer norms, attention and the exit heads stay in
   float32. The engine keeps its fused Q/K/V projection (:meth:`Int8Linear.cat` joins the int8 rows exactly).
 - ``int8-mixed``: the same but the FFN's output projection stays float32 (:data:`INT8_ROLES`): in every layer, or
-  only in the layers ``earlytag quantize`` chose on dev data for this model (``int8_mixed.float_ffn_out`` in its
+  only in the layers ``earlytag quantize`` chose on dev data for this model and backend (``int8_mixed`` in its
   config; :func:`quantized_roles`).
 
 Settings a device cannot run stop with one line that says what to use instead (:func:`check_precision`).
@@ -33,20 +33,21 @@ INT8_ROLES = {"int8": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
               "int8-mixed": ("query", "key", "value", "attn_out", "ffn_in")}
 
 
-def quantized_roles(model, precision: str) -> list[tuple[str, ...]]:
-    """Per encoder layer, the Linear roles ``precision`` quantizes. ``int8-mixed`` keeps the FFN output projection
-    float32 in the layers the model's ``int8_mixed.float_ffn_out`` names (chosen on dev by ``earlytag quantize``),
-    in every layer when the model has no such choice."""
+def quantized_roles(model, precision: str, backend: str = "torch") -> list[tuple[str, ...]]:
+    """Per encoder layer, the Linear roles ``precision`` quantizes with ``backend``. ``int8-mixed`` keeps the FFN
+    output projection float32 in the layers the model's ``int8_mixed[backend].float_ffn_out`` names (chosen on dev by
+    ``earlytag quantize --backend``: a choice made for one backend does not carry to the other), in every layer when
+    the model has no choice for that backend."""
     num_layers = len(model.adapter.layers)
     if precision not in INT8_ROLES:
         return [()] * num_layers
-    choice = model.config.int8_mixed
+    choice = (model.config.int8_mixed or {}).get(backend)
     if precision == "int8" or choice is None:
         return [INT8_ROLES[precision]] * num_layers
     kept = set(choice["float_ffn_out"])
     if kept - set(range(num_layers)):
-        raise ConfigError("int8_mixed.float_ffn_out", f"layers {sorted(kept)} named, the encoder has {num_layers} "
-                                                      f"(counted from 0); run earlytag quantize again")
+        raise ConfigError(f"int8_mixed.{backend}.float_ffn_out", f"layers {sorted(kept)} named, the encoder has "
+                                                                 f"{num_layers} (counted from 0); run earlytag quantize again")
     return [INT8_ROLES["int8-mixed"] if i in kept else INT8_ROLES["int8"] for i in range(num_layers)]
 
 
