@@ -151,6 +151,9 @@ def test_predict_bad_input_is_one_line_and_leaves_no_file(capsys, model_dir, tmp
     (["evaluate", "{model}", "uner-en-ewt:dev", "--exit", "token"], "exit.threshold: the token policy needs a threshold"),
     (["evaluate", "{model}", "uner-en-ewt:dev", "--layer", "9"], "exit.layer"),
     (["evaluate", "{model}", "uner-en-ewt:nope"], "has splits train, dev, test"),
+    (["quantize", "{model}", "uner-en-ewt:dev", "--batch-size", "0"], "batch_size: must be at least 1"),
+    (["quantize", "{model}", "uner-en-ewt:dev", "--limit", "-3"], "limit: dev sentences to use"),
+    (["quantize", "{model}", "uner-en-ewt:dev", "--tolerance", "-1"], "tolerance"),
     (["train", "--train", "{tmp}/bad.conll", "--output", "{tmp}/o", "--encoder", "x"], "bad.conll:2: expected 2 columns"),
 ])
 def test_errors_are_single_lines(capsys, model_dir, tmp_path, argv, fragment):

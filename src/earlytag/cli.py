@@ -61,7 +61,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="encoder precision: bf16/fp16 weights and activations, int8 per-channel weights with "
-                        "activations quantized per call (int8-mixed: the FFN's output projection kept float32); "
+                        "activations quantized per call (int8-mixed: the FFN's output projection kept float32, in the "
+                        "layers `earlytag quantize` chose for the backend, else in every layer); "
                         "exit decisions always in float32")
     g.add_argument("--backend", default="torch", choices=list(BACKENDS),
                    help="what runs each layer step and exit head: torch, or ONNX Runtime sessions (fp32/int8; "

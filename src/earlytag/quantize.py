@@ -78,6 +78,10 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
         raise ConfigError("backend", f"expected torch or onnxruntime, got {backend!r}")
     if not 0 <= tolerance <= 100:
         raise ConfigError("tolerance", f"dev score points between 0 and 100, got {tolerance}")
+    if batch_size < 1:
+        raise ConfigError("batch_size", f"must be at least 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise ConfigError("limit", f"dev sentences to use: 0 or more (0: all), got {limit}")
     base = Tagger.from_pretrained(directory)
     dataset = base.load(dev, **load_kwargs)
     sentences = dataset.sentences[:limit] if limit else dataset.sentences
