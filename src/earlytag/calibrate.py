@@ -86,7 +86,7 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
         best = max(table, key=lambda r: (r["flops_speedup"], r["score"]))
     result = Calibration(best["exit"], target_speedup, best["flops_speedup"], best["score"], bool(reaching),
                          [{**r, "exit": r["exit"].to_dict()} for r in table])
-    record = {**result.to_dict(), "data": _where(dataset.path, save_to), "sentences": len(sentences),
+    record = {**result.to_dict(), "data": stored_path(dataset.path, save_to), "sentences": len(sentences),
               "limit": limit, "precision": tagger.precision, "table": result.table}
     tagger.config.exit_calibration = record
     settings = {"exit_calibration": record}
@@ -100,7 +100,7 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
     return result
 
 
-def _where(path, model_dir) -> str:
+def stored_path(path, model_dir) -> str:
     """The data's path as stored: relative to the model directory when it lies inside it, else absolute (a known
     name such as uner-en-ewt:dev is kept as it is)."""
     path = Path(path)

@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .defaults import BACKENDS, CRF_UNCERTAINTIES, DECODERS, HALTED_DEFAULT, HALTED_RULES, HEADS, PRECISIONS
+from .defaults import (
+    BACKENDS,
+    CRF_UNCERTAINTIES,
+    DECODERS,
+    HALTED_DEFAULT,
+    HALTED_RULES,
+    HEADS,
+    PRECISIONS,
+    QUANTIZE_BACKENDS,
+)
 from .errors import ConfigError, EarlytagError
 from .storage import atomic_write_text
 
@@ -717,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
               "  earlytag quantize models/ner dev.conll --backend onnxruntime --batch-size 1 --tolerance 0.1")
     model_arg(p)
     p.add_argument("data", help="dev data: a file or a known name")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+    p.add_argument("--backend", default="torch", choices=list(QUANTIZE_BACKENDS),
                    help="what scores each quantization (choose with the backend you serve with)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="sentences per call while scoring (int8 quantizes activations per call: use the batch size "

@@ -22,15 +22,16 @@ import copy
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .api import Tagger
-from .calibrate import _where
+from .calibrate import stored_path
 from .data.datasets import Dataset
+from .defaults import QUANTIZE_BACKENDS
 from .engine import ExitConfig
 from .errors import ConfigError
 from .metrics import task_scores
@@ -74,8 +75,8 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
     change the scores a little). ``tolerance``: dev score points (0-100) the choice may lose against keeping every
     layer's. With ``save`` the choice goes into the model directory's config.json (``int8_mixed[backend]``; a choice
     for the other backend is kept)."""
-    if backend not in ("torch", "onnxruntime"):
-        raise ConfigError("backend", f"expected torch or onnxruntime, got {backend!r}")
+    if backend not in QUANTIZE_BACKENDS:
+        raise ConfigError("backend", f"expected {' or '.join(QUANTIZE_BACKENDS)}, got {backend!r}")
     if not 0 <= tolerance <= 100:
         raise ConfigError("tolerance", f"dev score points between 0 and 100, got {tolerance}")
     if batch_size < 1:
@@ -89,45 +90,48 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
         raise ConfigError("dev", f"{dataset.path}: no sentences to score")
     docs, gold = [s.tokens for s in sentences], [s.tags for s in sentences]
     num_layers = base.num_layers
-    scores: dict[str, float] = {}
+    every_layer = tuple(range(num_layers))
+    scores: dict[str, float] = {}  # by name, as stored
+
+    def name(layers: tuple[int, ...]) -> str:
+        if not layers:
+            return "int8"  # no FFN output float32: int8-mixed with an empty choice is int8
+        if layers == every_layer:
+            return "int8-mixed, every layer"
+        return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(map(str, layers))
 
     with tempfile.TemporaryDirectory(prefix="earlytag-quantize-") as tmp, \
             tqdm(total=2 + 2 * num_layers, desc=f"quantizing: scoring {len(sentences)} dev sentences",
                  disable=not progress, file=sys.stderr, leave=False) as bar:
-        def score(name: str, precision: str, float_layers: Sequence[int] | None = None) -> float:
+        def score(precision: str, float_layers: tuple[int, ...] = ()) -> float:
+            """Dev score at full depth of ``precision`` (int8-mixed: the FFN output of ``float_layers`` float32)."""
             model = copy.deepcopy(base.model)
-            model.config.int8_mixed = None if float_layers is None else {backend: {"float_ffn_out": list(float_layers)}}
+            model.config.int8_mixed = {backend: {"float_ffn_out": list(float_layers)}}
             tagger = Tagger(model, base.tokenizer, precision=precision, backend=backend)
             if backend == "onnxruntime":  # trial graphs go to a temporary cache, not the user's
                 tagger.engine.layers.root = Path(tmp) / tagger.engine.layers.root.name
             pred = tagger.predict_words(docs, ExitConfig(), batch_size)
-            scores[name] = task_scores(base.config.task, gold, pred.tags)["score"]
             bar.update()
-            return scores[name]
+            return task_scores(base.config.task, gold, pred.tags)["score"]
 
         def score_set(layers: tuple[int, ...]) -> float:
-            name = _name(layers)
-            return scores[name] if name in scores else score(name, "int8-mixed", layers)
+            """Dev score with the FFN output of ``layers`` float32 (each set scored once)."""
+            if name(layers) not in scores:
+                scores[name(layers)] = score("int8-mixed", layers)
+            return scores[name(layers)]
 
-        score("fp32", "fp32")
-        score("int8", "int8")
-        every = score("int8-mixed, every layer", "int8-mixed")
-        single = {k: score(f"layer {k}", "int8-mixed", [k]) for k in range(num_layers)}
-        bound = every - tolerance / 100
+        scores["fp32"] = score("fp32")
+        score_set(())
+        bound = score_set(every_layer) - tolerance / 100
+        single = {k: score_set((k,)) for k in range(num_layers)}
         if scores["int8"] >= bound:
             chosen, tried = (), []
         else:
             chosen, tried = smallest_sufficient(single, score_set, bound, num_layers)
-    score_of_choice = (scores["int8"] if not chosen else every if len(chosen) == num_layers
-                       else scores[_name(chosen)])
-    choice = Int8Choice(list(chosen), score_of_choice, scores, [list(t) for t in tried], _where(dataset.path, directory),
-                        len(sentences), backend, batch_size, tolerance)
+    choice = Int8Choice(list(chosen), scores[name(chosen)], scores, [list(t) for t in tried],
+                        stored_path(dataset.path, directory), len(sentences), backend, batch_size, tolerance)
     if save:
         from .model.tagger import update_saved_config
 
         update_saved_config(directory, {"int8_mixed": {**(base.config.int8_mixed or {}), backend: choice.to_dict()}})
     return choice
-
-
-def _name(layers: Sequence[int]) -> str:
-    return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(map(str, layers))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..defaults import HEADS
+from ..defaults import HEADS, QUANTIZE_BACKENDS
 from ..errors import ConfigError
 
 TASKS = ("ner", "chunk", "pos", "cws")
@@ -60,9 +60,9 @@ class TaggerConfig:
         elif self.crf is not None:
             raise ConfigError("crf", "CRF settings on a softmax head")
         for backend, choice in (self.int8_mixed or {}).items():
-            if backend not in ("torch", "onnxruntime"):
-                raise ConfigError("int8_mixed", f"its keys are the backends a choice was made for (torch, onnxruntime), "
-                                                f"got {backend!r:.40}")
+            if backend not in QUANTIZE_BACKENDS:
+                raise ConfigError("int8_mixed", f"its keys are the backends a choice was made for "
+                                                f"({', '.join(QUANTIZE_BACKENDS)}), got {backend!r:.40}")
             kept = choice.get("float_ffn_out") if isinstance(choice, dict) else None
             if not (isinstance(kept, list) and all(_is(k, "int") and k >= 0 for k in kept)):
                 raise ConfigError(f"int8_mixed.{backend}.float_ffn_out",
