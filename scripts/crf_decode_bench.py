@@ -1,7 +1,7 @@
 """Decoding time of a batch of 32 sentences against sentence length: argmax (softmax head), Viterbi, exact
 marginals (forward-backward), mean-field with M = 1..5 updates, and blockwise (mean-field M = 1 or 3, then
-exact decoding of blocks of 3 words where a word's mean-field probability is below 0.9 or a step breaks the
-scheme, two sweeps) (earlytag.model.crf).
+exact decoding of every run of words whose mean-field probability is below 0.9 or whose step breaks the scheme,
+between the words it is sure of) (earlytag.model.crf).
 
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode.json [--model models/minilm-ner-crf]
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode-real.json --model models/minilm-ner-crf-lr1e-2 \
@@ -47,11 +47,11 @@ def contenders(trans, start, end, trans_c, start_c, end_c):
     return out
 
 
-def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, block=3, below=0.9):
+def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, below=0.9):
     """What a CRF head with decode blockwise computes on a batch it refines (earlytag.model.heads.CRFHead.decode;
     the head hands batches of sentences shorter than its blockwise_from to Viterbi)."""
     best, pred = crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, iters), 1)
-    return crf.refine_blocks(emit, mask, trans_c, start_c, end_c, pred, block, best.exp(), below)
+    return crf.refine_runs(emit, mask, trans_c, start_c, end_c, pred, best.exp(), below)
 
 
 def model_emissions(model: str, data: str) -> list[torch.Tensor]:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", help="take the labels and learned transitions of this CRF model")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--passes", type=int, default=7)
+    ap.add_argument("--passes", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     ap.add_argument("--emissions", metavar="DATA", help="the model's own emissions on this data set (needs --model)")
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             emit = documents(real, args.batch, n) if real else torch.randn(args.batch, n, c, generator=g) * 3
             mask = torch.ones(args.batch, n, dtype=torch.bool)
             mask[1::2, n // 2:] = False  # half the sentences half as long: padding is handled as in real batches
-            calls = max(1, int(2000 / n))  # enough calls per pass for a measurable time
+            calls = max(2, int(4000 / n))  # enough calls per pass for a measurable time
             times = {name: [] for name in fns}
             for fn in fns.values():  # warm-up
                 fn(emit, mask)

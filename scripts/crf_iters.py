@@ -1,7 +1,7 @@
 """Choose the mean-field iterations of a CRF model by measurement: dev F1 at full depth with Viterbi and with
 mean-field decoding for M = 0 (the emissions alone) ... 5, and with token exit at one threshold. Blockwise
-decoding (mean-field M, then exact decoding of 3-word blocks where mean-field doubts) is scored refining every
-batch, whatever its sentences' length (blockwise_from 0), so that the figure is the refinement's own.
+decoding (mean-field M, then exact decoding of the runs of words where mean-field doubts) is scored refining
+every batch, whatever its sentences' length (blockwise_from 0), so that the figure is the refinement's own.
 
     python scripts/crf_iters.py models/minilm-ner-crf models/minilm-ner-crf-perlayer --data uner-en-ewt:dev \
         --out docs/bench/crf-iters.json

@@ -173,80 +173,92 @@ def forbid(trans: torch.Tensor) -> torch.Tensor:
     return trans
 
 
+
+def broken_next_to(path, t, trans, start, end, row) -> bool:
+    """Whether a forbidden step leads into or out of word ``t`` of the labels ``path`` of sentence ``row``."""
+    n = len(path)
+    tr = (lambda i: trans) if trans.dim() == 2 else (lambda i: trans[row, i])
+    steps = [float(tr(i)[path[i - 1], path[i]]) for i in (t, t + 1) if 0 < i < n]
+    if t == 0:
+        steps.append(float(start[row][path[0]] if start.dim() == 2 else start[path[0]]))
+    if t == n - 1:
+        steps.append(float(end[row][path[-1]] if end.dim() == 2 else end[path[-1]]))
+    return any(s < crf.NEG / 2 for s in steps)
+
+
 @pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
-@pytest.mark.parametrize("block", [2, 3, 4])
-@pytest.mark.parametrize("seed", range(3))
-def test_block_refinement_climbs_the_crf_score(seed, block, per_position):
-    """From any labels (random ones, or mean-field's) every block step keeps or raises the path score; blocks as
-    long as a sentence give its Viterbi path; forbidden steps are repaired; labels on padding stay 0."""
-    emit, mask, trans, start, end = random_case(seed, w=11, per_position=per_position)
+@pytest.mark.parametrize("seed", range(4))
+def test_run_refinement_is_exact_between_anchors(seed, per_position):
+    """From any labels (random ones, or mean-field's) with random confidences: the sure words (at least ``below``,
+    no forbidden step next to them) keep their labels, and the sentence gets the best labels among all that keep
+    them (brute force); never a lower path score than it started with, never a forbidden step; 0 on padding;
+    ``below`` 1: Viterbi's labels."""
+    emit, mask, trans, start, end = random_case(seed, b=5, w=7, per_position=per_position)
     trans = forbid(trans)
     g = torch.Generator().manual_seed(seed + 10)
-    starts = [torch.randint(0, 3, mask.shape, generator=g),
-              crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, 1), 1)[1]]
-    best, best_score = crf.viterbi(emit, mask, trans, start, end)
-    for init in starts:
+    best, _ = crf.viterbi(emit, mask, trans, start, end)
+    inits = [torch.randint(0, 3, mask.shape, generator=g),
+             crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, 1), 1)[1]]
+    for init in inits:
+        confidence = torch.rand(mask.shape, generator=g)
+        out = crf.refine_runs(emit, mask, trans, start, end, init, confidence, 0.5)
         before = crf.path_score(emit, init, mask, trans, start, end)
-        after_labels = crf.refine_blocks(emit, mask, trans, start, end, init, block)
-        after = crf.path_score(emit, after_labels, mask, trans, start, end)
-        assert (after >= before - 1e-4).all() and (after <= best_score + 1e-4).all()
-        assert (after > crf.NEG / 2).all(), "a forbidden step is left"
-        assert (after_labels[~mask] == 0).all()
-        short = mask.sum(1) <= block
-        assert torch.equal(after_labels[short], best[short])
-    assert torch.equal(crf.refine_blocks(emit, mask, trans, start, end, starts[0], 11), best)
-
-
-@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
-@pytest.mark.parametrize("k, c", [(1, 3), (2, 5), (3, 3), (4, 2), (4, 7)])
-def test_best_in_blocks_equals_brute_force(k, c, per_position, monkeypatch):
-    """Short blocks, padded ones included: by enumeration (C**K <= ENUMERATE) and by the Viterbi loop."""
-    emit, mask, trans, start, end = random_case(k * 10 + c, b=6, w=k, c=c, per_position=per_position)
-    if not per_position:
-        start, end = start.expand(6, c), end.expand(6, c)  # one start/end per block, as refine_blocks passes
-    for limit in (crf.ENUMERATE, 0):
-        monkeypatch.setattr(crf, "ENUMERATE", limit)
-        tags = crf.best_in_blocks(emit, mask, trans, start, end)
-        for row in range(6):
-            scores = brute_force(emit, mask, trans, start, end, row)
+        after = crf.path_score(emit, out, mask, trans, start, end)
+        assert (after >= before - 1e-4).all() and (after > crf.NEG / 2).all()
+        assert (out[~mask] == 0).all()
+        for row in range(mask.shape[0]):
             n = int(mask[row].sum())
-            assert tuple(tags[row, :n].tolist()) == max(scores, key=scores.get)
-            assert (tags[row, n:] == 0).all()
+            path = tuple(init[row, :n].tolist())
+            scores = brute_force(emit, mask, trans, start, end, row)
+
+            anchors = [t for t in range(n)
+                       if confidence[row, t] >= 0.5 and not broken_next_to(path, t, trans, start, end, row)]
+            assert all(out[row, t] == init[row, t] for t in anchors)
+            keeping = {p: s for p, s in scores.items() if all(p[t] == path[t] for t in anchors)}
+            assert scores[tuple(out[row, :n].tolist())] == pytest.approx(max(keeping.values()), abs=1e-4)
+        assert torch.equal(crf.refine_runs(emit, mask, trans, start, end, init, confidence, 1.0), best)
 
 
-def test_block_refinement_decodes_only_the_doubtful_blocks(monkeypatch):
-    """With confidences, only blocks holding a word below ``below`` or a forbidden step are decoded again (the
-    rows Viterbi really received, spied)."""
+def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch):
+    """What Viterbi really received (spied): nothing when every word is sure and no step is forbidden; else one
+    row per run of doubtful words, as long as the run, the anchors' transitions as its start/end scores."""
     emit, mask, trans, start, end = random_case(0, b=2, w=12)
     mask[:] = True
     trans = forbid(trans)
     best, _ = crf.viterbi(emit, mask, trans, start, end)
     seen = []
-    real = crf.best_in_blocks
-    monkeypatch.setattr(crf, "best_in_blocks", lambda e, *a: seen.append(e.shape[0]) or real(e, *a))
+    real = crf.viterbi
+    monkeypatch.setattr(crf, "viterbi", lambda e, m, *a: seen.append((e.clone(), m.clone(), a)) or real(e, m, *a))
     sure = torch.ones(mask.shape)
-    assert torch.equal(crf.refine_blocks(emit, mask, trans, start, end, best, 4, sure, 0.9), best)
+    assert torch.equal(crf.refine_runs(emit, mask, trans, start, end, best, sure, 0.9), best)
     assert seen == []  # a valid path and every word sure: nothing decoded
     doubt = sure.clone()
-    doubt[1, 5] = 0.5  # one word: its block in each sweep (shift 0: block 1; shift 2: block 0 of 5..8 -> [2:6])
+    doubt[1, 5] = doubt[1, 6] = 0.5  # one run of two words
+    doubt[0, 0] = 0.5  # a run at a sentence's start
     wrong = best.clone()
     wrong[1, 5] = (best[1, 5] + 1) % 3
-    out = crf.refine_blocks(emit, mask, trans, start, end, wrong, 4, doubt, 0.9)
-    assert seen == [1, 1] and torch.equal(out, best)
+    out = crf.refine_runs(emit, mask, trans, start, end, wrong, doubt, 0.9)
+    assert torch.equal(out, best)
+    (e, m, (tr, st, en)), = seen
+    assert m.tolist() == [[True, False], [True, True]]
+    assert torch.equal(e[0, 0], emit[0, 0]) and torch.equal(e[1], emit[1, 5:7])
+    assert torch.equal(st[0], start) and torch.equal(st[1], trans[best[1, 4]])  # the sentence's start; anchor 4
+    assert torch.equal(en[0], trans[:, best[0, 1]]) and torch.equal(en[1], trans[:, best[1, 7]])
     seen.clear()
     broken = best.clone()
-    broken[0, 0], broken[0, 1] = 0, 2  # a forbidden step inside row 0's first block, every word "sure"
-    crf.refine_blocks(emit, mask, trans, start, end, broken, 4, sure, 0.9)
-    assert seen and seen[0] == 1
+    broken[0, 3], broken[0, 4] = 0, 2  # a forbidden step (0 -> 2) between two "sure" words
+    crf.refine_runs(emit, mask, trans, start, end, broken, sure, 0.9)
+    (e, m, _), = seen
+    assert m.tolist() == [[True, True]] and torch.equal(e[0], emit[0, 3:5])
 
 
 def test_blockwise_head_refines_long_batches_and_hands_short_ones_to_viterbi(monkeypatch):
-    head = CRFHead(list(LABELS), "ner", "iob2", 2, {"decode": "blockwise", "blockwise_from": 6, "block_words": 2})
+    head = CRFHead(list(LABELS), "ner", "iob2", 2, {"decode": "blockwise", "blockwise_from": 6})
     with torch.no_grad():
         head.transitions.copy_(torch.randn(head.transitions.shape, generator=torch.Generator().manual_seed(0)))
     calls = []
-    real = crf.refine_blocks
-    monkeypatch.setattr(crf, "refine_blocks", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    real = crf.refine_runs
+    monkeypatch.setattr(crf, "refine_runs", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     g = torch.Generator().manual_seed(1)
     for w in (5, 6, 9):
         emit = torch.randn(3, w, 5, generator=g) * 2
@@ -292,9 +304,9 @@ def crf_model(seed: int = 0, **settings):
 @pytest.mark.parametrize("decode", ["viterbi", "meanfield", "blockwise"])
 @pytest.mark.parametrize("transitions", ["shared", "per-layer"])
 def test_engine_at_threshold_zero_decodes_the_full_forward(tokenizer, decode, transitions):
-    # blockwise with blocks longer than any sentence here and every block decoded: exactly Viterbi's labels
+    # blockwise with every word decoded again: exactly Viterbi's labels
     model = crf_model(transitions=transitions, decode=decode,
-                      **({"block_words": 64, "block_below": 1.0, "blockwise_from": 0} if decode == "blockwise" else {}))
+                      **({"block_below": 1.0, "blockwise_from": 0} if decode == "blockwise" else {}))
     batch = batch_of(tokenizer, SENTENCES)
     with torch.no_grad():
         last = model(batch.input_ids, batch.attention_mask, batch.word_pos).logits[-1]
@@ -389,7 +401,7 @@ def test_crf_refuses_the_rescore_rule(tokenizer):
 
 @pytest.mark.parametrize("bad, field", [({"decode": "beam"}, "crf.decode"), ({"meanfield_iters": -1}, "crf.meanfield_iters"),
                                         ({"transitions": "some"}, "crf.transitions"), ({"colour": 1}, "crf.colour"),
-                                        ({"block_words": 1}, "crf.block_words"), ({"block_below": 2}, "crf.block_below"),
+                                        ({"block_below": 2}, "crf.block_below"),
                                         ({"blockwise_from": -1}, "crf.blockwise_from")])
 def test_bad_crf_settings_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -509,3 +521,9 @@ def test_crf_loss_backward_on_any_sentence_length(words):
         loss.backward()
         assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in logits)
         assert head.transitions.grad is not None
+
+
+def test_a_retired_crf_setting_of_an_older_model_is_dropped():
+    """block_words (fixed blocks, before runs of doubtful words) in a saved config loads, and is gone."""
+    model = tiny_model(head="crf", crf={"block_words": 3, "decode": "blockwise"})
+    assert "block_words" not in model.config.crf and model.head.decode_with == "blockwise"

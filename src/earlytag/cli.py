@@ -89,7 +89,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CRF models (train --head crf)")
     g.add_argument("--decode", choices=DECODERS,
                    help="Viterbi (exact, sequential over words), mean-field (parallel), or blockwise (mean-field, "
-                        "then Viterbi in blocks of a few words where mean-field doubts; default: the model's)")
+                        "then Viterbi on the runs of words where mean-field doubts, between the words it is sure "
+                        "of; default: the model's)")
     g.add_argument("--meanfield-iters", type=int, metavar="M",
                    help="mean-field updates, for decoding and for the marginals that decide exits (default: the "
                         "model's)")

@@ -42,7 +42,7 @@ def render_card(config: dict[str, Any]) -> str:
         c = {**CRF_DEFAULTS, **{k: v for k, v in (et.get("crf") or {}).items() if v is not None}}
         lines.append(f"| head | linear-chain CRF ({c['transitions']} transitions), decoded by {c['decode']} "
                      f"(mean-field: {c['meanfield_iters']} updates"
-                     + (f"; blocks of {c['block_words']} words below {c['block_below']:g} from "
+                     + (f"; runs of words below {c['block_below']:g} decoded again, from "
                         f"{c['blockwise_from']} words" if c["decode"] == "blockwise" else "")
                      + f"); exits read the {c['uncertainty']} marginals |")
     slim = et.get("slim")

@@ -109,92 +109,76 @@ def viterbi(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: 
     return torch.stack(path[::-1], 1).masked_fill(~mask, 0), best_score
 
 
-def refine_blocks(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
-                  end: torch.Tensor, labels: torch.Tensor, block: int = 3, confidence: torch.Tensor | None = None,
-                  below: float = 0.9, sweeps: int = 2) -> torch.Tensor:
-    """Improve the labels ``(B, W)`` of a parallel decoder (mean-field) toward the Viterbi path: the exact best
-    labels of blocks of ``block`` words (:func:`best_in_blocks`), many blocks at once, each with its neighbours'
-    current labels held fixed (their transitions into and out of the block become the block's start/end scores).
-    A sweep decodes the blocks at even places, then the odd ones between them (never two neighbours at once); the
-    second sweep shifts the blocks by ``block // 2``, so that every boundary of the first lies inside a block of
-    the second.
+def _with_boundary(trans: torch.Tensor, start: torch.Tensor, end: torch.Tensor, w: int) -> torch.Tensor:
+    """The transitions with one more label ``C``, the boundary around each sentence: ``[C, j]`` is the start
+    score of ``j``, ``[i, C]`` the end score of ``i``, ``[C, C]`` 0; ``(C+1, C+1)``. Per-position transitions
+    ``(B, W, C, C)`` give ``(B, W+1, C+1, C+1)``: entry ``t`` scores the steps into position ``t`` (``W``: the
+    boundary after a sentence that fills the batch), the start and end scores at every position."""
+    c = trans.shape[-1]
+    if trans.dim() == 2:
+        ext = F.pad(trans, (0, 1, 0, 1))
+        ext[c, :c], ext[:c, c] = start, end
+        return ext
+    ext = F.pad(trans, (0, 1, 0, 1, 0, 1))  # (B, W+1, C+1, C+1)
+    ext[:, :, c, :c] = start.unsqueeze(1)
+    ext[:, :, :c, c] = end.unsqueeze(1)
+    return ext
 
-    Block coordinate ascent on the CRF score: no step lowers the path's score, a sentence of at most ``block``
-    words gets its exact Viterbi path, and a label sequence that breaks the scheme (very negative ``trans``) is
-    repaired wherever a valid one exists. Nothing loops over the sentence: ``2 x sweeps`` batched block decodes.
-    With ``confidence (B, W)`` (e.g. the mean-field probability of each label) only the blocks holding a word
-    below ``below`` or a forbidden step (as the sweep starts) are decoded again; the others keep their labels."""
+
+def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, below: float = 0.9) -> torch.Tensor:
+    """Improve the labels ``(B, W)`` of a parallel decoder (mean-field) toward the Viterbi path: the words it is
+    sure of (``confidence (B, W)`` at least ``below``, e.g. the mean-field probability of each label) are anchors
+    and keep their labels; every run of doubtful words between anchors gets its exact best labels given the
+    anchors around it (their transitions into and out of the run become the run's start/end scores): one
+    :func:`viterbi` over all runs at once, as long as the longest. A word whose step from or to a neighbour
+    breaks the tag scheme (a very negative ``trans``, ``start`` or ``end``) doubts too, so labels that break the
+    scheme are repaired wherever valid ones exist. ``below >= 1``: every word doubts, which is Viterbi.
+
+    Exact where the anchors are Viterbi's labels (the best path through fixed labels is the best path of each
+    run between them), and never a lower path score than the labels it started from. Nothing loops over the
+    sentence: a few dozen operations on the whole batch, then a loop as long as the longest run."""
     b, w, c = emit.shape
     per_position = trans.dim() == 4
-    last_word = mask.sum(1) - 1  # (B,)
-    starts, ends = start.view(-1, c).expand(b, c), end.view(-1, c).expand(b, c)  # (B, C)
-    labels = labels.masked_fill(~mask, 0)
-    inside = torch.arange(block, device=emit.device)  # (K,)
-    for shift in (0, block // 2)[:sweeps]:
-        if shift >= w or (shift and w <= block):
-            break  # nothing past the shift, or every sentence was one block
-        nb = -(-(w - shift) // block)  # blocks per sentence
-        first = torch.arange(nb, device=emit.device) * block + shift  # (nb,) each block's first position
-        todo = first.view(1, nb) <= last_word.view(b, 1)  # (B, nb) blocks with words
-        if confidence is not None:
-            before = torch.cat([labels[:, :1], labels[:, :-1]], 1)  # (B, W) each word's left neighbour's label
-            step = (trans[torch.arange(b, device=emit.device).unsqueeze(1), torch.arange(w, device=emit.device),
-                          before, labels] if per_position else trans[before, labels])  # (B, W) the step into it
-            step[:, 0] = starts.gather(1, labels[:, :1]).squeeze(1)
-            doubt = mask & ((confidence < below) | (step < NEG / 2))  # (B, W)
-            doubt = torch.cat([doubt[:, shift:], doubt.new_zeros(b, nb * block - (w - shift))], 1)
-            todo = todo & doubt.view(b, nb, block).any(2)
-        for parity in (0, 1):
-            row, j = todo[:, parity::2].nonzero().unbind(1)  # (N,) sentence and block of each block to decode
-            if row.numel() == 0:
-                continue
-            at = first[parity::2][j]  # (N,) its first position
-            pos = (at.unsqueeze(1) + inside).clamp(max=w - 1)  # (N, K)
-            real = mask[row.unsqueeze(1), pos] & (at.unsqueeze(1) + inside < w)  # (N, K) its words
-            prev = labels[row, (at - 1).clamp(min=0)]  # (N,) the label before the block
-            after = (at + block).clamp(max=w - 1)  # (N,) the position after it
-            nxt = labels[row, after]  # (N,)
-            if per_position:
-                tr = trans[row.unsqueeze(1), pos]  # (N, K, C, C)
-                into = trans[row, at.clamp(1, w - 1), prev]  # (N, C): prev -> each label of the first word
-                out = trans[row, after, :, nxt]  # (N, C): each label of the last word -> next
-            else:
-                tr, into, out = trans, trans[prev], trans[:, nxt].t()
-            st = torch.where((at == 0).unsqueeze(1), starts[row], into)  # (N, C)
-            en = torch.where((at + block > last_word[row]).unsqueeze(1), ends[row], out)  # holds the last word
-            tags = best_in_blocks(emit[row.unsqueeze(1), pos], real, tr, st, en)  # (N, K)
-            labels = labels.index_put((row.unsqueeze(1).expand_as(pos)[real], pos[real]), tags[real])
-    return labels
-
-
-ENUMERATE = 1024  # blocks with at most this many label sequences are scored all at once, not by a loop
-
-
-def best_in_blocks(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
-                   end: torch.Tensor) -> torch.Tensor:
-    """The best labels ``(N, K)`` of ``N`` short sequences (blocks; ``start``/``end`` ``(N, C)``), as
-    :func:`viterbi` gives them. With few label sequences (``C ** K <= ENUMERATE``) every one is scored in a
-    handful of batched sums and the best taken by one max: no loop over positions, which on short blocks costs
-    more than the arithmetic. Else Viterbi."""
-    n, k, c = emit.shape
-    if c ** k > ENUMERATE:
-        return viterbi(emit, mask, trans, start, end)[0]
-    at_last = F.one_hot(mask.sum(1) - 1, k).unsqueeze(-1).to(emit.dtype)  # (N, K, 1) each block's last word
-    em = emit + at_last * end.unsqueeze(1)  # (N, K, C): the end scores on the last word
-    em[:, 0] += start
-    pad = torch.full((c,), NEG, dtype=emit.dtype, device=emit.device)
-    pad[0] = 0.0  # a padded position takes label 0 at no cost
-    em = torch.where(mask.unsqueeze(-1), em, pad)
-    shape = [n] + [1] * k
-    score = em[:, 0].reshape(shape[:1] + [c] + shape[2:])  # (N, C, 1, ..., 1)
-    for p in range(1, k):  # extend every sequence by position p: (N, C, ..., C, 1, ...)
-        step = trans if trans.dim() == 2 else trans[:, p]  # (C, C) or (N, C, C): into position p
-        step = torch.where(mask[:, p].view(n, 1, 1), step, 0.0)  # nothing into padding
-        grow = [n] + [1] * (p - 1) + [c, c] + [1] * (k - p - 1)
-        score = score + (step + em[:, p].unsqueeze(1)).reshape(grow)
-    best = score.reshape(n, -1).max(1).indices  # (N,) the best sequence, as one number in base C
-    digits = c ** torch.arange(k - 1, -1, -1, device=emit.device)  # (K,)
-    return (best.unsqueeze(1) // digits) % c
+    # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
+    framed = F.pad(labels.masked_fill(~mask, c), (1, 1), value=c)
+    ext = _with_boundary(trans, start, end, w)
+    pair = torch.add(framed[:, 1:], framed[:, :-1], alpha=c + 1)  # (B, W+1) each step into a place, one index
+    step = (ext.flatten(2).gather(2, pair.unsqueeze(2)).squeeze(2) if per_position
+            else ext.flatten().index_select(0, pair.flatten()).view(b, w + 1))  # (B, W+1)
+    broken = step < NEG / 2  # the step into each place breaks the scheme (a start, a transition, an end)
+    doubt = broken[:, :w] | broken[:, 1:]  # (B, W) a step into or out of the word
+    if below >= 1:
+        doubt[:] = True
+    else:
+        doubt |= confidence < below
+    at = (doubt & mask).flatten().nonzero().squeeze(1)  # (N,) the doubtful words, as places of (B*W,)
+    if at.numel() == 0:
+        return labels.masked_fill(~mask, 0)
+    # runs of consecutive doubtful words of one sentence
+    new = torch.ones_like(at, dtype=torch.bool)
+    new[1:] = (at[1:] != at[:-1] + 1) | (at[1:] % w == 0)
+    run = new.cumsum(0) - 1  # (N,) each doubtful word's run
+    first = at[new]  # (R,) each run's first word
+    offset = at - first[run]  # (N,) each word's place in its run
+    length = torch.bincount(run, minlength=first.numel())  # (R,)
+    k = int(length.max())
+    inside = torch.arange(k, device=emit.device)
+    real = inside < length.unsqueeze(1)  # (R, K)
+    pos = (first.unsqueeze(1) + inside).clamp(max=b * w - 1)  # (R, K); past a run's end unused
+    em = emit.reshape(b * w, c).index_select(0, pos.flatten()).view(-1, k, c)  # (R, K, C)
+    row, col = first // w, first % w  # (R,)
+    edge = framed.flatten()
+    prev = edge[first + 2 * row]  # (R,) the anchors: framed[row, col] is the label before word col,
+    nxt = edge[first + 2 * row + length + 1]  # framed[row, col + length + 1] the one after the run (C: boundary)
+    if per_position:
+        tr = ext[row.unsqueeze(1), (col.unsqueeze(1) + inside).clamp(max=w), :c, :c]  # (R, K, C, C)
+        st = ext[row, col, prev, :c]  # (R, C): prev -> each label of the first word
+        en = ext[row, col + length, :c, nxt]  # (R, C): each label of the last word -> next
+    else:
+        tr, st, en = trans, ext[prev, :c], ext[:c, nxt].t()
+    tags = viterbi(em, real, tr, st, en)[0]  # (R, K)
+    return labels.masked_fill(~mask, 0).flatten().index_copy_(0, at, tags[run, offset]).view(b, w)
 
 
 def marginals(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
@@ -262,8 +246,10 @@ def best_labels(logq: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.T
     c = logq.shape[dim]
     rank = torch.arange(c, 0, -1, device=logq.device, dtype=logq.dtype).view(
         [c if i == dim % logq.dim() else 1 for i in range(logq.dim())])
-    first = ((logq >= best) * rank).amax(dim)  # c - index of the first maximum (float: faster than integers)
-    return best.squeeze(dim), c - first.long()
+    # c - index of the first maximum, all in floats: a comparison with a bool result, or the bool's promotion,
+    # each costs several times the float arithmetic on a CPU
+    at_best = (logq.detach() - best.detach()).ge_(0.0).mul_(rank)
+    return best.squeeze(dim), c - at_best.amax(dim).long()
 
 
 def normalised_entropy(logp: torch.Tensor, dim: int = -1) -> torch.Tensor:

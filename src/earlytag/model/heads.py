@@ -9,8 +9,8 @@ Every layer has an exit head (dropout + linear, :class:`earlytag.model.tagger.Ex
   matrix (shared by the layers or one per layer) with start/end scores; loss = CRF negative log-likelihood +
   cross-entropy of the unrolled mean-field marginals (so mean-field can replace Viterbi at inference); decoding
   by Viterbi (exact, sequential over positions), mean-field (parallel, ``iters`` updates), or blockwise
-  (mean-field's labels, then the exact best labels of blocks of a few words wherever mean-field doubts or breaks
-  the tag scheme: :func:`earlytag.model.crf.refine_blocks`). Under early exit a
+  (mean-field's labels, then the exact best labels of every run of words where mean-field doubts or breaks the
+  tag scheme, between the words it is sure of: :func:`earlytag.model.crf.refine_runs`). Under early exit a
   word's emission is the one of the layer it exited at, and the uncertainty that decides exits comes from the
   layer's CRF marginals (``uncertainty``: meanfield | exact | emission, see docs/results.md).
 
@@ -32,7 +32,10 @@ from ..errors import ConfigError
 from . import crf
 
 CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters": 3, "uncertainty": "meanfield",
-                "block_words": 3, "block_below": 0.9, "blockwise_from": 64}
+                "block_below": 0.9, "blockwise_from": 64}
+# settings of earlier versions, accepted in a saved config.json and dropped: block_words (blockwise decoded fixed
+# blocks of that many words; it now decodes whole runs of doubtful words)
+CRF_RETIRED = ("block_words",)
 
 
 def layer_weighted(sums: list[torch.Tensor], counts: list[torch.Tensor], total: torch.Tensor, reduction: str):
@@ -98,9 +101,9 @@ class CRFHead(nn.Module):
     """A linear-chain CRF on the exit heads' emissions. Parameters ``transitions (T, C, C)``, ``start``/``end
     (T, C)`` with ``T = 1`` (shared by every layer) or one per layer. Runtime settings (not parameters):
     ``decode`` (viterbi | meanfield | blockwise), ``meanfield_iters``, ``uncertainty`` (what decides exits),
-    ``block_words``, ``block_below``, ``blockwise_from`` (blockwise: the block length; the mean-field
-    probability below which a word's block is decoded again; the sentence length from which a batch is refined
-    in blocks at all: shorter batches get Viterbi, which is then as fast and exact; docs/results.md section 8)."""
+    ``block_below``, ``blockwise_from`` (blockwise: the mean-field probability below which a word is decoded
+    again, with the doubtful words next to it; the sentence length from which a batch is refined at all: shorter
+    batches get Viterbi, which is then as fast and exact; docs/results.md section 8)."""
 
     kind: ClassVar[str] = "crf"
     structured: ClassVar[bool] = True  # the engine scores whole sentences (b, W, C)
@@ -122,7 +125,7 @@ class CRFHead(nn.Module):
         self.decode_with = s["decode"]
         self.meanfield_iters = s["meanfield_iters"]
         self.uncertainty = s["uncertainty"]
-        self.block_words, self.block_below, self.blockwise_from = s["block_words"], s["block_below"], s["blockwise_from"]
+        self.block_below, self.blockwise_from = s["block_below"], s["blockwise_from"]
 
     def configure(self, decode: str | None = None, meanfield_iters: int | None = None,
                   uncertainty: str | None = None) -> CRFHead:
@@ -131,8 +134,7 @@ class CRFHead(nn.Module):
                           "decode": decode or self.decode_with,
                           "meanfield_iters": self.meanfield_iters if meanfield_iters is None else meanfield_iters,
                           "uncertainty": uncertainty or self.uncertainty,
-                          "block_words": self.block_words, "block_below": self.block_below,
-                          "blockwise_from": self.blockwise_from})
+                          "block_below": self.block_below, "blockwise_from": self.blockwise_from})
         self.decode_with, self.meanfield_iters, self.uncertainty = s["decode"], s["meanfield_iters"], s["uncertainty"]
         return self
 
@@ -233,8 +235,7 @@ class CRFHead(nn.Module):
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=True)
         if self.decode_with == "blockwise" and emit.shape[1] >= self.blockwise_from:
             best, pred = crf.best_labels(logq, 1)
-            pred = crf.refine_blocks(emit, word_mask, trans, start, end, pred, self.block_words, best.exp(),
-                                     self.block_below)
+            pred = crf.refine_runs(emit, word_mask, trans, start, end, pred, best.exp(), self.block_below)
         else:
             pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
         return pred, logq.gather(1, pred.unsqueeze(1)).squeeze(1).exp()
@@ -246,7 +247,7 @@ class CRFHead(nn.Module):
 
     def describe(self) -> str:
         mf = f" M={self.meanfield_iters}"
-        blocks = (f" K={self.block_words} below {self.block_below:g} from {self.blockwise_from} words"
+        blocks = (f" below {self.block_below:g} from {self.blockwise_from} words"
                   if self.decode_with == "blockwise" else "")
         return (f"crf ({'shared' if self.shared else 'per-layer'} transitions), decode {self.decode_with}"
                 + (mf if self.decode_with != "viterbi" else "") + blocks + f", exits by {self.uncertainty}"
@@ -257,6 +258,8 @@ def crf_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     """The CRF settings with defaults filled in, each checked with an error naming it."""
     s = dict(CRF_DEFAULTS)
     for k, v in (settings or {}).items():
+        if k in CRF_RETIRED:
+            continue
         if k not in CRF_DEFAULTS:
             raise ConfigError(f"crf.{k}", f"unknown CRF setting; known: {', '.join(CRF_DEFAULTS)}")
         if v is not None:
@@ -267,7 +270,7 @@ def crf_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError("crf.decode", f"expected one of {', '.join(DECODERS)}, got {s['decode']!r}")
     if s["uncertainty"] not in CRF_UNCERTAINTIES:
         raise ConfigError("crf.uncertainty", f"expected one of {', '.join(CRF_UNCERTAINTIES)}, got {s['uncertainty']!r}")
-    for key, low, high in (("meanfield_iters", 0, 50), ("block_words", 2, 512), ("blockwise_from", 0, None)):
+    for key, low, high in (("meanfield_iters", 0, 50), ("blockwise_from", 0, None)):
         v = s[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
             bounds = f"between {low} and {high}" if high is not None else f"of at least {low}"
