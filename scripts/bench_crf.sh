@@ -60,3 +60,12 @@ if step mpnet; then  # all-mpnet-base-v2 (STEPS=ner-crf scripts/train_mpnet.sh a
   done
   wait
 fi
+if step mpnet-ss; then  # all-mpnet-base-v2 CRF after self-sampling (STEPS=ner-crf-ss scripts/train_mpnet.sh; its
+  # per-layer table: scripts/eval_models.sh mpnet-ner-crf-ss): F1 against FLOPs on the test set, the thresholds of
+  # step mpnet, Viterbi and mean-field side by side (one thread each)
+  M="uner-en-ewt:test --policies token --thresholds 0.01 0.03 0.07 0.15 0.25 --no-timing --threads 1 --quiet"
+  for d in viterbi meanfield; do
+    earlytag bench models/mpnet-ner-crf-ss $M --out $B/crf-ss-mpnet-$d --decode "$d" --label "mpnet-ner-crf-ss-$d" &
+  done
+  wait
+fi

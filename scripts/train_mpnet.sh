@@ -7,6 +7,8 @@
 #   STEPS="ner-ss ner-ss-drop" scripts/train_mpnet.sh   # stage 2 only, stage-1 model already in $OUT
 #   STEPS=ner-crf: NER stage 1 with a CRF head (issue 12; the transitions at 10x the heads' rate, the best MiniLM
 #   setting), stopped after epoch 2 of the 3-epoch schedule like models/mpnet-ner (STOP_AFTER=0: all 3 epochs).
+#   STEPS=ner-crf-ss: its stage 2 with batch flooding (a CRF's loss is per sentence), stopped after epoch 1 (the
+#   heads only, the encoder frozen) like models/mpnet-ner-ss (STOP_AFTER=0: both epochs).
 # Needs EARLYTAG_DATA pointing at the data sets (the Makefile sets it to ../shared/data).
 set -euo pipefail
 OUT=${OUT:-models}
@@ -37,9 +39,11 @@ for step in $STEPS; do
     ner-crf) stop_after "${STOP_AFTER:-2}" earlytag train $S1 --epochs 3 $NER --head crf --crf-lr 1e-2 \
       --output "$OUT/mpnet-ner-crf" --overwrite ;;
     ner-ss) earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss" --overwrite ;;
+    ner-crf-ss) stop_after "${STOP_AFTER:-1}" earlytag train $SS $NER --init "$OUT/mpnet-ner-crf" --flooding batch \
+      --output "$OUT/mpnet-ner-crf-ss" --overwrite ;;
     ner-ss-drop) earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss-drop" --kv drop --overwrite ;;
     pos) earlytag train $S1 --epochs 2 $POS --output "$OUT/mpnet-pos" --overwrite ;;
     pos-ss) earlytag train $SS $POS --init "$OUT/mpnet-pos" --output "$OUT/mpnet-pos-ss" --overwrite ;;
-    *) echo "unknown step: $step (ner, ner-crf, ner-ss, ner-ss-drop, pos, pos-ss)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (ner, ner-crf, ner-crf-ss, ner-ss, ner-ss-drop, pos, pos-ss)" >&2; exit 2 ;;
   esac
 done
