@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="uner-en-ewt:dev")
     ap.add_argument("--out", required=True)
     ap.add_argument("--iters", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
-    ap.add_argument("--blockwise-iters", type=int, nargs="*", default=[1, 3],
+    ap.add_argument("--blockwise-iters", type=int, nargs="*", default=[0, 1, 3],
                     help="blockwise decoding from mean-field with these M")
     ap.add_argument("--threshold", type=float, default=0.1, help="token exit setting also scored (window 2)")
     ap.add_argument("--threads", type=int, default=2)
