@@ -68,4 +68,7 @@ if step mpnet-ss; then  # all-mpnet-base-v2 CRF after self-sampling (STEPS=ner-c
     earlytag bench models/mpnet-ner-crf-ss $M --out $B/crf-ss-mpnet-$d --decode "$d" --label "mpnet-ner-crf-ss-$d" &
   done
   wait
+  # Viterbi, mean-field and blockwise on the same model, full depth and token exit at τ=0.07 (as mpnet-decoders)
+  python scripts/crf_iters.py models/mpnet-ner-crf-ss --data uner-en-ewt:test --iters 3 --blockwise-iters 3 \
+    --threshold 0.07 --out $B/crf-iters-mpnet-ss.json --threads "$T"
 fi

@@ -109,7 +109,7 @@ def viterbi(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: 
     return torch.stack(path[::-1], 1).masked_fill(~mask, 0), best_score
 
 
-def _with_boundary(trans: torch.Tensor, start: torch.Tensor, end: torch.Tensor, w: int) -> torch.Tensor:
+def _with_boundary(trans: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
     """The transitions with one more label ``C``, the boundary around each sentence: ``[C, j]`` is the start
     score of ``j``, ``[i, C]`` the end score of ``i``, ``[C, C]`` 0; ``(C+1, C+1)``. Per-position transitions
     ``(B, W, C, C)`` give ``(B, W+1, C+1, C+1)``: entry ``t`` scores the steps into position ``t`` (``W``: the
@@ -142,7 +142,7 @@ def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, sta
     per_position = trans.dim() == 4
     # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
     framed = F.pad(labels.masked_fill(~mask, c), (1, 1), value=c)
-    ext = _with_boundary(trans, start, end, w)
+    ext = _with_boundary(trans, start, end)
     pair = torch.add(framed[:, 1:], framed[:, :-1], alpha=c + 1)  # (B, W+1) each step into a place, one index
     step = (ext.flatten(2).gather(2, pair.unsqueeze(2)).squeeze(2) if per_position
             else ext.flatten().index_select(0, pair.flatten()).view(b, w + 1))  # (B, W+1)
