@@ -15,7 +15,7 @@ from earlytag.errors import ConfigError
 from earlytag.model import crf
 from earlytag.model.heads import CRFHead, SoftmaxHead
 
-from .conftest import tiny_model
+from .conftest import need_module, tiny_model
 from .test_engine import SENTENCES, batch_of
 
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
@@ -77,6 +77,26 @@ def test_exact_inference_equals_brute_force(seed, per_position):
         own = [x[row:row + 1] for x in (trans, start, end)] if per_position else (trans, start, end)
         sc = crf.path_score(emit[row:row + 1], path, mask[row:row + 1], *own)
         assert float(sc[0]) == pytest.approx(scores[top], abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_inference_equals_a_reference_crf_library(seed):
+    """Against pytorch-crf (a test oracle only) at lengths brute force cannot reach: the log-likelihood of the
+    gold labels (our -nll, its forward) and the Viterbi path of every sentence, sentences of 1 to 60 words
+    padded together, 9 labels."""
+    torchcrf = need_module("torchcrf")
+    emit, mask, trans, start, end = random_case(seed, b=6, w=60, c=9)
+    ref = torchcrf.CRF(9, batch_first=True)
+    with torch.no_grad():
+        ref.transitions.copy_(trans)  # [i, j]: label j after label i, as ours
+        ref.start_transitions.copy_(start)
+        ref.end_transitions.copy_(end)
+        tags = torch.randint(0, 9, mask.shape, generator=torch.Generator().manual_seed(seed))
+        expect = ref(emit, tags, mask, reduction="none")  # (B,) log-likelihood
+        assert torch.allclose(-crf.nll(emit, tags, mask, trans, start, end), expect, atol=1e-3)
+        paths, _ = crf.viterbi(emit, mask, trans, start, end)
+        for row, path in enumerate(ref.decode(emit, mask)):
+            assert paths[row, : len(path)].tolist() == path
 
 
 def test_meanfield_update_by_hand():
