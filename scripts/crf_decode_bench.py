@@ -41,7 +41,7 @@ def contenders(trans, start, end, trans_c, start_c, end_c):
            "viterbi": lambda e, m: crf.viterbi(e, m, trans_c, start_c, end_c)[0],
            "forward-backward": lambda e, m: crf.marginals(e, m, trans, start, end)}
     for iters in range(1, 6):
-        out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.best_labels(crf.meanfield_labels_first(e, m, trans, start, end, k), 1)[1]
+        out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.meanfield_probs(e, m, trans, start, end, k)[1]
     for iters in (0, 1, 3):  # 0: from the emission softmax (with start/end scores), no mean-field update
         out[f"blockwise-{iters}"] = lambda e, m, k=iters: blockwise(e, m, k, trans, start, end, trans_c, start_c, end_c)
     return out
@@ -50,8 +50,8 @@ def contenders(trans, start, end, trans_c, start_c, end_c):
 def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, below=0.9):
     """What a CRF head with decode blockwise computes on a batch it refines (earlytag.model.heads.CRFHead.decode;
     the head hands batches of sentences shorter than its blockwise_from to Viterbi)."""
-    best, pred = crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, iters), 1)
-    return crf.refine_runs(emit, mask, trans_c, start_c, end_c, pred, best.exp(), below)
+    best, pred, _ = crf.meanfield_probs(emit, mask, trans, start, end, iters)
+    return crf.refine_runs(emit, mask, trans_c, start_c, end_c, pred, best, below)
 
 
 def model_emissions(model: str, data: str) -> list[torch.Tensor]:

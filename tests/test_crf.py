@@ -120,6 +120,24 @@ def test_meanfield_update_by_hand():
     assert torch.allclose(got, torch.stack(expect), atol=1e-5)
 
 
+@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
+def test_decoding_probabilities_are_the_meanfield_marginals(per_position):
+    """meanfield_probs (what decoding reads) against meanfield_labels_first (what training reads): the same
+    marginals without the log, the labels of max with the first index on ties, the best label's probability."""
+    emit, mask, trans, start, end = random_case(11, b=5, w=9, c=4, per_position=per_position)
+    emit[0, 3, 1] = emit[0, 3, 2] = 30.0  # a tie (before any update: the emission scores of a middle word)
+    for iters in (0, 1, 3):
+        logq = crf.meanfield_labels_first(emit, mask, trans, start, end, iters)  # (B, C, W)
+        best, labels, probs = crf.meanfield_probs(emit, mask, trans, start, end, iters)
+        assert torch.allclose(probs, logq.exp(), atol=1e-6)
+        ref = logq.max(1)
+        assert torch.equal(labels, ref.indices)
+        assert torch.allclose(best, ref.values.exp(), atol=1e-6)
+        assert torch.allclose(probs.gather(1, labels.unsqueeze(1)).squeeze(1), best, atol=1e-6)
+        if iters == 0:
+            assert labels[0, 3] == 1 and best[0, 3] == pytest.approx(0.5, abs=1e-6)
+
+
 def test_meanfield_without_transitions_is_the_softmax():
     emit, mask, _, _, _ = random_case(3)
     c = emit.shape[2]

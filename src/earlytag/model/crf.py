@@ -139,46 +139,48 @@ def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, sta
     run between them), and never a lower path score than the labels it started from. Nothing loops over the
     sentence: a few dozen operations on the whole batch, then a loop as long as the longest run."""
     b, w, c = emit.shape
-    per_position = trans.dim() == 4
+    pad = ~mask
     # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
-    framed = F.pad(labels.masked_fill(~mask, c), (1, 1), value=c)
+    framed = F.pad(labels.masked_fill(pad, c), (1, 1), value=c)
     ext = _with_boundary(trans, start, end)
     pair = torch.add(framed[:, 1:], framed[:, :-1], alpha=c + 1)  # (B, W+1) each step into a place, one index
-    step = (ext.flatten(2).gather(2, pair.unsqueeze(2)).squeeze(2) if per_position
+    step = (ext.flatten(2).gather(2, pair.unsqueeze(2)).squeeze(2) if trans.dim() == 4
             else ext.flatten().index_select(0, pair.flatten()).view(b, w + 1))  # (B, W+1)
     broken = step < NEG / 2  # the step into each place breaks the scheme (a start, a transition, an end)
     doubt = broken[:, :w] | broken[:, 1:]  # (B, W) a step into or out of the word
     if below >= 1:
-        doubt[:] = True
+        doubt = mask
     else:
         doubt |= confidence < below
-    at = (doubt & mask).flatten().nonzero().squeeze(1)  # (N,) the doubtful words, as places of (B*W,)
-    if at.numel() == 0:
-        return labels.masked_fill(~mask, 0)
-    # runs of consecutive doubtful words of one sentence
-    new = torch.ones_like(at, dtype=torch.bool)
-    new[1:] = (at[1:] != at[:-1] + 1) | (at[1:] % w == 0)
-    run = new.cumsum(0) - 1  # (N,) each doubtful word's run
-    first = at[new]  # (R,) each run's first word
-    offset = at - first[run]  # (N,) each word's place in its run
-    length = torch.bincount(run, minlength=first.numel())  # (R,)
+        doubt &= mask
+    # runs of doubtful words: between places of the (B, W+1) grid where doubt changes, a run's first word and
+    # the place after its last; they come in pairs, row by row (every row starts and ends sure)
+    framed_doubt = F.pad(doubt, (1, 1))  # (B, W+2)
+    edges = (framed_doubt[:, 1:] ^ framed_doubt[:, :-1]).flatten().nonzero().view(-1, 2)  # (R, 2)
+    if edges.numel() == 0:
+        return labels.masked_fill(pad, 0)
+    first, stop = edges.unbind(1)  # (R,) places in (B, W+1)
+    length = stop - first  # (R,)
     k = int(length.max())
+    row = first.div(w + 1, rounding_mode="floor")  # (R,)
+    word = first - row  # (R,) the run's first word as a place of (B*W,)
     inside = torch.arange(k, device=emit.device)
     real = inside < length.unsqueeze(1)  # (R, K)
-    pos = (first.unsqueeze(1) + inside).clamp(max=b * w - 1)  # (R, K); past a run's end unused
+    pos = (word.unsqueeze(1) + inside).clamp_(max=b * w - 1)  # (R, K); past a run's end unused
     em = emit.reshape(b * w, c).index_select(0, pos.flatten()).view(-1, k, c)  # (R, K, C)
-    row, col = first // w, first % w  # (R,)
-    edge = framed.flatten()
-    prev = edge[first + 2 * row]  # (R,) the anchors: framed[row, col] is the label before word col,
-    nxt = edge[first + 2 * row + length + 1]  # framed[row, col + length + 1] the one after the run (C: boundary)
-    if per_position:
+    edge = framed.flatten()  # framed[row, col] is place row*(W+2)+col = first+row for the label before the run
+    prev, nxt = edge[first + row], edge[stop + row + 1]  # (R,) the anchors around it (C: the boundary)
+    if trans.dim() == 4:
+        col = first - row * (w + 1)  # (R,)
         tr = ext[row.unsqueeze(1), (col.unsqueeze(1) + inside).clamp(max=w), :c, :c]  # (R, K, C, C)
         st = ext[row, col, prev, :c]  # (R, C): prev -> each label of the first word
         en = ext[row, col + length, :c, nxt]  # (R, C): each label of the last word -> next
     else:
         tr, st, en = trans, ext[prev, :c], ext[:c, nxt].t()
     tags = viterbi(em, real, tr, st, en)[0]  # (R, K)
-    return labels.masked_fill(~mask, 0).flatten().index_copy_(0, at, tags[run, offset]).view(b, w)
+    out = labels.masked_fill(pad, 0)
+    out.view(-1)[pos[real]] = tags[real]
+    return out
 
 
 def marginals(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
@@ -211,6 +213,26 @@ def meanfield_labels_first(emit: torch.Tensor, mask: torch.Tensor, trans: torch.
     """:func:`meanfield` as ``(B, C, W)``: the layout it runs in. A softmax, a max or an argmax over a last
     dimension of a handful of labels is several times slower on a CPU than over the middle one
     (scripts/crf_decode_bench.py); take labels with :func:`best_labels` of this."""
+    return _meanfield_logits(emit, mask, trans, start, end, iters).log_softmax(1)
+
+
+def meanfield_probs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                    end: torch.Tensor, iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What decoding needs of :func:`meanfield_labels_first`, without its logarithm: ``(best, labels, probs)``,
+    each word's most probable label ``(B, W)`` (the first on ties, as :func:`best_labels`), its probability
+    ``(B, W)`` and every label's probability ``(B, C, W)``. Not for training (no log-probabilities to take a
+    loss on)."""
+    logits = _meanfield_logits(emit, mask, trans, start, end, iters)  # (B, C, W)
+    z = logits - logits.amax(1, keepdim=True)  # 0 at each word's best labels
+    probs = z.exp()
+    best = probs.sum(1, keepdim=True).reciprocal_()  # (B, 1, W): exp(0) / the sum, the best label's probability
+    probs.mul_(best)
+    return best.squeeze(1), _first_top(z, 1), probs
+
+
+def _meanfield_logits(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                      end: torch.Tensor, iters: int) -> torch.Tensor:
+    """The mean-field scores ``(B, C, W)`` after ``iters`` updates, before their normalisation over labels."""
     b, w, c = emit.shape
     # (B, C, W), always a copy: written in place below (with one word, the transpose alone would be emit's memory)
     base = emit.transpose(1, 2).clone(memory_format=torch.contiguous_format)
@@ -235,7 +257,7 @@ def meanfield_labels_first(emit: torch.Tensor, mask: torch.Tensor, trans: torch.
         logits = base.clone()
         logits[..., 1:] += left
         logits[..., :-1] += right
-    return logits.log_softmax(1)
+    return logits
 
 
 def best_labels(logq: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,13 +265,17 @@ def best_labels(logq: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.T
     labels on the middle dimension torch's ``max``/``argmax`` with indices are 10-200x slower on a CPU than
     ``amax`` and a comparison (scripts/crf_decode_bench.py)."""
     best = logq.amax(dim, keepdim=True)
-    c = logq.shape[dim]
-    rank = torch.arange(c, 0, -1, device=logq.device, dtype=logq.dtype).view(
-        [c if i == dim % logq.dim() else 1 for i in range(logq.dim())])
-    # c - index of the first maximum, all in floats: a comparison with a bool result, or the bool's promotion,
-    # each costs several times the float arithmetic on a CPU
-    at_best = (logq.detach() - best.detach()).ge_(0.0).mul_(rank)
-    return best.squeeze(dim), c - at_best.amax(dim).long()
+    return best.squeeze(dim), _first_top(logq.detach() - best.detach(), dim)
+
+
+def _first_top(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """The index over ``dim`` of the first 0 of ``z`` (at most 0 everywhere, 0 at each maximum); overwrites
+    ``z``. All in floats: a comparison with a bool result, or the bool's promotion, each costs several times
+    the float arithmetic on a CPU."""
+    c = z.shape[dim]
+    rank = torch.arange(c, 0, -1, device=z.device, dtype=z.dtype).view(
+        [c if i == dim % z.dim() else 1 for i in range(z.dim())])
+    return c - z.ge_(0.0).mul_(rank).amax(dim).long()  # c - (c - index) of the first maximum
 
 
 def normalised_entropy(logp: torch.Tensor, dim: int = -1) -> torch.Tensor:

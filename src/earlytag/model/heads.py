@@ -228,17 +228,15 @@ class CRFHead(nn.Module):
         Viterbi and blockwise labels come with the mean-field probability of the chosen label as their score."""
         emit = emit.float()
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=False)
-        logq = crf.meanfield_labels_first(emit, word_mask, trans, start, end, self.meanfield_iters)  # (B, C, W)
+        best, pred, probs = crf.meanfield_probs(emit, word_mask, trans, start, end, self.meanfield_iters)
         if self.decode_with == "meanfield":
-            best, pred = crf.best_labels(logq, 1)
-            return pred, best.exp()
+            return pred, best
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=True)
         if self.decode_with == "blockwise" and emit.shape[1] >= self.blockwise_from:
-            best, pred = crf.best_labels(logq, 1)
-            pred = crf.refine_runs(emit, word_mask, trans, start, end, pred, best.exp(), self.block_below)
+            pred = crf.refine_runs(emit, word_mask, trans, start, end, pred, best, self.block_below)
         else:
             pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
-        return pred, logq.gather(1, pred.unsqueeze(1)).squeeze(1).exp()
+        return pred, probs.gather(1, pred.unsqueeze(1)).squeeze(1)  # (B, W)
 
     def predict_layer(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         """Labels ``(B, W)`` of one layer's emissions and transitions alone (the per-layer table)."""
