@@ -138,6 +138,16 @@ def test_decoding_probabilities_are_the_meanfield_marginals(per_position):
             assert labels[0, 3] == 1 and best[0, 3] == pytest.approx(0.5, abs=1e-6)
 
 
+def test_the_labels_first_copy_is_exact():
+    """The CPU's product with the identity (crf._labels_first) copies every emission bit for bit, across a wide
+    range of magnitudes, into new memory."""
+    g = torch.Generator().manual_seed(0)
+    emit = torch.randn(3, 17, 9, generator=g) * torch.logspace(-30, 30, 9)
+    out = crf._labels_first(emit)
+    assert out.is_contiguous() and out.data_ptr() != emit.data_ptr()
+    assert torch.equal(out, emit.transpose(1, 2))
+
+
 def test_meanfield_without_transitions_is_the_softmax():
     emit, mask, _, _, _ = random_case(3)
     c = emit.shape[2]
