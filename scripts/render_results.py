@@ -474,6 +474,17 @@ def crfdecode(name: str) -> str:
     return markdown_table(head, out) + note
 
 
+def int8bits(name: str) -> str:
+    """int8 without VNNI: which bits to give up (scripts/int8_weight_bits.py), F1 at full depth."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    out = [[Path(r["model"]).name, pct(r["fp32"])] + [f"{pct(r[k])} ({100 * (r[k] - r['fp32']):+.2f})"
+                                                     for k in ("w8-a7", "w7-a8", "w8-a8")] for r in data["rows"]]
+    table = markdown_table(["model", "fp32", "int8: 8-bit weights, 7-bit activations",
+                            "7-bit weights, 8-bit activations", "8-bit both"], out)
+    return (table + f"\n\n{data['command']}; {data['data'].rsplit(':', 1)[-1]} F1; "
+            f"this CPU {'has' if data['vnni'] else 'lacks'} VNNI; load average {data['load_average'][0]:.2f}.")
+
+
 def crfiters(name: str) -> str:
     """F1 by decoding and mean-field iterations (scripts/crf_iters.py), full depth and token exit at one τ."""
     data = load(DOCS / "bench" / f"{name}.json")
@@ -584,7 +595,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}

@@ -21,6 +21,16 @@ POLICY_SETTINGS = [ExitConfig(), ExitConfig("static", layer=2), ExitConfig("toke
                    ExitConfig("sentence", threshold=0.3), ExitConfig("patience", patience=1)]
 
 
+@pytest.fixture(autouse=True)
+def fp16_arithmetic(monkeypatch):
+    """These tests are about the engine's dtypes, not the host's arithmetic: torch runs float16 on any CPU (slowly,
+    which is why earlytag refuses it where the CPU has no float16 arithmetic; that refusal is tested below with
+    its own flags), so a host without AVX512-FP16 is made to look as if it had it."""
+    flags = precision_module.cpu_flags()
+    if flags and not flags & {"avx512_fp16", "amx_fp16"}:
+        monkeypatch.setattr(precision_module, "cpu_flags", lambda: flags | {"avx512_fp16"})
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("precision") / "model"

@@ -96,18 +96,21 @@ def check_precision(precision: str, device: torch.device | str = "cpu") -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def reduce_range() -> bool:
-    """Quantize activations to 7 bits instead of 8: needed where the CPU lacks VNNI (its int8 multiply-add can
-    saturate 16-bit sums); with VNNI the full 8 bits keep more accuracy (measured: -0.6 F1 against -2.5 on
-    all-MiniLM-L6-v2 NER, 1,000 UNER EWT test sentences)."""
-    return not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}
+def weight_levels() -> int:
+    """The largest int8 weight: 127 where the CPU has VNNI (its int8 multiply-add sums into 32 bits), 63 where it
+    lacks it (AVX2's multiply-add sums two products of an 8-bit activation and a weight into 16 bits, which 8-bit
+    activations with 8-bit weights can saturate; with 7-bit weights they cannot). Activations keep their 8 bits
+    either way: per-channel weights lose less from one bit than the per-call activations do (docs/design.md)."""
+    return 127 if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else 63
 
 
 def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: ``(int8 rows (out, in), float scales (out,))``."""
+    """Symmetric per-output-channel int8: ``(int8 rows (out, in), float scales (out,))``, at most
+    :func:`weight_levels` in magnitude."""
+    levels = weight_levels()
     w = weight.detach().float()
-    scale = (w.abs().amax(1) / 127.0).clamp(min=1e-12)  # (out,)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    scale = (w.abs().amax(1) / levels).clamp(min=1e-12)  # (out,)
+    q = torch.round(w / scale[:, None]).clamp(-levels, levels).to(torch.int8)
     return q, scale
 
 
@@ -145,7 +148,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), self._packed,
-                                               reduce_range())
+                                               False)  # 8-bit activations (see weight_levels)
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
