@@ -35,28 +35,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    forward = precision.Int8Linear.forward
     rows = []
     for model in args.models:
         base = Tagger.from_pretrained(model)
         data = base.load(args.data)
         row = {"model": model, "fp32": base.evaluate(data, exit="none", per_layer=False)["f1"]}
         for name, (levels, reduce_range) in VARIANTS.items():
-            precision.weight_levels = lambda n=levels: n
-
-            def run(self, x, r=reduce_range):
-                y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float().contiguous(), self._packed, r)
-                return y.view(*x.shape[:-1], self.out_features)
-
-            precision.Int8Linear.forward = run
+            precision.weight_levels = lambda n=levels: n  # read by the quantization at load
+            precision.Int8Linear.reduce_range = reduce_range
             tagger = Tagger.from_pretrained(model, precision="int8")
             row[name] = tagger.evaluate(data, exit="none", per_layer=False)["f1"]
-            precision.Int8Linear.forward = forward
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    flags = precision.cpu_flags()
     result = {"command": "python scripts/int8_weight_bits.py " + " ".join(argv or sys.argv[1:]), "data": args.data,
-              "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}), "machine": machine_info(),
+              "vnni": precision.has_vnni(), "machine": machine_info(),
               "load_average": os.getloadavg(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

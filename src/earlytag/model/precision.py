@@ -95,13 +95,18 @@ def check_precision(precision: str, device: torch.device | str = "cpu") -> None:
         raise ConfigError("precision", f"{torch.cuda.get_device_name(device)} has no bfloat16; use --precision fp16")
 
 
+def has_vnni() -> bool:
+    """Whether the CPU's int8 multiply-add sums into 32 bits (VNNI, or AMX)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 @functools.lru_cache(maxsize=1)
 def weight_levels() -> int:
     """The largest int8 weight: 127 where the CPU has VNNI (its int8 multiply-add sums into 32 bits), 63 where it
     lacks it (AVX2's multiply-add sums two products of an 8-bit activation and a weight into 16 bits, which 8-bit
     activations with 8-bit weights can saturate; with 7-bit weights they cannot). Activations keep their 8 bits
     either way: per-channel weights lose less from one bit than the per-call activations do (docs/design.md)."""
-    return 127 if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else 63
+    return 127 if has_vnni() else 63
 
 
 def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +121,8 @@ def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """Dynamic int8 Linear (per-channel int8 weights, activations quantized per call)."""
+
+    reduce_range = False  # 8-bit activations (see weight_levels); True: 7 bits (scripts/int8_weight_bits.py)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, _q: tuple | None = None):
         super().__init__()
@@ -148,7 +155,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), self._packed,
-                                               False)  # 8-bit activations (see weight_levels)
+                                               self.reduce_range)
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
