@@ -375,11 +375,11 @@ def stackedtargets(bench: str, *specs: str) -> str:
 def shifted(name: str) -> str:
     d = load(DOCS / "bench" / f"{name}.json")
     rows = d["rows"]
-    variants = [("", "length profile + feedback")]
-    if "controller_file_noprofile" in rows[0]:
-        variants.append(("_noprofile", "feedback alone"))
-    if "controller_file_window" in rows[0]:
-        variants.append(("_window", "length profile of the recent window + feedback"))
+    labels = {"": "length profile + feedback", "_noprofile": "feedback alone",
+              "_window": "length profile of the recent window + feedback",
+              "_taustep": "length profile + feedback, τ step ≤ ~22% a call",
+              "_slowask": "length profile + slower feedback (≤ ~5% a call)"}
+    variants = [(suffix, label) for suffix, label in labels.items() if f"controller_file{suffix}" in rows[0]]
     out = []
     for t in d["targets"]:
         rs = [r for r in rows if r["target"] == t]

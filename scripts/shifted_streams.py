@@ -35,6 +35,14 @@ from earlytag.metrics import task_scores  # noqa: E402
 
 GENRES = ("answers", "email", "newsgroup", "reviews", "weblog")
 TARGETS = (2.0, 3.0, 4.0)
+# controllers: (suffix of the row key, uses the profile, SpeedController options)
+VARIANTS = {
+    "profile": ("", True, {}),  # as --target-speedup runs it
+    "noprofile": ("_noprofile", False, {}),  # the feedback alone
+    "window": ("_window", True, {"profile_over": "window"}),  # τ solved for the recent window's lengths
+    "taustep": ("_taustep", True, {"tau_step": 0.2}),  # τ moves by at most ~22% from one engine call to the next
+    "slowask": ("_slowask", True, {"ask_step": 0.05}),  # the feedback moves the speed-up asked by at most ~5% a call
+}
 
 
 def genre(sentence) -> str:
@@ -74,7 +82,10 @@ def main() -> None:
     ap.add_argument("--calibration-genres", nargs="+", default=list(GENRES))
     ap.add_argument("--window-profile", action="store_true",
                     help="also the profile controller solving τ for the recent window's lengths (`_window`)")
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["profile", "noprofile"],
+                    help="controllers to run on every stream (default: profile noprofile; --window-profile adds window)")
     args = ap.parse_args()
+    variants = list(dict.fromkeys(args.variants + (["window"] if args.window_profile else [])))
     tagger = Tagger.from_pretrained(args.model)
     dev, test = tagger.load("uner-en-ewt:dev"), tagger.load("uner-en-ewt:test")
     by_genre = {g: [s for s in dev.sentences + test.sentences if genre(s) == g] for g in GENRES}
@@ -113,15 +124,10 @@ def main() -> None:
                         rng.shuffle(ordered)
                     elif order == "sorted":
                         ordered.sort(key=len)
-                    # the defaults, as --target-speedup runs it (with the calibration's length profile), the same
-                    # controller without it (feedback alone), and with --window-profile the profile solved for the
-                    # recent window's lengths
-                    variants = [(f"controller_{order}", profile, "request"),
-                                (f"controller_{order}_noprofile", None, "request")]
-                    if args.window_profile:
-                        variants.append((f"controller_{order}_window", profile, "window"))
-                    for name, prof, over in variants:
-                        control = SpeedController(fixed, target, profile=prof, profile_over=over)
+                    for variant in variants:
+                        suffix, uses_profile, options = VARIANTS[variant]
+                        name = f"controller_{order}{suffix}"
+                        control = SpeedController(fixed, target, profile=profile if uses_profile else None, **options)
                         c_score, c_speed, state = run(tagger, ordered, control, args.batch_size, args.piece)
                         row[name] = {
                             "speedup": c_speed, "speedup_after_warmup": state["realised_speedup_after_warmup"],
@@ -129,10 +135,10 @@ def main() -> None:
                             "fixed_curve_f1_at_same_speedup": interpolate(curves[g],
                                                                           state["realised_speedup_after_warmup"])}
                 rows.append(row)
-                c = row["controller_file"]
-                print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller "
+                c = row[f"controller_file{VARIANTS[variants[0]][0]}"]
+                print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller ({variants[0]}) "
                       f"{c['speedup_after_warmup']:.2f}x F1 {100 * c['f1']:.2f}", file=sys.stderr, flush=True)
-    out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "targets": TARGETS, "genres": GENRES,
+    out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "variants": variants, "targets": TARGETS, "genres": GENRES,
            "curves": {g: sorted(c) for g, c in curves.items()}, "rows": rows}
     from earlytag.storage import atomic_write_text
 

@@ -166,7 +166,8 @@ class LengthProfile:
 class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
-                 batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request"):
+                 batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request",
+                 ask_step: float | None = None, tau_step: float | None = None):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -192,6 +193,10 @@ class SpeedController:
         # what τ is solved for: each call's own inputs ("request"), or the recent window's with them ("window":
         # τ then moves with the length mix of the stream, not with each request's)
         self.profile_over = profile_over
+        # with a profile: the largest move of log(speed-up asked) per engine call (None: max_step), and of log τ
+        # from one engine call to the next (None: τ goes wherever the profile puts it)
+        self.ask_step = max_step if ask_step is None else ask_step
+        self.tau_step = tau_step
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
@@ -219,7 +224,10 @@ class SpeedController:
                         self._recent_tokens -= self._recent.popleft()[1]
                     self._weights = [sum(col) for col in zip(*(w for w, _ in self._recent))]
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
-            self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
+            solved, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
+            if self.tau_step is not None:
+                solved = min(max(solved, self.log_tau - self.tau_step), self.log_tau + self.tau_step)
+            self.log_tau = solved
         return replace(self.base, threshold=round(self.tau, 6))
 
     @staticmethod
@@ -264,6 +272,7 @@ class SpeedController:
         ceiling, floor = math.log(self.tau_max), math.log(self.tau_min)
         if self.profile is not None:
             # the ask stops growing while the ceiling holds τ back (no wind-up: it comes down as soon as it may)
+            step = max(-self.ask_step, min(self.ask_step, step))
             if not (self.capped and step > 0):
                 self.log_ask = min(max(self.log_ask + step, 0.0), math.log(100.0))
         else:
@@ -283,7 +292,8 @@ class SpeedController:
                 "tokens": self.total[2], "engine_calls": self.calls, "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None,
-                **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4)}
+                **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
+                    "ask_step": self.ask_step, "tau_step": self.tau_step}
                    if self.profile is not None else {})}
 
 
