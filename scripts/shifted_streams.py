@@ -7,7 +7,9 @@ every calibration genre: the model is calibrated on that genre's dev sentences (
 giving a fixed setting per target speed-up (2x, 3x, 4x). Every other genre's dev and test sentences are then a
 stream tagged per target with the fixed setting, and with the controller (--target-speedup) starting from it,
 over the stream in file order, shuffled, and sorted by length: as --target-speedup runs it (looking ahead with
-the calibration's length profile) and with the feedback alone (`_noprofile`). Recorded: the realised FLOPs speed-up (the
+the calibration's length profile) and with the feedback alone (`_noprofile`); --variants picks other controllers
+(window: τ solved for the recent window's lengths; taustep: τ moves by at most ~22% from one engine call to the
+next; slowask: the feedback moves the speed-up asked of the profile by at most ~5% a call). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
 same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that

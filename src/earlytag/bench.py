@@ -150,6 +150,12 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    from .model.precision import cpu_flags
+
+    # what the low-precision figures depend on: torch's kernel level and the CPU's int8/bf16 matrix instructions
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["cpu_matrix_flags"] = sorted(cpu_flags() & {"avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                                     "avx512_fp16", "amx_int8", "amx_bf16", "amx_fp16"})
     try:
         with open("/proc/loadavg") as f:
             info["load_average"] = [float(x) for x in f.read().split()[:3]]  # the machine's load when it ran
