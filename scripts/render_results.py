@@ -30,6 +30,7 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -375,10 +376,14 @@ def stackedtargets(bench: str, *specs: str) -> str:
 def shifted(name: str) -> str:
     d = load(DOCS / "bench" / f"{name}.json")
     rows = d["rows"]
-    labels = {"": "length profile + feedback", "_noprofile": "feedback alone",
+    ask = d.get("profile_ask_step", 0.2)  # the default's step (runs before it was recorded: 0.2)
+    labels = {"": f"length profile + feedback (≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)",
+              "_askstep20": "length profile + feedback (≤ ~22% a call)", "_noprofile": "feedback alone",
               "_window": "length profile of the recent window + feedback",
               "_taustep": "length profile + feedback, τ step ≤ ~22% a call",
-              "_slowask": "length profile + slower feedback (≤ ~5% a call)"}
+              "_slowask": "length profile + slower feedback (≤ ~5% a call)",
+              "_slowask02": "length profile + slower feedback (≤ ~2% a call)",
+              "_slowask10": "length profile + slower feedback (≤ ~10% a call)"}
     variants = [(suffix, label) for suffix, label in labels.items() if f"controller_file{suffix}" in rows[0]]
     out = []
     for t in d["targets"]:

@@ -8,8 +8,8 @@ giving a fixed setting per target speed-up (2x, 3x, 4x). Every other genre's dev
 stream tagged per target with the fixed setting, and with the controller (--target-speedup) starting from it,
 over the stream in file order, shuffled, and sorted by length: as --target-speedup runs it (looking ahead with
 the calibration's length profile) and with the feedback alone (`_noprofile`); --variants picks other controllers
-(window: τ solved for the recent window's lengths; taustep: τ moves by at most ~22% from one engine call to the
-next; slowask: the feedback moves the speed-up asked of the profile by at most ~5% a call). Recorded: the realised FLOPs speed-up (the
+(window: τ solved for the recent window's lengths; slowask, slowask02, slowask10, askstep20: the feedback moves the
+speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
 same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that
@@ -31,7 +31,7 @@ from earlytag import Tagger  # noqa: E402
 from earlytag.calibrate import calibrate  # noqa: E402
 from earlytag.data.datasets import Dataset  # noqa: E402
 from earlytag.engine import ExitConfig  # noqa: E402
-from earlytag.engine.control import LengthProfile, SpeedController  # noqa: E402
+from earlytag.engine.control import DEFAULT_ASK_STEP, LengthProfile, SpeedController  # noqa: E402
 from earlytag.engine.policies import CALIBRATION_THRESHOLDS  # noqa: E402
 from earlytag.metrics import task_scores  # noqa: E402
 
@@ -39,11 +39,13 @@ GENRES = ("answers", "email", "newsgroup", "reviews", "weblog")
 TARGETS = (2.0, 3.0, 4.0)
 # controllers: (suffix of the row key, uses the profile, SpeedController options)
 VARIANTS = {
-    "profile": ("", True, {}),  # as --target-speedup runs it
+    "profile": ("", True, {}),  # as --target-speedup runs it (the feedback moves the ask by DEFAULT_ASK_STEP a call)
+    "askstep20": ("_askstep20", True, {"ask_step": 0.2}),  # ... by at most ~22% a call (the default before 0.05)
     "noprofile": ("_noprofile", False, {}),  # the feedback alone
     "window": ("_window", True, {"profile_over": "window"}),  # τ solved for the recent window's lengths
-    "taustep": ("_taustep", True, {"tau_step": 0.2}),  # τ moves by at most ~22% from one engine call to the next
     "slowask": ("_slowask", True, {"ask_step": 0.05}),  # the feedback moves the speed-up asked by at most ~5% a call
+    "slowask02": ("_slowask02", True, {"ask_step": 0.02}),  # ... by at most ~2% a call
+    "slowask10": ("_slowask10", True, {"ask_step": 0.1}),  # ... by at most ~10% a call
 }
 
 
@@ -140,7 +142,8 @@ def main() -> None:
                 c = row[f"controller_file{VARIANTS[variants[0]][0]}"]
                 print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller ({variants[0]}) "
                       f"{c['speedup_after_warmup']:.2f}x F1 {100 * c['f1']:.2f}", file=sys.stderr, flush=True)
-    out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "variants": variants, "targets": TARGETS, "genres": GENRES,
+    out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "variants": variants,
+           "profile_ask_step": DEFAULT_ASK_STEP, "targets": TARGETS, "genres": GENRES,
            "curves": {g: sorted(c) for g, c in curves.items()}, "rows": rows}
     from earlytag.storage import atomic_write_text
 

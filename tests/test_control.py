@@ -370,24 +370,30 @@ def test_predict_holds_the_target_with_the_length_profile_unless_told_not_to(tok
     assert states[True]["length_profile"] is False and "asked_of_profile" not in states[True]
 
 
-def test_profile_controller_step_limits_bound_what_moves_per_call():
-    """tau_step: τ moves by at most that much (in log) from one engine call to the next, whatever the profile
-    asks for the next call's lengths; ask_step: one observation moves the speed-up asked of the profile by at
-    most that much (in log). Without them τ jumps to the profile's answer and the ask moves by the feedback."""
+def test_profile_controller_ask_step_bounds_how_far_the_feedback_moves_the_ask():
+    """ask_step: one observation moves the speed-up asked of the profile by at most that much (in log); without it
+    the ask moves by the feedback (gain × error, up to max_step). τ follows the profile's answer for each call's
+    lengths either way."""
     profile = LengthProfile(plant_profile(), min_inputs=1)
     base = ExitConfig("token", threshold=0.1)
-    free = SpeedController(base, 2.0, profile=profile)
-    held = SpeedController(base, 2.0, profile=profile, tau_step=0.1, ask_step=0.01)
+    free = SpeedController(base, 2.0, profile=profile, ask_step=0.2)
+    held = SpeedController(base, 2.0, profile=profile, ask_step=0.01)
     calls = [[20] * 16, [110] * 16] * 4  # short and long calls in turn: very different τ for the same speed-up
-    free_taus, held_taus = [], []
+    free_taus = []
     for part in calls:
-        for control, taus in ((free, free_taus), (held, held_taus)):
-            taus.append(math.log(control.current(part).threshold))
+        for control in (free, held):
+            tau = math.log(control.current(part).threshold)
+            if control is free:
+                free_taus.append(tau)
+            solved, _ = profile.threshold(control.log_ask, part, math.log(1e-4), 0.0)
+            assert tau == pytest.approx(solved, abs=1e-4)  # the profile's τ for this call (rounded to 6 digits)
             before = control.log_ask
             control.observe(1e6 * sum(part) / 1.95, 1e6 * sum(part), sum(part))  # 1.95x of 2x: ask for more
             feedback = 0.5 * 2 * (math.log(2.0) - math.log(1.95))  # gain × error: 0.025, under max_step
             assert not control.capped
             assert control.log_ask - before == pytest.approx(0.01 if control is held else feedback)
-    assert max(abs(b - a) for a, b in zip(held_taus, held_taus[1:])) <= 0.1 + 1e-4  # rounded to 6 digits
-    assert abs(held_taus[0] - math.log(0.1)) <= 0.1 + 1e-4  # from the calibrated setting
     assert max(abs(b - a) for a, b in zip(free_taus, free_taus[1:])) > 0.5
+    assert held.to_dict()["ask_step"] == 0.01
+    for bad in (0, -0.1, "0.05", True):
+        with pytest.raises(ConfigError, match="exit.ask_step"):
+            SpeedController(base, 2.0, profile=profile, ask_step=bad)
