@@ -379,7 +379,7 @@ def shifted(name: str) -> str:
     ask = d.get("profile_ask_step", 0.2)  # the default's step (runs before it was recorded: 0.2)
     labels = {"": f"length profile + feedback (≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)",
               "_askstep20": "length profile + feedback (≤ ~22% a call)", "_noprofile": "feedback alone",
-              "_window": "length profile of the recent window + feedback",
+              "_window": f"length profile of the recent window + feedback (≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)",
               "_taustep": "length profile + feedback, τ step ≤ ~22% a call",
               "_slowask": "length profile + slower feedback (≤ ~5% a call)",
               "_slowask02": "length profile + slower feedback (≤ ~2% a call)",
