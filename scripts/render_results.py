@@ -377,9 +377,10 @@ def shifted(name: str) -> str:
     d = load(DOCS / "bench" / f"{name}.json")
     rows = d["rows"]
     ask = d.get("profile_ask_step", 0.2)  # the default's step (runs before it was recorded: 0.2)
-    labels = {"": f"length profile + feedback (≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)",
+    per_call = f"(≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)"  # how far the feedback moves the speed-up asked
+    labels = {"": f"length profile + feedback {per_call}",
               "_askstep20": "length profile + feedback (≤ ~22% a call)", "_noprofile": "feedback alone",
-              "_window": f"length profile of the recent window + feedback (≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)",
+              "_window": f"length profile of the recent window + feedback {per_call}",
               "_taustep": "length profile + feedback, τ step ≤ ~22% a call",
               "_slowask": "length profile + slower feedback (≤ ~5% a call)",
               "_slowask02": "length profile + slower feedback (≤ ~2% a call)",

@@ -31,6 +31,7 @@ from .engine import REGISTRY, ExitConfig, ExitStats
 from .engine.policies import TARGETS
 from .errors import ConfigError
 from .metrics import task_scores
+from .model.precision import cpu_flags
 from .peers import HFPipelinePeer, make_peer
 from .report import markdown_table
 from .storage import atomic_write_text
@@ -150,8 +151,6 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    from .model.precision import cpu_flags
-
     # what the low-precision figures depend on: torch's kernel level and the CPU's int8/bf16 matrix instructions
     info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     info["cpu_matrix_flags"] = sorted(cpu_flags() & {"avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",

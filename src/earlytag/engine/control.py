@@ -203,7 +203,7 @@ class SpeedController:
         # what τ is solved for: each call's own inputs ("request"), or the recent window's with them ("window":
         # τ then moves with the length mix of the stream, not with each request's)
         self.profile_over = profile_over
-        self.ask_step = ask_step  # with a profile: the largest move of log(speed-up asked) per engine call
+        self.ask_step = ask_step  # with a profile: the largest move of log(speed-up asked) per engine call (not max_step)
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
@@ -272,11 +272,11 @@ class SpeedController:
         # (making up for a fast warm-up by running the rest slow would leave the stream after it short)
         since = self.realised_after_warmup if warm else self.realised_total
         error = 2 * math.log(self.target) - math.log(self.realised_window) - math.log(since)
-        step = max(-self.max_step, min(self.max_step, self.gain * error))
+        limit = self.max_step if self.profile is None else self.ask_step  # of log τ, or of log(speed-up asked)
+        step = max(-limit, min(limit, self.gain * error))
         ceiling, floor = math.log(self.tau_max), math.log(self.tau_min)
         if self.profile is not None:
             # the ask stops growing while the ceiling holds τ back (no wind-up: it comes down as soon as it may)
-            step = max(-self.ask_step, min(self.ask_step, step))
             if not (self.capped and step > 0):
                 self.log_ask = min(max(self.log_ask + step, 0.0), math.log(100.0))
         else:
