@@ -545,6 +545,30 @@ def slimlog(name: str) -> str:
     return f"mask distance by step: {checks}\n\n{ticket}."
 
 
+def slimtime(plain: str, slim: str) -> str:
+    """Training time of a slim run against the plain run beside it, from their logs: per epoch, the whole run
+    (evaluation and saving included) and CPU time, and how much less the slim run took."""
+    a, b = load(DOCS / "train" / f"{plain}.json"), load(DOCS / "train" / f"{slim}.json")
+
+    def less(x: float, y: float) -> str:
+        saved = 1 - y / x
+        return f"{100 * saved:.0f}%" if saved >= 0 else f"({100 * -saved:.0f}% more)"
+
+    rows = []
+    for ea, eb in zip(a["epochs"], b["epochs"]):
+        what = "frozen encoder" + (" (the search in the slim run)" if ea["epoch"] == 1 else "") \
+            if ea["encoder_frozen"] else "encoder trained"
+        rows.append([f"epoch {ea['epoch']}: {what}", f"{ea['seconds']:.0f} s", f"{eb['seconds']:.0f} s",
+                     less(ea["seconds"], eb["seconds"])])
+    rows.append(["**whole run, wall**", f"**{a['seconds']:.0f} s**", f"**{b['seconds']:.0f} s**",
+                 f"**{less(a['seconds'], b['seconds'])}**"])
+    rows.append(["whole run, CPU", f"{a['cpu_seconds']:.0f} s", f"{b['cpu_seconds']:.0f} s",
+                 less(a["cpu_seconds"], b["cpu_seconds"])])
+    rows.append(["dev score (best epoch, last layer)", pct(a["best_selection_score"]),
+                 pct(b["best_selection_score"]), "-"])
+    return markdown_table(["", plain, slim, "slim: less"], rows)
+
+
 def slimsweep(*strengths: str) -> str:
     """The proxy runs of scripts/slim_l1_sweep.sh: per L1 strength, the search and the dev score."""
     out = []
@@ -601,7 +625,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}

@@ -13,4 +13,6 @@ run() {
 }
 # ε as the first documented run had it (the default became 0.05 after that run: docs/results.md section 9);
 # the second pair: EPS=0.05 SLIM_NAME=minilm-ner-slim-eps05 PLAIN_NAME=minilm-ner-plain-2 scripts/train_minilm_slim.sh
-run "${SLIM_NAME:-minilm-ner-slim}" --slim "$SLIM" --slim-eps "${EPS:-0.02}" & run "${PLAIN_NAME:-minilm-ner-plain}" & wait
+# the third pair (the fused AdamW step, a mask check every 10 steps):
+#   EPS=0.05 CHECK=10 SLIM_NAME=minilm-ner-slim-c10 PLAIN_NAME=minilm-ner-plain-3 scripts/train_minilm_slim.sh
+run "${SLIM_NAME:-minilm-ner-slim}" --slim "$SLIM" --slim-eps "${EPS:-0.02}" --slim-check-every "${CHECK:-50}" & run "${PLAIN_NAME:-minilm-ner-plain}" & wait

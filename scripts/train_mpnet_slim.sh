@@ -14,4 +14,6 @@ run() {
     --output "$OUT/$1" --epochs 3 --freeze-epochs 1 --lr 5e-5 --head-lr 1e-3 --batch-size 32 --seed 42 \
     --train-limit 2000 --dev-limit 500 --threads 1 --quiet --overwrite "${@:2}"
 }
-run "${SLIM_NAME:-mpnet-ner-2k-slim}" --slim "$SLIM" --slim-check-every 10 & run "${PLAIN_NAME:-mpnet-ner-2k-plain}" & wait
+# the second pair (the fused AdamW step, a check every 5 steps):
+#   CHECK=5 SLIM_NAME=mpnet-ner-2k-slim-c5 PLAIN_NAME=mpnet-ner-2k-plain-2 scripts/train_mpnet_slim.sh
+run "${SLIM_NAME:-mpnet-ner-2k-slim}" --slim "$SLIM" --slim-check-every "${CHECK:-10}" & run "${PLAIN_NAME:-mpnet-ner-2k-plain}" & wait

@@ -226,3 +226,39 @@ def test_not_a_model_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
     with pytest.raises(EarlytagError, match="not an earlytag model"):
         Tagger.from_pretrained(tmp_path)
+
+
+def test_the_training_step_is_fused_adamw_and_moves_weights_as_adamw_does():
+    """On the CPU (torch >= 2.4) the trainer's optimizer is torch's fused AdamW, the same update as the default
+    multi-tensor AdamW with the trainer's groups (learning rates, weight decay), in one kernel per tensor."""
+    from earlytag.train.trainer import _optimizer, fused_adamw_on
+
+    assert fused_adamw_on(torch.device("cpu")) and fused_adamw_on(torch.device("cuda"))
+    assert not fused_adamw_on(torch.device("meta"))
+    cfg = TrainConfig(train="-", output="-", lr=1e-3, head_lr=1e-2, weight_decay=0.1)
+    models = [tiny_model("bert", seed=3), tiny_model("bert", seed=3)]
+    fused = _optimizer(models[0], cfg)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW([{k: v for k, v in g.items() if k != "fused"} | {"params": list(g2)}
+                               for g, g2 in zip(fused.param_groups, _param_groups(models[1]))], foreach=True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (2, 7), generator=g)
+    labels = torch.randint(0, 5, (2, 6), generator=g)
+    before = models[0].encoder.encoder.layer[0].attention.self.query.weight.detach().clone()
+    for _ in range(3):  # eval mode (no dropout): both models see the same function, gradients flow all the same
+        for model, opt in zip(models, (fused, plain)):
+            out = model(ids, torch.ones_like(ids), torch.arange(1, 7).expand(2, 6), labels=labels)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+    after = [dict(m.named_parameters()) for m in models]
+    assert not torch.equal(after[0]["encoder.encoder.layer.0.attention.self.query.weight"], before)  # it trained
+    for name, p in after[0].items():
+        assert torch.allclose(p, after[1][name], atol=1e-6), name
+
+
+def _param_groups(model):
+    from earlytag.train.trainer import _encoder_groups
+
+    decay, no_decay = _encoder_groups(model)
+    return [decay, no_decay, list(model.heads.parameters()), list(model.head.parameters())]
