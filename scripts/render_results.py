@@ -569,6 +569,18 @@ def slimtime(plain: str, slim: str) -> str:
     return markdown_table(["", plain, slim, "slim: less"], rows)
 
 
+def optstep(name: str) -> str:
+    """scripts/optimizer_step.py: seconds per AdamW step, multi-tensor against fused, per model."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    rows = [[r["model"], f"{r['parameters'] / 1e6:.1f} M", f"{1000 * r['seconds_per_step']['foreach']:.0f} ms",
+             f"{1000 * r['seconds_per_step']['fused']:.0f} ms", f"{r['fused_speedup']:.1f}x"] for r in data["rows"]]
+    m = data["machine"]
+    return (markdown_table(["model (" + data["encoder"] + ")", "parameters", "AdamW step, foreach", "fused",
+                            "fused faster"], rows)
+            + f"\n\n`{data['command']}`; {m['cpus']} CPUs ({m['cpu_capability']}), torch {m['torch']}, "
+              f"{m['threads']} thread(s), load average {m['load_average'][0]:.2f}.")
+
+
 def slimsweep(*strengths: str) -> str:
     """The proxy runs of scripts/slim_l1_sweep.sh: per L1 strength, the search and the dev score."""
     out = []
@@ -625,7 +637,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
