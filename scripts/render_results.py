@@ -573,10 +573,13 @@ def optstep(name: str) -> str:
     """scripts/optimizer_step.py: seconds per AdamW step, multi-tensor against fused, per model."""
     data = load(DOCS / "bench" / f"{name}.json")
     rows = [[r["model"], f"{r['parameters'] / 1e6:.1f} M", f"{1000 * r['seconds_per_step']['foreach']:.0f} ms",
-             f"{1000 * r['seconds_per_step']['fused']:.0f} ms", f"{r['fused_speedup']:.1f}x"] for r in data["rows"]]
+             f"{1000 * r['seconds_per_step']['fused']:.0f} ms", f"{r['fused_speedup']:.1f}x",
+             f"{1000 * r['seconds_per_training_step']['foreach']:.0f} ms",
+             f"{1000 * r['seconds_per_training_step']['fused']:.0f} ms", f"{r['training_step_speedup']:.2f}x"]
+            for r in data["rows"]]
     m = data["machine"]
     return (markdown_table(["model (" + data["encoder"] + ")", "parameters", "AdamW step, foreach", "fused",
-                            "fused faster"], rows)
+                            "fused faster", "training step, foreach", "fused", "fused faster"], rows)
             + f"\n\n`{data['command']}`; {m['cpus']} CPUs ({m['cpu_capability']}), torch {m['torch']}, "
               f"{m['threads']} thread(s), load average {m['load_average'][0]:.2f}.")
 
