@@ -121,6 +121,23 @@ def test_meanfield_update_by_hand():
 
 
 @pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
+def test_meanfield_of_a_padded_batch_is_each_sentence_alone(per_position):
+    """Sentences of different lengths in one batch: every word's mean-field marginals are those of its sentence
+    run alone (padding sends no message to a sentence's last word; the end score lands on that word)."""
+    emit, mask, trans, start, end = random_case(13, b=6, w=8, c=4, per_position=per_position)
+    assert not mask.all()  # some sentences are padded
+    for iters in (0, 1, 3):
+        batch = crf.meanfield(emit, mask, trans, start, end, iters)  # (B, W, C)
+        for row in range(emit.shape[0]):
+            n = int(mask[row].sum())
+            one = (lambda x: x[row:row + 1, :n]) if per_position else (lambda x: x)
+            alone = crf.meanfield(emit[row:row + 1, :n], mask[row:row + 1, :n], one(trans),
+                                  start[row:row + 1] if per_position else start,
+                                  end[row:row + 1] if per_position else end, iters)
+            assert torch.allclose(batch[row, :n], alone[0], atol=1e-5), (iters, row)
+
+
+@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
 def test_decoding_probabilities_are_the_meanfield_marginals(per_position):
     """meanfield_probs (what decoding reads) against meanfield_labels_first (what training reads): the same
     marginals without the log, the labels of max with the first index on ties, the best label's probability."""
