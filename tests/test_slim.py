@@ -128,6 +128,40 @@ def test_early_bird_draws_when_the_mask_stops_changing():
     assert mask_distance(a, b) == pytest.approx(2 / 6)
 
 
+def test_early_bird_with_a_span_compares_masks_that_many_checks_apart():
+    """span=2: each distance is between a check's mask and the mask two checks before it, so a mask that moves a
+    little at every check adds up; a distance is logged from the third check on."""
+    model, coefs = searched("bert")
+    h = coefs.head.shape[1]
+    bird = EarlyBird(SlimSpec(heads=0.5), eps=0.2, patience=1, span=2)
+    seen = []
+    for shift in range(4):  # head scores rotate by one place per check: the kept half moves by one head
+        with torch.no_grad():
+            coefs.head.copy_(torch.arange(h, dtype=torch.float).roll(shift).expand_as(coefs.head))
+        drawn = bird.check(coefs)
+        seen.append(coefs.masks(bird.spec))
+        assert not drawn or len(bird.distances) >= 1
+    assert len(bird.distances) == 2  # checks 3 and 4
+    assert bird.distances == [pytest.approx(mask_distance(seen[0], seen[2])),
+                              pytest.approx(mask_distance(seen[1], seen[3]))]
+    step = EarlyBird(SlimSpec(heads=0.5), eps=0.2, patience=1)  # the same masks one check apart: half the change
+    for shift in range(2):
+        with torch.no_grad():
+            coefs.head.copy_(torch.arange(h, dtype=torch.float).roll(shift).expand_as(coefs.head))
+        step.check(coefs)
+    assert 0 < step.distances[0] < bird.distances[0]
+    with pytest.raises(ConfigError, match="slim_span"):
+        EarlyBird(SPEC, span=0)
+
+
+def test_slim_span_must_be_a_multiple_of_the_check_interval():
+    from earlytag.train.trainer import TrainConfig
+
+    TrainConfig(train="-", output="-", slim="heads=0.33", slim_check_every=10, slim_span=50).validate()
+    with pytest.raises(ConfigError, match="slim_span"):
+        TrainConfig(train="-", output="-", slim="heads=0.33", slim_check_every=10, slim_span=45).validate()
+
+
 @pytest.mark.parametrize("text, message", [("heads=1.0", "must be in"), ("heads=x", "not a number"),
                                            ("layers=0.3", "expected heads=R"), ("heads=0,ffn=0", "nothing")])
 def test_bad_slim_settings(text, message):

@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slim-lr", type=float, default=d.slim_lr, help="learning rate of the coefficients")
     g.add_argument("--slim-check-every", type=int, default=d.slim_check_every,
                    help="steps between two draws of the pruning mask (each distance is logged)")
+    g.add_argument("--slim-span", type=int,
+                   help="steps between the two masks each distance compares, a multiple of --slim-check-every "
+                        "(default: the same: each check against the one before)")
     g.add_argument("--slim-eps", type=float, default=d.slim_eps,
                    help="draw the ticket once 3 consecutive mask distances are below this")
     g.add_argument("--slim-max-steps", type=int, help="draw it at the latest after this many steps (default: one epoch)")

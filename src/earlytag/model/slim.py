@@ -5,8 +5,9 @@ start) that scales its output: a head's context vector before the output project
 before the FFN's second projection (forward pre-hooks on the installed modules, so every code path that runs
 the layers sees them). An L1 penalty on the coefficients joins the training loss for the first steps. Every
 ``check_every`` steps the pruning mask is drawn (per layer: the heads and neurons with the smallest
-``|coefficient|``, at the asked ratios) and compared with the previous one (normalised Hamming distance); the
-ticket is drawn when the last ``patience`` distances are all below ``eps`` (or at ``max_steps``).
+``|coefficient|``, at the asked ratios) and compared with the one drawn ``span`` checks before (normalised Hamming
+distance; by default the previous one); the ticket is drawn when the last ``patience`` distances are all below
+``eps`` (or at ``max_steps``).
 
 Pruning: the coefficients are folded into the output projections (so the slim model computes exactly what the
 masked model computed), the pruned heads' Q/K/V rows and output columns and the pruned neurons' rows and columns
@@ -114,18 +115,23 @@ def mask_distance(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, t
 
 
 class EarlyBird:
-    """Draws the ticket once the pruning mask has stopped changing."""
+    """Draws the ticket once the pruning mask has stopped changing: the last ``patience`` distances below
+    ``eps``, each distance between the mask of a check and the mask of ``span`` checks before it (1: the check
+    before). A mask changes less in 10 steps than in 50, so with frequent checks a span keeps what ``eps`` means
+    (the change over a fixed number of steps) while the ticket can still be drawn at any check."""
 
-    def __init__(self, spec: SlimSpec, eps: float = 0.1, patience: int = 3):
-        self.spec, self.eps, self.patience = spec, eps, patience
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, spec: SlimSpec, eps: float = 0.1, patience: int = 3, span: int = 1):
+        if span < 1:
+            raise ConfigError("slim_span", f"must be at least one check, got {span}")
+        self.spec, self.eps, self.patience, self.span = spec, eps, patience, span
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last span masks, oldest first
         self.distances: list[float] = []
 
     def check(self, coefs: Coefficients) -> bool:
         masks = coefs.masks(self.spec)
-        if self.last is not None:
-            self.distances.append(mask_distance(self.last, masks))
-        self.last = masks
+        if len(self.history) == self.span:
+            self.distances.append(mask_distance(self.history.pop(0), masks))
+        self.history.append(masks)
         recent = self.distances[-self.patience:]
         return len(recent) == self.patience and max(recent) < self.eps
 

@@ -69,6 +69,7 @@ class TrainConfig:
     slim_l1: float = 0.05  # strength of the L1 penalty on the coefficients (per coefficient, added to the loss)
     slim_lr: float = 1e-2  # learning rate of the coefficients
     slim_check_every: int = 50  # steps between two draws of the pruning mask
+    slim_span: int | None = None  # steps between the two masks of a distance (a multiple of it; default: the same)
     slim_eps: float = 0.05  # the ticket is drawn when 3 consecutive mask distances are below this (docs/results.md s. 9)
     slim_max_steps: int | None = None  # draw it at the latest here (default: the end of the first epoch)
     max_length: int = 512
@@ -146,6 +147,9 @@ class TrainConfig:
             SlimSpec.parse(self.slim)
             if self.slim_check_every < 1 or self.slim_l1 < 0 or not 0 < self.slim_eps < 1:
                 raise ConfigError("slim", "needs --slim-check-every >= 1, --slim-l1 >= 0, 0 < --slim-eps < 1")
+            if self.slim_span is not None and (self.slim_span < 1 or self.slim_span % self.slim_check_every):
+                raise ConfigError("slim_span", f"--slim-span {self.slim_span} must be a positive multiple of "
+                                               f"--slim-check-every {self.slim_check_every}")
         if self.stage == "self-sampling":
             self.self_sampling_recipe()
         return self
@@ -457,11 +461,13 @@ class _SlimSearch:
         self.spec = SlimSpec.parse(cfg.slim)
         self.coefs = Coefficients(model.adapter).to(device)
         self.optimizer = torch.optim.Adam(self.coefs.parameters(), lr=cfg.slim_lr)
-        self.bird = EarlyBird(self.spec, cfg.slim_eps, patience=3)
+        self.span = cfg.slim_span or cfg.slim_check_every
+        self.bird = EarlyBird(self.spec, cfg.slim_eps, patience=3, span=self.span // cfg.slim_check_every)
         self.max_steps = cfg.slim_max_steps or steps_per_epoch
         self.started = time.perf_counter()
         self.log: dict[str, Any] = {"heads": self.spec.heads, "ffn": self.spec.ffn, "l1": cfg.slim_l1,
-                                    "check_every": cfg.slim_check_every, "eps": cfg.slim_eps, "checks": [],
+                                    "check_every": cfg.slim_check_every, "span": self.span, "eps": cfg.slim_eps,
+                                    "checks": [],
                                     "params_before": _encoder_params(model)}
 
     def step(self, step: int) -> bool:
