@@ -130,10 +130,9 @@ def test_meanfield_of_a_padded_batch_is_each_sentence_alone(per_position):
         batch = crf.meanfield(emit, mask, trans, start, end, iters)  # (B, W, C)
         for row in range(emit.shape[0]):
             n = int(mask[row].sum())
-            one = (lambda x: x[row:row + 1, :n]) if per_position else (lambda x: x)
-            alone = crf.meanfield(emit[row:row + 1, :n], mask[row:row + 1, :n], one(trans),
-                                  start[row:row + 1] if per_position else start,
-                                  end[row:row + 1] if per_position else end, iters)
+            own = (trans[row:row + 1, :n], start[row:row + 1], end[row:row + 1]) if per_position \
+                else (trans, start, end)
+            alone = crf.meanfield(emit[row:row + 1, :n], mask[row:row + 1, :n], *own, iters)
             assert torch.allclose(batch[row, :n], alone[0], atol=1e-5), (iters, row)
 
 
