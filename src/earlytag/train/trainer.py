@@ -467,8 +467,7 @@ class _SlimSearch:
         self.started = time.perf_counter()
         self.log: dict[str, Any] = {"heads": self.spec.heads, "ffn": self.spec.ffn, "l1": cfg.slim_l1,
                                     "check_every": cfg.slim_check_every, "span": self.span, "eps": cfg.slim_eps,
-                                    "checks": [],
-                                    "params_before": _encoder_params(model)}
+                                    "checks": [], "params_before": _encoder_params(model)}
 
     def step(self, step: int) -> bool:
         """After the training step ``step``: move the coefficients, check the mask when due, prune when the ticket
