@@ -17,5 +17,8 @@ run() {
 #   EPS=0.05 CHECK=10 SLIM_NAME=minilm-ner-slim-c10 PLAIN_NAME=minilm-ner-plain-3 scripts/train_minilm_slim.sh
 # the fourth (a check every 10 steps, each against the mask of 50 steps before):
 #   EPS=0.05 CHECK=10 SPAN=50 SLIM_NAME=minilm-ner-slim-c10s50 PLAIN_NAME=minilm-ner-plain-4 scripts/train_minilm_slim.sh
+# the fifth (half of the heads and neurons removed):
+#   SLIM=heads=0.5,ffn=0.5 EPS=0.05 CHECK=10 SPAN=50 SLIM_NAME=minilm-ner-slim-half PLAIN_NAME=minilm-ner-plain-5 \
+#     scripts/train_minilm_slim.sh
 run "${SLIM_NAME:-minilm-ner-slim}" --slim "$SLIM" --slim-eps "${EPS:-0.02}" --slim-check-every "${CHECK:-50}" \
   ${SPAN:+--slim-span "$SPAN"} & run "${PLAIN_NAME:-minilm-ner-plain}" & wait
