@@ -43,20 +43,26 @@ def model_of(encoder_name: str, slim: str | None):
     return model, tokenizer
 
 
-def time_steps(model: EarlyExitTagger, passes: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per optimizer step, per pass, for the foreach and the fused AdamW over the same gradients."""
+def optimizers_of(model: EarlyExitTagger) -> dict[str, torch.optim.Optimizer]:
+    """The trainer's optimizer over ``model`` twice: with the multi-tensor kernel and with the fused one."""
     cfg = TrainConfig(train="-", output="-", lr=1e-4, head_lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g) * 1e-3
-    optimizers = {}
+    out = {}
     for name, fused in (("foreach", False), ("fused", True)):
         opt = _optimizer(model, cfg)
         for group in opt.param_groups:
             group["fused"], group["foreach"] = fused or None, not fused
-        opt.defaults["fused"], opt.defaults["foreach"] = fused or None, not fused
+        out[name] = opt
+    return out
+
+
+def time_steps(model: EarlyExitTagger, passes: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per optimizer step, per pass, for the foreach and the fused AdamW over the same gradients."""
+    g = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+    optimizers = optimizers_of(model)
+    for opt in optimizers.values():
         opt.step()  # warm: allocates the moments
-        optimizers[name] = opt
     out: dict[str, list[float]] = {name: [] for name in optimizers}
     for _ in range(passes):
         for name, opt in optimizers.items():
@@ -82,13 +88,8 @@ def time_training(model: EarlyExitTagger, tokenizer, data: str, data_dir: str | 
     windows = featurizer.windows([s.tokens for s in sentences], [[index[t] for t in s.tags] for s in sentences])
     batches = [collate([windows[i] for i in idx], featurizer.pad_id)
                for idx in _batches(windows, 32, random.Random(0))[:steps]]
-    cfg = TrainConfig(train="-", output="-", lr=1e-4, head_lr=1e-3)
     model.train()
-    optimizers = {name: _optimizer(model, cfg) for name in ("foreach", "fused")}
-    for name, opt in optimizers.items():
-        fused = name == "fused"
-        for group in opt.param_groups:
-            group["fused"], group["foreach"] = fused or None, not fused
+    optimizers = optimizers_of(model)
     params = [p for p in model.parameters() if p.requires_grad]
     out: dict[str, list[float]] = {name: [] for name in optimizers}
     for k in range(passes + 1):  # the first pass warms up (allocates the moments), not counted
