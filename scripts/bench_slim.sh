@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13 figures (docs/results.md section 9), after scripts/train_minilm_slim.sh. Needs EARLYTAG_DATA.
-# STEP=name runs one step only (magnitude, eval, curves, ss; mpnet-eval, mpnet-curves). THREADS (default 1) torch threads of the timed benches.
+# STEP=name runs one step only (magnitude, eval, curves, ss, half, half-ss; mpnet-eval, mpnet-curves). THREADS (default 1) torch threads of the timed benches.
 set -euo pipefail
 B=docs/bench
 T=${THREADS:-1}
@@ -25,6 +25,27 @@ if step ss; then  # self-sampling of a slim model (STEPS=ner-slim scripts/train_
     --no-timing --threads "$T" --label minilm-ner-ss --quiet
   earlytag bench models/minilm-ner-slim-ss uner-en-ewt:test --out $B/slim-ss-slim --policies token --grid default \
     --no-timing --threads "$T" --label minilm-ner-slim-ss --reference models/minilm-ner-ss --quiet
+fi
+# heads=0.5,ffn=0.5 (SLIM=heads=0.5,ffn=0.5 ... SLIM_NAME=minilm-ner-slim-half PLAIN_NAME=minilm-ner-plain-5
+# scripts/train_minilm_slim.sh): the same three figures for that pair, its own magnitude baseline at 0.5/0.5
+if step half; then
+  python scripts/slim_magnitude.py models/minilm-ner-plain-5 models/minilm-ner-mag-half --slim heads=0.5,ffn=0.5 \
+    --overwrite
+  scripts/eval_models.sh minilm-ner-plain-5 minilm-ner-slim-half minilm-ner-mag-half
+  earlytag bench models/minilm-ner-plain-5 uner-en-ewt:test --out $B/slim-half-plain --policies token --grid default \
+    --batch-sizes 32 --threads "$T" --label minilm-ner-plain-5 --quiet
+  earlytag bench models/minilm-ner-slim-half uner-en-ewt:test --out $B/slim-half-slim --policies token --grid default \
+    --batch-sizes 32 --threads "$T" --precisions fp32 bf16 --label minilm-ner-slim-half \
+    --reference models/minilm-ner-plain-5 --quiet
+fi
+if step half-ss; then  # the heads=0.5,ffn=0.5 model self-sampled (STEPS=ner-slim-half scripts/train_minilm_ss.sh)
+  # against the unpruned self-sampled model: F1 against FLOPs, then wall-clock at batch 32 against its full depth
+  scripts/eval_models.sh minilm-ner-slim-half-ss
+  earlytag bench models/minilm-ner-ss uner-en-ewt:test --out $B/slim-half-ss-plain --policies token --grid default \
+    --batch-sizes 32 --threads "$T" --label minilm-ner-ss --quiet
+  earlytag bench models/minilm-ner-slim-half-ss uner-en-ewt:test --out $B/slim-half-ss-slim --policies token \
+    --grid default --batch-sizes 32 --threads "$T" --precisions fp32 bf16 --label minilm-ner-slim-half-ss \
+    --reference models/minilm-ner-ss --quiet
 fi
 # the 12-layer all-mpnet-base-v2 at a reduced scale, after scripts/train_mpnet_slim.sh (both models trained on the
 # same 2,000 sentences): every exit head at full depth, then F1 against wall-clock at batch 32 with token exit, the
