@@ -126,3 +126,23 @@ def test_load_dataset_reports_what_it_dropped(tmp_path):
     data = load_dataset(src, "ner", on_error="skip")
     assert data.report.skipped_sentences >= 1 and "skipped" in data.report.describe()
     assert data.scheme_note.startswith("iob2 (detected")
+
+
+def test_evaluate_limit_scores_the_first_sentences_as_a_file_of_them_alone(model_dir, tmp_path, capsys):
+    whole = tmp_path / "gold.conll"
+    whole.write_text("Paris\tB-LOC\nis\tO\nbig\tO\n\nAngela\tB-PER\nMerkel\tI-PER\n\n"
+                     "Berlin\tB-LOC\nis\tO\n\nACME\tB-ORG\nwins\tO\n\n")
+    first = tmp_path / "first.conll"
+    first.write_text("Paris\tB-LOC\nis\tO\nbig\tO\n\nAngela\tB-PER\nMerkel\tI-PER\n\n")
+    tagger = Tagger.from_pretrained(model_dir)
+    limited = tagger.evaluate(whole, limit=2)
+    alone = tagger.evaluate(first)
+    assert limited["sentences"] == 2 and limited["tokens"] == 5 and limited["limit"] == 2
+    for key in ("f1", "precision", "recall", "accuracy", "flops_speedup"):
+        assert limited[key] == alone[key], key
+    everything = tagger.evaluate(whole)
+    assert everything["sentences"] == 4 and everything["limit"] is None
+    code, out, _ = run(capsys, "evaluate", model_dir, whole, "--limit", "3")
+    assert code == 0 and "(the first 3 sentences (--limit), 7 words)" in out
+    code, _, err = run(capsys, "evaluate", model_dir, whole, "--limit", "0")
+    assert code == 2 and "limit" in err and "at least 1" in err

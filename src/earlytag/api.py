@@ -6,6 +6,7 @@ lists) that serialise to the JSON documents the CLI prints.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import random
@@ -382,12 +383,16 @@ class Tagger:
 
     # ------------------------------------------------------------------ evaluation
 
-    def load(self, data: str | os.PathLike | Dataset, **kwargs) -> Dataset:
-        if isinstance(data, Dataset):
-            return data
-        kwargs.setdefault("scheme", "auto")
-        kwargs.setdefault("units", self.config.units)
-        return load_dataset(data, self.config.task, **kwargs)
+    def load(self, data: str | os.PathLike | Dataset, limit: int | None = None, **kwargs) -> Dataset:
+        """``data`` as a :class:`Dataset` for this model's task (read with ``kwargs``, see :func:`load_dataset`);
+        ``limit``: only its first ``limit`` sentences (None: all)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError("limit", f"expected a number of sentences of at least 1, got {limit!r}")
+        if not isinstance(data, Dataset):
+            kwargs.setdefault("scheme", "auto")
+            kwargs.setdefault("units", self.config.units)
+            data = load_dataset(data, self.config.task, **kwargs)
+        return data if limit is None else dataclasses.replace(data, sentences=data.sentences[:limit])
 
     def evaluate(self, data: str | os.PathLike | Dataset, exit: ExitLike = None, layer: int | None = None,
                  batch_size: int | None = None, per_layer: bool = False, mode: str = "default",
@@ -399,6 +404,7 @@ class Tagger:
         from the same pass (every head's prediction), otherwise it costs a second, full-depth pass.
         ``label_map`` renames gold types (``{"MISC": "O"}`` drops them); ``types`` scores only those types (gold
         and predicted). Gold types the model does not have are counted in ``warnings``: they can only be misses.
+        ``limit=N`` (with the other ``load_kwargs``, see :meth:`load`) scores only the first N sentences.
         Returns ``{"f1", "precision", "recall", "accuracy", "per_type", "per_layer", "sentences", "tokens",
         "seconds", "exit", "flops_speedup", "mean_exit_layer", "inference_seconds", "controller", "warnings", ...}``.
         """
@@ -454,6 +460,7 @@ class Tagger:
             "runtime": {"precision": self.precision, "backend": self.backend, "device": str(self.device),
                         "single_sentences": self.single_sentence_backend, "head": self.decoding},
             "data": str(dataset.path),
+            "limit": load_kwargs.get("limit"),
             "scheme": dataset.scheme_note,
             "warnings": warnings_,
             "seconds": time.perf_counter() - start,

@@ -208,7 +208,7 @@ def cmd_evaluate(args) -> int:
     from .data.datasets import parse_label_map
 
     load = {"data_dir": args.data_dir, "scheme": args.scheme, "tag_field": args.tag_field, "format": args.format,
-            "strict": bool(args.strict), "on_error": args.on_error}
+            "strict": bool(args.strict), "on_error": args.on_error, "limit": args.limit}
     pipe = _segmenter(args, tagger)
     if pipe is not None:  # words from the segmenter, scored on characters
         if args.per_layer or args.label_map or args.types or args.mode != "default":
@@ -621,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics JSON here (- for stdout)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     p.add_argument("--mode", choices=["default", "strict"], default="default", help="span matching (seqeval modes)")
+    p.add_argument("--limit", type=int, metavar="N", help="score only the first N sentences (default: all)")
     p.add_argument("--per-layer", action="store_true",
                    help="add the score of every exit head at full depth (with --exit none it comes from the same "
                         "pass; with early exit it costs a second, full-depth pass)")

@@ -18,7 +18,8 @@ def format_layer_table(rows: list[dict[str, Any]], title: str = "score") -> str:
 def format_evaluation(result: dict[str, Any], task: str) -> str:
     main = "accuracy" if task == "pos" else "f1"
     lines = [
-        f"data: {result.get('data')}  ({result['sentences']} sentences, {result['tokens']} words)"
+        f"data: {result.get('data')}  ({'the first ' if result.get('limit') else ''}{result['sentences']} sentences"
+        f"{' (--limit)' if result.get('limit') else ''}, {result['tokens']} words)"
         + (f"; scheme {result['scheme']}" if result.get("scheme") else ""),
         f"exit: {result['exit']}",
         f"{main}: {pct(result[main])}   precision {pct(result['precision'])}   recall {pct(result['recall'])}"
