@@ -236,3 +236,11 @@ def test_demo_trains_calibrates_and_compares(tokenizer, shared_data, tmp_path, c
     assert tagger.config.exit is not None  # calibrated on dev and stored
     assert tagger.config.exit_calibration["sentences"] == 40
     assert (out / "README.md").read_text(encoding="utf-8").count("earlytag demo") >= 1
+
+
+def test_an_unknown_option_is_reported_with_its_verb(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "models/x", "uner-en-ewt:test", "--limt", "3"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "earlytag evaluate: error: unrecognized arguments: --limt 3" in err and "usage: earlytag evaluate" in err

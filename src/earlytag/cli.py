@@ -487,8 +487,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _verb(sub, name: str, summary: str, examples: str):
-    return sub.add_parser(name, help=summary, description=summary, epilog="examples:\n" + examples,
-                          formatter_class=HelpFormatter)
+    p = sub.add_parser(name, help=summary, description=summary, epilog="examples:\n" + examples,
+                       formatter_class=HelpFormatter)
+    p.set_defaults(verb_parser=p)  # an unknown option is reported with this verb's usage (main)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -827,7 +829,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # with the verb's usage and name, not the top-level one's
+        getattr(args, "verb_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.command_line = "earlytag " + shlex.join(sys.argv[1:] if argv is None else argv)  # for model cards
     try:
         return args.func(args)
