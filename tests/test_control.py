@@ -14,6 +14,7 @@ from earlytag import Tagger
 from earlytag.engine import ExitConfig
 from earlytag.engine.control import LengthProfile, SpeedController, length_bucket, measure_profile
 from earlytag.errors import ConfigError
+from earlytag.report import controller_summary
 
 from .conftest import tiny_model
 from .test_engine import SENTENCES
@@ -147,9 +148,9 @@ def test_target_speedup_through_evaluate_predict_and_service(calibrated_dir, tmp
     assert main(["predict", str(calibrated_dir), str(src), "--output", str(tmp_path / "o.jsonl"),
                  "--target-speedup", "2"]) == 0
     err = capsys.readouterr().err
-    assert "holding it from token" in err and "target 2x held at" in err
     summary = json.loads(err[err.rindex("({") + 1:err.rindex(")")])
     assert summary["controller"]["target_speedup"] == 2.0
+    assert "holding it from token" in err and ", " + controller_summary(summary["controller"]) + " ({" in err
     profiled = tmp_path / "profiled"  # the service on a table with a length profile (calibrate writes one)
     lengths = [6, 9, 14, 30]
     tagger.model.config.exit_calibration = {"table": [
@@ -397,3 +398,15 @@ def test_profile_controller_ask_step_bounds_how_far_the_feedback_moves_the_ask()
     for bad in (0, -0.1, "0.05", True):
         with pytest.raises(ConfigError, match="exit.ask_step"):
             SpeedController(base, 2.0, profile=profile, ask_step=bad)
+
+
+def test_the_controller_summary_says_held_missed_or_too_short_from_the_numbers():
+    state = {"target_speedup": 3.0, "threshold": 0.12345, "realised_speedup_total": 2.9,
+             "realised_speedup_after_warmup": 2.8, "tokens": 5000, "warmup_tokens": 1500, "capped": False}
+    assert controller_summary(state) == ("target 3x held: 2.80x after the warm-up (2.90x over all 5000 tokens), "
+                                         "τ now 0.1235")
+    assert controller_summary({**state, "realised_speedup_after_warmup": 2.69}).startswith("target 3x missed: 2.69x")
+    capped = controller_summary({**state, "realised_speedup_after_warmup": 2.0, "capped": True})
+    assert capped.startswith("target 3x missed") and capped.endswith("out of reach on this text)")
+    short = controller_summary({**state, "tokens": 8, "realised_speedup_total": 1.5})
+    assert short.startswith("target 3x: 1.50x over 8 tokens, within the controller's warm-up of 1500 tokens")

@@ -266,8 +266,9 @@ def cmd_predict(args) -> int:
                                segmenter=pipe)
     if not args.quiet:  # the summary goes to standard error whatever the output is
         held = summary.get("controller")
-        note = "" if not held else (f", target {held['target_speedup']:g}x held at τ={held['threshold']:.4g}"
-                                    + (" (capped: the target is out of reach on this text)" if held["capped"] else ""))
+        from .report import controller_summary
+
+        note = "" if not held else ", " + controller_summary(held)
         print(f"tagged {summary['documents']} documents: FLOPs speed-up {summary['flops_speedup']:.2f}x, mean exit "
               f"layer {summary['mean_exit_layer']:.2f} of {tagger.num_layers}{note} ({json.dumps(summary)})",
               file=sys.stderr)

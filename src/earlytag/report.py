@@ -27,6 +27,8 @@ def format_evaluation(result: dict[str, Any], task: str) -> str:
         f"FLOPs speed-up {result['flops_speedup']:.2f}x   mean exit layer {result['mean_exit_layer']:.2f}"
         f"   inference {result['inference_seconds']:.2f}s   total {result['seconds']:.2f}s",
     ]
+    if result.get("controller"):
+        lines.append("controller: " + controller_summary(result["controller"]))
     if result.get("per_type") and task != "pos":
         lines.append(f"\n{'type':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
         for name, s in result["per_type"].items():
@@ -35,6 +37,21 @@ def format_evaluation(result: dict[str, Any], task: str) -> str:
         lines.append("\nevery exit head at full depth:")
         lines.append(format_layer_table(result["per_layer"], main))
     return "\n".join(lines)
+
+
+def controller_summary(state: dict[str, Any], tolerance: float = 0.1) -> str:
+    """One line on what a controller did over a stream (its :meth:`SpeedController.to_dict`): held (within
+    ``tolerance`` of the target after the warm-up), missed, or too short a stream to say (still in its warm-up)."""
+    target, tau = state["target_speedup"], state["threshold"]
+    if state["tokens"] < state.get("warmup_tokens", 0):
+        return (f"target {target:g}x: {state['realised_speedup_total']:.2f}x over {state['tokens']} tokens, within "
+                f"the controller's warm-up of {state['warmup_tokens']} tokens (the target is held over longer "
+                f"streams), τ now {tau:.4g}")
+    realised = state["realised_speedup_after_warmup"]
+    verdict = "held" if abs(realised / target - 1) <= tolerance else "missed"
+    return (f"target {target:g}x {verdict}: {realised:.2f}x after the warm-up ({state['realised_speedup_total']:.2f}x "
+            f"over all {state['tokens']} tokens), τ now {tau:.4g}"
+            + (" (capped: the target is out of reach on this text)" if state["capped"] else ""))
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
