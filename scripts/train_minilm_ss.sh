@@ -20,6 +20,9 @@ for step in $STEPS; do
     pos) earlytag train $SS $POS --output "$OUT/minilm-pos-ss" --overwrite ;;
     # the slim model of scripts/train_minilm_slim.sh, self-sampled with the same recipe (issue 13)
     ner-slim) earlytag train $SS ${NER/minilm-ner/minilm-ner-slim} --output "$OUT/minilm-ner-slim-ss" --overwrite ;;
-    *) echo "unknown step: $step (ner, ner-v01, ner-drop, pos, ner-slim)" >&2; exit 2 ;;
+    # the heads=0.5,ffn=0.5 slim model (SLIM_NAME=minilm-ner-slim-half of scripts/train_minilm_slim.sh), the same
+    ner-slim-half) earlytag train $SS ${NER/minilm-ner/minilm-ner-slim-half} --output "$OUT/minilm-ner-slim-half-ss" \
+      --overwrite ;;
+    *) echo "unknown step: $step (ner, ner-v01, ner-drop, pos, ner-slim, ner-slim-half)" >&2; exit 2 ;;
   esac
 done
