@@ -25,6 +25,7 @@ from .defaults import (
     QUANTIZE_BACKENDS,
 )
 from .errors import ConfigError, EarlytagError
+from .report import controller_summary
 from .storage import atomic_write_text
 
 DEMO_SENTENCES = [
@@ -266,8 +267,6 @@ def cmd_predict(args) -> int:
                                segmenter=pipe)
     if not args.quiet:  # the summary goes to standard error whatever the output is
         held = summary.get("controller")
-        from .report import controller_summary
-
         note = "" if not held else ", " + controller_summary(held)
         print(f"tagged {summary['documents']} documents: FLOPs speed-up {summary['flops_speedup']:.2f}x, mean exit "
               f"layer {summary['mean_exit_layer']:.2f} of {tagger.num_layers}{note} ({json.dumps(summary)})",

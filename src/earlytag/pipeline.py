@@ -113,7 +113,8 @@ class SegmentThenTag:
         result = task_scores(self.tagger.config.task, [s.tags for s in gold.sentences], tags)
         result.update({
             "segmentation": task_scores("cws", [s.tags for s in gold_words.sentences], stages.segmenter.tags),
-            "data": str(gold.path), "limit": load_kwargs.get("limit"), "sentences": len(chars), "tokens": sum(len(c) for c in chars), "units": "chars",
+            "data": str(gold.path), "limit": load_kwargs.get("limit"), "sentences": len(chars),
+            "tokens": sum(len(c) for c in chars), "units": "chars",
             "mean_exit_layer": stages.tagger.stats.mean_exit_layer,
             **exit_report(cfg), "segmenter_exit": self.segmenter_exit.to_dict(), **stages.report(),
             "warnings": [f"{gold.path}: {gold.report.describe()}"] if gold.report else [],
