@@ -142,7 +142,8 @@ def test_evaluate_limit_scores_the_first_sentences_as_a_file_of_them_alone(model
         assert limited[key] == alone[key], key
     everything = tagger.evaluate(whole)
     assert everything["sentences"] == 4 and everything["limit"] is None
-    code, out, _ = run(capsys, "evaluate", model_dir, whole, "--limit", "3")
+    code, out, _ = run(capsys, "evaluate", model_dir, whole, "--limit", "3", "--exit", "token", "--threshold", "0.2")
     assert code == 0 and "(the first 3 sentences (--limit), 7 words)" in out
+    assert "\nexit: token τ=0.2 k=2" in out  # the setting as the tables name it, not a dict
     code, _, err = run(capsys, "evaluate", model_dir, whole, "--limit", "0")
     assert code == 2 and "limit" in err and "at least 1" in err

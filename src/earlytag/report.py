@@ -15,13 +15,20 @@ def format_layer_table(rows: list[dict[str, Any]], title: str = "score") -> str:
     return "\n".join(lines)
 
 
+def describe_exit(exit: dict[str, Any]) -> str:
+    """An exit setting as the tables name it (``token τ=0.1 k=2 halted=frozen``) from its dict."""
+    from .engine.policies import ExitConfig
+
+    return ExitConfig.from_dict(exit).describe()
+
+
 def format_evaluation(result: dict[str, Any], task: str) -> str:
     main = "accuracy" if task == "pos" else "f1"
     lines = [
         f"data: {result.get('data')}  ({'the first ' if result.get('limit') else ''}{result['sentences']} sentences"
         f"{' (--limit)' if result.get('limit') else ''}, {result['tokens']} words)"
         + (f"; scheme {result['scheme']}" if result.get("scheme") else ""),
-        f"exit: {result['exit']}",
+        f"exit: {describe_exit(result['exit'])}",
         f"{main}: {pct(result[main])}   precision {pct(result['precision'])}   recall {pct(result['recall'])}"
         f"   accuracy {pct(result['accuracy'])}",
         f"FLOPs speed-up {result['flops_speedup']:.2f}x   mean exit layer {result['mean_exit_layer']:.2f}"
