@@ -24,6 +24,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,6 +53,22 @@ def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, bel
     the head hands batches of sentences shorter than its blockwise_from to Viterbi)."""
     best, pred, _ = crf.meanfield_probs(emit, mask, trans, start, end, iters)
     return crf.refine_runs(emit, mask, trans_c, start_c, end_c, pred, best, below)
+
+
+def alternating_times(fns: dict[str, Callable[[], object]], passes: int, calls: int,
+                      rng: random.Random) -> dict[str, list[float]]:
+    """Seconds per call of each contender, one figure per pass: every pass runs each ``calls`` times in a new
+    shuffled order, so a slow spell of a shared machine falls on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(passes):
+        names = list(fns)
+        rng.shuffle(names)
+        for name in names:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fns[name]()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
 
 
 def model_emissions(model: str, data: str) -> list[torch.Tensor]:
@@ -118,17 +135,10 @@ def main(argv=None) -> int:
             mask = torch.ones(args.batch, n, dtype=torch.bool)
             mask[1::2, n // 2:] = False  # half the sentences half as long: padding is handled as in real batches
             calls = max(2, int(4000 / n))  # enough calls per pass for a measurable time
-            times = {name: [] for name in fns}
             for fn in fns.values():  # warm-up
                 fn(emit, mask)
-            for _ in range(args.passes):
-                names = list(fns)
-                rng.shuffle(names)
-                for name in names:
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        fns[name](emit, mask)
-                    times[name].append((time.perf_counter() - t0) / calls)
+            times = alternating_times({k: lambda fn=fn, e=emit, m=mask: fn(e, m) for k, fn in fns.items()}, args.passes,
+                                      calls, rng)
             med = {name: statistics.median(v) for name, v in times.items()}
             exact = fns["viterbi"](emit, mask)
             agree = {k: round(float((fn(emit, mask) == exact)[mask].float().mean()), 5) for k, fn in fns.items()

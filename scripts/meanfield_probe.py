@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from crf_decode_bench import alternating_times  # noqa: E402  (scripts/, beside this file)
+
 from earlytag.model import crf  # noqa: E402
 
 
@@ -88,17 +90,8 @@ def main(argv=None) -> int:
                 fns = {"eager": lambda a=a: crf.meanfield_probs(*a), "compiled": lambda a=a: compiled(*a),
                        "labels-outer": lambda a=a: labels_outer(*a), "viterbi": lambda a=a: crf.viterbi(*a[:5])}
                 same = all(bool((fns[k]()[1] == fns["eager"]()[1])[mask].all()) for k in ("compiled", "labels-outer"))
-                calls = max(2, 2000 // n)
-                times = {k: [] for k in fns}
-                for _ in range(args.passes):
-                    names = list(fns)
-                    rng.shuffle(names)
-                    for k in names:
-                        t = time.perf_counter()
-                        for _ in range(calls):
-                            fns[k]()
-                        times[k].append((time.perf_counter() - t) / calls * 1e3)
-                ms = {k: statistics.median(v) for k, v in times.items()}
+                times = alternating_times(fns, args.passes, max(2, 2000 // n), rng)
+                ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
                 lines.append(f"| {n} | {iters} | {ms['eager']:.3f} | {ms['compiled']:.3f} | {ms['labels-outer']:.3f} | "
                              f"{ms['viterbi']:.3f} | {ms['compiled'] / ms['eager']:.2f}x | "
                              f"{ms['labels-outer'] / ms['eager']:.2f}x | {ms['viterbi'] / ms['eager']:.1f}x | "

@@ -24,9 +24,11 @@ def describe_exit(exit: dict[str, Any]) -> str:
 
 def format_evaluation(result: dict[str, Any], task: str) -> str:
     main = "accuracy" if task == "pos" else "f1"
+    counted = f"{result['sentences']} sentences"
+    if result.get("limit"):
+        counted = f"the first {counted} (--limit)"
     lines = [
-        f"data: {result.get('data')}  ({'the first ' if result.get('limit') else ''}{result['sentences']} sentences"
-        f"{' (--limit)' if result.get('limit') else ''}, {result['tokens']} words)"
+        f"data: {result.get('data')}  ({counted}, {result['tokens']} words)"
         + (f"; scheme {result['scheme']}" if result.get("scheme") else ""),
         f"exit: {describe_exit(result['exit'])}",
         f"{main}: {pct(result[main])}   precision {pct(result['precision'])}   recall {pct(result['recall'])}"
