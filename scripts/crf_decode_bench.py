@@ -1,4 +1,5 @@
-"""Decoding time of a batch of 32 sentences against sentence length: argmax (softmax head), Viterbi, exact
+"""Decoding time of a batch of 32 sentences against sentence length: argmax (softmax head), Viterbi (as decoding
+runs it: in NumPy on a CPU; and its torch implementation, as on a GPU), exact
 marginals (forward-backward), mean-field with M = 1..5 updates, and blockwise (mean-field M = 0, 1 or 3, then
 exact decoding of every run of words whose mean-field probability is below 0.9 or whose step breaks the scheme,
 between the words it is sure of) (earlytag.model.crf).
@@ -39,7 +40,8 @@ LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 
 def contenders(trans, start, end, trans_c, start_c, end_c):
     out = {"argmax": lambda e, m: e.max(-1).indices,  # the softmax head's labels (the engine's flat rows)
-           "viterbi": lambda e, m: crf.viterbi(e, m, trans_c, start_c, end_c)[0],
+           "viterbi": lambda e, m: crf.viterbi(e, m, trans_c, start_c, end_c)[0],  # on a CPU: in NumPy
+           "viterbi-torch": lambda e, m: crf.viterbi_torch(e, m, trans_c, start_c, end_c)[0],
            "forward-backward": lambda e, m: crf.marginals(e, m, trans, start, end)}
     for iters in range(1, 6):
         out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.meanfield_probs(e, m, trans, start, end, k)[1]

@@ -55,7 +55,7 @@ def brute_force(emit, mask, trans, start, end, row):
 def test_exact_inference_equals_brute_force(seed, per_position):
     emit, mask, trans, start, end = random_case(seed, per_position=per_position)
     log_z = crf.log_partition(emit, mask, trans, start, end)
-    tags, best = crf.viterbi(emit, mask, trans, start, end)
+    decoded = {f.__name__: f(emit, mask, trans, start, end) for f in (crf.viterbi_numpy, crf.viterbi_torch)}
     marg = crf.marginals(emit, mask, trans, start, end)
     for row in range(emit.shape[0]):
         scores = brute_force(emit, mask, trans, start, end, row)
@@ -63,9 +63,10 @@ def test_exact_inference_equals_brute_force(seed, per_position):
         values = torch.tensor(list(scores.values()), dtype=torch.float64)
         assert float(log_z[row]) == pytest.approx(float(torch.logsumexp(values, 0)), abs=1e-4)
         top = max(scores, key=scores.get)
-        assert tuple(tags[row, :n].tolist()) == top
-        assert tags[row, n:].eq(0).all()
-        assert float(best[row]) == pytest.approx(scores[top], abs=1e-4)
+        for name, (tags, best) in decoded.items():  # both implementations of Viterbi
+            assert tuple(tags[row, :n].tolist()) == top, name
+            assert tags[row, n:].eq(0).all(), name
+            assert float(best[row]) == pytest.approx(scores[top], abs=1e-4), name
         probs = torch.zeros(n, emit.shape[2], dtype=torch.float64)
         for path, s in scores.items():
             for t, lab in enumerate(path):
@@ -94,9 +95,33 @@ def test_exact_inference_equals_a_reference_crf_library(seed):
         tags = torch.randint(0, 9, mask.shape, generator=torch.Generator().manual_seed(seed))
         expect = ref(emit, tags, mask, reduction="none")  # (B,) log-likelihood
         assert torch.allclose(-crf.nll(emit, tags, mask, trans, start, end), expect, atol=1e-3)
-        paths, _ = crf.viterbi(emit, mask, trans, start, end)
-        for row, path in enumerate(ref.decode(emit, mask)):
-            assert paths[row, : len(path)].tolist() == path
+        for viterbi in (crf.viterbi_numpy, crf.viterbi_torch):
+            paths, _ = viterbi(emit, mask, trans, start, end)
+            for row, path in enumerate(ref.decode(emit, mask)):
+                assert paths[row, : len(path)].tolist() == path, viterbi.__name__
+                assert paths[row, len(path):].eq(0).all(), viterbi.__name__
+
+
+def test_viterbi_runs_in_numpy_on_cpu_without_gradients(monkeypatch):
+    """Which implementation really ran (spied): NumPy for CPU tensors without gradients, torch when a tensor
+    needs them; the same labels and scores from both, with per-position transitions and per-sentence start/end
+    scores too, in float32 and float64."""
+    ran = []
+    for name in ("viterbi_numpy", "viterbi_torch"):
+        real = getattr(crf, name)
+        monkeypatch.setattr(crf, name, lambda *a, real=real, name=name: ran.append(name) or real(*a))
+    for per_position in (False, True):
+        for dtype in (torch.float32, torch.float64):
+            emit, mask, trans, start, end = (x.to(dtype) if x.is_floating_point() else x
+                                             for x in random_case(3, b=4, w=9, per_position=per_position))
+            ran.clear()
+            tags, best = crf.viterbi(emit, mask, trans, start, end)
+            assert ran == ["viterbi_numpy"] and best.dtype == dtype
+            emit.requires_grad_(True)
+            again, best_t = crf.viterbi(emit, mask, trans, start, end)
+            assert ran == ["viterbi_numpy", "viterbi_torch"]
+            assert torch.equal(tags, again)
+            assert torch.allclose(best, best_t.detach(), atol=1e-5)
 
 
 def test_meanfield_update_by_hand():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -83,7 +84,56 @@ def viterbi(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: 
     """Best label sequence ``(B, W)`` (0 on padding) and its score ``(B,)``. Forbidden transitions are simply
     very negative entries of ``trans``/``start``/``end``.
 
-    Runs labels first (``(C, B)`` per position): the forward pass keeps only each position's best scores (a max
+    The loop over positions is bound by the cost of each operation on ``(C, B)`` arrays of a few hundred
+    numbers, not by arithmetic: on a CPU, without gradients, it runs in NumPy (:func:`viterbi_numpy`, about a
+    microsecond per operation against several for a torch operator; about twice as fast over a whole batch,
+    scripts/crf_decode_bench.py); elsewhere in torch (:func:`viterbi_torch`). Both give the same labels."""
+    if emit.device.type == "cpu" and not any(x.requires_grad for x in (emit, trans, start, end)):
+        return viterbi_numpy(emit, mask, trans, start, end)
+    return viterbi_torch(emit, mask, trans, start, end)
+
+
+def viterbi_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                  end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`viterbi` on CPU tensors, computed in NumPy, labels first ``(C, B)`` per position. The forward pass
+    runs through padding without masking it (each sentence's scores are read at its last word), the backtrace
+    starts each sentence there."""
+    b, w, c = emit.shape
+    dtype = torch.float64 if emit.dtype == torch.float64 else torch.float32
+    em = np.ascontiguousarray(emit.detach().to(dtype).numpy().transpose(1, 2, 0))  # (W, C, B)
+    per_position = trans.dim() == 4
+    tr_t = trans.detach().to(dtype)
+    tr = (np.ascontiguousarray(tr_t.permute(1, 2, 3, 0).numpy()) if per_position  # (W, C, C, B)
+          else tr_t.numpy())  # (C, C)
+    st = start.detach().to(dtype).numpy()
+    en = end.detach().to(dtype).numpy()
+    st, en = (st.T, en.T) if start.dim() == 2 else (st[:, None], en[:, None])  # (C, B) or (C, 1)
+    lastpos = np.maximum(mask.sum(1).numpy() - 1, 0)  # (B,) each sentence's last word
+    cols = np.arange(b)
+    scores = np.empty_like(em)  # (W, C, B): the best score of every label at every position
+    np.add(st, em[0], out=scores[0])
+    both = np.empty((c, c, b), dtype=em.dtype)  # (previous label, label, sentence)
+    step = tr if per_position else tr[:, :, None]
+    for t in range(1, w):
+        np.add(scores[t - 1][:, None, :], step[t] if per_position else step, out=both)
+        np.max(both, 0, out=scores[t])
+        scores[t] += em[t]
+    final = scores[lastpos, :, cols].T + en  # (C, B)
+    last = final.argmax(0)  # (B,)
+    best = final[last, cols]
+    path = np.zeros((w, b), dtype=np.int64)
+    path[lastpos, cols] = last
+    for t in range(w - 2, -1, -1):
+        into = tr[t + 1][:, last, cols] if per_position else tr[:, last]  # (C, B): every label -> the next one
+        last = np.where(t < lastpos, (scores[t] + into).argmax(0), last)  # past a sentence's end its label stays
+        path[t] = last
+    labels = torch.from_numpy(np.ascontiguousarray(path.T)).masked_fill_(~mask, 0)
+    return labels, torch.from_numpy(best).to(emit.dtype)
+
+
+def viterbi_torch(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                  end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`viterbi` in torch, on any device. Runs labels first (``(C, B)`` per position): the forward pass keeps only each position's best scores (a max
     over the outer dimension, which a CPU vectorises), and the backtrace takes one argmax of ``C`` candidates per
     position. torch's max-with-indices over a few labels is several times slower than the max alone
     (scripts/crf_decode_bench.py), so no back-pointers are stored."""

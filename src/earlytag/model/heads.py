@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from . import crf
 
 CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters": 3, "uncertainty": "meanfield",
-                "block_below": 0.9, "blockwise_from": 32}
+                "block_below": 0.9, "blockwise_from": 64}
 # settings of earlier versions, accepted in a saved config.json and dropped: block_words (blockwise decoded fixed
 # blocks of that many words; it now decodes whole runs of doubtful words)
 CRF_RETIRED = ("block_words",)
