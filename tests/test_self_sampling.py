@@ -9,6 +9,7 @@ import torch
 
 from earlytag.data.batching import Featurizer, collate
 from earlytag.defaults import HALTED_DEFAULT
+from earlytag.errors import ConfigError
 from earlytag.engine import Engine, ExitConfig, simulate_exits
 from earlytag.model.heads import SoftmaxHead
 from earlytag.train.self_sampling import LayerCache, SamplingConfig, cache_layer_outputs, sample_exits
@@ -195,6 +196,53 @@ def test_joint_loss_weighting_by_hand():
     for reduction in ("active-mean", "batch-sum"):
         loss, _ = SoftmaxHead().loss(logits, labels, reduction=reduction)
         assert torch.allclose(loss, expected)
+        # --layer-weights uniform: every layer alike, the plain mean of the layers' losses
+        loss, _ = SoftmaxHead().loss(logits, labels, reduction=reduction, weights="uniform")
+        assert torch.allclose(loss, sum(ce) / 4)
+        assert not torch.allclose(loss, expected)
+    with pytest.raises(ConfigError, match="layer_weights"):
+        SoftmaxHead().loss(logits, labels, weights="linear")
+
+
+def test_crf_joint_loss_takes_the_layer_weights():
+    """The CRF head weighs its per-layer losses the same way: uniform is the plain mean of its layer losses,
+    depth the (l+1)-weighted one."""
+    from earlytag.model.heads import CRFHead
+
+    torch.manual_seed(2)
+    head = CRFHead(["O", "B-PER", "I-PER"], "ner", "iob2", 3)
+    logits = [torch.randn(2, 4, 3) for _ in range(3)]
+    labels = torch.tensor([[0, 1, 2, 0], [1, 2, -100, -100]])
+    depth, layers = head.loss(logits, labels)
+    uniform, same_layers = head.loss(logits, labels, weights="uniform")
+    assert torch.allclose(layers, same_layers)
+    assert torch.allclose(uniform, layers.mean())
+    assert torch.allclose(depth, (layers * torch.tensor([1.0, 2.0, 3.0])).sum() / 6)
+
+
+def test_layer_weights_reach_the_loss_from_the_command_line(tmp_path, tokenizer, shared_data, monkeypatch):
+    """``earlytag train --layer-weights uniform`` is parsed into the config, refused when unknown (the field
+    named), and what the training loss really received (spied) is that setting."""
+    from earlytag import Tagger
+    from earlytag.cli import build_parser
+    from earlytag.model import heads
+    from earlytag.train.trainer import TrainConfig, train
+
+    args = build_parser().parse_args(["train", "--train", "t", "--output", "o", "--layer-weights", "uniform"])
+    assert args.layer_weights == "uniform"
+    assert build_parser().parse_args(["train", "--train", "t", "--output", "o"]).layer_weights == "depth"
+    with pytest.raises(ConfigError, match="layer_weights"):
+        TrainConfig(train="x", output="y", layer_weights="linear").validate()
+    seen = []
+    real = heads.layer_weighted
+    monkeypatch.setattr(heads, "layer_weighted", lambda *a: seen.append(a[4]) or real(*a))
+    init = tmp_path / "stage1"
+    Tagger(tiny_model("bert", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"), seed=3),
+           tokenizer).save_pretrained(init)
+    train(TrainConfig(train="uner-en-ewt:train", output=str(tmp_path / "out"), task="ner", stage="self-sampling",
+                      init=str(init), train_limit=16, epochs=1, freeze_epochs=0, batch_size=8, progress=False,
+                      layer_weights="uniform", data_dir=str(shared_data)))
+    assert seen and set(seen) == {"uniform"}
 
 
 def test_self_sampling_trains_end_to_end_and_honours_freezing(tmp_path, tokenizer, shared_data):

@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs,
                    help="first epochs with the encoder frozen (only the heads learn), in both stages")
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping")
+    p.add_argument("--layer-weights", choices=["depth", "uniform"], default=d.layer_weights,
+                   help="weight of each layer's loss in the joint loss: l+1 for layer l (depth, the paper's) or the "
+                        "same for every layer (uniform: the lower exit heads learn as much as the last)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (batches, sampling, dropout)")
     p.add_argument("--max-length", type=int, default=d.max_length,
                    help="sub-word tokens per window; longer documents are cut into overlapping windows")

@@ -38,10 +38,19 @@ CRF_DEFAULTS = {"transitions": "shared", "decode": "viterbi", "meanfield_iters":
 CRF_RETIRED = ("block_words",)
 
 
-def layer_weighted(sums: list[torch.Tensor], counts: list[torch.Tensor], total: torch.Tensor, reduction: str):
-    """Σ_l (l+1)·L_l / Σ_l (l+1) from per-layer loss sums and the number of words counted in each."""
+LAYER_WEIGHTS = ("depth", "uniform")  # (l+1) per layer, the paper's | 1 per layer
+
+
+def layer_weighted(sums: list[torch.Tensor], counts: list[torch.Tensor], total: torch.Tensor, reduction: str,
+                   weights: str = "depth"):
+    """Σ_l w_l·L_l / Σ_l w_l from per-layer loss sums and the number of words counted in each; ``w_l = l+1``
+    (``depth``, the paper's) or 1 (``uniform``: the lower heads count as much as the last)."""
+    if weights not in LAYER_WEIGHTS:
+        raise ConfigError("layer_weights", f"expected one of {', '.join(LAYER_WEIGHTS)}, got {weights!r}")
     count = torch.stack(counts)  # (L,)
     layers = torch.arange(1, len(sums) + 1, device=count.device)
+    if weights == "uniform":
+        layers = torch.ones_like(layers)
     if reduction == "batch-sum":
         layer_losses = torch.stack(sums) / total.clamp(min=1)  # (L,)
         weights = layers
@@ -64,8 +73,9 @@ class SoftmaxHead(nn.Module):
     structured: ClassVar[bool] = False  # the engine scores words one by one (flat rows)
 
     def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
-             reduction: str = "active-mean", flood: torch.Tensor | None = None):
-        """Σ_l (l+1)·L_l / Σ_l (l+1), with ``L_l`` the cross-entropy of layer l's head.
+             reduction: str = "active-mean", flood: torch.Tensor | None = None, weights: str = "depth"):
+        """Σ_l (l+1)·L_l / Σ_l (l+1), with ``L_l`` the cross-entropy of layer l's head (``weights="uniform"``: the
+        plain mean over layers, :func:`layer_weighted`).
 
         With ``word_exit`` a layer only counts the words still active there: ``active-mean`` averages over them
         (a layer without any counts 0 and leaves the weighting), ``batch-sum`` sums over them and divides by all
@@ -82,7 +92,7 @@ class SoftmaxHead(nn.Module):
                 ce = torch.where(target.flatten() != -100, (ce - level).abs() + level, 0.0)
             sums.append(ce.sum())
             counts.append((target != -100).sum())
-        return layer_weighted(sums, counts, (labels != -100).sum(), reduction)
+        return layer_weighted(sums, counts, (labels != -100).sum(), reduction, weights)
 
     def layer_scores(self, layer: int, emit: torch.Tensor, word_mask: torch.Tensor, criterion: str = "entropy"):
         """``score, pred, unc (B, W)`` of every word from its own softmax (the engine's flat path computes the same
@@ -165,7 +175,7 @@ class CRFHead(nn.Module):
     # ------------------------------------------------------------------ training
 
     def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
-             reduction: str = "active-mean", flood: torch.Tensor | None = None):
+             reduction: str = "active-mean", flood: torch.Tensor | None = None, weights: str = "depth"):
         """Per layer: CRF negative log-likelihood of the gold sequence + cross-entropy of the mean-field
         marginals, each per word; weighted over layers like the softmax loss.
 
@@ -202,7 +212,7 @@ class CRFHead(nn.Module):
                 nll_part = nll_part * n / (mask.sum(1) * live).sum().clamp(min=1)
             sums.append(nll_part + (mf * counted).sum())
             counts.append(n)
-        return layer_weighted(sums, counts, mask.sum(), reduction)
+        return layer_weighted(sums, counts, mask.sum(), reduction, weights)
 
     # ------------------------------------------------------------------ inference
 

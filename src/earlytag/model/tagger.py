@@ -156,6 +156,7 @@ class EarlyExitTagger(nn.Module):
         num_layers: int | None = None,  # run only the first k layers (static truncation)
         loss_reduction: str = "active-mean",  # per layer: mean over active words | batch-sum: Σ active / all words
         flood: torch.Tensor | None = None,  # (B, L, W) per-word flooding levels of the loss (self-sampling)
+        layer_weights: str = "depth",  # the loss's weight of layer l: l+1 (the paper's) | uniform
     ) -> TaggerOutput:
         n_run = self.num_layers if num_layers is None else num_layers
         if not 1 <= n_run <= self.num_layers:
@@ -182,13 +183,13 @@ class EarlyExitTagger(nn.Module):
             logits.append(head(h.gather(1, gather_idx).to(head.linear.weight.dtype)))  # (B, W, C)
         out = TaggerOutput(logits=logits)
         if labels is not None:
-            out.loss, out.layer_losses = self.loss(logits, labels, word_exit, loss_reduction, flood)
+            out.loss, out.layer_losses = self.loss(logits, labels, word_exit, loss_reduction, flood, layer_weights)
         return out
 
     def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,
-             reduction: str = "active-mean", flood: torch.Tensor | None = None):
+             reduction: str = "active-mean", flood: torch.Tensor | None = None, weights: str = "depth"):
         """The head's joint loss Σ_l (l+1)·L_l / Σ_l (l+1) (:meth:`earlytag.model.heads.SoftmaxHead.loss`)."""
-        return self.head.loss(logits, labels, word_exit, reduction, flood)
+        return self.head.loss(logits, labels, word_exit, reduction, flood, weights)
 
     # ----------------------------------------------------------------- save / load
 

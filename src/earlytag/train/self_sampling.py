@@ -49,7 +49,9 @@ class LayerCache:
 
 @torch.inference_mode()
 def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_id: int, batch_size: int = 64,
-                        criterion: str = "entropy", progress=None) -> LayerCache:
+                        criterion: str = "entropy", progress=None, layer_weights: str = "depth") -> LayerCache:
+    """``layer_weights``: the training's weighting of the layers, so that the stage-1 loss (the level of batch
+    flooding) is the loss being trained."""
     model.eval()
     device = next(model.parameters()).device
     n = len(windows)
@@ -61,7 +63,8 @@ def cache_layer_outputs(model: EarlyExitTagger, windows: Sequence[Window], pad_i
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         batch = collate([windows[i] for i in idx], pad_id).to(device)
-        out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels)
+        out = model(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
+                    layer_weights=layer_weights)
         logits = torch.stack(out.logits, 1)  # (B, L, W, C)
         # what the engine's exit rule reads after each layer (a CRF: its marginals over the sentence)
         scored = [model.head.layer_scores(i, lg, batch.word_mask, criterion) for i, lg in enumerate(out.logits)]

@@ -31,7 +31,7 @@ from ..defaults import HALTED_DEFAULT, HEADS
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
-from ..model.heads import crf_settings
+from ..model.heads import LAYER_WEIGHTS, crf_settings
 from ..model.slim import Coefficients, EarlyBird, SlimSpec, prune_model
 from ..model.tagger import EarlyExitTagger
 from ..storage import atomic_write_text, check_output_dir
@@ -54,6 +54,7 @@ class TrainConfig:
     warmup: float = 0.1  # share of each schedule spent warming up
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    layer_weights: str = "depth"  # the joint loss's weight of layer l: l+1 (the paper's) | uniform
     freeze_epochs: int = 1
     seed: int = 42
     head_dropout: float = 0.1
@@ -130,6 +131,8 @@ class TrainConfig:
             raise ConfigError("freeze_epochs", "must be >= 0")
         if self.label_scheme not in ("iob2", "iobes"):
             raise ConfigError("label_scheme", "expected iob2 or iobes")
+        if self.layer_weights not in LAYER_WEIGHTS:
+            raise ConfigError("layer_weights", f"expected one of {', '.join(LAYER_WEIGHTS)}, got {self.layer_weights!r}")
         if self.units not in ("auto", "words", "chars") or (self.units == "words" and self.task == "cws") \
                 or (self.units == "chars" and self.task == "pos"):
             raise ConfigError("units", f"{self.units!r} with task {self.task}: cws reads characters; pos reads words; "
@@ -331,7 +334,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         recipe = cfg.self_sampling_recipe()
         with tqdm(total=len(windows), desc="caching stage-1 predictions", disable=not cfg.progress,
                   file=sys.stderr) as bar:
-            cache = cache_layer_outputs(model, windows, featurizer.pad_id, cfg.eval_batch_size, progress=bar)
+            cache = cache_layer_outputs(model, windows, featurizer.pad_id, cfg.eval_batch_size, progress=bar,
+                                        layer_weights=cfg.layer_weights)
 
     rng = random.Random(cfg.seed)  # batch order: the same on every process
     sample_rng = rng if dist.world == 1 else random.Random(cfg.seed + 1 + dist.rank)
@@ -385,7 +389,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     flood = flood_levels(cache, idx, num_words, recipe.flood_level).to(device)
             out = runner(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
                          word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv, loss_reduction=reduction,
-                         flood=flood)
+                         flood=flood, layer_weights=cfg.layer_weights)
             loss = out.loss
             if search is not None:
                 loss = loss + cfg.slim_l1 * search.coefs.penalty()
