@@ -9,8 +9,8 @@ import torch
 
 from earlytag.data.batching import Featurizer, collate
 from earlytag.defaults import HALTED_DEFAULT
-from earlytag.errors import ConfigError
 from earlytag.engine import Engine, ExitConfig, simulate_exits
+from earlytag.errors import ConfigError
 from earlytag.model.heads import SoftmaxHead
 from earlytag.train.self_sampling import LayerCache, SamplingConfig, cache_layer_outputs, sample_exits
 
