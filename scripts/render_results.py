@@ -59,6 +59,20 @@ def layers(name: str) -> str:
     return markdown_table(["exit head (layer)", f"dev {metric}", f"test {metric}"], rows)
 
 
+def devlayers(*names: str) -> str:
+    """Each exit head's dev score at the selected epoch of each training log (docs/train/NAME.json), side by side."""
+    logs = {n: load(DOCS / "train" / f"{n}.json") for n in names}
+    per = {}
+    for n, log in logs.items():
+        best = [e for e in log["epochs"] if e.get("best")][-1]
+        per[n] = best["dev_per_layer"]
+    rows = [[i + 1] + [pct(per[n][i]) for n in names] + ([f"{100 * (per[names[1]][i] - per[names[0]][i]):+.2f}"]
+                                                   if len(names) == 2 else [])
+            for i in range(len(per[names[0]]))]
+    head = ["exit head (layer)"] + [f"{n} dev" for n in names] + (["difference"] if len(names) == 2 else [])
+    return markdown_table(head, rows)
+
+
 def training(*names: str) -> str:
     rows = []
     for name in names:
@@ -642,7 +656,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
