@@ -269,3 +269,72 @@ def test_self_sampling_trains_end_to_end_and_honours_freezing(tmp_path, tokenize
                            trained.model.encoder.embeddings.word_embeddings.weight)
     doc = trained("Angela Merkel visited Paris.", exit={"policy": "token", "threshold": 0.2})
     assert len(doc["tokens"]) == 5
+
+
+def test_self_distillation_by_hand():
+    """``--distill``: per lower layer the mean over labelled words of T²·KL(p_last ‖ p_l) (as torch's kl_div
+    computes it), weighted over layers like the joint loss; the last head is a teacher (no gradient reaches it),
+    and a lower head that already says what the last one says costs nothing."""
+    from earlytag.model.heads import self_distillation
+
+    torch.manual_seed(4)
+    logits = [torch.randn(2, 4, 5, requires_grad=True) for _ in range(4)]
+    labels = torch.tensor([[0, 1, 2, 3], [4, 0, -100, -100]])
+    keep = (labels != -100).flatten()
+    for temperature in (1.0, 2.0):
+        teacher = torch.softmax(logits[-1].flatten(0, 1)[keep] / temperature, -1)
+        kl = [torch.nn.functional.kl_div(torch.log_softmax(lg.flatten(0, 1)[keep] / temperature, -1), teacher,
+                                         reduction="batchmean") * temperature ** 2 for lg in logits[:-1]]
+        depth = self_distillation(logits, labels, temperature)
+        assert torch.allclose(depth, (kl[0] + 2 * kl[1] + 3 * kl[2]) / 6)
+        assert torch.allclose(self_distillation(logits, labels, temperature, "uniform"), sum(kl) / 3)
+    depth.backward()
+    assert logits[-1].grad is None or not logits[-1].grad.any()
+    assert logits[0].grad.abs().sum() > 0
+    same = [logits[-1].detach() + 3.0] * 3 + [logits[-1].detach()]  # a constant shift: the same softmax
+    assert self_distillation(same, labels).abs() < 1e-6
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        self_distillation(logits, labels, 0.0)
+
+
+def test_distill_adds_to_the_joint_loss_and_reaches_it_from_the_command_line(capsys, tmp_path, tiny_encoder_dirs,
+                                                                             shared_data, monkeypatch):
+    """The forward's loss is the joint loss + α·distillation (the term returned apart); a CRF head and
+    self-sampling refuse it; ``earlytag train --distill 0.5 --distill-temperature 2`` trains with exactly
+    that (spied on what the model really computed) and logs the term per epoch."""
+    from earlytag.cli import build_parser, main
+    from earlytag.model import tagger as tagger_module
+    from earlytag.train.trainer import TrainConfig
+
+    model = tiny_model("bert", labels=("O", "B-PER", "I-PER"), seed=5).eval()
+    ids = torch.tensor([[101, 2000, 2001, 2002, 102]])
+    mask = torch.ones_like(ids)
+    word_pos = torch.tensor([[1, 2, 3]])
+    labels = torch.tensor([[0, 1, 2]])
+    plain = model(ids, mask, word_pos, labels=labels)
+    both = model(ids, mask, word_pos, labels=labels, distill=0.5, distill_temperature=2.0)
+    assert plain.distill_loss is None and both.distill_loss > 0
+    assert torch.allclose(both.loss, plain.loss + 0.5 * both.distill_loss)
+    with pytest.raises(ConfigError, match="distill"):
+        model(ids, mask, word_pos, labels=labels, distill=0.5, word_exit=torch.tensor([[0, 1, 2]]),
+              token_word=torch.tensor([[-1, 0, 1, 2, -1]]))
+    for bad in (dict(distill=-1.0), dict(distill=0.5, distill_temperature=0.0), dict(distill=0.5, head="crf"),
+                dict(distill=0.5, stage="self-sampling", init="m")):
+        with pytest.raises(ConfigError, match="distill"):
+            TrainConfig(train="x", output="y", **bad).validate()
+    assert build_parser().parse_args(["train", "--train", "t", "--output", "o"]).distill == 0.0
+
+    seen = []
+    real = tagger_module.self_distillation
+    monkeypatch.setattr(tagger_module, "self_distillation", lambda *a: seen.append(a[2:]) or real(*a))
+    out_dir = str(tmp_path / "distilled")
+    assert main(["train", "--task", "ner", "--train", "uner-en-ewt:train", "--dev", "uner-en-ewt:dev",
+                 "--encoder", str(tiny_encoder_dirs["bert"]), "--output", out_dir, "--epochs", "1", "--freeze-epochs", "0",
+                 "--train-limit", "32", "--dev-limit", "16", "--batch-size", "16", "--distill", "0.5",
+                 "--distill-temperature", "2", "--layer-weights", "uniform", "--data-dir", str(shared_data),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert seen and set(seen) == {(2.0, "uniform")}
+    import json
+    log = json.loads((tmp_path / "distilled" / "training_log.json").read_text())
+    assert log["config"]["distill"] == 0.5 and log["epochs"][0]["distill_loss"] > 0

@@ -552,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-weights", choices=["depth", "uniform"], default=d.layer_weights,
                    help="weight of each layer's loss in the joint loss: l+1 for layer l (depth, the paper's) or the "
                         "same for every layer (uniform: the lower exit heads learn as much as the last)")
+    p.add_argument("--distill", type=float, default=d.distill, metavar="ALPHA",
+                   help="stage 1: add ALPHA x the self-distillation loss, every lower exit head pulled towards the "
+                        "last head's softmax (KL, weighted over layers like --layer-weights); 0 = off (the paper's)")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T",
+                   help="temperature of both softmaxes of --distill")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (batches, sampling, dropout)")
     p.add_argument("--max-length", type=int, default=d.max_length,
                    help="sub-word tokens per window; longer documents are cut into overlapping windows")

@@ -29,7 +29,7 @@ from ..storage import atomic_write_text, require_model_dir, save_dir
 from .adapters import adapter_for
 from .card import CARD_NAME, render_card
 from .config import TaggerConfig
-from .heads import build_head
+from .heads import build_head, self_distillation
 from .layers import attention_bias, dense_layer, heads_of
 
 CONFIG_NAME = "config.json"
@@ -43,6 +43,7 @@ class TaggerOutput:
     logits: list[torch.Tensor]  # one (B, W, C) per layer that ran
     loss: torch.Tensor | None = None  # weighted sum over layers, Σ (l+1)·CE_l / Σ (l+1)
     layer_losses: torch.Tensor | None = None  # (L,) mean cross-entropy of each layer (0 where nothing counted)
+    distill_loss: torch.Tensor | None = None  # the self-distillation term (``distill`` > 0), before its weight
 
 
 class ExitHead(nn.Module):
@@ -157,6 +158,8 @@ class EarlyExitTagger(nn.Module):
         loss_reduction: str = "active-mean",  # per layer: mean over active words | batch-sum: Σ active / all words
         flood: torch.Tensor | None = None,  # (B, L, W) per-word flooding levels of the loss (self-sampling)
         layer_weights: str = "depth",  # the loss's weight of layer l: l+1 (the paper's) | uniform
+        distill: float = 0.0,  # weight of the lower heads' self-distillation from the last head (stage 1)
+        distill_temperature: float = 1.0,
     ) -> TaggerOutput:
         n_run = self.num_layers if num_layers is None else num_layers
         if not 1 <= n_run <= self.num_layers:
@@ -184,6 +187,12 @@ class EarlyExitTagger(nn.Module):
         out = TaggerOutput(logits=logits)
         if labels is not None:
             out.loss, out.layer_losses = self.loss(logits, labels, word_exit, loss_reduction, flood, layer_weights)
+            if distill:
+                if self.head.structured or word_exit is not None:
+                    raise ConfigError("distill", "self-distillation trains softmax heads in stage 1 (joint); not "
+                                                 "with a CRF head or in self-sampling")
+                out.distill_loss = self_distillation(logits, labels, distill_temperature, layer_weights)
+                out.loss = out.loss + distill * out.distill_loss
         return out
 
     def loss(self, logits: list[torch.Tensor], labels: torch.Tensor, word_exit: torch.Tensor | None = None,

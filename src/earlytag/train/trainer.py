@@ -55,6 +55,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     layer_weights: str = "depth"  # the joint loss's weight of layer l: l+1 (the paper's) | uniform
+    # stage 1: + distill · (lower heads' KL from the last head's softmax at this temperature); 0 = off, the paper's
+    distill: float = 0.0
+    distill_temperature: float = 1.0
     freeze_epochs: int = 1
     seed: int = 42
     head_dropout: float = 0.1
@@ -133,6 +136,12 @@ class TrainConfig:
             raise ConfigError("label_scheme", "expected iob2 or iobes")
         if self.layer_weights not in LAYER_WEIGHTS:
             raise ConfigError("layer_weights", f"expected one of {', '.join(LAYER_WEIGHTS)}, got {self.layer_weights!r}")
+        if self.distill < 0 or self.distill_temperature <= 0:
+            raise ConfigError("distill", f"--distill must be >= 0 and --distill-temperature > 0, got {self.distill} "
+                                         f"and {self.distill_temperature}")
+        if self.distill and (self.stage != "joint" or self.head != "softmax"):
+            raise ConfigError("distill", "self-distillation trains softmax exit heads in stage 1 (--stage joint, "
+                                         "--head softmax)")
         if self.units not in ("auto", "words", "chars") or (self.units == "words" and self.task == "cws") \
                 or (self.units == "chars" and self.task == "pos"):
             raise ConfigError("units", f"{self.units!r} with task {self.task}: cws reads characters; pos reads words; "
@@ -372,7 +381,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.train()
         runner = dist.wrap(model, device)  # DDP under torchrun / accelerate (re-wrapped when freezing changes)
         epoch_start = time.perf_counter()
-        losses = []
+        losses, distill_losses = [], []
         batches = _batches(windows, cfg.batch_size, rng)
         batches = batches[dist.rank: len(batches) // dist.world * dist.world: dist.world]  # this process's share
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (encoder frozen)" if frozen else ""),
@@ -389,7 +398,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     flood = flood_levels(cache, idx, num_words, recipe.flood_level).to(device)
             out = runner(batch.input_ids, batch.attention_mask, batch.word_pos, labels=batch.labels,
                          word_exit=word_exit, token_word=batch.token_word, kv=cfg.kv, loss_reduction=reduction,
-                         flood=flood, layer_weights=cfg.layer_weights)
+                         flood=flood, layer_weights=cfg.layer_weights, distill=cfg.distill,
+                         distill_temperature=cfg.distill_temperature)
             loss = out.loss
             if search is not None:
                 loss = loss + cfg.slim_l1 * search.coefs.penalty()
@@ -414,10 +424,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     p.requires_grad_(not frozen)
                 runner = dist.wrap(model, device)
             losses.append(out.loss.item())
+            if out.distill_loss is not None:
+                distill_losses.append(out.distill_loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
         entry: dict[str, Any] = {"epoch": epoch + 1, "encoder_frozen": frozen, "train_loss": float(np.mean(losses)),
                                  "seconds": time.perf_counter() - epoch_start}
+        if distill_losses:  # the self-distillation term alone (train_loss includes it, weighted)
+            entry["distill_loss"] = float(np.mean(distill_losses))
         model.eval()
         if main_process:  # evaluation and checkpoints: the first process only
             if dev_set is not None:
