@@ -289,9 +289,11 @@ def at(points: list[tuple[float, float]], x: float) -> float | None:
 
 
 def interp(*args: str) -> str:
-    """``interp BENCH:POLICY[=label]... TARGETS...``: the score of each curve at exactly each FLOPs speed-up,
-    interpolated between the two settings around it (so that two rules or recipes compare at equal speed-up)."""
-    specs, ts = _curves(args)
+    """``interp BENCH:POLICY[=label]... TARGETS... [losses]``: the score of each curve at exactly each FLOPs
+    speed-up, interpolated between the two settings around it (so that two rules or recipes compare at equal
+    speed-up); with ``losses`` each cell adds its difference from the curve's own full depth."""
+    losses = "losses" in args  # each cell also gives the loss from the curve's own full depth
+    specs, ts = _curves(tuple(a for a in args if a != "losses"))
     out = []
     for bench, policy, label in specs:
         try:
@@ -303,8 +305,11 @@ def interp(*args: str) -> str:
         bs = largest_batch(rows)
         full = next(r for r in rows if r["policy"] == "none" and r["batch_size"] == bs)
         pts = curve(rows, policy, bs)
-        out.append([label or f"{policy} ({bench})", pct(full["score"])]
-                   + [pct(at(pts, t)) if at(pts, t) is not None else "-" for t in ts])
+        cells = []
+        for t in ts:
+            y = at(pts, t)
+            cells.append("-" if y is None else pct(y) + (f" ({100 * (y - full['score']):+.2f})" if losses else ""))
+        out.append([label or f"{policy} ({bench})", pct(full["score"])] + cells)
     return markdown_table(["", "full depth"] + [f"at {t:g}x FLOPs" for t in ts], out)
 
 
