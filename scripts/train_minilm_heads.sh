@@ -3,20 +3,22 @@
 # scripts/train_minilm.sh with every layer's loss weighted alike (--layer-weights uniform) and/or the lower heads
 # distilled from the last (--distill). Compare with minilm-ner (scripts/train_minilm.sh) through
 # scripts/halted_rule.sh and scripts/eval_models.sh. Needs EARLYTAG_DATA pointing at the data sets.
-#   STEPS="uniform distill" scripts/train_minilm_heads.sh
+#   STEPS="uniform distill" scripts/train_minilm_heads.sh;  SEED=43 STEPS="depth uniform" scripts/train_minilm_heads.sh
 set -euo pipefail
 OUT=${OUT:-models}
 STEPS=${STEPS:-"uniform distill uniform-distill"}
 S1="--task ner --train uner-en-ewt:train --dev uner-en-ewt:dev --encoder all-MiniLM-L6-v2 --epochs 4 --freeze-epochs 1
-  --lr 1e-4 --head-lr 1e-3 --batch-size 32 --seed 42 --quiet --overwrite"
+  --lr 1e-4 --head-lr 1e-3 --batch-size 32 --seed ${SEED:-42} --quiet --overwrite"
+# SEED=N: another seed, the models named ...-sN (the seed-to-seed spread of the comparison)
+SUF=${SEED:+-s$SEED}
 for step in $STEPS; do
   echo "=== $(date +%T) $step"
   case $step in
-    # the stage-1 command of scripts/train_minilm.sh again, on the same machine as the others (seed-to-seed spread)
-    depth) earlytag train $S1 --output "$OUT/minilm-ner-depth" ;;
-    uniform) earlytag train $S1 --layer-weights uniform --output "$OUT/minilm-ner-uniform" ;;
-    distill) earlytag train $S1 --distill 1 --output "$OUT/minilm-ner-distill" ;;
-    uniform-distill) earlytag train $S1 --layer-weights uniform --distill 1 --output "$OUT/minilm-ner-uniform-distill" ;;
+    # the stage-1 command of scripts/train_minilm.sh again, on the same machine as the others (the same figures: it is deterministic)
+    depth) earlytag train $S1 --output "$OUT/minilm-ner-depth$SUF" ;;
+    uniform) earlytag train $S1 --layer-weights uniform --output "$OUT/minilm-ner-uniform$SUF" ;;
+    distill) earlytag train $S1 --distill 1 --output "$OUT/minilm-ner-distill$SUF" ;;
+    uniform-distill) earlytag train $S1 --layer-weights uniform --distill 1 --output "$OUT/minilm-ner-uniform-distill$SUF" ;;
     *) echo "unknown step: $step (depth, uniform, distill, uniform-distill)" >&2; exit 2 ;;
   esac
 done
