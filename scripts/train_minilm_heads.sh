@@ -2,7 +2,7 @@
 # Better lower exit heads for all-MiniLM-L6-v2 NER (issue 10's 4x within 1 F1 needs them): the stage-1 command of
 # scripts/train_minilm.sh with every layer's loss weighted alike (--layer-weights uniform) and/or the lower heads
 # distilled from the last (--distill). Compare with minilm-ner (scripts/train_minilm.sh) through
-# scripts/halted_rule.sh and scripts/eval_models.sh. Needs EARLYTAG_DATA pointing at the data sets.
+# scripts/bench_heads.sh and scripts/eval_models.sh. Needs EARLYTAG_DATA pointing at the data sets.
 #   STEPS="uniform distill" scripts/train_minilm_heads.sh;  SEED=43 STEPS="depth uniform" scripts/train_minilm_heads.sh
 set -euo pipefail
 OUT=${OUT:-models}

@@ -67,24 +67,20 @@ def self_distillation(logits: list[torch.Tensor], labels: torch.Tensor, temperat
     labelled words of T²·KL(p_last ‖ p_l), both softmaxes at temperature T, the last layer's detached (a teacher,
     not a student). It pulls every lower head towards what full depth will say, which is what an exit needs: a
     word that exits early should get the label it would get at the top. ``w_l`` as in :func:`layer_weighted`."""
-    if weights not in LAYER_WEIGHTS:
-        raise ConfigError("layer_weights", f"expected one of {', '.join(LAYER_WEIGHTS)}, got {weights!r}")
     if temperature <= 0:
         raise ConfigError("distill_temperature", f"must be > 0, got {temperature}")
+    if len(logits) < 2:  # one layer: nothing below the last
+        return logits[-1].sum() * 0.0
     mask = (labels != -100).flatten()  # (B·W,)
-    n = mask.sum().clamp(min=1)
     teacher = F.log_softmax(logits[-1].detach().float().flatten(0, 1) / temperature, -1)  # (B·W, C)
-    terms = []
+    sums = []
     for lg in logits[:-1]:
         student = F.log_softmax(lg.float().flatten(0, 1) / temperature, -1)
         kl = (teacher.exp() * (teacher - student)).sum(-1)  # (B·W,)
-        terms.append((kl * mask).sum() / n * temperature ** 2)
-    if not terms:
-        return logits[-1].sum() * 0.0
-    w = torch.arange(1.0, len(terms) + 1, device=n.device)
-    if weights == "uniform":
-        w = torch.ones_like(w)
-    return (torch.stack(terms) * w).sum() / w.sum()
+        sums.append((kl * mask).sum() * temperature ** 2)
+    n = mask.sum()
+    loss, _ = layer_weighted(sums, [n] * len(sums), n, "active-mean", weights)
+    return loss
 
 
 def _check_reduction(reduction: str) -> None:
