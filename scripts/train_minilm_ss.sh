@@ -23,6 +23,10 @@ for step in $STEPS; do
     # the heads=0.5,ffn=0.5 slim model (SLIM_NAME=minilm-ner-slim-half of scripts/train_minilm_slim.sh), the same
     ner-slim-half) earlytag train $SS ${NER/minilm-ner/minilm-ner-slim-half} --output "$OUT/minilm-ner-slim-half-ss" \
       --overwrite ;;
-    *) echo "unknown step: $step (ner, ner-v01, ner-drop, pos, ner-slim, ner-slim-half)" >&2; exit 2 ;;
+    # the model trained with uniform layer weights (scripts/train_minilm_heads.sh, issue 10), self-sampled with the
+    # same recipe and the same weighting of its layers
+    ner-uniform) earlytag train $SS ${NER/minilm-ner/minilm-ner-uniform} --output "$OUT/minilm-ner-uniform-ss" \
+      --layer-weights uniform --threads ${THREADS:-1} --overwrite ;;
+    *) echo "unknown step: $step (ner, ner-v01, ner-drop, pos, ner-slim, ner-slim-half, ner-uniform)" >&2; exit 2 ;;
   esac
 done

@@ -99,3 +99,19 @@ def test_bench_stacks_precisions_backends_and_peers(models, tmp_path, monkeypatc
     peer = next(r for r in rows if r.get("peer"))
     assert peer["policy"] == "ort-fp32" and peer["score"] == reference["score"] and peer["agreement_with_full_depth"] >= 0.99
     assert "none@int8-mixed/ort" in (out / "results.md").read_text()
+    # no choice stored in the model: int8-mixed kept every layer's FFN output float32, and the results say so
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["int8_mixed"] == {"onnxruntime": list(range(meta["num_layers"]))}
+    assert f"(onnxruntime: layers {', '.join(map(str, range(meta['num_layers'])))}; counted from 0)" in \
+        (out / "results.md").read_text()
+
+
+def test_bench_names_the_layers_int8_mixed_kept(models):
+    """A model with earlytag quantize's choice for one backend: the bench's meta names that choice for it and every
+    layer for the backend without one (what quantized_roles gives the engine)."""
+    from earlytag.bench import _int8_mixed_layers
+
+    tagger = Tagger.from_pretrained(models / "big")
+    num_layers = len(tagger.model.adapter.layers)
+    tagger.model.config.int8_mixed = {"torch": {"float_ffn_out": [1]}}
+    assert _int8_mixed_layers(tagger, ["torch", "onnxruntime"]) == {"torch": [1], "onnxruntime": list(range(num_layers))}

@@ -317,6 +317,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
             "compare_models": cfg.compare_models, "head": base.decoding, "reference": cfg.reference, "precisions": cfg.precisions, "backends": cfg.backends,
             "compare": cfg.compare,
+            # what int8-mixed kept float32 (earlytag quantize's choice per backend; none: every layer's FFN output)
+            "int8_mixed": _int8_mixed_layers(base, cfg.backends) if "int8-mixed" in cfg.precisions else None,
             "timing": cfg.timing, "noise_spread": cfg.noise_spread}
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
@@ -442,6 +444,14 @@ def _wall(r: dict) -> str:
     return ("~" if r.get("noisy") else "") + f"{r['wall_speedup']:.2f}x"
 
 
+def _int8_mixed_layers(tagger, backends: list[str]) -> dict[str, list[int]]:
+    """Per backend, the layers (from 0) whose FFN output ``--precision int8-mixed`` keeps float32 in this run."""
+    from .model.precision import INT8_ROLES, quantized_roles
+
+    return {backend: [i for i, roles in enumerate(quantized_roles(tagger.model, "int8-mixed", backend))
+                      if roles == INT8_ROLES["int8-mixed"]] for backend in backends}
+
+
 def render_markdown(rows: list[dict], meta: dict) -> str:
     task_metric = "accuracy" if meta["task"] == "pos" else "F1"
     m = meta["machine"]
@@ -453,6 +463,10 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Model `{meta['label']}` ({meta['num_layers']} layers) on `{Path(meta['data']).name}` "
              f"({meta['sentences']} sentences scored" + (f"; sentences timed: {timed}" if timing else "; not timed")
              + f"); {where}."]
+    if meta.get("int8_mixed"):
+        kept = "; ".join(f"{backend}: layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+                         for backend, layers in meta["int8_mixed"].items())
+        lines.append(f"int8-mixed keeps the FFN output projection float32 in ({kept}; counted from 0), the rest int8.")
     if timing:
         lines.append(
             f"Wall-clock speed-up: earlytag at full depth in float32 and the contender timed in alternation, unit by "
