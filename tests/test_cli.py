@@ -215,6 +215,10 @@ def test_quantize_stores_its_choice_and_says_what_it_stored(capsys, model_dir, t
     stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]
     assert stored["float_ffn_out"] == json.loads(out)["float_ffn_out"] and stored["sentences"] == 20
     assert "stored in" in err and "--backend torch" in err and "int8-mixed, torch" in (copy / "README.md").read_text()
+    layers = stored["float_ffn_out"]  # the stored choice in words: which layers, or none (then it runs as int8)
+    said = (f"float32 in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} (from 0)" if layers
+            else "float32 in no layer (int8 alone was within the tolerance), i.e. runs as --precision int8")
+    assert said in err
 
 
 def test_data_list_and_version(capsys):

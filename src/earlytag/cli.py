@@ -329,14 +329,17 @@ def cmd_quantize(args) -> int:
                                limit=args.limit, tolerance=args.tolerance, save=not args.dry_run,
                                progress=not args.quiet, data_dir=args.data_dir)
     s = {k: 100 * v for k, v in choice.scores.items()}
-    kept = ", ".join(map(str, choice.float_ffn_out)) or "none"
+    layers = choice.float_ffn_out
+    kept = (f"in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} (from 0)" if layers
+            else "in no layer (int8 alone was within the tolerance)")
     print(f"scored on {choice.sentences} sentences of {args.data} (--limit sets how many, 0 all), full depth, "
           f"{args.backend} at batch size {args.batch_size}: fp32 {s['fp32']:.2f}, int8 {s['int8']:.2f}, every FFN "
-          f"output float32 {s['int8-mixed, every layer']:.2f}; FFN output kept float32 in layers {kept} (from 0): "
+          f"output float32 {s['int8-mixed, every layer']:.2f}; FFN output kept float32 {kept}: "
           f"{100 * choice.score:.2f}", file=sys.stderr)
     print("dry run: nothing stored" if args.dry_run else
           f"stored in {args.model}/config.json: --precision int8-mixed --backend {args.backend} now keeps the FFN "
-          f"output float32 in layers {kept} only", file=sys.stderr)
+          f"output float32 {kept}" + ("" if layers else f", i.e. runs as --precision int8 with {args.backend}"),
+          file=sys.stderr)
     print(json.dumps(choice.to_dict(), indent=2))
     return 0
 
