@@ -9,7 +9,8 @@ stream tagged per target with the fixed setting, and with the controller (--targ
 over the stream in file order, shuffled, and sorted by length: as --target-speedup runs it (looking ahead with
 the calibration's length profile) and with the feedback alone (`_noprofile`); --variants picks other controllers
 (window: τ solved for the recent window's lengths; slowask, slowask02, slowask10, askstep20: the feedback moves the
-speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call). Recorded: the realised FLOPs speed-up (the
+speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call; band05, band10: the recent window counts
+only where it strays more than ~5% / ~10% from the target). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
 same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that
@@ -46,6 +47,10 @@ VARIANTS = {
     "slowask": ("_slowask", True, {"ask_step": 0.05}),  # the feedback moves the speed-up asked by at most ~5% a call
     "slowask02": ("_slowask02", True, {"ask_step": 0.02}),  # ... by at most ~2% a call
     "slowask10": ("_slowask10", True, {"ask_step": 0.1}),  # ... by at most ~10% a call
+    # the recent window moves the ask only when it strays more than ~5% / ~10% from the target (the stream since
+    # the warm-up always does): τ stays put through a hard or an easy stretch of text
+    "band05": ("_band05", True, {"window_band": 0.05}),
+    "band10": ("_band10", True, {"window_band": 0.1}),
 }
 
 
@@ -84,6 +89,7 @@ def main() -> None:
     ap.add_argument("--piece", type=int, default=128,
                     help="sentences per Tagger call of the controller runs (the order of the stream matters across calls)")
     ap.add_argument("--calibration-genres", nargs="+", default=list(GENRES))
+    ap.add_argument("--targets", nargs="+", type=float, default=list(TARGETS), help="target speed-ups (default: 2 3 4)")
     ap.add_argument("--window-profile", action="store_true",
                     help="also the profile controller solving τ for the recent window's lengths (`_window`)")
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["profile", "noprofile"],
@@ -108,7 +114,7 @@ def main() -> None:
         data = Dataset(dev_by_genre[cal], "ner", "iob2", dev.path)
         table = calibrate(tagger, data, 2.0, limit=None).table  # one sweep gives the setting of every target
         table = [r for r in table if r["exit"].get("window") == 2]  # the window of the curves above
-        for target in TARGETS:
+        for target in args.targets:
             reaching = [r for r in table if r["flops_speedup"] >= target]
             chosen = (max(reaching, key=lambda r: (r["score"], r["flops_speedup"])) if reaching
                       else max(table, key=lambda r: r["flops_speedup"]))
@@ -143,7 +149,7 @@ def main() -> None:
                 print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller ({variants[0]}) "
                       f"{c['speedup_after_warmup']:.2f}x F1 {100 * c['f1']:.2f}", file=sys.stderr, flush=True)
     out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "variants": variants,
-           "profile_ask_step": DEFAULT_ASK_STEP, "targets": TARGETS, "genres": GENRES,
+           "profile_ask_step": DEFAULT_ASK_STEP, "targets": args.targets, "genres": GENRES,
            "curves": {g: sorted(c) for g, c in curves.items()}, "rows": rows}
     from earlytag.storage import atomic_write_text
 
