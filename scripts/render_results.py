@@ -397,13 +397,17 @@ def shifted(name: str) -> str:
     rows = d["rows"]
     ask = d.get("profile_ask_step", 0.2)  # the default's step (runs before it was recorded: 0.2)
     per_call = f"(≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)"  # how far the feedback moves the speed-up asked
-    labels = {"": f"length profile + feedback {per_call}",
+    band = d.get("profile_window_band", 0.0)  # the default's band for the recent window (before it existed: none)
+    in_band = f", window band ±{100 * band:.0f}%" if band else ""
+    labels = {"": f"length profile + feedback {per_call}{in_band}",
               "_askstep20": "length profile + feedback (≤ ~22% a call)", "_noprofile": "feedback alone",
               "_window": f"length profile of the recent window + feedback {per_call}",
               "_taustep": "length profile + feedback, τ step ≤ ~22% a call",
               "_slowask": "length profile + slower feedback (≤ ~5% a call)",
               "_slowask02": "length profile + slower feedback (≤ ~2% a call)",
-              "_slowask10": "length profile + slower feedback (≤ ~10% a call)"}
+              "_slowask10": "length profile + slower feedback (≤ ~10% a call)",
+              "_band05": f"length profile + feedback {per_call}, window band ±5%",
+              "_band10": f"length profile + feedback {per_call}, window band ±10%"}
     variants = [(suffix, label) for suffix, label in labels.items() if f"controller_file{suffix}" in rows[0]]
     out = []
     for t in d["targets"]:

@@ -483,3 +483,41 @@ def test_quantize_scores_each_quantization_and_stores_the_smallest_sufficient_se
     monkeypatch.undo()
     assert _float_ffn_out_layers(Tagger.from_pretrained(copy, precision="int8-mixed")) == ((1,) if backend == "torch"
                                                                                           else (0,))
+
+
+def test_quantize_scores_every_trial_at_the_exit_setting_it_is_given(model_dir, tmp_path, monkeypatch, capsys):
+    """earlytag quantize --exit static --layer 1: every trial model is scored with that setting (a spy records
+    the setting predict_words really received and the exits it took), the stored choice and the card say so; without
+    it, full depth — not the model's stored default exit."""
+    import json
+    import shutil
+
+    from earlytag.cli import main
+    from earlytag.model.tagger import update_saved_config
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    update_saved_config(copy, {"exit": {"policy": "token", "threshold": 0.5}})  # a stored default quantize must not use
+    seen = []
+    real_predict = Tagger.predict_words
+
+    def spy_predict(self, docs, exit=None, batch_size=None):
+        out = real_predict(self, docs, exit, batch_size)
+        seen.append((exit.describe(), out.stats.flops < out.stats.flops_full))
+        return out
+
+    monkeypatch.setattr(Tagger, "predict_words", spy_predict)
+    assert main(["quantize", str(copy), "uner-en-ewt:dev", "--limit", "8", "--batch-size", "4", "--quiet",
+                 "--exit", "static", "--layer", "1"]) == 0
+    err = capsys.readouterr().err
+    static = ExitConfig("static", layer=1).describe()
+    assert len(seen) >= 5 and all(s == (static, True) for s in seen)  # every trial exited early, at that setting
+    assert f"scored on 8 sentences of uner-en-ewt:dev (--limit sets how many, 0 all), {static}," in err
+    stored = json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]
+    assert ExitConfig.from_dict(stored["exit"]) == ExitConfig("static", layer=1)
+    assert "scored with exit" in (copy / "README.md").read_text()
+    seen.clear()
+    assert main(["quantize", str(copy), "uner-en-ewt:dev", "--limit", "8", "--batch-size", "4", "--quiet"]) == 0
+    assert seen and all(s == ("none", False) for s in seen)
+    assert json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]["exit"] is None
+    assert "full depth, torch at batch size 4" in capsys.readouterr().err

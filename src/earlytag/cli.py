@@ -35,8 +35,9 @@ DEMO_SENTENCES = [
 ]
 
 
-def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True) -> None:
-    g = p.add_argument_group("early exit (unset: the model's stored setting, else full depth)")
+def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True,
+               title: str = "early exit (unset: the model's stored setting, else full depth)") -> None:
+    g = p.add_argument_group(title)
     from .engine.policies import REGISTRY
 
     g.add_argument("--exit", dest="policy", choices=list(REGISTRY),
@@ -322,17 +323,19 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from .engine import ExitConfig
     from .quantize import choose_int8_mixed
 
     set_threads(args.threads)
     choice = choose_int8_mixed(args.model, args.data, backend=args.backend, batch_size=args.batch_size,
                                limit=args.limit, tolerance=args.tolerance, save=not args.dry_run,
-                               progress=not args.quiet, data_dir=args.data_dir)
+                               progress=not args.quiet, exit=_exit_settings(args) or None, data_dir=args.data_dir)
+    at = "full depth" if choice.exit is None else ExitConfig.from_dict(choice.exit).describe()
     s = {k: 100 * v for k, v in choice.scores.items()}
     layers = choice.float_ffn_out
     kept = (f"in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} (from 0)" if layers
             else "in no layer (int8 alone was within the tolerance)")
-    print(f"scored on {choice.sentences} sentences of {args.data} (--limit sets how many, 0 all), full depth, "
+    print(f"scored on {choice.sentences} sentences of {args.data} (--limit sets how many, 0 all), {at}, "
           f"{args.backend} at batch size {args.batch_size}: fp32 {s['fp32']:.2f}, int8 {s['int8']:.2f}, every FFN "
           f"output float32 {s['int8-mixed, every layer']:.2f}; FFN output kept float32 {kept}: "
           f"{100 * choice.score:.2f}", file=sys.stderr)
@@ -741,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _verb(sub, "quantize", "choose on dev data which layers --precision int8-mixed keeps partly in float32",
               "  earlytag quantize models/ner uner-en-ewt:dev\n"
-              "  earlytag quantize models/ner dev.conll --backend onnxruntime --batch-size 1 --tolerance 0.1")
+              "  earlytag quantize models/ner dev.conll --backend onnxruntime --batch-size 1 --tolerance 0.1\n"
+              "  earlytag quantize models/ner uner-en-ewt:dev --exit token --threshold 0.15")
     model_arg(p)
     p.add_argument("data", help="dev data: a file or a known name")
     p.add_argument("--backend", default="torch", choices=list(QUANTIZE_BACKENDS),
@@ -756,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: what torch picks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--data-dir", help="where known data set names are looked up (default: $EARLYTAG_DATA)")
+    _exit_args(p, calibrate=False, title="early exit to score every quantization at: the setting you serve with "
+                                         "(unset: full depth, not the model's stored setting)")
     p.set_defaults(func=cmd_quantize)
 
     p = _verb(sub, "serve", "HTTP service: /predict with micro-batching, /metrics, and a page that shows where each "

@@ -48,6 +48,7 @@ class Int8Choice:
     backend: str
     batch_size: int
     tolerance: float
+    exit: dict | None = None  # the setting every quantization was scored at (None: full depth)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +70,12 @@ def smallest_sufficient(single: dict[int, float], score_of: Callable[[tuple[int,
 
 def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dataset, backend: str = "torch",
                       batch_size: int = 32, limit: int | None = 1000, tolerance: float = 0.0, save: bool = True,
-                      progress: bool = False, **load_kwargs) -> Int8Choice:
+                      progress: bool = False, exit: ExitConfig | dict | None = None, **load_kwargs) -> Int8Choice:
     """Choose the layers whose FFN output ``int8-mixed`` keeps float32, on ``dev`` (its first ``limit`` sentences,
-    at full depth, scored by ``backend`` at ``batch_size``: dynamic int8 quantizes activations per call, so both
-    change the scores a little). ``tolerance``: dev score points (0-100) the choice may lose against keeping every
+    scored by ``backend`` at ``batch_size``: dynamic int8 quantizes activations per call, so both change the scores
+    a little), at full depth or with the early exit setting ``exit`` (the one you serve with: under token exit the
+    lower layers' heads decide most words, and which layers need float32 there differs from full depth,
+    docs/results.md section 4). ``tolerance``: dev score points (0-100) the choice may lose against keeping every
     layer's. With ``save`` the choice goes into the model directory's config.json (``int8_mixed[backend]``; a choice
     for the other backend is kept)."""
     if backend not in QUANTIZE_BACKENDS:
@@ -84,6 +87,7 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
     if limit is not None and limit < 0:
         raise ConfigError("limit", f"dev sentences to use: 0 or more (0: all), got {limit}")
     base = Tagger.from_pretrained(directory)
+    setting = base.exit_config(exit) if exit else ExitConfig()  # not the model's stored default: full depth
     dataset = base.load(dev, **load_kwargs)
     sentences = dataset.sentences[:limit] if limit else dataset.sentences
     if not sentences:
@@ -104,13 +108,13 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
             tqdm(total=2 + 2 * num_layers, desc=f"quantizing: scoring {len(sentences)} dev sentences",
                  disable=not progress, file=sys.stderr, leave=False) as bar:
         def score(precision: str, float_layers: tuple[int, ...] = ()) -> float:
-            """Dev score at full depth of ``precision`` (int8-mixed: the FFN output of ``float_layers`` float32)."""
+            """Dev score at ``setting`` of ``precision`` (int8-mixed: the FFN output of ``float_layers`` float32)."""
             model = copy.deepcopy(base.model)
             model.config.int8_mixed = {backend: {"float_ffn_out": list(float_layers)}}
             tagger = Tagger(model, base.tokenizer, precision=precision, backend=backend)
             if backend == "onnxruntime":  # trial graphs go to a temporary cache, not the user's
                 tagger.engine.layers.root = Path(tmp) / tagger.engine.layers.root.name
-            pred = tagger.predict_words(docs, ExitConfig(), batch_size)
+            pred = tagger.predict_words(docs, setting, batch_size)
             bar.update()
             return task_scores(base.config.task, gold, pred.tags)["score"]
 
@@ -129,7 +133,8 @@ def choose_int8_mixed(directory: str | os.PathLike, dev: str | os.PathLike | Dat
         else:
             chosen, tried = smallest_sufficient(single, score_set, bound, num_layers)
     choice = Int8Choice(list(chosen), scores[name(chosen)], scores, [list(t) for t in tried],
-                        stored_path(dataset.path, directory), len(sentences), backend, batch_size, tolerance)
+                        stored_path(dataset.path, directory), len(sentences), backend, batch_size, tolerance,
+                        None if setting.policy == "none" else setting.to_dict())
     if save:
         from .model.tagger import update_saved_config
 

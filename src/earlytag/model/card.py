@@ -86,7 +86,9 @@ def render_card(config: dict[str, Any]) -> str:
         lines.append(f"| int8-mixed, {backend} | FFN output kept float32 in layers {kept} (from 0): dev {metric} "
                      f"{_pct(mixed.get('score'))} against int8 {_pct(mixed.get('scores', {}).get('int8'))} and fp32 "
                      f"{_pct(mixed.get('scores', {}).get('fp32'))} on {mixed.get('sentences', '?')} sentences "
-                     f"(batch size {mixed.get('batch_size', '?')}; `earlytag quantize`) |")
+                     f"(batch size {mixed.get('batch_size', '?')}, "
+                     + (f"scored with exit `{mixed['exit']}`" if mixed.get("exit") else "scored at full depth")
+                     + "; `earlytag quantize`) |")
     per_layer = training.get("dev_per_layer")
     if per_layer:
         lines += ["", f"Dev {metric} of every exit head at full depth (this checkpoint):", "",
