@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-b1 | mpnet | mpnet-b1 | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | mpnet | mpnet-b1 | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -66,6 +66,17 @@ for name in ${BENCHES:-minilm mpnet}; do
       --out docs/bench/stacked-minilm-ner-uniform-mixed --policies token --thresholds 0.1 0.125 0.15 0.175 \
       --precisions int8 int8-mixed --backends torch --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 \
       --quiet --timing-limit 1000 --label "all-MiniLM-L6-v2 NER, uniform layer weights, int8-mixed chosen on dev, batch 32" ;;
+    # the same after `earlytag quantize models/minilm-ner-uniform uner-en-ewt:dev --exit token --threshold 0.15
+    # --tolerance 0.2` chose the layers at token exit (FFN output float32 in layers 3 and 4): int8-mixed only
+    minilm-uniform-mixed-exit) earlytag bench "$OUT/minilm-ner-uniform" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-mixed-exit --policies token --thresholds 0.1 0.125 0.15 0.175 \
+      --precisions int8-mixed --backends torch --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 \
+      --quiet --timing-limit 1000 --label "all-MiniLM-L6-v2 NER, uniform layer weights, int8-mixed chosen at token exit, batch 32" ;;
+    # its two settings nearest 4x within 1 F1 again, 5 passes, on an otherwise idle machine
+    minilm-uniform-mixed-exit-check) earlytag bench "$OUT/minilm-ner-uniform" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-mixed-exit-check --policies token --thresholds 0.125 0.15 \
+      --precisions int8-mixed --backends torch --batch-sizes 32 --repeats 5 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, int8-mixed chosen at token exit, batch 32 (check)" ;;
     # the uniform model at batch 1 (latency), as minilm-b1: the ONNX Runtime backend's one-call climb; no int8-mixed:
     # `earlytag quantize models/minilm-ner-uniform uner-en-ewt:dev --backend onnxruntime --batch-size 1 --limit 0`
     # found int8 alone as good on dev (73.35, every FFN output float32 73.03); τ where its flatter curve keeps F1
@@ -74,7 +85,7 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 --repeats 3 \
       --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, batch 1" ;;
-    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-b1, mpnet, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
+    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, mpnet, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
        exit 2 ;;
   esac
 done

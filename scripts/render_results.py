@@ -406,6 +406,7 @@ def shifted(name: str) -> str:
               "_slowask": "length profile + slower feedback (≤ ~5% a call)",
               "_slowask02": "length profile + slower feedback (≤ ~2% a call)",
               "_slowask10": "length profile + slower feedback (≤ ~10% a call)",
+              "_band03": f"length profile + feedback {per_call}, window band ±3%",
               "_band05": f"length profile + feedback {per_call}, window band ±5%",
               "_band10": f"length profile + feedback {per_call}, window band ±10%"}
     variants = [(suffix, label) for suffix, label in labels.items() if f"controller_file{suffix}" in rows[0]]
@@ -431,6 +432,26 @@ def shifted(name: str) -> str:
                            "controller, shuffled", "controller, sorted by length",
                            f"controller F1 − fixed-τ curve F1 at the same speed-up (median of the {3 * len(rs)} streams)"],
                           out)
+
+
+def shiftedorders(name: str) -> str:
+    """Per target and controller, the median (and worst) F1 against the fixed-τ curve at the same speed-up for each
+    order of the streams separately (the last column of ``shifted`` pools the three)."""
+    d = load(DOCS / "bench" / f"{name}.json")
+    rows = d["rows"]
+    suffixes = [k[len("controller_file"):] for k in rows[0] if k.startswith("controller_file")]
+    labels = {"": "default", **{s: s.lstrip("_") for s in suffixes if s}}
+    out = []
+    for t in d["targets"]:
+        rs = [r for r in rows if r["target"] == t]
+        for suffix in suffixes:
+            line = [f"{t:g}x", labels[suffix]]
+            for order in ("file", "shuffled", "sorted"):
+                diffs = [r[f"controller_{order}{suffix}"]["f1"] - r[f"controller_{order}{suffix}"]["fixed_curve_f1_at_same_speedup"]
+                         for r in rs if r[f"controller_{order}{suffix}"]["fixed_curve_f1_at_same_speedup"] is not None]
+                line.append(f"{100 * statistics.median(diffs):+.2f} (worst {100 * min(diffs):+.2f})" if diffs else "-")
+            out.append(line)
+    return markdown_table(["target", "controller", "file order", "shuffled", "sorted by length"], out)
 
 
 def mixed(name: str) -> str:
@@ -667,7 +688,7 @@ def e5check(name: str) -> str:
 
 HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
-            "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "mixed": mixed, "memory": memory,
+            "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "shiftedorders": shiftedorders, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code}
 
 

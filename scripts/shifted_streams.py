@@ -9,8 +9,8 @@ stream tagged per target with the fixed setting, and with the controller (--targ
 over the stream in file order, shuffled, and sorted by length: as --target-speedup runs it (looking ahead with
 the calibration's length profile) and with the feedback alone (`_noprofile`); --variants picks other controllers
 (window: τ solved for the recent window's lengths; slowask, slowask02, slowask10, askstep20: the feedback moves the
-speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call; band05, band10: the recent window counts
-only where it strays more than ~5% / ~10% from the target). Recorded: the realised FLOPs speed-up (the
+speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call; band03, band05, band10: the recent window
+counts only where it strays more than ~3% / ~5% / ~10% from the target). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
 same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that
@@ -47,8 +47,9 @@ VARIANTS = {
     "slowask": ("_slowask", True, {"ask_step": 0.05}),  # the feedback moves the speed-up asked by at most ~5% a call
     "slowask02": ("_slowask02", True, {"ask_step": 0.02}),  # ... by at most ~2% a call
     "slowask10": ("_slowask10", True, {"ask_step": 0.1}),  # ... by at most ~10% a call
-    # the recent window moves the ask only when it strays more than ~5% / ~10% from the target (the stream since
+    # the recent window moves the ask only when it strays more than ~3% / ~5% / ~10% from the target (the stream since
     # the warm-up always does): τ stays put through a hard or an easy stretch of text
+    "band03": ("_band03", True, {"window_band": 0.03}),
     "band05": ("_band05", True, {"window_band": 0.05}),
     "band10": ("_band10", True, {"window_band": 0.1}),
 }
