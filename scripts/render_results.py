@@ -408,7 +408,9 @@ def shifted(name: str) -> str:
               "_slowask10": "length profile + slower feedback (≤ ~10% a call)",
               "_band03": f"length profile + feedback {per_call}, window band ±3%",
               "_band05": f"length profile + feedback {per_call}, window band ±5%",
-              "_band10": f"length profile + feedback {per_call}, window band ±10%"}
+              "_band10": f"length profile + feedback {per_call}, window band ±10%",
+              "_band05slow": f"length profile + feedback {per_call}, window band −5% (slower side only)",
+              "_band10slow": f"length profile + feedback {per_call}, window band −10% (slower side only)"}
     variants = [(suffix, label) for suffix, label in labels.items() if f"controller_file{suffix}" in rows[0]]
     out = []
     for t in d["targets"]:

@@ -424,19 +424,26 @@ def test_window_band_lets_only_the_stream_since_the_warmup_move_tau_inside_the_b
         control.observe(1e6 * 500 / 1.9, 1e6 * 500, 500)
         since_term = math.log(2.0) - math.log(1.9)
         assert control.log_tau - before == pytest.approx(0.5 * (window_term + since_term))
-        assert control.to_dict()["window_band"] == band
+        assert control.to_dict()["window_band"] == [band, band]
     # far outside the band only the part beyond it counts: 1.5x of 2x with a band of 0.1
     control = SpeedController(BASE, 2.0, window_band=0.1, warmup_tokens=10**9)
     before = control.log_tau
     control.observe(1e6 * 500 / 1.5, 1e6 * 500, 500)
     expected = 0.5 * ((math.log(2.0) - math.log(1.5) - 0.1) + (math.log(2.0) - math.log(1.5)))
     assert control.log_tau - before == pytest.approx(min(expected, control.max_step))
+    # a band on the slower side only: a window running 5% slow is ignored, one running 5% fast counts in full
+    for speed, window_term in ((1.9, 0.0), (2.1, math.log(2.0) - math.log(2.1))):
+        control = SpeedController(BASE, 2.0, window_band=(0.1, 0.0), warmup_tokens=10**9)
+        before = control.log_tau
+        control.observe(1e6 * 500 / speed, 1e6 * 500, 500)
+        assert control.log_tau - before == pytest.approx(0.5 * (window_term + math.log(2.0) - math.log(speed)))
+    assert control.to_dict()["window_band"] == [0.1, 0.0]
     # documents of alternating difficulty, and a text that turns three times harder: held either way
     for difficulties in (([1.0] * 15 + [1.6] * 15) * 8, [1.0] * 10 + [3.0] * 190):
-        for band in (0.0, 0.05, 0.1):
+        for band in (0.0, 0.05, 0.1, (0.1, 0.0)):
             control = SpeedController(BASE, 3.0, window_band=band)
             run_stream(control, difficulties, seed=2)
             assert control.realised_after_warmup == pytest.approx(3.0, rel=0.10)
-    for bad in (-0.1, 1.0, "0.1", True):
+    for bad in (-0.1, 1.0, "0.1", True, (0.1,), (0.1, -0.1), (0.1, 0.0, 0.0)):
         with pytest.raises(ConfigError, match="exit.window_band"):
             SpeedController(BASE, 2.0, window_band=bad)

@@ -182,7 +182,7 @@ class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
                  batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request",
-                 ask_step: float = DEFAULT_ASK_STEP, window_band: float = 0.0):
+                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -190,8 +190,11 @@ class SpeedController:
             raise ConfigError("exit.target_speedup", f"must be a number >= 1, got {target!r}")
         if isinstance(ask_step, bool) or not isinstance(ask_step, (int, float)) or not ask_step > 0:
             raise ConfigError("exit.ask_step", f"must be a number > 0 (a step of log speed-up), got {ask_step!r}")
-        if isinstance(window_band, bool) or not isinstance(window_band, (int, float)) or not 0 <= window_band < 1:
-            raise ConfigError("exit.window_band", f"must be a number in [0, 1) (a log speed-up), got {window_band!r}")
+        bands = tuple(window_band) if isinstance(window_band, (tuple, list)) else (window_band, window_band)
+        if len(bands) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1
+                                  for b in bands):
+            raise ConfigError("exit.window_band", "must be a number in [0, 1) (a log speed-up), or two (below the "
+                                                  f"target, above it), got {window_band!r}")
         if profile_over not in ("request", "window"):
             raise ConfigError("exit.profile_over", f"expected request or window, got {profile_over!r}")
         self.base = base
@@ -213,9 +216,9 @@ class SpeedController:
         # τ then moves with the length mix of the stream, not with each request's)
         self.profile_over = profile_over
         self.ask_step = ask_step  # with a profile: the largest move of log(speed-up asked) per engine call (not max_step)
-        # how far (in log speed-up) the recent window may stray from the target before it moves τ: inside the band
-        # only the stream since the warm-up does (0: the window always counts)
-        self.window_band = float(window_band)
+        # how far (in log speed-up) the recent window may run below / above the target before it moves τ: inside
+        # the band only the stream since the warm-up does (0: the window always counts)
+        self.window_band = (float(bands[0]), float(bands[1]))
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
@@ -284,7 +287,8 @@ class SpeedController:
         # (making up for a fast warm-up by running the rest slow would leave the stream after it short)
         since = self.realised_after_warmup if warm else self.realised_total
         window_error = math.log(self.target) - math.log(self.realised_window)
-        window_error = math.copysign(max(0.0, abs(window_error) - self.window_band), window_error)
+        below, above = self.window_band  # window_error > 0: the window ran slower than the target
+        window_error = max(0.0, window_error - below) if window_error > 0 else min(0.0, window_error + above)
         error = window_error + math.log(self.target) - math.log(since)
         limit = self.max_step if self.profile is None else self.ask_step  # of log τ, or of log(speed-up asked)
         step = max(-limit, min(limit, self.gain * error))
@@ -310,7 +314,7 @@ class SpeedController:
                 "tokens": self.total[2], "warmup_tokens": self.warmup_tokens, "engine_calls": self.calls,
                 "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
-                "length_profile": self.profile is not None, "window_band": self.window_band,
+                "length_profile": self.profile is not None, "window_band": list(self.window_band),
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
