@@ -257,4 +257,6 @@ def test_a_config_update_whose_card_fails_writes_nothing(tmp_path, tokenizer, mo
     monkeypatch.undo()
     tagger_module.update_saved_config(path, {"int8_mixed": {"torch": {"float_ffn_out": [0], "scores": {}}}})
     assert json.loads((path / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]["float_ffn_out"] == [0]
-    assert "int8-mixed, torch | FFN output kept float32 in layers 0" in (path / "README.md").read_text()
+    assert "int8-mixed, torch | FFN output kept float32 in layer 0 (from 0)" in (path / "README.md").read_text()
+    tagger_module.update_saved_config(path, {"int8_mixed": {"torch": {"float_ffn_out": [], "scores": {}}}})
+    assert "int8-mixed, torch | FFN output kept float32 in no layer (runs as int8)" in (path / "README.md").read_text()

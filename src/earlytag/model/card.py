@@ -82,8 +82,10 @@ def render_card(config: dict[str, Any]) -> str:
     for backend, mixed in (et.get("int8_mixed") or {}).items():
         if not isinstance(mixed, dict):  # not a valid choice: loading the model says what is wrong with it
             continue
-        kept = ", ".join(map(str, mixed.get("float_ffn_out", []))) or "none"
-        lines.append(f"| int8-mixed, {backend} | FFN output kept float32 in layers {kept} (from 0): dev {metric} "
+        layers = mixed.get("float_ffn_out", [])
+        kept = (f"in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} (from 0)" if layers
+                else "in no layer (runs as int8)")
+        lines.append(f"| int8-mixed, {backend} | FFN output kept float32 {kept}: dev {metric} "
                      f"{_pct(mixed.get('score'))} against int8 {_pct(mixed.get('scores', {}).get('int8'))} and fp32 "
                      f"{_pct(mixed.get('scores', {}).get('fp32'))} on {mixed.get('sentences', '?')} sentences "
                      f"(batch size {mixed.get('batch_size', '?')}, "
