@@ -426,14 +426,23 @@ def shifted(name: str) -> str:
                 whole = [x["speedup"] for x in runs]
                 line.append(f"{min(c):.2f}x – {max(c):.2f}x, {sum(abs(x / t - 1) <= 0.1 for x in c)} of {len(rs)} "
                             f"({sum(abs(x / t - 1) <= 0.1 for x in whole)} of {len(rs)})")
-                diffs += [x["f1"] - x["fixed_curve_f1_at_same_speedup"] for x in runs
-                          if x["fixed_curve_f1_at_same_speedup"] is not None]
-            line.append(f"{100 * statistics.median(diffs):+.2f} (worst {100 * min(diffs):+.2f})" if diffs else "-")
+                diffs += _against_fixed(runs)
+            line.append(_median_worst(diffs))
             out.append(line)
     return markdown_table(["target", "controller", "fixed τ: realised", "fixed τ within ±10%", "controller, file order",
                            "controller, shuffled", "controller, sorted by length",
                            f"controller F1 − fixed-τ curve F1 at the same speed-up (median of the {3 * len(rs)} streams)"],
                           out)
+
+
+def _against_fixed(runs: list[dict]) -> list[float]:
+    """Each controller run's F1 minus the F1 of its stream's fixed-τ curve at the same speed-up (where it has one)."""
+    return [x["f1"] - x["fixed_curve_f1_at_same_speedup"] for x in runs
+            if x["fixed_curve_f1_at_same_speedup"] is not None]
+
+
+def _median_worst(diffs: list[float]) -> str:
+    return f"{100 * statistics.median(diffs):+.2f} (worst {100 * min(diffs):+.2f})" if diffs else "-"
 
 
 def shiftedorders(name: str) -> str:
@@ -449,9 +458,7 @@ def shiftedorders(name: str) -> str:
         for suffix in suffixes:
             line = [f"{t:g}x", labels[suffix]]
             for order in ("file", "shuffled", "sorted"):
-                diffs = [r[f"controller_{order}{suffix}"]["f1"] - r[f"controller_{order}{suffix}"]["fixed_curve_f1_at_same_speedup"]
-                         for r in rs if r[f"controller_{order}{suffix}"]["fixed_curve_f1_at_same_speedup"] is not None]
-                line.append(f"{100 * statistics.median(diffs):+.2f} (worst {100 * min(diffs):+.2f})" if diffs else "-")
+                line.append(_median_worst(_against_fixed([r[f"controller_{order}{suffix}"] for r in rs])))
             out.append(line)
     return markdown_table(["target", "controller", "file order", "shuffled", "sorted by length"], out)
 

@@ -115,3 +115,8 @@ def test_bench_names_the_layers_int8_mixed_kept(models):
     num_layers = len(tagger.model.adapter.layers)
     tagger.model.config.int8_mixed = {"torch": {"float_ffn_out": [1]}}
     assert _int8_mixed_layers(tagger, ["torch", "onnxruntime"]) == {"torch": [1], "onnxruntime": list(range(num_layers))}
+    tagger.model.config.int8_mixed = {"torch": {"float_ffn_out": []}}  # quantize found int8 alone good enough
+    assert _int8_mixed_layers(tagger, ["torch"]) == {"torch": []}
+    from earlytag.report import layer_list  # how results.md, quantize and the card name them
+
+    assert [layer_list(x) for x in ([], [1], [3, 4])] == ["no layer", "layer 1", "layers 3, 4"]

@@ -33,7 +33,7 @@ from .errors import ConfigError
 from .metrics import task_scores
 from .model.precision import cpu_flags
 from .peers import HFPipelinePeer, make_peer
-from .report import markdown_table
+from .report import layer_list, markdown_table
 from .storage import atomic_write_text
 
 
@@ -464,8 +464,7 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
              f"({meta['sentences']} sentences scored" + (f"; sentences timed: {timed}" if timing else "; not timed")
              + f"); {where}."]
     if meta.get("int8_mixed"):
-        kept = "; ".join(f"{backend}: layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
-                         for backend, layers in meta["int8_mixed"].items())
+        kept = "; ".join(f"{backend}: {layer_list(layers)}" for backend, layers in meta["int8_mixed"].items())
         lines.append(f"int8-mixed keeps the FFN output projection float32 in ({kept}; counted from 0), the rest int8.")
     if timing:
         lines.append(

@@ -323,18 +323,17 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .engine import ExitConfig
     from .quantize import choose_int8_mixed
+    from .report import describe_exit, layer_list
 
     set_threads(args.threads)
     choice = choose_int8_mixed(args.model, args.data, backend=args.backend, batch_size=args.batch_size,
                                limit=args.limit, tolerance=args.tolerance, save=not args.dry_run,
                                progress=not args.quiet, exit=_exit_settings(args) or None, data_dir=args.data_dir)
-    at = "full depth" if choice.exit is None else ExitConfig.from_dict(choice.exit).describe()
+    at = "full depth" if choice.exit is None else describe_exit(choice.exit)
     s = {k: 100 * v for k, v in choice.scores.items()}
     layers = choice.float_ffn_out
-    kept = (f"in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} (from 0)" if layers
-            else "in no layer (int8 alone was within the tolerance)")
+    kept = f"in {layer_list(layers)} " + ("(from 0)" if layers else "(int8 alone was within the tolerance)")
     print(f"scored on {choice.sentences} sentences of {args.data} (--limit sets how many, 0 all), {at}, "
           f"{args.backend} at batch size {args.batch_size}: fp32 {s['fp32']:.2f}, int8 {s['int8']:.2f}, every FFN "
           f"output float32 {s['int8-mixed, every layer']:.2f}; FFN output kept float32 {kept}: "

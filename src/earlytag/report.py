@@ -15,6 +15,13 @@ def format_layer_table(rows: list[dict[str, Any]], title: str = "score") -> str:
     return "\n".join(lines)
 
 
+def layer_list(layers: list[int]) -> str:
+    """Layer indices in words: ``layer 0``, ``layers 3, 4``, or ``no layer``."""
+    if not layers:
+        return "no layer"
+    return f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+
+
 def describe_exit(exit: dict[str, Any]) -> str:
     """An exit setting as the tables name it (``token τ=0.1 k=2 halted=frozen``) from its dict."""
     from .engine.policies import ExitConfig

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..report import describe_exit, layer_list
+
 CARD_NAME = "README.md"
 
 
@@ -83,13 +85,13 @@ def render_card(config: dict[str, Any]) -> str:
         if not isinstance(mixed, dict):  # not a valid choice: loading the model says what is wrong with it
             continue
         layers = mixed.get("float_ffn_out", [])
-        kept = (f"in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} (from 0)" if layers
-                else "in no layer (runs as int8)")
+        kept = f"in {layer_list(layers)} " + ("(from 0)" if layers else "(runs as int8)")
         lines.append(f"| int8-mixed, {backend} | FFN output kept float32 {kept}: dev {metric} "
                      f"{_pct(mixed.get('score'))} against int8 {_pct(mixed.get('scores', {}).get('int8'))} and fp32 "
                      f"{_pct(mixed.get('scores', {}).get('fp32'))} on {mixed.get('sentences', '?')} sentences "
                      f"(batch size {mixed.get('batch_size', '?')}, "
-                     + (f"scored with exit `{mixed['exit']}`" if mixed.get("exit") else "scored at full depth")
+                     + (f"scored with exit `{describe_exit(mixed['exit'])}`" if mixed.get("exit")
+                        else "scored at full depth")
                      + "; `earlytag quantize`) |")
     per_layer = training.get("dev_per_layer")
     if per_layer:
