@@ -410,7 +410,12 @@ def shifted(name: str) -> str:
               "_band05": f"length profile + feedback {per_call}, window band ±5%",
               "_band10": f"length profile + feedback {per_call}, window band ±10%",
               "_band05slow": f"length profile + feedback {per_call}, window band −5% (slower side only)",
-              "_band10slow": f"length profile + feedback {per_call}, window band −10% (slower side only)"}
+              "_band10slow": f"length profile + feedback {per_call}, window band −10% (slower side only)",
+              "_lengthdiff": f"length profile + difficulty per length group + feedback {per_call}",
+              "_lengthdiff_nowindow": f"length profile + difficulty per length group + feedback {per_call}, "
+                                      "no recent window",
+              "_lengthdiff_band05": f"length profile + difficulty per length group + feedback {per_call}, "
+                                    "window band ±5%"}
     variants = [(suffix, label) for suffix, label in labels.items() if f"controller_file{suffix}" in rows[0]]
     out = []
     for t in d["targets"]:

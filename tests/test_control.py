@@ -447,3 +447,80 @@ def test_window_band_lets_only_the_stream_since_the_warmup_move_tau_inside_the_b
     for bad in (-0.1, 1.0, "0.1", True, (0.1,), (0.1, -0.1), (0.1, 0.0, 0.0)):
         with pytest.raises(ConfigError, match="exit.window_band"):
             SpeedController(BASE, 2.0, window_band=bad)
+
+
+def test_length_difficulty_learns_how_much_harder_each_length_group_is_and_solves_tau_with_it():
+    """difficulty="length": per length group of the profile, the FLOPs the stream spent over the FLOPs the profile
+    predicted at the τ each input ran with (recorded by observe, checked against the sums by hand); a group not
+    reached yet takes the nearest one's; τ is then solved with every group's curve shifted by it."""
+    profile = LengthProfile(plant_profile(), min_inputs=1)
+    control = SpeedController(BASE, 2.0, profile=profile, difficulty="length", warmup_tokens=10**9)
+    assert control.offsets() == [0.0] * len(profile.groups)  # nothing seen: the dev data's difficulty
+    control.current([10, 10, 100])
+    log_tau = control.log_tau  # the τ solved (the setting handed to the engine rounds it to 6 digits)
+    inputs = [(10, 3e6, 10e6), (10, 5e6, 10e6), (100, 90e6, 100e6)]  # (tokens, FLOPs, full-depth FLOPs)
+    control.observe(98e6, 120e6, 120, inputs)
+    g10, g100 = profile.group(10), profile.group(100)
+    predicted10 = 20e6 * profile.spent_fraction(g10, log_tau)
+    predicted100 = 100e6 * profile.spent_fraction(g100, log_tau)
+    offsets = control.offsets()
+    assert offsets[g10] == pytest.approx(math.log(8e6 / predicted10))
+    assert offsets[g100] == pytest.approx(math.log(90e6 / predicted100))
+    assert g10 < g100 - 1  # groups between them, and beyond: the nearest seen group's (the shorter one on a tie)
+    for g in range(len(offsets)):
+        nearest = g10 if abs(g - g10) <= abs(g - g100) else g100
+        assert offsets[g] == offsets[nearest]
+    # the next τ: the profile, shifted by those offsets, predicts what the controller asks for these lengths
+    lengths = [10, 30, 100]
+    tau = control.current(lengths).threshold
+    asked = math.exp(control.log_ask)
+    assert profile.speedup(math.log(tau), lengths, offsets=offsets) == pytest.approx(asked, rel=1e-3)
+    assert control.to_dict()["difficulty"] == "length"
+    # the default learns one factor through the feedback alone: observe's inputs change nothing there
+    plain = SpeedController(BASE, 2.0, profile=profile, warmup_tokens=10**9)
+    plain.current([10, 10, 100])
+    plain.observe(98e6, 120e6, 120, inputs)
+    assert plain.offsets() == [0.0] * len(profile.groups)
+    with pytest.raises(ConfigError, match="exit.difficulty"):
+        SpeedController(BASE, 2.0, profile=profile, difficulty="per-length")
+
+
+def test_length_difficulty_holds_a_sorted_stream_whose_difficulty_grows_with_length():
+    """A stream sorted by length whose long inputs are far harder than the dev data's (short ones as hard): the
+    per-length difficulty learns each group as the stream reaches it and holds the target with the recent window
+    left out entirely (window_band 0.99), where one factor learnt by the stream since the warm-up alone trails."""
+    rng = random.Random(5)
+    lengths = sorted(rng.randint(4, 119) for _ in range(600))
+    profile = LengthProfile(plant_profile())
+    results = {}
+    for difficulty in ("stream", "length"):
+        control = SpeedController(BASE, 3.0, profile=profile, difficulty=difficulty, window_band=0.99)
+        for i in range(0, len(lengths), 16):
+            part = lengths[i:i + 16]
+            tau = control.current(part).threshold
+            flops = [n * 1e6 / length_plant(tau, n, 1.0 + n / 30) for n in part]
+            control.observe(sum(flops), sum(n * 1e6 for n in part), sum(part),
+                            [(n, f, n * 1e6) for n, f in zip(part, flops)])
+        results[difficulty] = control.realised_after_warmup
+    assert results["length"] == pytest.approx(3.0, rel=0.05)
+    assert abs(results["length"] / 3.0 - 1) < abs(results["stream"] / 3.0 - 1)
+
+
+def test_predict_gives_the_controller_each_inputs_tokens_and_flops(calibrated_dir, monkeypatch):
+    """What the Tagger passes to observe (spied): per input, its tokens and the FLOPs the engine spent on it,
+    summing to the call's totals and, over the run, to the prediction's FLOPs per document."""
+    tagger = Tagger.from_pretrained(calibrated_dir)
+    calls = []
+    control = tagger.speed_controller(2.0, profile=None)
+    real = control.observe
+    monkeypatch.setattr(control, "observe", lambda *a: calls.append(a) or real(*a))
+    words = SENTENCES * 6
+    pred = tagger.predict_words(words, control, batch_size=4)
+    assert len(calls) > 1
+    for flops, full, tokens, inputs in calls:
+        assert sum(f for _, f, _ in inputs) == pytest.approx(flops, rel=1e-6)
+        assert sum(ff for _, _, ff in inputs) == pytest.approx(full, rel=1e-6)
+        assert sum(n for n, _, _ in inputs) == tokens
+    assert sorted(n for c in calls for n, _, _ in c[3]) == sorted(
+        len(w) for w in tagger.featurizer.windows(words))
+    assert sum(f for c in calls for _, f, _ in c[3]) == pytest.approx(sum(pred.doc_flops), rel=1e-6)
