@@ -55,11 +55,6 @@ VARIANTS = {
     "band10": ("_band10", True, {"window_band": 0.1}),
     # ... only where it runs slower than the target by more than ~5% / ~10%; faster, it always counts
     "band05slow": ("_band05slow", True, {"window_band": (0.05, 0.0)}),
-    # how much harder the stream is, learnt per length group of the profile from every input so far (the feedback
-    # then only corrects what is left); with the recent window, or with the stream since the warm-up alone
-    "lengthdiff": ("_lengthdiff", True, {"difficulty": "length"}),
-    "lengthdiff_nowindow": ("_lengthdiff_nowindow", True, {"difficulty": "length", "window_band": 0.99}),
-    "lengthdiff_band05": ("_lengthdiff_band05", True, {"difficulty": "length", "window_band": 0.05}),
     "band10slow": ("_band10slow", True, {"window_band": (0.1, 0.0)}),
 }
 

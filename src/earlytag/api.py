@@ -255,10 +255,8 @@ class Tagger:
             lengths = [len(w) for w in windows]
             for u in range(0, len(batches), step):
                 done = self._run_batches(batches[u:u + step], control.current(lengths), batch_size)
-                inputs = [(len(windows[i]), f, ff) for o, idx in zip(done, order[u:u + step])
-                          for i, f, ff in zip(idx, o.flops.tolist(), o.flops_full.tolist())]
                 control.observe(sum(o.stats.flops for o in done), sum(o.stats.flops_full for o in done),
-                                sum(o.stats.tokens for o in done), inputs)
+                                sum(o.stats.tokens for o in done))
                 outs += done
         else:
             outs = self._run_batches(batches, cfg, batch_size)

@@ -148,43 +148,30 @@ class LengthProfile:
             weights[i] += n * self.full_per_token[i]
         return weights
 
-    def group(self, tokens: int) -> int:
-        """The group of an input of this many tokens."""
-        return self._group_of[length_bucket(tokens)]
-
-    def spent_fraction(self, group: int, log_tau: float) -> float:
-        """Predicted FLOPs of an input of ``group`` at threshold exp(log_tau), as a share of its full depth."""
-        return math.exp(-self._log_speedup(self.curves[group], log_tau))
-
     def _log_speedup(self, curve: list[float], log_tau: float) -> float:
         xs = self.log_taus
         i = min(max(bisect.bisect_right(xs, log_tau) - 1, 0), len(xs) - 2)
         slope = max(0.0, (curve[i + 1] - curve[i]) / (xs[i + 1] - xs[i]))
         return max(0.0, curve[i] + slope * (log_tau - xs[i]))
 
-    def speedup(self, log_tau: float, lengths: Sequence[int], weights: list[float] | None = None,
-                offsets: Sequence[float] | None = None) -> float:
-        """Predicted FLOPs speed-up of a batch of inputs with these token counts at threshold exp(log_tau);
-        ``offsets``: per group, log of how many times the FLOPs the dev data spent the stream spends."""
+    def speedup(self, log_tau: float, lengths: Sequence[int], weights: list[float] | None = None) -> float:
+        """Predicted FLOPs speed-up of a batch of inputs with these token counts at threshold exp(log_tau)."""
         weights = self.weights(lengths) if weights is None else weights
-        offsets = offsets or [0.0] * len(self.curves)
-        spent = sum(w * math.exp(d - self._log_speedup(c, log_tau))
-                    for w, c, d in zip(weights, self.curves, offsets) if w)
+        spent = sum(w * math.exp(-self._log_speedup(c, log_tau)) for w, c in zip(weights, self.curves) if w)
         total = sum(weights)
         return total / spent if spent else 1.0
 
     def threshold(self, log_speedup: float, lengths: Sequence[int], floor: float, ceiling: float,
-                  weights: list[float] | None = None, offsets: Sequence[float] | None = None) -> tuple[float, bool]:
+                  weights: list[float] | None = None) -> tuple[float, bool]:
         """log τ in [floor, ceiling] at which the profile predicts exp(log_speedup) for these inputs, and whether
-        the ceiling stopped it short (``weights``: :meth:`weights` of ``lengths``, where the caller keeps them;
-        ``offsets``: as for :meth:`speedup`)."""
+        the ceiling stopped it short (``weights``: :meth:`weights` of ``lengths``, where the caller keeps them)."""
         weights = self.weights(lengths) if weights is None else weights
-        if math.log(self.speedup(ceiling, lengths, weights, offsets)) < log_speedup:
+        if math.log(self.speedup(ceiling, lengths, weights)) < log_speedup:
             return ceiling, True
         lo, hi = floor, ceiling
         for _ in range(40):  # bisection: the prediction never falls as τ grows
             mid = 0.5 * (lo + hi)
-            if math.log(self.speedup(mid, lengths, weights, offsets)) < log_speedup:
+            if math.log(self.speedup(mid, lengths, weights)) < log_speedup:
                 lo = mid
             else:
                 hi = mid
@@ -195,8 +182,7 @@ class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
                  batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request",
-                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0,
-                 difficulty: str = "stream"):
+                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -209,8 +195,6 @@ class SpeedController:
                                   for b in bands):
             raise ConfigError("exit.window_band", "must be a number in [0, 1) (a log speed-up), or two (below the "
                                                   f"target, above it), got {window_band!r}")
-        if difficulty not in ("stream", "length"):
-            raise ConfigError("exit.difficulty", f"expected stream or length, got {difficulty!r}")
         if profile_over not in ("request", "window"):
             raise ConfigError("exit.profile_over", f"expected request or window, got {profile_over!r}")
         self.base = base
@@ -235,12 +219,6 @@ class SpeedController:
         # how far (in log speed-up) the recent window may run below / above the target before it moves τ: inside
         # the band only the stream since the warm-up does (0: the window always counts)
         self.window_band = (float(bands[0]), float(bands[1]))
-        # how much harder the stream is than the dev data: one factor, learnt by the feedback ("stream"), or also
-        # per length group of the profile, from every input since the start ("length", with a profile)
-        self.difficulty = difficulty
-        groups = len(profile.curves) if profile is not None else 0
-        self._spent = [0.0] * groups  # per group: FLOPs the stream spent, and what the profile predicted for it
-        self._predicted = [0.0] * groups
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
@@ -268,18 +246,8 @@ class SpeedController:
                         self._recent_tokens -= self._recent.popleft()[1]
                     self._weights = [sum(col) for col in zip(*(w for w, _ in self._recent))]
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
-            self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights,
-                                                               self.offsets() if self.difficulty == "length" else None)
+            self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
         return replace(self.base, threshold=round(self.tau, 6))
-
-    def offsets(self) -> list[float]:
-        """Per length group of the profile: log of how many times the FLOPs the profile predicts the stream has
-        spent so far ("length" difficulty); a group the stream has not reached yet takes the nearest one's."""
-        seen = [i for i, p in enumerate(self._predicted) if p > 0]
-        if not seen:
-            return [0.0] * len(self._predicted)
-        own = {i: math.log(self._spent[i] / self._predicted[i]) for i in seen}
-        return [own[min(seen, key=lambda i: (abs(i - g), i))] for g in range(len(self._predicted))]
 
     @staticmethod
     def _ratio(flops: float, full: float) -> float:
@@ -297,22 +265,10 @@ class SpeedController:
     def realised_after_warmup(self) -> float:
         return self._ratio(*self.after_warmup)
 
-    def observe(self, flops: float, flops_full: float, tokens: int,
-                inputs: Sequence[tuple[int, float, float]] | None = None) -> None:
-        """Account for one engine call and move the thresholds; ``inputs``: (tokens, FLOPs, full-depth FLOPs) of
-        each of its inputs (what "length" difficulty learns from; without them it learns nothing this call)."""
+    def observe(self, flops: float, flops_full: float, tokens: int) -> None:
+        """Account for one engine call and move the thresholds."""
         if tokens <= 0 or flops <= 0:
             return
-        if self.difficulty == "length" and self.profile is not None and inputs:
-            full = [0.0] * len(self._spent)
-            for n, f, ff in inputs:
-                if n > 0 and f > 0:
-                    g = self.profile.group(n)
-                    self._spent[g] += f
-                    full[g] += ff
-            for g, ff in enumerate(full):  # what the profile predicts at the τ this call ran with
-                if ff:
-                    self._predicted[g] += ff * self.profile.spent_fraction(g, self.log_tau)
         warm = self.total[2] >= self.warmup_tokens
         self.calls += 1
         self.total[0] += flops
@@ -359,7 +315,6 @@ class SpeedController:
                 "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None, "window_band": list(self.window_band),
-                "difficulty": self.difficulty,
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
