@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from earlytag import Tagger
-from earlytag.bench import _paired
+from earlytag.bench import paired
 from earlytag.data.batching import collate, length_sorted_batches
 from earlytag.engine import ExitConfig, ExitStats
 
@@ -88,8 +88,8 @@ def main() -> None:
     full, early = (median_pass(passes[k]) for k in cfgs)
     size = 1 if args.batch_size == 1 else 8  # as earlytag bench: units of 8 batches that the engine refills across
     units = [batches[i:i + size] for i in range(0, len(batches), size)]
-    speedup, early_s, full_s, _ = _paired(tagger, units, cfgs["early"], 3,
-                                          refill=args.batch_size > 1)
+    timing = paired(lambda u: run(tagger, u, cfgs["full"]), lambda u: run(tagger, u, cfgs["early"]), units, 3)
+    speedup, early_s, full_s = timing.speedup, timing.seconds, timing.baseline_seconds
     result = {"batch_size": args.batch_size, "sentences": len(docs), "torch_threads": torch.get_num_threads(),
               "full": full, "early": early,
               "unprofiled": {"full_s": full_s, "early_s": early_s, "wall_speedup": speedup},
