@@ -55,9 +55,6 @@ VARIANTS = {
     "band10": ("_band10", True, {"window_band": 0.1}),
     # ... only where it runs slower than the target by more than ~5% / ~10%; faster, it always counts
     "band05slow": ("_band05slow", True, {"window_band": (0.05, 0.0)}),
-    # a band that narrows by the stream's own deviation since the warm-up (none left once the stream is off by it)
-    "band05shrink": ("_band05shrink", True, {"window_band": 0.05, "band_shrinks": True}),
-    "band10shrink": ("_band10shrink", True, {"window_band": 0.1, "band_shrinks": True}),
     "band10slow": ("_band10slow", True, {"window_band": (0.1, 0.0)}),
 }
 

@@ -182,8 +182,7 @@ class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
                  batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request",
-                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0,
-                 band_shrinks: bool = False):
+                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -220,10 +219,6 @@ class SpeedController:
         # how far (in log speed-up) the recent window may run below / above the target before it moves τ: inside
         # the band only the stream since the warm-up does (0: the window always counts)
         self.window_band = (float(bands[0]), float(bands[1]))
-        # the band narrows by the stream's own deviation since the warm-up (gone once that reaches it): a stream
-        # held at the target leaves the window its band, one drifting off (a length drift the profile missed)
-        # gets the window's correction back
-        self.band_shrinks = band_shrinks
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
@@ -293,9 +288,6 @@ class SpeedController:
         since = self.realised_after_warmup if warm else self.realised_total
         window_error = math.log(self.target) - math.log(self.realised_window)
         below, above = self.window_band  # window_error > 0: the window ran slower than the target
-        if self.band_shrinks:
-            spent = abs(math.log(self.target) - math.log(since))
-            below, above = max(0.0, below - spent), max(0.0, above - spent)
         window_error = max(0.0, window_error - below) if window_error > 0 else min(0.0, window_error + above)
         error = window_error + math.log(self.target) - math.log(since)
         limit = self.max_step if self.profile is None else self.ask_step  # of log τ, or of log(speed-up asked)
@@ -323,7 +315,6 @@ class SpeedController:
                 "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None, "window_band": list(self.window_band),
-                "band_shrinks": self.band_shrinks,
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
