@@ -141,6 +141,23 @@ def test_everything_halts_at_layer_one(tokenizer):
     assert torch.equal(out.pred[batch.word_mask], ref.argmax(-1)[batch.word_mask])
 
 
+def test_a_zero_threshold_is_a_floor_no_word_halts_below(tokenizer):
+    """Per-layer thresholds with τ = 0 on the lowest layers (``exit_windows.py --min-layers``): no word halts there
+    (halting needs uncertainty strictly below τ), and every word halts at the first layer above the floor when its
+    τ lets everyone go — the exit layers and the active tokens the engine reports."""
+    model = tiny_model("bert")
+    layers = model.num_layers
+    assert layers >= 3
+    batch = batch_of(tokenizer, SENTENCES)
+    for floor in (1, 2):  # no halting at layers 1..floor (0-based exits 0..floor-1)
+        taus = [0.0] * floor + [1.01] * (layers - floor)
+        out = Engine(model).run(batch, ExitConfig(policy="token", threshold=taus, window=2))
+        assert (out.exit_layer[batch.word_mask] == floor).all()
+        assert all(n > 0 for n in out.stats.active_tokens[: floor + 1])
+        assert out.stats.active_tokens[floor + 1:] == [0] * (layers - floor - 1)
+        assert out.stats.mean_exit_layer == pytest.approx(floor + 1.0)
+
+
 def test_empty_and_one_word_sentences(tokenizer):
     model = tiny_model("bert")
     batch = batch_of(tokenizer, [[], ["Hi"], [], ["Hello", "there"]])
