@@ -8,7 +8,9 @@ interpolated at 2x/3x/4x.
 The paper's rule (and the default) is k=2 with τ on the lower half of the layers and 2τ on the upper half; a
 segmenter's B/M/E/S tags depend on the characters right beside them, so other windows may trade differently.
 ``--min-layers M ...`` adds a floor: no character halts before layer M (τ = 0 on the layers below it, a per-layer
-threshold list), for models whose lowest heads are weak. Scores and FLOPs only: no timing.
+threshold list), for models whose lowest heads are weak; ``--early-multipliers F ... --early-until E`` scales τ on
+the layers from the floor up to layer E by F (F > 1: the first layers above the floor let more words go, F < 1:
+fewer). Scores and FLOPs only: no timing.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main() -> None:
     ap.add_argument("--thresholds", nargs="+", type=float, default=list(TAUS), help="the τ swept for each curve")
     ap.add_argument("--min-layers", nargs="+", type=int, default=[1],
                     help="the first layer at which a word may halt (1: any; M: τ = 0 below layer M)")
+    ap.add_argument("--early-multipliers", nargs="+", type=float, default=[1.0],
+                    help="τ times this on the layers from the floor up to --early-until")
+    ap.add_argument("--early-until", type=int, default=3, help="the last layer the early multiplier applies to")
     ap.add_argument("--out", required=True, help="JSON; a markdown table is written beside it (.md)")
     args = ap.parse_args()
     tagger = Tagger.from_pretrained(args.model)
@@ -51,24 +56,29 @@ def main() -> None:
     for k in args.windows:
         for m in args.multipliers:
             for low in args.min_layers:
-                points = [(1.0, full)]
-                for tau in args.thresholds:
-                    cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m)
-                    if low > 1:  # the same τ per layer, none below the floor
-                        taus = cfg.thresholds(layers)
-                        cfg = ExitConfig("token", threshold=[0.0] * (low - 1) + taus[low - 1:], window=k)
-                    r = tagger.evaluate(data, exit=cfg)
-                    points.append((r["flops_speedup"], r["score"]))
-                curves.append({"window": k, "upper_multiplier": m, "min_layer": low, "points": points,
-                               "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
-                print(f"k={k} x{m:g} from layer {low}: " + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()),
-                      file=sys.stderr, flush=True)
+                for early in args.early_multipliers:
+                    points = [(1.0, full)]
+                    for tau in args.thresholds:
+                        cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m)
+                        if low > 1 or early != 1.0:  # per layer: none below the floor, τ·early up to early_until
+                            taus = [0.0 if i + 1 < low else t * early if i + 1 <= args.early_until else t
+                                    for i, t in enumerate(cfg.thresholds(layers))]
+                            cfg = ExitConfig("token", threshold=taus, window=k)
+                        r = tagger.evaluate(data, exit=cfg)
+                        points.append((r["flops_speedup"], r["score"]))
+                    curves.append({"window": k, "upper_multiplier": m, "min_layer": low, "early_multiplier": early,
+                                   "points": points, "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
+                    print(f"k={k} x{m:g} from layer {low} early x{early:g}: "
+                          + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()), file=sys.stderr, flush=True)
     out = {"model": args.model, "data": args.data, "full_depth": full, "taus": args.thresholds, "curves": curves}
     atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
     floors = args.min_layers != [1]  # the column only where a floor was swept (the tables written before it)
+    early = args.early_multipliers != [1.0]
     rows = [[c["window"], f"τ, {c['upper_multiplier']:g}τ", *([c["min_layer"]] if floors else []),
+             *([f"{c['early_multiplier']:g}τ"] if early else []),
              *("-" if v is None else f"{100 * v:.2f}" for v in c["at"].values())] for c in curves]
     table = markdown_table(["window k", "lower half, upper half", *(["halts from layer"] if floors else []),
+                            *([f"τ up to layer {args.early_until}"] if early else []),
                             *(f"at {t:g}x FLOPs" for t in args.targets)], rows)
     atomic_write_text(Path(args.out).with_suffix(".md"), table + f"\n\nFull depth: {100 * full:.2f}.\n")
 
