@@ -6,7 +6,8 @@
 Calibrates on one genre's UNER EWT dev sentences and tags another genre's dev+test sentences as
 ``scripts/shifted_streams.py`` does (the same setting, pieces of 128 sentences, batch 32), printing after every
 engine call the tokens so far, the τ it ran with, the FLOPs speed-up of the call, of the recent window and of the
-stream since the warm-up, and the speed-up asked of the length profile next. ``--options`` adds SpeedController
+stream since the warm-up, and the speed-up asked of the length profile next. (``--order shuffled`` shuffles with
+its own seed: not the order of a shifted_streams.py run, whose random order is shared across its streams.) ``--options`` adds SpeedController
 options as JSON (e.g. '{"window_band": 0.05}'): each set of options is traced in turn, the default first.
 """
 
@@ -22,11 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from shifted_streams import GENRES, genre, run  # noqa: E402
+from shifted_streams import GENRES, calibration_table, genre, run, setting_for  # noqa: E402
 
 from earlytag import Tagger  # noqa: E402
-from earlytag.calibrate import calibrate  # noqa: E402
-from earlytag.data.datasets import Dataset  # noqa: E402
 from earlytag.engine import ExitConfig  # noqa: E402
 from earlytag.engine.control import LengthProfile, SpeedController  # noqa: E402
 
@@ -48,12 +47,8 @@ def main() -> None:
         stream.sort(key=len)
     elif args.order == "shuffled":
         random.Random(0).shuffle(stream)
-    data = Dataset([s for s in dev.sentences if genre(s) == args.calibrated_on], "ner", "iob2", dev.path)
-    table = [r for r in calibrate(tagger, data, 2.0, limit=None).table if r["exit"].get("window") == 2]
-    reaching = [r for r in table if r["flops_speedup"] >= args.target]
-    chosen = (max(reaching, key=lambda r: (r["score"], r["flops_speedup"])) if reaching
-              else max(table, key=lambda r: r["flops_speedup"]))
-    fixed = ExitConfig.from_dict(chosen["exit"])
+    table = calibration_table(tagger, dev, args.calibrated_on)
+    fixed = ExitConfig.from_dict(setting_for(table, args.target)["exit"])
     profile = LengthProfile.from_table(table, fixed)
     lines = [f"{args.calibrated_on} -> {args.stream}, target {args.target:g}x, {args.order}, {len(stream)} sentences; "
              f"start: {fixed.describe()}"]

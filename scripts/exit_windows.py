@@ -16,6 +16,7 @@ fewer). Scores and FLOPs only: no timing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -53,23 +54,20 @@ def main() -> None:
     full = tagger.evaluate(data, exit="none")["score"]
     curves = []
     layers = tagger.num_layers
-    for k in args.windows:
-        for m in args.multipliers:
-            for low in args.min_layers:
-                for early in args.early_multipliers:
-                    points = [(1.0, full)]
-                    for tau in args.thresholds:
-                        cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m)
-                        if low > 1 or early != 1.0:  # per layer: none below the floor, τ·early up to early_until
-                            taus = [0.0 if i + 1 < low else t * early if i + 1 <= args.early_until else t
-                                    for i, t in enumerate(cfg.thresholds(layers))]
-                            cfg = ExitConfig("token", threshold=taus, window=k)
-                        r = tagger.evaluate(data, exit=cfg)
-                        points.append((r["flops_speedup"], r["score"]))
-                    curves.append({"window": k, "upper_multiplier": m, "min_layer": low, "early_multiplier": early,
-                                   "points": points, "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
-                    print(f"k={k} x{m:g} from layer {low} early x{early:g}: "
-                          + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()), file=sys.stderr, flush=True)
+    for k, m, low, early in itertools.product(args.windows, args.multipliers, args.min_layers, args.early_multipliers):
+        points = [(1.0, full)]
+        for tau in args.thresholds:
+            cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m)
+            if low > 1 or early != 1.0:  # per layer: none below the floor, τ·early up to early_until
+                taus = [0.0 if i + 1 < low else t * early if i + 1 <= args.early_until else t
+                        for i, t in enumerate(cfg.thresholds(layers))]
+                cfg = ExitConfig("token", threshold=taus, window=k)
+            r = tagger.evaluate(data, exit=cfg)
+            points.append((r["flops_speedup"], r["score"]))
+        curves.append({"window": k, "upper_multiplier": m, "min_layer": low, "early_multiplier": early,
+                       "points": points, "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
+        print(f"k={k} x{m:g} from layer {low} early x{early:g}: "
+              + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()), file=sys.stderr, flush=True)
     out = {"model": args.model, "data": args.data, "full_depth": full, "taus": args.thresholds, "curves": curves}
     atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
     floors = args.min_layers != [1]  # the column only where a floor was swept (the tables written before it)

@@ -72,6 +72,20 @@ def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
+def calibration_table(tagger: Tagger, dev: Dataset, cal: str) -> list[dict]:
+    """The calibration grid on one genre's dev sentences, window 2 (the window of the fixed-τ curves); one sweep
+    gives the setting of every target."""
+    data = Dataset([s for s in dev.sentences if genre(s) == cal], "ner", "iob2", dev.path)
+    return [r for r in calibrate(tagger, data, 2.0, limit=None).table if r["exit"].get("window") == 2]
+
+
+def setting_for(table: list[dict], target: float) -> dict:
+    """The row ``calibrate`` would choose for ``target``: the best-scoring one reaching it, else the fastest."""
+    reaching = [r for r in table if r["flops_speedup"] >= target]
+    return (max(reaching, key=lambda r: (r["score"], r["flops_speedup"])) if reaching
+            else max(table, key=lambda r: r["flops_speedup"]))
+
+
 def run(tagger: Tagger, sentences, exit, batch_size: int, piece: int = 0) -> tuple[float, float, dict | None]:
     """Tag a stream in pieces of ``piece`` sentences (one Tagger call each, as requests reach the service or
     chunks of a file reach ``predict``; 0: one call), so that the order of the stream matters to the controller."""
@@ -104,7 +118,6 @@ def main() -> None:
     tagger = Tagger.from_pretrained(args.model)
     dev, test = tagger.load("uner-en-ewt:dev"), tagger.load("uner-en-ewt:test")
     by_genre = {g: [s for s in dev.sentences + test.sentences if genre(s) == g] for g in GENRES}
-    dev_by_genre = {g: [s for s in dev.sentences if genre(s) == g] for g in GENRES}
     rng = random.Random(0)
     # the fixed-threshold curve of every genre (scores and speed-ups over a sweep of τ)
     curves = {}
@@ -116,13 +129,9 @@ def main() -> None:
         print(f"curve {g}: {len(by_genre[g])} sentences", file=sys.stderr, flush=True)
     rows = []
     for cal in args.calibration_genres:
-        data = Dataset(dev_by_genre[cal], "ner", "iob2", dev.path)
-        table = calibrate(tagger, data, 2.0, limit=None).table  # one sweep gives the setting of every target
-        table = [r for r in table if r["exit"].get("window") == 2]  # the window of the curves above
+        table = calibration_table(tagger, dev, cal)
         for target in args.targets:
-            reaching = [r for r in table if r["flops_speedup"] >= target]
-            chosen = (max(reaching, key=lambda r: (r["score"], r["flops_speedup"])) if reaching
-                      else max(table, key=lambda r: r["flops_speedup"]))
+            chosen = setting_for(table, target)
             fixed = ExitConfig.from_dict(chosen["exit"])
             for g in GENRES:
                 if g == cal:
