@@ -7,10 +7,10 @@ interpolated at 2x/3x/4x.
 
 The paper's rule (and the default) is k=2 with τ on the lower half of the layers and 2τ on the upper half; a
 segmenter's B/M/E/S tags depend on the characters right beside them, so other windows may trade differently.
-``--min-layers M ...`` adds a floor: no character halts before layer M (τ = 0 on the layers below it, a per-layer
-threshold list), for models whose lowest heads are weak; ``--early-multipliers F ... --early-until E`` scales τ on
-the layers from the floor up to layer E by F (F > 1: the first layers above the floor let more words go, F < 1:
-fewer). Scores and FLOPs only: no timing.
+``--min-layers M ...`` adds a floor: no character halts before layer M (the exit setting ``min_layer``,
+``--min-layer`` on the CLI: τ = 0 on the layers below it), for models whose lowest heads are weak;
+``--early-multipliers F ... --early-until E`` scales τ on the layers from the floor up to layer E by F (F > 1: the
+first layers above the floor let more words go, F < 1: fewer). Scores and FLOPs only: no timing.
 """
 
 from __future__ import annotations
@@ -57,11 +57,10 @@ def main() -> None:
     for k, m, low, early in itertools.product(args.windows, args.multipliers, args.min_layers, args.early_multipliers):
         points = [(1.0, full)]
         for tau in args.thresholds:
-            cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m)
-            if low > 1 or early != 1.0:  # per layer: none below the floor, τ·early up to early_until
-                taus = [0.0 if i + 1 < low else t * early if i + 1 <= args.early_until else t
-                        for i, t in enumerate(cfg.thresholds(layers))]
-                cfg = ExitConfig("token", threshold=taus, window=k)
+            cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m, min_layer=low)
+            if early != 1.0:  # per layer: τ·early from the floor up to early_until
+                taus = [t * early if i + 1 <= args.early_until else t for i, t in enumerate(cfg.thresholds(layers))]
+                cfg = ExitConfig("token", threshold=taus, window=k, min_layer=low)
             r = tagger.evaluate(data, exit=cfg)
             points.append((r["flops_speedup"], r["score"]))
         curves.append({"window": k, "upper_multiplier": m, "min_layer": low, "early_multiplier": early,

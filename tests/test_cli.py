@@ -198,6 +198,30 @@ def test_calibrate_stores_its_table_and_changes_the_default_only_when_asked(caps
     assert (copy / "config.json").read_text() == config_before
 
 
+def test_min_layer_floors_evaluate_calibrate_and_bench(capsys, model_dir, tmp_path, shared_data):
+    """``--min-layer M``: nobody halts before layer M — on evaluate (τ that lets everyone go halts every word at
+    layer M exactly), in every setting calibrate searches and stores, and in every token setting bench sweeps."""
+    code, out, err = run(capsys, "evaluate", model_dir, "uner-en-ewt:dev", "--limit", 40, "--exit", "token",
+                         "--threshold", 1.01, "--upper-multiplier", 1, "--min-layer", 2, "--json", "-")
+    assert code == 0, err
+    result = json.loads(out[out.index('{\n  "'):])
+    assert result["exit"]["min_layer"] == 2 and result["mean_exit_layer"] == pytest.approx(2.0)
+    code, out, err = run(capsys, "calibrate", model_dir, "uner-en-ewt:dev", "--target-speedup", 1.2, "--limit", 40,
+                         "--min-layer", 2, "--dry-run")
+    assert code == 0, err
+    assert json.loads(out)["exit"]["min_layer"] == 2 and "from layer 2" in err
+    bench = tmp_path / "bench"
+    code, out, err = run(capsys, "bench", model_dir, "uner-en-ewt:dev", "--out", bench, "--limit", 40, "--no-timing",
+                         "--policies", "token", "--window", 1, "--min-layer", 2, "--quiet")
+    assert code == 0, err
+    rows = [r for r in json.loads((bench / "results.json").read_text()) if r["policy"] == "token"]
+    assert rows and all(r["settings"]["min_layer"] == 2 and r["settings"]["window"] == 1 for r in rows)
+    assert all(r["mean_exit_layer"] >= 2.0 for r in rows)
+    code, _, err = run(capsys, "evaluate", model_dir, "uner-en-ewt:dev", "--exit", "token", "--threshold", 0.1,
+                       "--min-layer", 9)
+    assert code == 2 and "exit.min_layer" in err and len(shown(err)) == 1
+
+
 def test_quantize_stores_its_choice_and_says_what_it_stored(capsys, model_dir, tmp_path):
     import shutil
 

@@ -158,6 +158,51 @@ def test_a_zero_threshold_is_a_floor_no_word_halts_below(tokenizer):
         assert out.stats.mean_exit_layer == pytest.approx(floor + 1.0)
 
 
+def test_min_layer_is_the_floor_of_the_per_layer_list(tokenizer):
+    """``min_layer`` (``--min-layer``) is the floor the per-layer lists above spell by hand: the same thresholds and
+    the same engine run — exit layers, predictions and active tokens — on token and sentence exit."""
+    model = tiny_model("bert")
+    layers = model.num_layers
+    batch = batch_of(tokenizer, SENTENCES)
+    for floor in (2, 3):
+        by_hand = [0.0] * (floor - 1) + [1.01] * (layers - floor + 1)
+        for policy in ("token", "sentence"):
+            cfg = ExitConfig(policy=policy, threshold=1.01, upper_multiplier=1.0, min_layer=floor)
+            assert cfg.thresholds(layers) == by_hand
+            out = Engine(model).run(batch, cfg)
+            ref = Engine(model).run(batch, ExitConfig(policy=policy, threshold=by_hand))
+            assert (out.exit_layer[batch.word_mask] == floor - 1).all()
+            assert torch.equal(out.exit_layer, ref.exit_layer) and torch.equal(out.pred, ref.pred)
+            assert out.stats.active_tokens == ref.stats.active_tokens
+            assert out.stats.active_tokens[floor:] == [0] * (layers - floor)
+
+
+def test_min_layer_thresholds_descriptions_and_stored_form():
+    cfg = ExitConfig(policy="token", threshold=0.1, min_layer=3)
+    assert cfg.thresholds(6) == [0.0, 0.0, 0.1, 0.2, 0.2, 0.2]  # the upper half still at 2τ
+    assert ExitConfig(policy="token", threshold=[0.1, 0.2, 0.3], min_layer=2).thresholds(3) == [0.0, 0.2, 0.3]
+    assert ExitConfig(policy="sentence", threshold=0.1, min_layer=2).thresholds(4) == [0.0, 0.1, 0.1, 0.1]
+    assert cfg.describe().endswith("from layer 3") and "from layer" not in ExitConfig("token", threshold=0.1).describe()
+    assert cfg.to_dict()["min_layer"] == 3 and ExitConfig.from_dict(cfg.to_dict()) == cfg
+    # no floor: stored as before the setting existed (a calibration table's rows and a model's default read alike)
+    assert "min_layer" not in ExitConfig("token", threshold=0.1).to_dict()
+    assert "min_layer" not in ExitConfig("patience", min_layer=3).to_dict()  # a setting patience does not read
+
+
+def test_a_grid_takes_the_floor_and_window_only_where_its_policy_reads_them():
+    from earlytag.bench import default_grid
+    from earlytag.calibrate import candidates
+
+    token = default_grid("token", 6, thresholds=[0.1, 0.2], window=1, min_layer=2)
+    assert [(c.threshold, c.window, c.min_layer) for c in token] == [(0.1, 1, 2), (0.2, 1, 2)]
+    assert all(c.min_layer == 1 for c in default_grid("static", 6, min_layer=2))
+    assert {c.min_layer for c in candidates("sentence", 6, min_layer=3)} == {3}
+    assert {c.window for c in default_grid("patience", 6, window=1)} == {1}
+    with pytest.raises(ConfigError) as info:
+        candidates("token", 6, min_layer=7)
+    assert info.value.field == "exit.min_layer"
+
+
 def test_empty_and_one_word_sentences(tokenizer):
     model = tiny_model("bert")
     batch = batch_of(tokenizer, [[], ["Hi"], [], ["Hello", "there"]])
@@ -246,6 +291,9 @@ def test_patience_rule():
     ({"policy": "patience", "patience": 0}, "exit.patience"),
     ({"policy": "none", "kv": "maybe"}, "exit.kv"),
     ({"policy": "none", "speed": 2}, "exit.speed"),
+    ({"policy": "token", "threshold": 0.1, "min_layer": 0}, "exit.min_layer"),
+    ({"policy": "token", "threshold": 0.1, "min_layer": 7}, "exit.min_layer"),
+    ({"policy": "sentence", "threshold": 0.1, "min_layer": 1.5}, "exit.min_layer"),
 ])
 def test_invalid_exit_settings_name_the_field(settings, field):
     with pytest.raises(ConfigError) as info:

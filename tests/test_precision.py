@@ -256,7 +256,8 @@ def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkey
     covered = [ExitConfig(), ExitConfig("static", layer=2), ExitConfig("token", threshold=0.3, window=1),
                ExitConfig("token", threshold=0.2, window=0, criterion="maxprob"),
                ExitConfig("token", threshold=[0.05 * (i + 1) for i in range(layers)], window=2),
-               ExitConfig("token", threshold=1.5, window=1), ExitConfig("sentence", threshold=0.3)]
+               ExitConfig("token", threshold=1.5, window=1), ExitConfig("sentence", threshold=0.3),
+               ExitConfig("token", threshold=1.5, window=1, min_layer=2)]
     for cfg in covered + [ExitConfig("patience", patience=1), ExitConfig("token", threshold=0.3, halted="rescore"),
                           ExitConfig("sentence", threshold=0.3, pool="mean")]:
         ref = torch_tagger.predict_words(docs, cfg, 1)
@@ -282,6 +283,8 @@ def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkey
             assert mine == theirs, (cfg.describe(), whole)  # counts of sentences, words, tokens, per layer
     early = ort_tagger.predict_words(docs, ExitConfig("token", threshold=1.5, window=1), 1)
     assert {e for s in early.exit_layers for e in s} == {1}  # everyone after layer 1: layers 2.. ran on zero rows
+    floor = ort_tagger.predict_words(docs, ExitConfig("token", threshold=1.5, window=1, min_layer=2), 1)
+    assert {e for s in floor.exit_layers for e in s} == {2}  # the floor holds everyone to layer 2 in the graph too
 
 
 def test_onnxruntime_int8_climb_keeps_exit_heads_float32(model_dir, tmp_path, monkeypatch):

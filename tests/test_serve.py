@@ -74,9 +74,11 @@ def test_ready_is_503_until_loaded(model_dir, monkeypatch):
         wait_ready(c)
 
 
-def test_predict_matches_the_python_api(client, model_dir):
+@pytest.mark.parametrize("exit", [{"policy": "token", "threshold": 0.3, "window": 1},
+                                  {"policy": "token", "threshold": 1.01, "upper_multiplier": 1.0, "min_layer": 2}],
+                         ids=["token", "floor"])
+def test_predict_matches_the_python_api(client, model_dir, exit):
     texts = ["Angela Merkel visited Paris.", "Hello there"]
-    exit = {"policy": "token", "threshold": 0.3, "window": 1}
     body = client.post("/predict", json={"texts": texts, "exit": exit}).json()
     tagger = Tagger.from_pretrained(model_dir)
     expected, pred = tagger.documents([tagger.to_sentence(t) for t in texts], exit)
@@ -85,6 +87,8 @@ def test_predict_matches_the_python_api(client, model_dir):
     layers = [t["exit_layer"] for d in expected for t in d["tokens"]]
     assert body["stats"]["mean_exit_layer"] == pytest.approx(sum(layers) / len(layers))
     assert body["stats"]["flops_speedup"] == pytest.approx(pred.flops_speedup())
+    if "min_layer" in exit:  # a τ everyone passes: every word halts at the floor (exit layers count from 1)
+        assert set(layers) == {2}
 
 
 def test_default_exit_and_target_speedup(client):
@@ -101,6 +105,7 @@ def test_default_exit_and_target_speedup(client):
     ({"texts": ["a"], "exit": {"policy": "token"}}, 422, "exit.threshold"),
     ({"texts": ["a"], "exit": {"policy": "warp"}}, 422, ""),
     ({"texts": ["a"], "exit": {"policy": "static", "layer": 99}}, 422, "exit.layer"),
+    ({"texts": ["a"], "exit": {"policy": "token", "threshold": 0.1, "min_layer": 99}}, 422, "exit.min_layer"),
     ({"texts": ["a"], "exit": {"threshold": -1, "policy": "sentence"}}, 422, "exit.threshold"),
     ({"texts": ["a"], "exit": {"target_speedup": 0.5}}, 422, "exit.target_speedup"),
     ({"texts": ["a"], "exit": {"speed": 3}}, 422, ""),

@@ -28,7 +28,7 @@ from .api import Tagger
 from .data.batching import collate, length_sorted_batches
 from .defaults import HALTED_DEFAULT, ONNX_PRECISIONS
 from .engine import REGISTRY, ExitConfig, ExitStats
-from .engine.policies import TARGETS
+from .engine.policies import TARGETS, with_settings
 from .errors import ConfigError
 from .metrics import task_scores
 from .model.precision import cpu_flags
@@ -38,19 +38,18 @@ from .storage import atomic_write_text
 
 
 def default_grid(policy: str, num_layers: int, kv: str = "keep", size: str = "default",
-                 halted: str = HALTED_DEFAULT, thresholds: Sequence[float] | None = None) -> list[ExitConfig]:
+                 halted: str = HALTED_DEFAULT, thresholds: Sequence[float] | None = None, window: int | None = None,
+                 min_layer: int | None = None) -> list[ExitConfig]:
     """The settings the bench sweeps for ``policy`` (each policy brings its own grid); ``thresholds`` replace
-    the τ values of a threshold policy's grid."""
+    the τ values of a threshold policy's grid, ``window`` and ``min_layer`` (None: the grid's) are set on every
+    setting whose policy reads them."""
     rule = REGISTRY.get(policy)
     if rule is None:
         raise ConfigError("policies", f"unknown policy {policy!r}; expected one of {', '.join(REGISTRY)}")
     grid = rule.grid(num_layers, size, kv)
     if thresholds and "threshold" in rule.settings and grid:
         grid = [replace(grid[0], threshold=float(t)) for t in thresholds]
-    if "halted" in rule.settings:
-        for cfg in grid:
-            cfg.halted = halted
-    return grid
+    return with_settings(grid, halted=halted, window=window, min_layer=min_layer)
 
 
 def row_key(cfg: ExitConfig) -> str:
@@ -87,6 +86,8 @@ class BenchConfig:
     extra: list[ExitConfig] = field(default_factory=list)  # settings to add to the sweep
     grid: str = "small"  # small | default | full (policies.BENCH_THRESHOLDS; full: every depth and patience)
     thresholds: list[float] | None = None  # τ values of the threshold policies instead of the grid's
+    window: int | None = None  # token/patience: the window k of every setting (None: the grid's, k=2)
+    min_layer: int | None = None  # token/sentence: a floor, nothing halts before this layer (None: none)
     compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
     refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
@@ -199,7 +200,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         settings_of = REGISTRY[policy].settings if policy in REGISTRY else ()
         for kv in (cfg.kv if "kv" in settings_of else ["keep"]):
             for halted in (cfg.halted if "halted" in settings_of else ["rescore"]):
-                settings += default_grid(policy, num_layers, kv, cfg.grid, halted, cfg.thresholds)
+                settings += default_grid(policy, num_layers, kv, cfg.grid, halted, cfg.thresholds, cfg.window,
+                                         cfg.min_layer)
     settings += cfg.extra
     calibration = None
     if cfg.target_speedup:

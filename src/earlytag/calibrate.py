@@ -22,20 +22,22 @@ from .data.datasets import Dataset
 from .defaults import HALTED_DEFAULT
 from .engine import REGISTRY, ExitConfig
 from .engine.control import measure_profile
+from .engine.policies import with_settings
 from .errors import ConfigError
 from .metrics import task_scores
 
 
-def candidates(policy: str, num_layers: int, kv: str = "keep", halted: str = HALTED_DEFAULT) -> list[ExitConfig]:
-    """The grid searched for ``policy`` (each policy brings its own: :data:`earlytag.engine.REGISTRY`)."""
+def candidates(policy: str, num_layers: int, kv: str = "keep", halted: str = HALTED_DEFAULT,
+               min_layer: int = 1) -> list[ExitConfig]:
+    """The grid searched for ``policy`` (each policy brings its own: :data:`earlytag.engine.REGISTRY`), with the
+    halted rule and the floor ``min_layer`` set where the policy reads them."""
     rule = REGISTRY.get(policy)
     if rule is None or policy == "none":
         names = ", ".join(n for n in REGISTRY if n != "none")
         raise ConfigError("exit.policy", f"cannot calibrate policy {policy!r}; expected one of {names}")
-    grid = rule.calibration_grid(num_layers, kv)
-    if "halted" in rule.settings:
-        for cfg in grid:
-            cfg.halted = halted
+    grid = with_settings(rule.calibration_grid(num_layers, kv), halted=halted, min_layer=min_layer)
+    for cfg in grid:
+        cfg.validated(num_layers)  # a floor above the model's layers is named before any dev data is read
     return grid
 
 
@@ -56,7 +58,7 @@ class Calibration:
 def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
               kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
               halted: str = HALTED_DEFAULT, set_default: bool = False, progress: bool = False,
-              **load_kwargs) -> Calibration:
+              min_layer: int = 1, **load_kwargs) -> Calibration:
     """Search the policy's grid on dev data for the best setting reaching ``target_speedup``.
 
     The tagger's calibration table is updated (and, with ``save_to``, the model directory's config.json); the
@@ -68,7 +70,7 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
     docs = [s.tokens for s in sentences]
     gold = [s.tags for s in sentences]
     table = []
-    grid = candidates(policy, tagger.num_layers, kv, halted)
+    grid = candidates(policy, tagger.num_layers, kv, halted, min_layer)
     tokens = [0] * len(docs)  # encoder tokens of each sentence (with its special tokens): the length profile's key
     for window in tagger.featurizer.windows(docs):
         tokens[window.doc] += len(window)

@@ -52,6 +52,9 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True,
                    help="uncertainty: normalised entropy (the paper) or 1 - max probability")
     g.add_argument("--pool", choices=["max", "mean"], help="sentence: pool word uncertainties")
     g.add_argument("--upper-multiplier", type=float, help="token: τ multiplier for the upper half of layers")
+    g.add_argument("--min-layer", type=int,
+                   help="token/sentence: nothing halts before this layer (a floor for a model whose lowest exit "
+                        "heads are weak; 1, the default: any layer)")
     g.add_argument("--kv", choices=["keep", "drop"], help="halted tokens stay keys/values (keep) or not (drop)")
     g.add_argument("--halted", choices=HALTED_RULES,
                    help="token: a halted word keeps the uncertainty it halted with (frozen, the default: it "
@@ -142,7 +145,7 @@ def _threshold(text: str) -> float | list[float]:
 
 def _exit_settings(args) -> dict[str, Any]:
     names = ("policy", "threshold", "window", "patience", "patience_window", "layer", "criterion", "pool",
-             "upper_multiplier", "kv", "halted")
+             "upper_multiplier", "kv", "halted", "min_layer")
     settings = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if "layer" in settings and "policy" not in settings:
         settings["policy"] = "static"
@@ -172,7 +175,7 @@ def _resolve_exit(tagger, args, model_dir: str):
         raise ConfigError("calibration-data", "--target-speedup needs dev data (--calibration-data PATH)")
     result = calibrate(tagger, dev, target, policy=settings.get("policy", "token"), kv=settings.get("kv", "keep"),
                        data_dir=getattr(args, "data_dir", None), halted=settings.get("halted", HALTED_DEFAULT),
-                       progress=not getattr(args, "quiet", False))
+                       min_layer=settings.get("min_layer", 1), progress=not getattr(args, "quiet", False))
     note = "" if result.reached else f" (target not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
     print(f"calibrated on {dev}: {result.exit.describe()} -> dev score {100 * result.score:.2f} at "
           f"{result.flops_speedup:.2f}x FLOPs{note} (not stored; `earlytag calibrate` stores it); holding "
@@ -288,7 +291,7 @@ def cmd_bench(args) -> int:
                       halted=args.halted_modes,
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
-                      thresholds=args.thresholds,
+                      thresholds=args.thresholds, window=args.window, min_layer=args.min_layer,
                       compare_models=args.compare_model or [], refill=not args.no_refill,
                       decoding=decoding(args),
                       reference=args.reference)
@@ -303,7 +306,7 @@ def cmd_calibrate(args) -> int:
     tagger = load_tagger(args)
     result = calibrate(tagger, args.data, args.target_speedup, policy=args.policy, kv=args.kv, limit=args.limit,
                        save_to=None if args.dry_run else args.model, data_dir=args.data_dir, halted=args.halted,
-                       set_default=args.set_default, progress=True)
+                       min_layer=args.min_layer, set_default=args.set_default, progress=True)
     record = tagger.config.exit_calibration
     note = "" if result.reached else f" (not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
     print(f"calibrated on {record['sentences']} sentences of {args.data} (--limit {args.limit} sets how many): "
@@ -707,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=float, nargs="+", metavar="TAU",
                    help="the τ values the sentence and token policies sweep, instead of the grid's (a model whose "
                         "heads stay uncertain needs larger ones to reach 3-4x)")
+    p.add_argument("--window", type=int, help="token/patience: the window k of every swept setting (default: 2)")
+    p.add_argument("--min-layer", type=int, help="token/sentence: nothing halts before this layer in any swept "
+                                                 "setting (default: 1, any layer)")
     p.add_argument("--no-refill", action="store_true", help="time every batch on its own (no refill of thin "
                                                             "layers across consecutive batches)")
     p.add_argument("--compare-model", action="append", help="another (smaller) model timed at full depth against "
@@ -733,6 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="token", choices=["token", "sentence", "patience", "static"], help="the policy whose setting is chosen")
     p.add_argument("--kv", default="keep", choices=["keep", "drop"], help="halted words kept as keys/values or dropped")
     p.add_argument("--halted", default=HALTED_DEFAULT, choices=HALTED_RULES, help="token exit: halted words re-scored by later heads or frozen")
+    p.add_argument("--min-layer", type=int, default=1,
+                   help="token/sentence: search only settings where nothing halts before this layer (a floor)")
     p.add_argument("--limit", type=int, default=1000, help="dev sentences used")
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
     p.add_argument("--set-default", action="store_true",

@@ -21,7 +21,7 @@ the list of policies from the registry.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -55,6 +55,7 @@ class ExitConfig:
     pool: str = "max"  # sentence: max | mean uncertainty over the words
     kv: str = "keep"  # halted tokens stay keys/values (keep, the method) or leave attention (drop)
     halted: str = HALTED_DEFAULT  # token: halted words are scored again by later heads (rescore) or keep theirs
+    min_layer: int = 1  # token/sentence: nothing halts before this layer (1: any layer, the paper); τ = 0 below it
 
     @property
     def rule(self) -> Policy:
@@ -83,6 +84,9 @@ class ExitConfig:
             raise ConfigError("exit.patience", f"must be an integer between 1 and 1000, got {self.patience!r}")
         if not isinstance(self.patience_window, bool):
             raise ConfigError("exit.patience_window", "must be true or false")
+        if not _integer(self.min_layer) or not 1 <= self.min_layer <= num_layers:
+            raise ConfigError("exit.min_layer", f"must be an integer between 1 and {num_layers} (the model's layers), "
+                                                f"got {self.min_layer!r}")
         rule.validate(self, num_layers)
         return self
 
@@ -96,10 +100,12 @@ class ExitConfig:
         return self.layer if self.policy == "static" else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The policy and the settings it reads (the others have no effect on it)."""
+        """The policy and the settings it reads (the others have no effect on it); ``min_layer`` only where it
+        sets a floor (settings stored before it existed read the same)."""
         rule = REGISTRY.get(self.policy)
         keep = {"policy"} | set(rule.settings if rule else asdict(self))
-        return {k: v for k, v in asdict(self).items() if k in keep and v is not None}
+        return {k: v for k, v in asdict(self).items()
+                if k in keep and v is not None and not (k == "min_layer" and v == 1)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ExitConfig:
@@ -115,6 +121,13 @@ class ExitConfig:
 
     def describe(self) -> str:
         return self.rule.describe(self)
+
+
+def with_settings(grid: list[ExitConfig], **values: Any) -> list[ExitConfig]:
+    """``grid`` with each given setting (None: left as it is) set on the settings whose policy reads it, e.g. the
+    halted rule or a floor on a threshold grid, and left off the others."""
+    values = {k: v for k, v in values.items() if v is not None}
+    return [replace(cfg, **{k: v for k, v in values.items() if k in cfg.rule.settings}) for cfg in grid]
 
 
 def _number(x: Any) -> bool:
@@ -301,17 +314,20 @@ class _ThresholdPolicy(Policy):
     @classmethod
     def thresholds(cls, cfg, num_layers):
         if isinstance(cfg.threshold, list):
-            return [float(t) for t in cfg.threshold]
-        tau = float(cfg.threshold)
-        half = num_layers // 2 if cls.upper_half else num_layers
-        return [tau] * half + [tau * cfg.upper_multiplier] * (num_layers - half)
+            taus = [float(t) for t in cfg.threshold]
+        else:
+            tau = float(cfg.threshold)
+            half = num_layers // 2 if cls.upper_half else num_layers
+            taus = [tau] * half + [tau * cfg.upper_multiplier] * (num_layers - half)
+        floor = cfg.min_layer - 1  # layers 1..min_layer-1 (0-based 0..floor-1) halt nobody: uncertainty is never < 0
+        return [0.0] * floor + taus[floor:]
 
 
 @register
 class SentenceExit(_ThresholdPolicy):
     name = "sentence"
     summary = "SENTEE: a sentence, when the max (--pool mean: mean) uncertainty of its words is below τ"
-    settings = ("threshold", "pool", "criterion", "kv")
+    settings = ("threshold", "pool", "criterion", "kv", "min_layer")
 
     @classmethod
     def halt(cls, cfg, taus, layer, unc, pred, active, word_mask, state):
@@ -329,14 +345,14 @@ class SentenceExit(_ThresholdPolicy):
 
     @classmethod
     def describe(cls, cfg):
-        return f"sentence τ={cfg.threshold}" + (" kv=drop" if cfg.kv == "drop" else "")
+        return f"sentence τ={cfg.threshold}" + (" kv=drop" if cfg.kv == "drop" else "") + _floor(cfg)
 
 
 @register
 class TokenExit(_ThresholdPolicy):
     name = "token"
     summary = "TOKEE: word j, when the max uncertainty over words j-k..j+k is below τ_l"
-    settings = ("threshold", "upper_multiplier", "window", "criterion", "kv", "halted")
+    settings = ("threshold", "upper_multiplier", "window", "criterion", "kv", "halted", "min_layer")
     upper_half = True  # τ in the lower half of the layers, τ·upper_multiplier in the upper half (the authors')
 
     @classmethod
@@ -357,7 +373,11 @@ class TokenExit(_ThresholdPolicy):
     def describe(cls, cfg):
         # the halted rule is always named: its default changed between rounds, and results outlive defaults
         return (f"token τ={cfg.threshold} k={cfg.window}" + (" kv=drop" if cfg.kv == "drop" else "")
-                + f" halted={cfg.halted}")
+                + f" halted={cfg.halted}" + _floor(cfg))
+
+
+def _floor(cfg: ExitConfig) -> str:
+    return f" from layer {cfg.min_layer}" if cfg.min_layer != 1 else ""
 
 
 @register

@@ -60,6 +60,7 @@ class ExitSettings(BaseModel):
     upper_multiplier: float | None = None
     kv: Literal["keep", "drop"] | None = None
     halted: Literal["rescore", "frozen"] | None = None
+    min_layer: int | None = Field(None, ge=1, le=1000)
     target_speedup: float | None = Field(None, description="pick the setting for this FLOPs speed-up from the "
                                                            "model's calibration table")
     length_profile: bool | None = Field(None, description="with target_speedup: solve the threshold for each "
