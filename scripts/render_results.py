@@ -25,6 +25,7 @@ bench, loadtest --json, training_log.json); this script only formats them. Place
     <!-- memory FILE -->                peak memory of predict on a small and a >1 GB input
     <!-- trainmem NAMES... -->          resident memory per epoch of training runs (docs/train/NAME.json)
     <!-- shapes FILE -->                GEMM time with fresh, bucketed and fixed row counts (scripts/gemm_shapes.py)
+    <!-- evaluation PATH -->            one `earlytag evaluate --json` run: its setting, score, FLOPs speed-up, exit layer
 """
 
 from __future__ import annotations
@@ -514,6 +515,16 @@ def file(path: str) -> str:
     return (ROOT / path).read_text(encoding="utf-8").strip()
 
 
+def evaluation(path: str) -> str:
+    """One ``earlytag evaluate --json`` result: the setting it ran, its score, FLOPs speed-up and mean exit layer."""
+    from earlytag.engine import ExitConfig
+
+    r = load(ROOT / path)
+    return markdown_table(["data", "setting", "score", "FLOPs speed-up", "mean exit layer"],
+                          [[Path(r["data"]).name, ExitConfig.from_dict(r["exit"]).describe(), pct(r["score"]),
+                            f"{r['flops_speedup']:.2f}x", f"{r['mean_exit_layer']:.2f}"]])
+
+
 def code(path: str) -> str:
     """A file verbatim in a code block (a command's output)."""
     return "```text\n" + file(path) + "\n```"
@@ -705,7 +716,7 @@ def e5check(name: str) -> str:
 HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "shiftedorders": shiftedorders, "mixed": mixed, "memory": memory,
-            "trainmem": trainmem, "shapes": shapes, "code": code}
+            "trainmem": trainmem, "shapes": shapes, "code": code, "evaluation": evaluation}
 
 
 def render(template: str) -> str:
