@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--early-multipliers", nargs="+", type=float, default=[1.0],
                     help="τ times this on the layers from the floor up to --early-until")
     ap.add_argument("--early-until", type=int, default=3, help="the last layer the early multiplier applies to")
+    ap.add_argument("--criteria", nargs="+", default=["entropy"], choices=["entropy", "maxprob"],
+                    help="the uncertainty each curve halts on (normalised entropy, the paper; or 1 - max probability)")
     ap.add_argument("--out", required=True, help="JSON; a markdown table is written beside it (.md)")
     args = ap.parse_args()
     tagger = Tagger.from_pretrained(args.model)
@@ -54,28 +56,31 @@ def main() -> None:
     full = tagger.evaluate(data, exit="none")["score"]
     curves = []
     layers = tagger.num_layers
-    for k, m, low, early in itertools.product(args.windows, args.multipliers, args.min_layers, args.early_multipliers):
+    for k, m, low, early, crit in itertools.product(args.windows, args.multipliers, args.min_layers,
+                                                    args.early_multipliers, args.criteria):
         points = [(1.0, full)]
         for tau in args.thresholds:
-            cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m, min_layer=low)
+            cfg = ExitConfig("token", threshold=tau, window=k, upper_multiplier=m, min_layer=low, criterion=crit)
             if early != 1.0:  # per layer: τ·early from the floor up to early_until
                 taus = [t * early if i + 1 <= args.early_until else t for i, t in enumerate(cfg.thresholds(layers))]
-                cfg = ExitConfig("token", threshold=taus, window=k, min_layer=low)
+                cfg = ExitConfig("token", threshold=taus, window=k, min_layer=low, criterion=crit)
             r = tagger.evaluate(data, exit=cfg)
             points.append((r["flops_speedup"], r["score"]))
         curves.append({"window": k, "upper_multiplier": m, "min_layer": low, "early_multiplier": early,
-                       "points": points, "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
-        print(f"k={k} x{m:g} from layer {low} early x{early:g}: "
+                       "criterion": crit, "points": points, "at": {f"{t:g}": interpolate(points, t) for t in args.targets}})
+        print(f"k={k} x{m:g} from layer {low} early x{early:g} {crit}: "
               + " ".join(f"{t}: {v}" for t, v in curves[-1]["at"].items()), file=sys.stderr, flush=True)
     out = {"model": args.model, "data": args.data, "full_depth": full, "taus": args.thresholds, "curves": curves}
     atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
     floors = args.min_layers != [1]  # the column only where a floor was swept (the tables written before it)
     early = args.early_multipliers != [1.0]
+    crits = args.criteria != ["entropy"]
     rows = [[c["window"], f"τ, {c['upper_multiplier']:g}τ", *([c["min_layer"]] if floors else []),
-             *([f"{c['early_multiplier']:g}τ"] if early else []),
+             *([f"{c['early_multiplier']:g}τ"] if early else []), *([c["criterion"]] if crits else []),
              *("-" if v is None else f"{100 * v:.2f}" for v in c["at"].values())] for c in curves]
     table = markdown_table(["window k", "lower half, upper half", *(["halts from layer"] if floors else []),
                             *([f"τ up to layer {args.early_until}"] if early else []),
+                            *(["uncertainty"] if crits else []),
                             *(f"at {t:g}x FLOPs" for t in args.targets)], rows)
     atomic_write_text(Path(args.out).with_suffix(".md"), table + f"\n\nFull depth: {100 * full:.2f}.\n")
 
