@@ -210,6 +210,16 @@ def test_min_layer_floors_evaluate_calibrate_and_bench(capsys, model_dir, tmp_pa
                          "--min-layer", 2, "--dry-run")
     assert code == 0, err
     assert json.loads(out)["exit"]["min_layer"] == 2 and "from layer 2" in err
+    # several floors: every one searched; the choice is the best dev score among the settings reaching the target
+    from earlytag.calibrate import calibrate
+
+    tagger = Tagger.from_pretrained(model_dir)
+    result = calibrate(tagger, "uner-en-ewt:dev", 1.2, limit=40, min_layer=[1, 2])
+    floors = [row["exit"].get("min_layer", 1) for row in result.table]
+    assert floors.count(1) == floors.count(2) > 0
+    reaching = [row for row in result.table if row["flops_speedup"] >= 1.2]
+    best = max(reaching, key=lambda r: (r["score"], r["flops_speedup"]))
+    assert result.exit.to_dict() == best["exit"] and result.score == best["score"]
     bench = tmp_path / "bench"
     code, out, err = run(capsys, "bench", model_dir, "uner-en-ewt:dev", "--out", bench, "--limit", 40, "--no-timing",
                          "--policies", "token", "--window", 1, "--min-layer", 2, "--quiet")

@@ -197,6 +197,9 @@ def test_a_grid_takes_the_floor_and_window_only_where_its_policy_reads_them():
     assert [(c.threshold, c.window, c.min_layer) for c in token] == [(0.1, 1, 2), (0.2, 1, 2)]
     assert all(c.min_layer == 1 for c in default_grid("static", 6, min_layer=2))
     assert {c.min_layer for c in candidates("sentence", 6, min_layer=3)} == {3}
+    both = candidates("token", 6, min_layer=[1, 2, 2])  # several floors: the grid once per floor, repeats dropped
+    assert len(both) == 2 * len(candidates("token", 6)) and [c.min_layer for c in both].count(2) == len(both) // 2
+    assert candidates("patience", 6, min_layer=[1, 2]) == candidates("patience", 6)  # no floors: its grid once
     assert {c.window for c in default_grid("patience", 6, window=1)} == {1}
     with pytest.raises(ConfigError) as info:
         candidates("token", 6, min_layer=7)

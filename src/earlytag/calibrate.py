@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,21 @@ from .metrics import task_scores
 
 
 def candidates(policy: str, num_layers: int, kv: str = "keep", halted: str = HALTED_DEFAULT,
-               min_layer: int = 1) -> list[ExitConfig]:
+               min_layer: int | Sequence[int] = 1) -> list[ExitConfig]:
     """The grid searched for ``policy`` (each policy brings its own: :data:`earlytag.engine.REGISTRY`), with the
-    halted rule and the floor ``min_layer`` set where the policy reads them."""
+    halted rule set where the policy reads it, once per floor in ``min_layer`` (one or several: the search then
+    also chooses the floor; a policy without floors gets its grid once)."""
     rule = REGISTRY.get(policy)
     if rule is None or policy == "none":
         names = ", ".join(n for n in REGISTRY if n != "none")
         raise ConfigError("exit.policy", f"cannot calibrate policy {policy!r}; expected one of {names}")
-    grid = with_settings(rule.calibration_grid(num_layers, kv), halted=halted, min_layer=min_layer)
+    floors = [min_layer] if isinstance(min_layer, int) else list(dict.fromkeys(min_layer))
+    if not floors:
+        raise ConfigError("exit.min_layer", "give at least one floor")
+    if "min_layer" not in rule.settings:
+        floors = [1]
+    grid = [cfg for low in floors
+            for cfg in with_settings(rule.calibration_grid(num_layers, kv), halted=halted, min_layer=low)]
     for cfg in grid:
         cfg.validated(num_layers)  # a floor above the model's layers is named before any dev data is read
     return grid
@@ -58,8 +66,9 @@ class Calibration:
 def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
               kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
               halted: str = HALTED_DEFAULT, set_default: bool = False, progress: bool = False,
-              min_layer: int = 1, **load_kwargs) -> Calibration:
-    """Search the policy's grid on dev data for the best setting reaching ``target_speedup``.
+              min_layer: int | Sequence[int] = 1, **load_kwargs) -> Calibration:
+    """Search the policy's grid on dev data for the best setting reaching ``target_speedup``; ``min_layer``, one
+    floor or several (token and sentence exit: nothing halts before that layer), is searched too.
 
     The tagger's calibration table is updated (and, with ``save_to``, the model directory's config.json); the
     default exit changes only with ``set_default``."""

@@ -739,8 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="token", choices=["token", "sentence", "patience", "static"], help="the policy whose setting is chosen")
     p.add_argument("--kv", default="keep", choices=["keep", "drop"], help="halted words kept as keys/values or dropped")
     p.add_argument("--halted", default=HALTED_DEFAULT, choices=HALTED_RULES, help="token exit: halted words re-scored by later heads or frozen")
-    p.add_argument("--min-layer", type=int, default=1,
-                   help="token/sentence: search only settings where nothing halts before this layer (a floor)")
+    p.add_argument("--min-layer", type=int, nargs="+", default=[1], metavar="M",
+                   help="token/sentence: search only settings where nothing halts before layer M (a floor); several "
+                        "floors: the search chooses among them too (e.g. 1 2 for a model whose first head is weak)")
     p.add_argument("--limit", type=int, default=1000, help="dev sentences used")
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
     p.add_argument("--set-default", action="store_true",
