@@ -4,12 +4,15 @@ and no half-written output."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from earlytag import Tagger
 from earlytag.cli import main
+from earlytag.engine import ExitConfig
+from earlytag.errors import ConfigError
 
 from .conftest import tiny_model
 
@@ -230,6 +233,29 @@ def test_min_layer_floors_evaluate_calibrate_and_bench(capsys, model_dir, tmp_pa
     code, _, err = run(capsys, "evaluate", model_dir, "uner-en-ewt:dev", "--exit", "token", "--threshold", 0.1,
                        "--min-layer", 9)
     assert code == 2 and "exit.min_layer" in err and len(shown(err)) == 1
+
+
+def test_calibrate_refines_tau_between_the_grid_steps_around_the_target(model_dir, shared_data):
+    """Where a family's grid steps past the target, τ is bisected between the two grid thresholds around it: the
+    refined rows (marked) lie strictly between them, there are ``refine`` per such family, and the choice reaches
+    the target at a dev score at least the grid's own choice's."""
+    from earlytag.calibrate import _brackets, calibrate
+
+    tagger = Tagger.from_pretrained(model_dir)
+    grid_only = calibrate(tagger, "uner-en-ewt:dev", 1.3, limit=40, refine=0)
+    rows = [{**r, "exit": ExitConfig.from_dict(r["exit"])} for r in grid_only.table]
+    brackets = _brackets(rows, 1.3)
+    assert brackets and not any(r.get("refined") for r in grid_only.table)
+    refined = calibrate(tagger, "uner-en-ewt:dev", 1.3, limit=40, refine=2)
+    new = [r for r in refined.table if r.get("refined")]
+    assert len(new) == 2 * len(brackets) and len(refined.table) == len(grid_only.table) + len(new)
+    for row in new:
+        cfg = ExitConfig.from_dict(row["exit"])
+        lo, hi = next((lo, hi) for lo, hi in brackets if replace(lo, threshold=None) == replace(cfg, threshold=None))
+        assert lo.threshold < cfg.threshold < hi.threshold
+    assert refined.reached and refined.flops_speedup >= 1.3 and refined.score >= grid_only.score
+    with pytest.raises(ConfigError, match="refine"):
+        calibrate(tagger, "uner-en-ewt:dev", 1.3, limit=40, refine=-1)
 
 
 def test_quantize_stores_its_choice_and_says_what_it_stored(capsys, model_dir, tmp_path):

@@ -9,10 +9,11 @@ the speed-up of a threshold on inputs of any length (:class:`earlytag.engine.con
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,18 @@ class Calibration:
 def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: float, policy: str = "token",
               kv: str = "keep", batch_size: int = 64, limit: int | None = 1000, save_to: str | None = None,
               halted: str = HALTED_DEFAULT, set_default: bool = False, progress: bool = False,
-              min_layer: int | Sequence[int] = 1, **load_kwargs) -> Calibration:
+              min_layer: int | Sequence[int] = 1, refine: int = 3, **load_kwargs) -> Calibration:
     """Search the policy's grid on dev data for the best setting reaching ``target_speedup``; ``min_layer``, one
-    floor or several (token and sentence exit: nothing halts before that layer), is searched too.
+    floor or several (token and sentence exit: nothing halts before that layer), is searched too. Where a
+    threshold grid steps past the target, ``refine`` bisections of log τ between the two thresholds around it
+    (per family of settings) bring the choice closer to the target (rows marked ``refined`` in the table).
 
     The tagger's calibration table is updated (and, with ``save_to``, the model directory's config.json); the
     default exit changes only with ``set_default``."""
     if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not 1.0 <= target_speedup:
         raise ConfigError("target_speedup", f"must be a number >= 1, got {target_speedup!r}")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ConfigError("refine", f"bisection steps must be an integer >= 0, got {refine!r}")
     dataset = tagger.load(dev, **load_kwargs)
     sentences = dataset.sentences[:limit] if limit else dataset.sentences
     docs = [s.tokens for s in sentences]
@@ -83,13 +88,27 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
     tokens = [0] * len(docs)  # encoder tokens of each sentence (with its special tokens): the length profile's key
     for window in tagger.featurizer.windows(docs):
         tokens[window.doc] += len(window)
+
+    def run(cand: ExitConfig, **extra) -> dict[str, Any]:
+        pred = tagger.predict_words(docs, cand, batch_size)
+        score = task_scores(tagger.config.task, gold, pred.tags)["score"]
+        return {"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup,
+                "length_profile": measure_profile(tokens, pred.doc_flops, pred.doc_flops_full), **extra}
+
     with tqdm(grid, desc=f"calibrating on {len(sentences)} sentences", disable=not progress, file=sys.stderr,
               leave=False) as bar:
         for cand in bar:
-            pred = tagger.predict_words(docs, cand, batch_size)
-            score = task_scores(tagger.config.task, gold, pred.tags)["score"]
-            table.append({"exit": cand, "score": score, "flops_speedup": pred.stats.flops_speedup,
-                          "length_profile": measure_profile(tokens, pred.doc_flops, pred.doc_flops_full)})
+            table.append(run(cand))
+    brackets = _brackets(table, target_speedup)
+    with tqdm(total=refine * len(brackets), desc="refining τ", disable=not progress or not brackets,
+              file=sys.stderr, leave=False) as bar:
+        for lo, hi in brackets:  # bisect log τ between the last grid τ short of the target and the first reaching it
+            for _ in range(refine):
+                tau = round(math.sqrt(lo.threshold * hi.threshold) if lo.threshold > 0 else hi.threshold / 2, 6)
+                row = run(replace(hi, threshold=tau), refined=True)
+                table.append(row)
+                lo, hi = (lo, row["exit"]) if row["flops_speedup"] >= target_speedup else (row["exit"], hi)
+                bar.update()
     reaching = [row for row in table if row["flops_speedup"] >= target_speedup]
     if reaching:
         best = max(reaching, key=lambda r: (r["score"], r["flops_speedup"]))
@@ -109,6 +128,24 @@ def calibrate(tagger: Tagger, dev: str | os.PathLike | Dataset, target_speedup: 
 
         update_saved_config(save_to, settings)
     return result
+
+
+def _brackets(table: list[dict[str, Any]], target: float) -> list[tuple[ExitConfig, ExitConfig]]:
+    """Per family of a threshold grid (every setting but τ alike), the grid's last τ short of ``target`` and its
+    first τ reaching it, where the family has both: where the grid's step jumps past the target, costing score."""
+    families: dict[str, list[dict[str, Any]]] = {}
+    for row in table:
+        cfg = row["exit"]
+        if isinstance(cfg.threshold, (int, float)) and not isinstance(cfg.threshold, bool):
+            families.setdefault(repr(replace(cfg, threshold=None)), []).append(row)
+    out = []
+    for rows in families.values():
+        rows = sorted(rows, key=lambda r: r["exit"].threshold)
+        for short, reach in zip(rows, rows[1:]):
+            if short["flops_speedup"] < target <= reach["flops_speedup"]:
+                out.append((short["exit"], reach["exit"]))
+                break
+    return out
 
 
 def stored_path(path, model_dir) -> str:

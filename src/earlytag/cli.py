@@ -306,7 +306,7 @@ def cmd_calibrate(args) -> int:
     tagger = load_tagger(args)
     result = calibrate(tagger, args.data, args.target_speedup, policy=args.policy, kv=args.kv, limit=args.limit,
                        save_to=None if args.dry_run else args.model, data_dir=args.data_dir, halted=args.halted,
-                       min_layer=args.min_layer, set_default=args.set_default, progress=True)
+                       min_layer=args.min_layer, refine=args.refine, set_default=args.set_default, progress=True)
     record = tagger.config.exit_calibration
     note = "" if result.reached else f" (not reached: the fastest setting gives {result.flops_speedup:.2f}x)"
     print(f"calibrated on {record['sentences']} sentences of {args.data} (--limit {args.limit} sets how many): "
@@ -742,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-layer", type=int, nargs="+", default=[1], metavar="M",
                    help="token/sentence: search only settings where nothing halts before layer M (a floor); several "
                         "floors: the search chooses among them too (e.g. 1 2 for a model whose first head is weak)")
+    p.add_argument("--refine", type=int, default=3,
+                   help="bisections of τ between the two grid thresholds around the target, per window and floor "
+                        "(0: the grid only)")
     p.add_argument("--limit", type=int, default=1000, help="dev sentences used")
     p.add_argument("--dry-run", action="store_true", help="do not store the result in the model directory")
     p.add_argument("--set-default", action="store_true",
