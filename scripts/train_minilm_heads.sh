@@ -18,7 +18,9 @@ for step in $STEPS; do
     depth) earlytag train $S1 --output "$OUT/minilm-ner-depth$SUF" ;;
     uniform) earlytag train $S1 --layer-weights uniform --output "$OUT/minilm-ner-uniform$SUF" ;;
     distill) earlytag train $S1 --distill 1 --output "$OUT/minilm-ner-distill$SUF" ;;
+    # uniform weights trained longer (its dev score still rose in the 4th and last epoch; the segmenter gained so)
+    uniform-6ep) earlytag train ${S1/--epochs 4/--epochs 6} --layer-weights uniform --output "$OUT/minilm-ner-uniform-6ep$SUF" ;;
     uniform-distill) earlytag train $S1 --layer-weights uniform --distill 1 --output "$OUT/minilm-ner-uniform-distill$SUF" ;;
-    *) echo "unknown step: $step (depth, uniform, distill, uniform-distill)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (depth, uniform, uniform-6ep, distill, uniform-distill)" >&2; exit 2 ;;
   esac
 done
