@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | mpnet | mpnet-b1 | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | mpnet | mpnet-b1 | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -85,7 +85,29 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 --repeats 3 \
       --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, batch 1" ;;
-    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, mpnet, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
+    # uniform layer weights trained six epochs (STEPS=uniform-6ep scripts/train_minilm_heads.sh; token exit loses less
+    # from its own full depth at 3-4x FLOPs) after `earlytag quantize models/minilm-ner-uniform-6ep uner-en-ewt:dev
+    # --exit token --threshold 0.15 --tolerance 0.2` chose int8-mixed's float32 layers at token exit; int8 and
+    # int8-mixed, τ from 0.1 (3.1x FLOPs) to 0.2, where 4x wall within 1 F1 of its own fp32 full depth may lie
+    minilm-uniform-6ep) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep --policies token --thresholds 0.1 0.125 0.15 0.175 0.2 \
+      --precisions int8 int8-mixed --backends torch --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 \
+      --quiet --timing-limit 1000 --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, int8-mixed chosen at token exit, batch 32" ;;
+    # the same model on a CPU with AVX512-BF16 and VNNI (int8 and bf16 have fast kernels there; meta.json names the
+    # CPU's flags): every precision and the three peers at batch 32, τ from 0.03 (where F1 stays near full depth:
+    # the comparison with ONNX Runtime int8 at equal F1) to 0.15
+    minilm-uniform-6ep-all) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-all --policies token --thresholds 0.03 0.05 0.075 0.1 0.15 \
+      --precisions fp32 bf16 int8 int8-mixed --backends torch --batch-sizes 32 --repeats 3 \
+      --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, every precision, batch 32" ;;
+    # and at batch 1 (latency), as minilm-uniform-b1: the ONNX Runtime backend's one-call climb in fp32 and int8
+    minilm-uniform-6ep-b1) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1 --policies token --thresholds 0.02 0.05 0.1 0.15 0.2 \
+      --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 --repeats 3 \
+      --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1" ;;
+    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, mpnet, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
        exit 2 ;;
   esac
 done
