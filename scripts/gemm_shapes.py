@@ -47,7 +47,8 @@ def main() -> None:
                           for w, b in ((w.bfloat16(), b.bfloat16()) for w, b in weights)]), torch.bfloat16),
            "int8": (step([Int8Linear(w, b) for w, b in weights]), torch.float32)}
     rng = random.Random(0)
-    result = {"threads": torch.get_num_threads(), "torch": torch.__version__, "products": 300, "rows": [200, 600],
+    result = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "products": 300, "rows": [200, 600],
               "seconds": {}}
     for name, (fn, dtype) in fns.items():
         times = {"fresh shapes": [], "bucketed": [], "one shape": []}
