@@ -91,10 +91,11 @@ def climb_against_peer(tagger: Tagger, float_layers: tuple[int, ...], args, tmp:
     """The int8 climb graph with the FFN output of ``float_layers`` in float32: test F1 with token exit at each
     threshold, and its time against the plain int8 climb and the ort-int8 peer, sentence by sentence."""
     layers, parts = tagger.engine.layers, tagger.model.adapter.layers
+    layers.branching = False  # the climb as one plain graph (every layer unrolled), which quantize_graph takes whole
     layers._climb_session()
-    src = layers.root / "climb.onnx"
+    src = layers.root / "climb-unrolled.onnx"
     chosen = quantize_graph(tagger.model, src, tmp / "climb-chosen.onnx", [parts[k].ffn_out for k in float_layers])
-    climbs = {"int8": layers.sessions["climb"], "chosen": ort_session(chosen, 1)}
+    climbs = {"int8": layers.sessions["climb-unrolled"], "chosen": ort_session(chosen, 1)}
     peer = OrtPeer(Tagger.from_pretrained(args.model), True, tmp, 1)
     batches, _ = prebuilt_batches(tagger, [s.tokens for s in test.sentences[: args.sentences]], 1)
     out = []

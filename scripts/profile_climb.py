@@ -1,8 +1,12 @@
 """Where the ONNX Runtime whole-climb graph of one sentence spends its time (batch 1, token exit): ONNX Runtime's
-own profiler on ``climb.onnx``, the run's time against the sum of its nodes' kernel times (the rest is the
-runtime's work between nodes), and the operator types by kernel time (docs/results.md section 4).
+own profiler on the climb graph, the run's time against the sum of its nodes' kernel times (the rest is the
+runtime's work between nodes), and the operator types by kernel time (docs/results.md section 4). ``--graph``:
+the branching climb the backend runs (``climb.onnx``: later layers in If branches) or the unrolled one
+(``climb-unrolled.onnx``: every layer runs, on zero rows once every word has halted; what the backend ran
+before the branching climb, and what docs/bench/climb-profile profiled).
 
-    python scripts/profile_climb.py models/minilm-ner-ss --thresholds 0.01 0.25 --out docs/bench/climb-profile
+    python scripts/profile_climb.py models/minilm-ner-ss --graph unrolled --thresholds 0.01 0.25 \
+        --out docs/bench/climb-profile
 
 The profiler adds its own cost to every node, so the share outside the kernels is an upper bound.
 """
@@ -32,6 +36,7 @@ def main() -> None:
     ap.add_argument("--data", default="uner-en-ewt:test")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.25])
     ap.add_argument("--window", type=int, default=2)
+    ap.add_argument("--graph", choices=["branching", "unrolled"], default="branching")
     ap.add_argument("--sentences", type=int, default=200)
     ap.add_argument("--out", required=True, help="directory for climb-profile.json and climb-profile.md")
     args = ap.parse_args()
@@ -42,7 +47,9 @@ def main() -> None:
     docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
     batches, _ = prebuilt_batches(tagger, docs, 1)
     layers = tagger.engine.layers
+    layers.branching = args.graph == "branching"
     layers._climb_session()  # exported (and cached) as the backend uses it
+    graph = "climb.onnx" if layers.branching else "climb-unrolled.onnx"
     results = []
     for tau in args.thresholds:
         opts = ort.SessionOptions()
@@ -51,7 +58,7 @@ def main() -> None:
         opts.enable_profiling = True
         with tempfile.TemporaryDirectory() as tmp:
             opts.profile_file_prefix = str(Path(tmp) / "climb")
-            session = ort.InferenceSession(str(layers.root / "climb.onnx"), sess_options=opts,
+            session = ort.InferenceSession(str(layers.root / graph), sess_options=opts,
                                            providers=["CPUExecutionProvider"])
             policy = ExitPolicy(ExitConfig("token", threshold=tau, window=args.window), tagger.num_layers)
             for b in batches:
@@ -73,10 +80,10 @@ def main() -> None:
                         "ops": [[op, us / n, calls[op] / n] for op, us in kernels.most_common()]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"model": args.model, "sentences": len(batches), "window": args.window, "profiles": results,
+    result = {"model": args.model, "graph": graph, "sentences": len(batches), "window": args.window, "profiles": results,
               "machine": machine_info()}
     atomic_write_text(out / "climb-profile.json", json.dumps(result, indent=2) + "\n")
-    lines = [f"{args.model}, `climb.onnx` (fp32), token exit k={args.window}, {len(batches)} sentences one at a time "
+    lines = [f"{args.model}, `{graph}` (fp32), token exit k={args.window}, {len(batches)} sentences one at a time "
              f"under ONNX Runtime's profiler, one thread, load average {result['machine'].get('load_average', ['?'])[0]}:",
              "", "| τ | run (µs per sentence) | kernels | outside the kernels | nodes run | GEMM kernels | other kernels |",
              "|---|---|---|---|---|---|---|"]

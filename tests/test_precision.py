@@ -21,6 +21,16 @@ POLICY_SETTINGS = [ExitConfig(), ExitConfig("static", layer=2), ExitConfig("toke
                    ExitConfig("sentence", threshold=0.3), ExitConfig("patience", patience=1)]
 
 
+def graph_nodes(graph):
+    """Every node of an ONNX graph with the graph it sits in, the If branches' nodes included (the climb graph's
+    layers after the first sit in nested branches)."""
+    for node in graph.node:
+        yield node, graph
+        for attr in node.attribute:
+            if attr.g.node:
+                yield from graph_nodes(attr.g)
+
+
 @pytest.fixture(autouse=True)
 def fp16_arithmetic(monkeypatch):
     """These tests are about the engine's dtypes, not the host's arithmetic: torch runs float16 on any CPU (slowly,
@@ -124,7 +134,7 @@ def test_int8_mixed_keeps_the_ffn_output_float32(model_dir, tmp_path, monkeypatc
     a, b = ort.predict_words(SENTENCES, cfg, 1), fp32.predict_words(SENTENCES, cfg, 1)
     same = sum(p == q for s, t in zip(a.tags, b.tags) for p, q in zip(s, t)) / sum(map(len, a.tags))
     assert same >= 0.9
-    kinds = [n.op_type for n in onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph.node]
+    kinds = [n.op_type for n, _ in graph_nodes(onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph)]
     assert kinds.count("MatMulInteger") == 5 * ort.num_layers
     assert kinds.count("Gemm") + kinds.count("MatMul") == (1 + 1 + 2) * ort.num_layers  # ffn_out, head, attention
 
@@ -228,9 +238,10 @@ def _slim_mpnet():
 @pytest.mark.parametrize("family", ["bert", "mpnet", "slim-mpnet"])
 def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkeypatch, family):
     """Batch size 1 with the onnxruntime backend: the whole climb is one session call (spied), with the same
-    tags, exit layers and scores as the torch engine and as the backend's own layer-by-layer loop, for every
-    policy the graph covers, including a threshold that halts every word after the first layer (the later layers
-    then run on zero rows) and per-layer thresholds; the others fall back to the layer loop."""
+    tags, exit layers, scores and statistics as the torch engine and as the backend's own layer-by-layer loop, for
+    every policy the graph covers, including a threshold that halts every word after the first layer (the later
+    layers then do not run, or run on zero rows in the unrolled graph) and per-layer thresholds; the others fall
+    back to the layer loop."""
     need_module("onnxruntime")
     from earlytag.engine.backends import OnnxLayers
 
@@ -261,8 +272,11 @@ def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkey
     for cfg in covered + [ExitConfig("patience", patience=1), ExitConfig("token", threshold=0.3, halted="rescore"),
                           ExitConfig("sentence", threshold=0.3, pool="mean")]:
         ref = torch_tagger.predict_words(docs, cfg, 1)
-        for whole in (True, False):
+        # the climb's graph that stops when every word has halted (branching), the one that runs every layer,
+        # and no climb graph (the layer loop)
+        for whole, branching in ((True, True), (True, False), (False, True)):
             ort_tagger.engine.layers.whole_sentence = whole
+            ort_tagger.engine.layers.branching = branching
             before = dict(calls)
             got = ort_tagger.predict_words(docs, cfg, 1)
             climbed = calls["climb"] - before["climb"]
@@ -281,10 +295,61 @@ def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkey
             for key in ("flops", "flops_full", "flops_speedup", "mean_exit_layer"):
                 assert mine.pop(key) == pytest.approx(theirs.pop(key)), (key, cfg.describe(), whole)
             assert mine == theirs, (cfg.describe(), whole)  # counts of sentences, words, tokens, per layer
+    ort_tagger.engine.layers.whole_sentence = True
     early = ort_tagger.predict_words(docs, ExitConfig("token", threshold=1.5, window=1), 1)
-    assert {e for s in early.exit_layers for e in s} == {1}  # everyone after layer 1: layers 2.. ran on zero rows
+    assert {e for s in early.exit_layers for e in s} == {1}  # everyone after layer 1: layers 2.. did not run
     floor = ort_tagger.predict_words(docs, ExitConfig("token", threshold=1.5, window=1, min_layer=2), 1)
     assert {e for s in floor.exit_layers for e in s} == {2}  # the floor holds everyone to layer 2 in the graph too
+
+
+def test_branching_climb_runs_no_layer_after_every_word_halted(model_dir, tmp_path, monkeypatch):
+    """The climb graph's layers l > 0 sit in nested If branches: ONNX Runtime's profiler records which layers'
+    nodes really ran — layer 0 alone when every word halts after it, the first two when they halt after layer 1,
+    every layer when nobody halts early — and the outputs equal the unrolled graph's (which runs every layer)."""
+    need_module("onnxruntime")
+    import json
+    import re
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from earlytag.data.batching import collate
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    tagger = Tagger.from_pretrained(model_dir, backend="onnxruntime")
+    backend = tagger.engine.layers
+    layers = tagger.num_layers
+    batch = collate(tagger.featurizer.windows([SENTENCES[0]]), tagger.featurizer.pad_id)
+    feeds = {"input_ids": batch.input_ids.numpy(), "token_word": batch.token_word[0].numpy(),
+             "word_pos": batch.word_pos[0].numpy(), "window": np.asarray(1), "maxprob": np.asarray(False)}
+    backend.branching = False
+    unrolled = backend._climb_session()
+    backend.branching = True
+    backend._climb_session()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the nodes keep their names
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "climb")
+    session = ort.InferenceSession(str(backend.root / "climb.onnx"), sess_options=opts,
+                                   providers=["CPUExecutionProvider"])
+    halting = {1: [9.0] * layers, 2: [0.0] + [9.0] * (layers - 1), layers: [0.0] * layers}  # layers run: taus
+    for ran, taus in halting.items():
+        feeds["taus"] = np.asarray(taus, dtype=np.float32)
+        got, want = session.run(None, feeds), unrolled.run(None, feeds)  # pred, score, exit, counts
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[2], want[2])
+        assert np.allclose(got[1], want[1], atol=1e-6) and np.allclose(got[3], want[3])  # one graph unoptimized
+        assert set(got[2].tolist()) == {ran - 1}  # every word's exit layer
+    events = json.loads(open(session.end_profiling()).read())
+    runs = [[]]
+    for e in events:
+        if e.get("cat") == "Session" and e["name"] == "model_run":
+            runs.append([])
+        elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            match = re.match(r"l(\d+)/", e["name"])
+            if match:
+                runs[-1].append(int(match.group(1)))
+    ran_layers = [sorted(set(r)) for r in runs if r]
+    assert ran_layers == [list(range(n)) for n in halting]
 
 
 def test_onnxruntime_int8_climb_keeps_exit_heads_float32(model_dir, tmp_path, monkeypatch):
@@ -298,11 +363,11 @@ def test_onnxruntime_int8_climb_keeps_exit_heads_float32(model_dir, tmp_path, mo
     a, b = tagger.predict_words(SENTENCES, cfg, 1), fp32.predict_words(SENTENCES, cfg, 1)
     same = sum(p == q for s, t in zip(a.tags, b.tags) for p, q in zip(s, t)) / sum(map(len, a.tags))
     assert same >= 0.9
-    graph = onnx.load(str(tagger.engine.layers.root / "climb-int8.onnx")).graph
-    kinds = [n.op_type for n in graph.node]
+    nodes = list(graph_nodes(onnx.load(str(tagger.engine.layers.root / "climb-int8.onnx")).graph))
+    kinds = [n.op_type for n, _ in nodes]
     assert kinds.count("MatMulInteger") + kinds.count("DynamicQuantizeMatMul") >= 6 * tagger.num_layers
-    float_heads = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
-                   and any(len(i.dims) == 2 and len(LABELS) in i.dims for i in graph.initializer if i.name in n.input)]
+    float_heads = [n for n, g in nodes if n.op_type in ("MatMul", "Gemm")
+                   and any(len(i.dims) == 2 and len(LABELS) in i.dims for i in g.initializer if i.name in n.input)]
     assert len(float_heads) == tagger.num_layers  # one float32 MatMul per exit head
 
 
@@ -352,7 +417,8 @@ def test_onnxruntime_graphs_are_exported_once_when_threads_race(model_dir, tmp_p
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda docs: tagger.predict_words(docs, cfg, 1).tags, [SENTENCES, SENTENCES]))
     assert results[0] == results[1] == Tagger.from_pretrained(model_dir).predict_words(SENTENCES, cfg, 1).tags
-    assert len(exported) == len(set(exported)) == 1  # the climb graph, once
+    # the climb graph's pieces (layer 0 with the embeddings, each later layer, the statistics), once each
+    assert len(exported) == len(set(exported)) == tagger.num_layers + 1
 
 
 def _float_ffn_out_layers(tagger) -> tuple[int, ...]:
@@ -384,7 +450,8 @@ def test_int8_mixed_keeps_only_the_layers_chosen_for_the_model(model_dir, tmp_pa
     def integer_products() -> int:
         ort = Tagger.from_pretrained(copy, backend="onnxruntime", precision="int8-mixed")
         ort.predict_words(SENTENCES[:1], ExitConfig("token", threshold=0.3, window=1), 1)
-        kinds = [n.op_type for n in onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph.node]
+        graph = onnx.load(str(ort.engine.layers.root / "climb-int8-mixed.onnx")).graph
+        kinds = [n.op_type for n, _ in graph_nodes(graph)]
         return kinds.count("MatMulInteger"), kinds.count("Gemm") + kinds.count("MatMul")
 
     layers = mixed.num_layers

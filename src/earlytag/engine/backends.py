@@ -25,6 +25,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,7 +39,10 @@ from ..peers import export_onnx, ort_session, quantize_onnx
 from .plan import sentence_counts
 from .policies import MAX_WINDOW, ExitPolicy, head_scores
 
-GRAPHS_VERSION = "v4"  # part of the cache key: bump it when the code of an exported graph changes
+if TYPE_CHECKING:
+    import onnx
+
+GRAPHS_VERSION = "v5"  # part of the cache key: bump it when the code of an exported graph changes
 
 
 class _LayerGraph(nn.Module):
@@ -92,6 +96,60 @@ def _attend_rows(q, k, v, bias, heads: int, dh: int):
     return torch.matmul(scores.softmax(-1), v).transpose(0, 1).reshape(-1, heads * dh)
 
 
+def _climb_start(m, input_ids, token_word, word_pos, window):
+    """What every layer of one sentence's climb reads and nothing changes: ``h (T, d)`` the embeddings,
+    ``is_word``/``tw (T,)`` which tokens are sub-words and of which word, ``band (W, W)`` each word's window,
+    ``pos (heads, T, T)`` the encoder's position bias (or None); and the state before layer 0."""
+    h = m.embed(input_ids)[0]  # (T, d)
+    pos = m.adapter.traced_position_bias(h[None])  # (heads, T, T) or None, computed in the graph
+    is_word = token_word >= 0  # (T,)
+    tw = token_word.clamp(min=0)
+    active = torch.ones_like(word_pos, dtype=torch.bool)  # (W,)
+    idx = active.long().cumsum(0)  # (W,) 1..W
+    band = (idx[:, None] - idx[None, :]).abs() <= window  # (W, W) j's window
+    unc = torch.zeros_like(word_pos, dtype=torch.float32)
+    state = (h, active, unc, torch.zeros_like(unc), torch.zeros_like(word_pos),
+             torch.full_like(word_pos, len(m.adapter.layers) - 1))  # h, active, unc, score, pred, exit
+    return state, (is_word, tw, band, pos)
+
+
+def _climb_layer(m, layer: int, state, consts, word_pos, taus, maxprob, live):
+    """One layer of one sentence's climb -> the next state (``h, active, unc, score, pred, exit``). ``live`` is
+    whether any word is still active (a tensor), or None where the caller only runs the layer when one is: then
+    every token is a key and [CLS]/[SEP] are active without a test."""
+    h, active, unc, score, pred, exit_layer = state
+    is_word, tw, band, pos = consts
+    parts = m.adapter.layers[layer]
+    if live is None:
+        active_t = (is_word & active.index_select(0, tw)) | ~is_word  # (T,)
+    else:
+        active_t = (is_word & active.index_select(0, tw)) | (~is_word & live)  # (T,) (no bool Where in ORT)
+    flat = active_t.nonzero()[:, 0]  # (N_a,)
+    x = h.index_select(0, flat)  # (N_a, d)
+    if live is None:
+        hk = h  # (T, d): halted tokens are keys too
+    else:
+        keys = torch.ones_like(is_word).logical_and(live).nonzero()[:, 0]  # every token while live, then none
+        hk = h.index_select(0, keys)  # (N_k, d)
+    bias = None
+    if pos is not None:
+        p = pos if parts.head_index is None else pos.index_select(0, parts.head_index)
+        bias = p.index_select(1, flat) if live is None else p.index_select(1, flat).index_select(2, keys)
+    ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads,
+                       parts.attn_size // parts.num_heads)  # (N_a, da)
+    h = h.index_put((flat,), finish(parts, ctx, x))  # (T, d): halted rows unchanged
+    s, p_, u = head_scores(m.heads[layer].linear(h.index_select(0, word_pos)))  # (W,) each, float32
+    u = torch.where(maxprob, 1.0 - s, u)
+    unc = torch.where(active, u, unc)  # halted words keep the uncertainty they halted with
+    pred = torch.where(active, p_, pred)
+    score = torch.where(active, s, score)
+    if layer < len(m.adapter.layers) - 1:
+        halt = active & (torch.where(band, unc[None, :], 0.0).amax(1) < taus[layer])  # (W,)
+        exit_layer = torch.where(halt, layer, exit_layer)
+        active = active & ~halt
+    return h, active, unc, score, pred, exit_layer
+
+
 class _Climb(nn.Module):
     """The token-exit climb of one sentence, every layer unrolled (halted words frozen, kv=keep).
 
@@ -100,7 +158,8 @@ class _Climb(nn.Module):
     ``window ()`` (k, int64), ``maxprob ()`` (bool: 1 - max probability instead of the normalised entropy)
     -> ``pred (W,)``, ``score (W,)``, ``exit (W,)``, ``counts`` (the sentence's statistics,
     :func:`~earlytag.engine.plan.sentence_counts`). The same arithmetic as the engine's packed step for one
-    sentence (``Engine._packed_step``, ``b == 1``) and its frozen window rule (``TokenExit.halt``)."""
+    sentence (``Engine._packed_step``, ``b == 1``) and its frozen window rule (``TokenExit.halt``). Every layer
+    runs, on zero rows once every word has halted; :func:`branching_climb` builds the graph that stops there."""
 
     def __init__(self, model):
         super().__init__()
@@ -108,44 +167,142 @@ class _Climb(nn.Module):
 
     def forward(self, input_ids, token_word, word_pos, taus, window, maxprob):
         m = self.model
-        a = m.adapter
-        h = m.embed(input_ids)[0]  # (T, d)
-        pos = a.traced_position_bias(h[None])  # (heads, T, T) or None, computed in the graph
-        is_word = token_word >= 0  # (T,)
-        tokens = torch.ones_like(token_word, dtype=torch.bool)  # (T,)
-        tw = token_word.clamp(min=0)
-        active = torch.ones_like(word_pos, dtype=torch.bool)  # (W,)
-        idx = active.long().cumsum(0)  # (W,) 1..W
-        band = (idx[:, None] - idx[None, :]).abs() <= window  # (W, W) j's window
-        unc = torch.zeros_like(word_pos, dtype=torch.float32)
-        score = torch.zeros_like(unc)
-        pred = torch.zeros_like(word_pos)
-        last = len(a.layers) - 1
-        exit_layer = torch.full_like(word_pos, last)
-        for layer, parts in enumerate(a.layers):
-            live = active.any()
-            active_t = (is_word & active.index_select(0, tw)) | (~is_word & live)  # (T,) (no bool Where in ORT)
-            flat = active_t.nonzero()[:, 0]  # (N_a,)
-            keys = (tokens & live).nonzero()[:, 0]  # (T,) every token while the sentence is live, then none
-            x = h.index_select(0, flat)  # (N_a, d)
-            hk = h.index_select(0, keys)  # (N_k, d): halted tokens are keys too
-            bias = None
-            if pos is not None:
-                p = pos if parts.head_index is None else pos.index_select(0, parts.head_index)
-                bias = p.index_select(1, flat).index_select(2, keys)  # (heads, N_a, N_k)
-            ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads,
-                               parts.attn_size // parts.num_heads)  # (N_a, da)
-            h = h.index_put((flat,), finish(parts, ctx, x))  # (T, d): halted rows unchanged
-            s, p_, u = head_scores(m.heads[layer].linear(h.index_select(0, word_pos)))  # (W,) each, float32
-            u = torch.where(maxprob, 1.0 - s, u)
-            unc = torch.where(active, u, unc)  # halted words keep the uncertainty they halted with
-            pred = torch.where(active, p_, pred)
-            score = torch.where(active, s, score)
-            if layer < last:
-                halt = active & (torch.where(band, unc[None, :], 0.0).amax(1) < taus[layer])  # (W,)
-                exit_layer = torch.where(halt, layer, exit_layer)
-                active = active & ~halt
-        return pred, score, exit_layer, _counts(m, exit_layer, token_word, len(a.layers), True)
+        state, consts = _climb_start(m, input_ids, token_word, word_pos, window)
+        for layer in range(len(m.adapter.layers)):
+            state = _climb_layer(m, layer, state, consts, word_pos, taus, maxprob, state[1].any())
+        _, _, _, score, pred, exit_layer = state
+        return pred, score, exit_layer, _counts(m, exit_layer, token_word, len(m.adapter.layers), True)
+
+
+# The pieces :func:`branching_climb` joins: the names of their inputs and outputs are the joints.
+CLIMB_INPUTS = ["input_ids", "token_word", "word_pos", "taus", "window", "maxprob"]
+_STATE = ["h", "active", "unc", "score", "pred", "exit"]
+_CONSTS = ["is_word", "tw", "band", "pos"]
+
+
+class _ClimbFirst(nn.Module):
+    """Embeddings and layer 0 of one sentence's climb -> the state after it, ``live`` (a word still climbs) and
+    what later layers read (``is_word, tw, band`` and ``pos`` where the encoder has a position bias)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, token_word, word_pos, taus, window, maxprob):
+        state, consts = _climb_start(self.model, input_ids, token_word, word_pos, window)
+        state = _climb_layer(self.model, 0, state, consts, word_pos, taus, maxprob, None)  # [CLS] makes it live
+        return (*state, state[1].any(), *(c for c in consts if c is not None))
+
+
+class _ClimbNext(nn.Module):
+    """Layer ``layer`` > 0 of one sentence's climb, run only while a word climbs: state in, state and ``live``
+    out."""
+
+    def __init__(self, model, layer: int):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, h, active, unc, score, pred, exit_layer, is_word, tw, band, word_pos, taus, maxprob, pos=None):
+        state = _climb_layer(self.model, self.layer, (h, active, unc, score, pred, exit_layer),
+                             (is_word, tw, band, pos), word_pos, taus, maxprob, None)
+        return (*state, state[1].any())
+
+
+class _ClimbCounts(nn.Module):
+    """The climbed sentence's statistics from its words' exit layers (:func:`_counts`)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, exit_layer, token_word):
+        return _counts(self.model, exit_layer, token_word, len(self.model.adapter.layers), True)
+
+
+def branching_climb(first: onnx.ModelProto, nexts: list[onnx.ModelProto],
+                    counts: onnx.ModelProto) -> onnx.ModelProto:
+    """One graph from the climb's pieces (ONNX models: :class:`_ClimbFirst`, one :class:`_ClimbNext` per later
+    layer, :class:`_ClimbCounts`), each exported (and quantized) alone: layer l + 1 sits in the ``then`` branch
+    of an ``If`` on layer l's ``live``, so once every word has halted no later layer runs at all — neither its
+    products (zero rows already cost little) nor its few dozen other nodes, each a fixed cost per call that
+    is most of an empty layer's time at batch size 1 (docs/results.md section 4). The ``else`` branch hands the
+    words' labels, scores and exit layers on unchanged. The same outputs as :class:`_Climb` (tested)."""
+    from onnx import TensorProto, helper
+
+    def inline(model, prefix: str, feeds: dict[str, str]):
+        """The piece's nodes, its inputs fed from ``feeds`` (outer names), everything else renamed under
+        ``prefix`` -> nodes, initializers, {output name: its new name}."""
+        g = model.graph
+        inputs = {i.name for i in g.input}
+
+        def name(x: str) -> str:
+            return x if not x else feeds[x] if x in inputs else prefix + x
+        nodes = []
+        for n in g.node:
+            n2 = helper.make_node(n.op_type, [name(x) for x in n.input], [name(x) for x in n.output],
+                                  name=prefix + n.name, domain=n.domain or None)
+            n2.attribute.extend(n.attribute)
+            nodes.append(n2)
+        inits = []
+        for t in g.initializer:
+            t2 = type(t)()
+            t2.CopyFrom(t)
+            t2.name = prefix + t.name
+            inits.append(t2)
+        return nodes, inits, {o.name: prefix + o.name for o in g.output}
+
+    kinds = {"pred": TensorProto.INT64, "score": TensorProto.FLOAT, "exit": TensorProto.INT64}
+    result = list(kinds)
+
+    def values(names: list[str]) -> list:  # names of (pred, score, exit)
+        return [helper.make_tensor_value_info(n, kinds[k], None) for n, k in zip(names, result)]
+
+    def passthrough(state: dict[str, str], prefix: str):
+        outs = [f"{prefix}{k}" for k in result]
+        nodes = [helper.make_node("Identity", [state[k]], [o], name=o) for k, o in zip(result, outs)]
+        return helper.make_graph(nodes, prefix.rstrip("/"), [], values(outs))
+
+    def state_of(piece, out: dict[str, str]) -> dict[str, str]:  # a piece's outputs by what they are
+        return dict(zip(_STATE + ["live"], (out[o.name] for o in piece.graph.output)))
+
+    outer = {n: n for n in CLIMB_INPUTS}
+    nodes, inits, out = inline(first, "l0/", outer)
+    consts = dict(zip(_CONSTS, (out[o.name] for o in first.graph.output[len(_STATE) + 1:])))
+
+    def layer(j: int, state: dict[str, str]):
+        """Layer j (≥ 1) inlined, fed the state after layer j - 1, and what runs after it -> its nodes and
+        initializers, the names of (pred, score, exit) at the end."""
+        piece = nexts[j - 1]
+        nodes, inits, out = inline(piece, f"l{j}/", {**outer, **consts, **state, "exit_layer": state["exit"]})
+        after_nodes, outs = after(j, state_of(piece, out))
+        return nodes + after_nodes, inits, outs
+
+    def after(i: int, state: dict[str, str]):
+        """What follows layer i: an If on its ``live`` whose ``then`` branch holds layer i + 1 (and, nested,
+        every layer after it), whose ``else`` branch hands the state's labels on; nothing after the last layer."""
+        if i == len(nexts):
+            return [], [state[k] for k in result]
+        then_nodes, then_inits, then_out = layer(i + 1, state)
+        then = helper.make_graph(then_nodes, f"then{i + 1}", [], values(then_out), initializer=then_inits)
+        outs = [f"r{i + 1}/{k}" for k in result]
+        return [helper.make_node("If", [state["live"]], outs, name=f"if{i + 1}", then_branch=then,
+                                 else_branch=passthrough(state, f"else{i + 1}/"))], outs
+
+    after_nodes, final = after(0, state_of(first, out))
+    nodes += after_nodes
+    count_nodes, count_inits, count_out = inline(counts, "counts/", {"exit_layer": final[2], "token_word": "token_word"})
+    nodes += count_nodes
+    ends = [*final, count_out[counts.graph.output[0].name]]
+    nodes += [helper.make_node("Identity", [x], [k], name=f"out/{k}") for x, k in zip(ends, result + ["counts"])]
+    graph = helper.make_graph(nodes, "climb", list(first.graph.input), values(result) + list(counts.graph.output),
+                              initializer=inits + count_inits)
+    opsets = {}
+    for m in (first, *nexts, counts):
+        for o in m.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = first.ir_version
+    return model
 
 
 class _Truncated(nn.Module):
@@ -243,10 +400,10 @@ class OnnxLayers:
         self.sessions: dict = {}
         self._export_lock = threading.Lock()
         self.whole_sentence = True  # a one-sentence batch climbs in one call (climb.onnx); False: layer by layer
+        self.branching = True  # that call stops once every word has halted (branching_climb); False: every layer
 
     def _session(self, key, name: str, build):
-        """The session of graph ``name``: exported by ``build() -> (module, args, inputs, outputs, dynamic axes)``
-        the first time (written to a temporary name, then renamed), int8-quantized where the precision asks."""
+        """The session of graph ``name`` (:meth:`_graph`), opened once; ``name`` ``climb``: the joined climb."""
         session = self.sessions.get(key)
         if session is not None:
             return session
@@ -256,13 +413,28 @@ class OnnxLayers:
         return self.sessions[key]
 
     def _open(self, name: str, build):
+        if name != "climb":
+            return ort_session(self._graph(name, build), self.threads)
+        path = self.root / ("climb.onnx" if self.precision == "fp32" else f"climb-{self.precision}.onnx")
+        if not path.is_file():  # joined from pieces exported (and quantized) one by one
+            import onnx
+
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
+            onnx.save(build(), str(tmp))
+            os.replace(tmp, path)
+        return ort_session(path, self.threads)
+
+    def _graph(self, name: str, build) -> Path:
+        """The file of graph ``name``: exported by ``build() -> (module, args, inputs, outputs, dynamic axes)`` the
+        first time (written to a temporary name, then renamed), int8-quantized where the precision asks (exit
+        heads stay float32)."""
         path = self.root / f"{name}.onnx"
         if not path.is_file():
             module, args, inputs, outputs, dynamic = build()
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
             export_onnx(module.eval(), args, tmp, inputs, outputs, dynamic)
             os.replace(tmp, path)
-        if self.precision != "fp32" and not name.startswith("head"):  # exit heads stay float32
+        if self.precision != "fp32" and not name.startswith(("head", "climb-counts")):  # nothing to quantize there
             qpath = path.with_name(f"{name}-{self.precision}.onnx")
             if not qpath.is_file():
                 tmp = qpath.with_name(f".{qpath.name}.tmp-{os.getpid()}.onnx")
@@ -271,7 +443,7 @@ class OnnxLayers:
                                                        for role in INT8_ROLES["int8"] if role not in roles])
                 os.replace(tmp, qpath)
             path = qpath
-        return ort_session(path, self.threads)
+        return path
 
     def _layer_session(self, layer: int, kind: str):
         parts = self.model.adapter.layers[layer]
@@ -306,16 +478,44 @@ class OnnxLayers:
                 and (rule in ("none", "static", "token") or (rule == "sentence" and policy.cfg.pool == "max")))
 
     def _climb_session(self):
-        def build():
-            return (_Climb(self.model),
-                    (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([-1, 0, 1, 1, -1]), torch.tensor([1, 2]),
-                     torch.full((self.model.num_layers,), 0.1), torch.tensor(1), torch.tensor(False)),
-                    ["input_ids", "token_word", "word_pos", "taus", "window", "maxprob"],
-                    ["pred", "score", "exit", "counts"],
-                    {"input_ids": {1: "t"}, "token_word": {0: "t"}, "word_pos": {0: "w"}, "pred": {0: "w"},
-                     "score": {0: "w"}, "exit": {0: "w"}})
+        example = (torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([-1, 0, 1, 1, -1]), torch.tensor([1, 2]),
+                   torch.full((self.model.num_layers,), 0.1), torch.tensor(1), torch.tensor(False))
+        words = {"input_ids": {1: "t"}, "token_word": {0: "t"}, "word_pos": {0: "w"}}
+        if not self.branching:
+            def build():
+                return (_Climb(self.model), example, CLIMB_INPUTS, ["pred", "score", "exit", "counts"],
+                        {**words, "pred": {0: "w"}, "score": {0: "w"}, "exit": {0: "w"}})
 
-        return self._session("climb", "climb", build)
+            return self._session("climb-unrolled", "climb-unrolled", build)
+        return self._session("climb", "climb", lambda: self._branching_climb(example, words))
+
+    def _branching_climb(self, example, words):
+        """The pieces of :func:`branching_climb`, each exported (and quantized) as its own graph, joined into
+        one: returned as ``build`` returns it, with the joined model in place of the module to export."""
+        import onnx
+
+        m = self.model
+        state, consts = _climb_start(m, *example[:3], example[4])
+        consts = [c for c in consts if c is not None]
+        names = _CONSTS[:len(consts)]
+        per_word = {n: {0: "w"} for n in ("active", "unc", "score", "pred", "exit")}
+        dims = {"h": {0: "t"}, "is_word": {0: "t"}, "tw": {0: "t"}, "band": {0: "w", 1: "w"},
+                "pos": {1: "t", 2: "t"}, **per_word}
+        first = self._graph("climb-first", lambda: (
+            _ClimbFirst(m), example, CLIMB_INPUTS, _STATE + ["live"] + names,
+            {**words, **{k: v for k, v in dims.items() if k in _STATE + names}}))
+        inputs = _STATE[:-1] + ["exit_layer"] + names[:3] + ["word_pos", "taus", "maxprob"] + names[3:]
+        outputs = [f"{k}_out" for k in _STATE] + ["live"]
+        axes = {**{k: dims[k] for k in _STATE[:-1] + names}, "exit_layer": dims["exit"], "word_pos": {0: "w"},
+                **{f"{k}_out": dims[k] for k in _STATE}}
+        args = (*state, *consts[:3], example[2], example[3], example[5], *consts[3:])
+        nexts = [self._graph(f"climb-next{layer}", lambda layer=layer: (_ClimbNext(m, layer), args, inputs, outputs,
+                                                                         axes))
+                 for layer in range(1, m.num_layers)]
+        counts = self._graph("climb-counts", lambda: (_ClimbCounts(m), (state[-1], example[1]),
+                                                      ["exit_layer", "token_word"], ["counts"],
+                                                      {"exit_layer": {0: "w"}, "token_word": {0: "t"}}))
+        return branching_climb(onnx.load(str(first)), [onnx.load(str(p)) for p in nexts], onnx.load(str(counts)))
 
     def _truncated_session(self, depth: int):
         def build():
