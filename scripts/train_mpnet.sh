@@ -9,6 +9,9 @@
 #   setting), stopped after epoch 2 of the 3-epoch schedule like models/mpnet-ner (STOP_AFTER=0: all 3 epochs).
 #   STEPS=ner-crf-ss: its stage 2 with batch flooding (a CRF's loss is per sentence), stopped after epoch 1 (the
 #   heads only, the encoder frozen) like models/mpnet-ner-ss (STOP_AFTER=0: both epochs).
+#   STOP_AFTER=N on ner / ner-ss stops those after epoch N too: the committed models/mpnet-ner is the checkpoint after
+#   epoch 2 (a machine restart cut epoch 3) and models/mpnet-ner-ss the one after epoch 1 (the heads only), so
+#   STOP_AFTER=2 STEPS=ner, then STOP_AFTER=1 STEPS=ner-ss makes them again (default 0: the whole schedule).
 # Needs EARLYTAG_DATA pointing at the data sets (the Makefile sets it to ../shared/data).
 set -euo pipefail
 OUT=${OUT:-models}
@@ -35,10 +38,11 @@ stop_after() {
 for step in $STEPS; do
   echo "=== $(date +%T) $step"
   case $step in
-    ner) earlytag train $S1 --epochs 3 $NER --output "$OUT/mpnet-ner" --overwrite ;;
+    ner) stop_after "${STOP_AFTER:-0}" earlytag train $S1 --epochs 3 $NER --output "$OUT/mpnet-ner" --overwrite ;;
     ner-crf) stop_after "${STOP_AFTER:-2}" earlytag train $S1 --epochs 3 $NER --head crf --crf-lr 1e-2 \
       --output "$OUT/mpnet-ner-crf" --overwrite ;;
-    ner-ss) earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss" --overwrite ;;
+    ner-ss) stop_after "${STOP_AFTER:-0}" earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss" \
+      --overwrite ;;
     ner-crf-ss) stop_after "${STOP_AFTER:-1}" earlytag train $SS $NER --init "$OUT/mpnet-ner-crf" --flooding batch \
       --output "$OUT/mpnet-ner-crf-ss" --overwrite ;;
     ner-ss-drop) earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss-drop" --kv drop --overwrite ;;
