@@ -11,11 +11,13 @@ once per model and cached. One layer is three small graphs:
   ``bias (b, 1|H, Ta, T)`` -> ``(N_a, d)``;
 - ``head``: ``h (N_w, d) -> score, label, uncertainty`` (float32, the engine's :func:`head_scores`).
 
-A single sentence (batch size 1, the latency case) does not need the host loop between layers at all:
-:class:`_Climb` is the whole token-exit climb of one sentence as one graph — embeddings, every layer's packed step,
-every exit head, the window rule — so one session call tags the sentence (``climb.onnx``; see :meth:`OnnxLayers.climb`
-for the policies it covers). A layer with no active token left runs on empty matrices. Full depth and static
-truncation take :class:`_Truncated`, a plain graph of that depth.
+A single sentence (batch size 1, the latency case) does not need the host loop between layers at all: the whole
+token-exit climb of one sentence is one graph — embeddings, every layer's packed step, every exit head, the window
+rule — so one session call tags the sentence (``climb.onnx``; see :meth:`OnnxLayers.climb` for the policies it
+covers). Its layers after the first sit in nested ``If`` branches (:func:`branching_climb`), so the layers above a
+sentence's last halted word do not run; :class:`_Climb`, every layer unrolled (a layer with no active token left
+runs on empty matrices), is the option ``OnnxLayers.branching = False``. Full depth and static truncation take
+:class:`_Truncated`, a plain graph of that depth.
 """
 
 from __future__ import annotations
@@ -490,8 +492,8 @@ class OnnxLayers:
         return self._session("climb", "climb", lambda: self._branching_climb(example, words))
 
     def _branching_climb(self, example, words):
-        """The pieces of :func:`branching_climb`, each exported (and quantized) as its own graph, joined into
-        one: returned as ``build`` returns it, with the joined model in place of the module to export."""
+        """The pieces of :func:`branching_climb`, each exported (and quantized) as its own graph (cached beside
+        the others) -> the joined model, which :meth:`_open` saves as ``climb.onnx`` (``climb-int8.onnx``, ...)."""
         import onnx
 
         m = self.model
