@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | mpnet | mpnet-b1 | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -18,6 +18,11 @@ for name in ${BENCHES:-minilm mpnet}; do
     mpnet) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss \
       --policies token --grid small --precisions fp32 bf16 int8 --backends torch --batch-sizes 32 --repeats 3 \
       --compare hf-pipeline ort-int8 --threads 1 --quiet --timing-limit 300 --label "all-mpnet-base-v2 NER, self-sampling" ;;
+    # the same on a CPU with AVX512-BF16 and VNNI (bf16 and int8 the contenders; fp32 full depth is the reference)
+    mpnet-avx512) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-avx512bf16 \
+      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions bf16 int8 --backends torch --batch-sizes 32 \
+      --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 300 \
+      --label "all-mpnet-base-v2 NER, self-sampling, AVX512-BF16 CPU" ;;
     # the 12-layer model at batch 1 (latency): ONNX Runtime's one-call climb in fp32, int8 and int8-mixed against
     # ONNX Runtime's own full-depth graphs; scored at batch 1 too (what the climb computes)
     mpnet-b1) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1 \
@@ -120,7 +125,7 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 int8 --backends torch onnxruntime --batch-sizes 32 --repeats 3 \
       --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, both backends, batch 32" ;;
-    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, mpnet, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
+    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, mpnet, mpnet-avx512, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
        exit 2 ;;
   esac
 done

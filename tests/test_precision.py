@@ -352,6 +352,26 @@ def test_branching_climb_runs_no_layer_after_every_word_halted(model_dir, tmp_pa
     assert ran_layers == [list(range(n)) for n in halting]
 
 
+def test_a_large_joined_climb_keeps_its_weights_beside_it(model_dir, tmp_path, monkeypatch):
+    """A joined climb graph with more weight bytes than protobuf can hold in one file (2 GB: a large encoder's)
+    is saved with its weights in a side file; made to happen here by lowering the limit: the side file holds every
+    weight (the graph file almost none) and the climb tags as the unrolled graph does."""
+    need_module("onnxruntime")
+    from earlytag.engine import backends
+
+    monkeypatch.setenv("EARLYTAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "INLINE_BYTES", 0)
+    tagger = Tagger.from_pretrained(model_dir, backend="onnxruntime")
+    cfg = ExitConfig("token", threshold=0.3, window=1)
+    joined = tagger.predict_words(SENTENCES, cfg, 1)
+    root = tagger.engine.layers.root
+    weights = sum(p.numel() * 4 for p in tagger.model.parameters())
+    assert (root / "climb.onnx.data").stat().st_size > 0.9 * weights > 9 * (root / "climb.onnx").stat().st_size
+    tagger.engine.layers.branching = False
+    unrolled = tagger.predict_words(SENTENCES, cfg, 1)
+    assert joined.tags == unrolled.tags and joined.exit_layers == unrolled.exit_layers
+
+
 def test_onnxruntime_int8_climb_keeps_exit_heads_float32(model_dir, tmp_path, monkeypatch):
     need_module("onnxruntime")
     import onnx

@@ -307,6 +307,28 @@ def branching_climb(first: onnx.ModelProto, nexts: list[onnx.ModelProto],
     return model
 
 
+INLINE_BYTES = 1 << 30  # a joined graph with more weight bytes keeps them in a side file (protobuf's 2 GB limit)
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> Path:
+    """Write a joined graph under a temporary name, then rename it; weights beyond :data:`INLINE_BYTES` (a large
+    encoder's) go to ``<name>.data`` beside it, which ONNX Runtime reads from there."""
+    import onnx
+
+    def weight_bytes(graph) -> int:  # the If branches' too
+        return sum(len(t.raw_data) for t in graph.initializer) + sum(
+            weight_bytes(a.g) for n in graph.node for a in n.attribute if a.HasField("g"))
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
+    if weight_bytes(model.graph) > INLINE_BYTES:
+        onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data")  # written first, under its final name: the graph names it
+    else:
+        onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
 class _Truncated(nn.Module):
     """One sentence through the first ``depth`` layers, every token of every layer (no exit rule to apply: the
     none and static policies), and that layer's exit head on each word: ``input_ids (1, T), word_pos (W,) ->
@@ -419,11 +441,7 @@ class OnnxLayers:
             return ort_session(self._graph(name, build), self.threads)
         path = self.root / ("climb.onnx" if self.precision == "fp32" else f"climb-{self.precision}.onnx")
         if not path.is_file():  # joined from pieces exported (and quantized) one by one
-            import onnx
-
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
-            onnx.save(build(), str(tmp))
-            os.replace(tmp, path)
+            save_graph(build(), path)
         return ort_session(path, self.threads)
 
     def _graph(self, name: str, build) -> Path:
