@@ -44,7 +44,7 @@ from .policies import MAX_WINDOW, ExitPolicy, head_scores
 if TYPE_CHECKING:
     import onnx
 
-GRAPHS_VERSION = "v5"  # part of the cache key: bump it when the code of an exported graph changes
+GRAPHS_VERSION = "v6"  # part of the cache key: bump it when the code of an exported graph changes
 
 
 class _LayerGraph(nn.Module):
@@ -98,6 +98,19 @@ def _attend_rows(q, k, v, bias, heads: int, dh: int):
     return torch.matmul(scores.softmax(-1), v).transpose(0, 1).reshape(-1, heads * dh)
 
 
+class _PutRows(torch.autograd.Function):
+    """``h (T, d)`` with the rows at ``rows (N, 1)`` replaced by ``new (N, d)``: ``index_put``, exported as the one
+    ``ScatterND`` node it is (the exporter writes ``index_put`` as seven nodes that rebuild the index shape)."""
+
+    @staticmethod
+    def forward(ctx, h, rows, new):
+        return h.index_put((rows[:, 0],), new)
+
+    @staticmethod
+    def symbolic(g, h, rows, new):
+        return g.op("ScatterND", h, rows, new)
+
+
 def _climb_start(m, input_ids, token_word, word_pos, window):
     """What every layer of one sentence's climb reads and nothing changes: ``h (T, d)`` the embeddings,
     ``is_word``/``tw (T,)`` which tokens are sub-words and of which word, ``band (W, W)`` each word's window,
@@ -126,7 +139,8 @@ def _climb_layer(m, layer: int, state, consts, word_pos, taus, maxprob, live):
         active_t = (is_word & active.index_select(0, tw)) | ~is_word  # (T,)
     else:
         active_t = (is_word & active.index_select(0, tw)) | (~is_word & live)  # (T,) (no bool Where in ORT)
-    flat = active_t.nonzero()[:, 0]  # (N_a,)
+    rows = active_t.nonzero()  # (N_a, 1)
+    flat = rows[:, 0]  # (N_a,)
     x = h.index_select(0, flat)  # (N_a, d)
     if live is None:
         hk = h  # (T, d): halted tokens are keys too
@@ -139,7 +153,7 @@ def _climb_layer(m, layer: int, state, consts, word_pos, taus, maxprob, live):
         bias = p.index_select(1, flat) if live is None else p.index_select(1, flat).index_select(2, keys)
     ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads,
                        parts.attn_size // parts.num_heads)  # (N_a, da)
-    h = h.index_put((flat,), finish(parts, ctx, x))  # (T, d): halted rows unchanged
+    h = _PutRows.apply(h, rows, finish(parts, ctx, x))  # (T, d): halted rows unchanged
     s, p_, u = head_scores(m.heads[layer].linear(h.index_select(0, word_pos)))  # (W,) each, float32
     u = torch.where(maxprob, 1.0 - s, u)
     unc = torch.where(active, u, unc)  # halted words keep the uncertainty they halted with
