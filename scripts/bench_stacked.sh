@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -118,6 +118,12 @@ for name in ${BENCHES:-minilm mpnet}; do
       --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 \
       --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, branching climb" ;;
+    # batch 32 with torch's fp32 products in oneDNN (--backend onednn) against torch's own (MKL) and ONNX Runtime
+    minilm-uniform-6ep-onednn) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn --policies token --thresholds 0.05 0.1 0.15 \
+      --precisions fp32 bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
+      --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products in oneDNN, batch 32" ;;
     # batch 32 through the ONNX Runtime backend's layer sessions (fp32, int8) against the torch backend and ONNX
     # Runtime's own full-depth graphs: which backend's fp32 full depth is level with ONNX Runtime fp32 at batch 32
     minilm-uniform-6ep-ort32) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
@@ -125,7 +131,7 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 int8 --backends torch onnxruntime --batch-sizes 32 --repeats 3 \
       --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, both backends, batch 32" ;;
-    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, mpnet, mpnet-avx512, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
+    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, minilm-uniform-6ep-onednn, mpnet, mpnet-avx512, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
        exit 2 ;;
   esac
 done

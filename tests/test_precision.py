@@ -611,3 +611,47 @@ def test_quantize_scores_every_trial_at_the_exit_setting_it_is_given(model_dir, 
     assert seen and all(s == ("none", False) for s in seen)
     assert json.loads((copy / "config.json").read_text())["earlytag"]["int8_mixed"]["torch"]["exit"] is None
     assert "full depth, torch at batch size 4" in capsys.readouterr().err
+
+
+def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, monkeypatch):
+    """``--backend onednn``: every Linear of the encoder a OneDnnLinear (same parameters), the engine's products —
+    the fused Q/K/V and the modules' — really run through oneDNN (counted), and the tags, exit layers and scores
+    are torch's, for every policy at batch sizes 1 and 3. Gradients and other precisions take F.linear / a refusal."""
+    if not precision_module.onednn_available():
+        pytest.fail("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): the onednn backend "
+                    "cannot be tested here")
+    from earlytag.engine import runner
+
+    calls = {"modules": 0, "fused": 0}
+
+    def counted(where, original):
+        def fn(*args):
+            calls[where] += 1
+            return original(*args)
+        return fn
+
+    monkeypatch.setattr(precision_module, "onednn_linear", counted("modules", precision_module.onednn_linear))
+    monkeypatch.setattr(runner, "onednn_linear", counted("fused", runner.onednn_linear))
+    torch_tagger = Tagger.from_pretrained(model_dir)
+    tagger = Tagger.from_pretrained(model_dir, backend="onednn")
+    linears = [m for m in tagger.model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is precision_module.OneDnnLinear for m in linears)
+    for cfg in POLICY_SETTINGS:
+        for batch_size in (1, 3):
+            ref = torch_tagger.predict_words(SENTENCES, cfg, batch_size)
+            got = tagger.predict_words(SENTENCES, cfg, batch_size)
+            assert got.tags == ref.tags and got.exit_layers == ref.exit_layers, cfg.describe()
+            for x, y in zip(got.scores, ref.scores):
+                assert x == pytest.approx(y, abs=1e-4)
+    assert calls["modules"] > 0 and calls["fused"] > 0
+    # training: the same output and gradients as nn.Linear (F.linear), oneDNN not called
+    before = dict(calls)
+    layer = linears[0]
+    plain = torch.nn.Linear(layer.in_features, layer.out_features)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(4, layer.in_features, requires_grad=True)
+    y, y_ref = layer(x), plain(x)
+    y.sum().backward()
+    assert torch.equal(y, y_ref) and layer.weight.grad is not None and calls == before
+    with pytest.raises(ConfigError, match="onednn runs fp32"):
+        Tagger.from_pretrained(model_dir, backend="onednn", precision="bf16")

@@ -28,7 +28,7 @@ from .engine import Engine, ExitConfig, ExitStats
 from .engine.control import LengthProfile, SpeedController, exit_report
 from .errors import ConfigError, DataError, EarlytagError
 from .metrics import task_scores
-from .model.precision import apply_precision, check_precision
+from .model.precision import apply_precision, check_precision, use_onednn
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | SpeedController | dict | str | None
@@ -138,10 +138,17 @@ class Tagger:
 
     def _layer_backend(self, precision: str, backend: str):
         """(what runs the layer steps, what climbs a one-sentence batch in one call): ``torch`` (None, None),
+        ``onednn`` (torch, its fp32 Linears in oneDNN: :func:`~earlytag.model.precision.use_onednn`),
         ``onnxruntime`` (its sessions for both), ``auto`` (torch steps; ONNX Runtime's whole-climb graph for single
         sentences when onnxruntime is installed, the model is fp32 and on the CPU — else torch alone)."""
         self._precision = precision
         if backend == "torch":
+            return None, None
+        if backend == "onednn":  # torch's engine, its fp32 products in oneDNN with prepacked weights
+            if precision != "fp32" or self.device.type != "cpu":
+                raise ConfigError("backend", f"onednn runs fp32 on a CPU, not {precision} on {self.device.type}: "
+                                             "use --backend torch (bf16 and int8 run in oneDNN there already)")
+            use_onednn(self.model)
             return None, None
         from .engine.backends import OnnxLayers
 

@@ -180,7 +180,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise ConfigError("repeats", "must be at least 1")
     base = Tagger.from_pretrained(cfg.model, device=cfg.device, **cfg.decoding)  # fp32: the reference of every wall-clock speed-up
     runtimes = [(p, b) for b in cfg.backends for p in cfg.precisions
-                if b == "torch" or p in ONNX_PRECISIONS]
+                if b == "torch" or (b == "onednn" and p == "fp32") or (b == "onnxruntime" and p in ONNX_PRECISIONS)]
     taggers = {(p, b): base if (p, b) == ("fp32", "torch") else
                Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device, **cfg.decoding)
                for p, b in runtimes}
@@ -230,7 +230,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     scores: dict[tuple[str, int], tuple[float, ExitStats]] = {}
     for runtime, exit_cfg in contenders:
-        if exit_cfg.kv != "keep" and runtime[1] != "torch":
+        if exit_cfg.kv != "keep" and runtime[1] == "onnxruntime":
             continue
         pred = taggers[runtime].predict_words(docs, exit_cfg, max(cfg.batch_sizes))
         scores[runtime, id(exit_cfg)] = (task_scores(base.config.task, gold, pred.tags)["score"], pred.stats)
@@ -412,7 +412,7 @@ def _row(exit_cfg: ExitConfig, runtime: tuple[str, str], bs: int | None, score: 
     numbers ``evaluate`` gives); ``timed_flops_speedup`` is that of the sentences timed (``timed``), and the
     wall/FLOPs ratio compares the timing with it."""
     precision, backend = runtime
-    key = row_key(exit_cfg) + ("" if precision == "fp32" else f"@{precision}") + ("/ort" if backend != "torch" else "")
+    key = row_key(exit_cfg) + ("" if precision == "fp32" else f"@{precision}") + {"torch": "", "onednn": "/onednn"}.get(backend, "/ort")
     row = {"policy": key, "precision": precision, "backend": backend, "settings": exit_cfg.to_dict(),
            "describe": exit_cfg.describe(),
            "batch_size": bs, "score": score, "flops_speedup": stats.flops_speedup,

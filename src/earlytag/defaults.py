@@ -17,6 +17,6 @@ CRF_UNCERTAINTIES = ("meanfield", "exact", "emission")
 
 # Inference precisions (earlytag.model.precision) and layer backends (earlytag.api, earlytag.engine.backends).
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed")
-BACKENDS = ("torch", "onnxruntime", "auto")
+BACKENDS = ("torch", "onnxruntime", "auto", "onednn")
 QUANTIZE_BACKENDS = ("torch", "onnxruntime")  # what earlytag quantize chooses for (int8_mixed keys)
 ONNX_PRECISIONS = ("fp32", "int8", "int8-mixed")  # what the onnxruntime backend runs

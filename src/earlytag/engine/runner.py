@@ -34,7 +34,7 @@ from ..data.batching import Batch
 from ..errors import ConfigError
 from ..model.adapters import LayerParts
 from ..model.layers import attend, finish, key_bias
-from ..model.precision import Int8Linear
+from ..model.precision import Int8Linear, OneDnnLinear, onednn_linear, onednn_pack
 from .flops import ExitStats
 from .plan import ExitPlan, active_tokens
 from .policies import ExitConfig, ExitPolicy, head_scores
@@ -88,6 +88,12 @@ class _FusedLayer:
             wq, bq = q.weight.detach(), q.bias.detach()
             wkv, bkv = torch.cat([k.weight, v.weight]).detach(), torch.cat([k.bias, v.bias]).detach()
             wqkv, bqkv = torch.cat([q.weight, k.weight, v.weight]).detach(), torch.cat([q.bias, k.bias, v.bias]).detach()
+        if isinstance(q, OneDnnLinear):  # the onednn backend: the fused weights prepacked once
+            pq, pkv, pqkv = (onednn_pack(w) for w in (wq, wkv, wqkv))
+            self._q = lambda x: onednn_linear(x, pq, bq)
+            self._kv = lambda x: onednn_linear(x, pkv, bkv)
+            self._qkv = lambda x: onednn_linear(x, pqkv, bqkv)
+            return
         self._q = lambda x: F.linear(x, wq, bq)
         self._kv = lambda x: F.linear(x, wkv, bkv)
         self._qkv = lambda x: F.linear(x, wqkv, bqkv)

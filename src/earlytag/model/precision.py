@@ -162,6 +162,63 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
 
 
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN's linear with prepacked weights (the ``onednn`` backend's product)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def onednn_pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight (out, in)`` float32 reordered once into oneDNN's layout for :func:`onednn_linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 64)
+
+
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x (..., in) -> (..., out)`` through oneDNN's float32 matrix product with a prepacked weight."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+class OneDnnLinear(nn.Linear):
+    """A float32 Linear whose inference product runs in oneDNN with its weight prepacked (the ``onednn``
+    backend), instead of the BLAS that ``F.linear`` calls (MKL in torch's CPU wheels, which on some non-Intel CPUs
+    runs at half of what the CPU can: docs/results.md section 4). The same parameters; training, gradients and
+    other dtypes take ``F.linear``. The packed copy is rebuilt when the weight changes."""
+
+    _packed: tuple | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> OneDnnLinear:
+        new = cls.__new__(cls)
+        new.__dict__.update(linear.__dict__)
+        new._packed = None
+        return new
+
+    def packed(self) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, onednn_pack(self.weight))
+        return self._packed[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
+            return super().forward(x)
+        return onednn_linear(x, self.packed(), self.bias)
+
+
+def use_onednn(model):
+    """Every Linear of the encoder becomes a :class:`OneDnnLinear` (the ``onednn`` backend; fp32 on a CPU)."""
+    from .adapters import adapter_for
+
+    if not onednn_available():
+        raise ConfigError("backend", "onednn needs a torch built with oneDNN (mkldnn); use --backend torch")
+    for parent in list(model.encoder.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, OneDnnLinear.from_linear(child))
+    model.adapter = adapter_for(model.encoder)  # the engine reaches the layers through the adapter
+    return model
+
+
 def apply_precision(model, precision: str):
     """Put an :class:`~earlytag.model.tagger.EarlyExitTagger` (inference only) into ``precision``; returns it."""
     from .adapters import adapter_for
