@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-avx512 | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -29,6 +29,11 @@ for name in ${BENCHES:-minilm mpnet}; do
       --policies token --grid small --precisions fp32 int8 int8-mixed --backends onnxruntime --batch-sizes 1 \
       --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1" ;;
+    # the same on the AVX512-BF16 CPU with the branching climb (fp32 and int8; the model has no int8-mixed choice)
+    mpnet-b1-avx512) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1-avx512bf16 \
+      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
+      --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
+      --label "all-mpnet-base-v2 NER, self-sampling, batch 1, branching climb, AVX512-BF16 CPU" ;;
     # MiniLM at batch 1 with the ONNX Runtime backend only (the one-call climb), scored at batch 1 too; int8-mixed
     # as `earlytag quantize models/minilm-ner-ss uner-en-ewt:dev --backend onnxruntime --batch-size 1 --limit 0`
     # stored it in the model (the FFN output of layers 0 and 1 float32); small τ, where the F1 bound of 0.5 lies
@@ -131,7 +136,7 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 int8 --backends torch onnxruntime --batch-sizes 32 --repeats 3 \
       --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, both backends, batch 32" ;;
-    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, minilm-uniform-6ep-onednn, mpnet, mpnet-avx512, mpnet-b1, mpnet-b1-check, mpnet-check)" >&2
+    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, minilm-uniform-6ep-onednn, mpnet, mpnet-avx512, mpnet-b1, mpnet-b1-avx512, mpnet-b1-check, mpnet-check)" >&2
        exit 2 ;;
   esac
 done
