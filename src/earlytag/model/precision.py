@@ -10,6 +10,9 @@
   only in the layers ``earlytag quantize`` chose on dev data for this model and backend (``int8_mixed`` in its
   config; :func:`quantized_roles`).
 
+The ``onednn`` backend (:func:`use_onednn`) keeps fp32 but runs every encoder Linear's inference product in oneDNN
+with a prepacked weight (:class:`OneDnnLinear`), for CPUs where torch's BLAS is the slow part.
+
 Settings a device cannot run stop with one line that says what to use instead (:func:`check_precision`).
 """
 
