@@ -440,21 +440,24 @@ class OnnxLayers:
         self.whole_sentence = True  # a one-sentence batch climbs in one call (climb.onnx); False: layer by layer
         self.branching = True  # that call stops once every word has halted (branching_climb); False: every layer
 
-    def _session(self, key, name: str, build):
-        """The session of graph ``name`` (:meth:`_graph`), opened once; ``name`` ``climb``: the joined climb."""
+    def _session(self, key, name: str, build, open_graph=None):
+        """The session of graph ``name``, opened once by ``open_graph(name, build)`` (default :meth:`_open`)."""
         session = self.sessions.get(key)
         if session is not None:
             return session
         with self._export_lock:  # two threads tagging at once export a graph once (its temporary name is per process)
             if key not in self.sessions:
-                self.sessions[key] = self._open(name, build)
+                self.sessions[key] = (open_graph or self._open)(name, build)
         return self.sessions[key]
 
     def _open(self, name: str, build):
-        if name != "climb":
-            return ort_session(self._graph(name, build), self.threads)
-        path = self.root / ("climb.onnx" if self.precision == "fp32" else f"climb-{self.precision}.onnx")
-        if not path.is_file():  # joined from pieces exported (and quantized) one by one
+        return ort_session(self._graph(name, build), self.threads)
+
+    def _open_joined(self, name: str, build):
+        """A graph joined from pieces exported (and quantized) one by one: ``build() ->`` the joined model, saved
+        once per precision (``climb.onnx``, ``climb-int8.onnx``, ...)."""
+        path = self.root / (f"{name}.onnx" if self.precision == "fp32" else f"{name}-{self.precision}.onnx")
+        if not path.is_file():
             save_graph(build(), path)
         return ort_session(path, self.threads)
 
@@ -521,15 +524,16 @@ class OnnxLayers:
                         {**words, "pred": {0: "w"}, "score": {0: "w"}, "exit": {0: "w"}})
 
             return self._session("climb-unrolled", "climb-unrolled", build)
-        return self._session("climb", "climb", lambda: self._branching_climb(example, words))
+        return self._session("climb", "climb", lambda: self._branching_climb(example, words), self._open_joined)
 
     def _branching_climb(self, example, words):
         """The pieces of :func:`branching_climb`, each exported (and quantized) as its own graph (cached beside
-        the others) -> the joined model, which :meth:`_open` saves as ``climb.onnx`` (``climb-int8.onnx``, ...)."""
+        the others) -> the joined model (:meth:`_open_joined` saves it)."""
         import onnx
 
         m = self.model
-        state, consts = _climb_start(m, *example[:3], example[4])
+        with torch.no_grad():  # the example state the pieces are traced with
+            state, consts = _climb_start(m, *example[:3], example[4])
         consts = [c for c in consts if c is not None]
         names = _CONSTS[:len(consts)]
         per_word = {n: {0: "w"} for n in ("active", "unc", "score", "pred", "exit")}
