@@ -44,7 +44,7 @@ from .policies import MAX_WINDOW, ExitPolicy, head_scores
 if TYPE_CHECKING:
     import onnx
 
-GRAPHS_VERSION = "v6"  # part of the cache key: bump it when the code of an exported graph changes
+GRAPHS_VERSION = "v7"  # part of the cache key: bump it when the code of an exported graph changes
 
 
 class _LayerGraph(nn.Module):
@@ -346,8 +346,11 @@ def save_graph(model: onnx.ModelProto, path: Path) -> Path:
 class _Truncated(nn.Module):
     """One sentence through the first ``depth`` layers, every token of every layer (no exit rule to apply: the
     none and static policies), and that layer's exit head on each word: ``input_ids (1, T), word_pos (W,) ->
-    pred (W,), score (W,), counts``. The same graph as a full-depth export of the model (and the sentence's
-    statistics, a few small nodes), so full depth costs what ONNX Runtime's own graph costs."""
+    pred (W,), score (W,), counts``. The arithmetic of a full-depth export of the model (and the sentence's
+    statistics, a few small nodes), written for one sentence: rows ``(T, d)`` with no padding mask, and reshapes
+    of constant shape (:func:`_attend_rows`), so that ONNX Runtime fuses each projection with its bias into one
+    Gemm and runs no shape arithmetic (205 nodes after its optimisation on a 6-layer BERT, against 321 for the
+    batched export ``FullDepth`` of the ort-fp32 peer)."""
 
     def __init__(self, model, depth: int):
         super().__init__()
@@ -355,15 +358,16 @@ class _Truncated(nn.Module):
 
     def forward(self, input_ids, word_pos):
         m = self.model
-        a = m.adapter
-        h = m.embed(input_ids)  # (1, T, d)
-        pos = a.traced_position_bias(h)  # (heads, T, T) or None
-        for parts in a.layers[: self.depth]:
+        h = m.embed(input_ids)[0]  # (T, d): one sentence, no padding, no mask
+        pos = m.adapter.traced_position_bias(h[None])  # (heads, T, T) or None
+        for parts in m.adapter.layers[: self.depth]:
             bias = None
             if pos is not None:
-                bias = (pos if parts.head_index is None else pos.index_select(0, parts.head_index))[None]
-            h = dense_layer(parts, h, bias, parts.num_heads)
-        score, pred, _ = head_scores(m.heads[self.depth - 1].linear(h[0].index_select(0, word_pos)))
+                bias = pos if parts.head_index is None else pos.index_select(0, parts.head_index)
+            ctx = _attend_rows(parts.query(h), parts.key(h), parts.value(h), bias, parts.num_heads,
+                               parts.attn_size // parts.num_heads)  # (T, da)
+            h = finish(parts, ctx, h)  # (T, d)
+        score, pred, _ = head_scores(m.heads[self.depth - 1].linear(h.index_select(0, word_pos)))
         everyone = torch.full_like(input_ids[0], -1)  # (T,) every token computed up to the last layer, as [CLS] is
         return pred, score, _counts(m, torch.full_like(word_pos, self.depth - 1), everyone, self.depth, False)
 
