@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-avx512 | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-b1-lean | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | minilm-uniform-6ep-onednn-fused | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-avx512 | mpnet-b1-lean | mpnet-onednn | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -34,6 +34,11 @@ for name in ${BENCHES:-minilm mpnet}; do
       --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
       --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1, branching climb, AVX512-BF16 CPU" ;;
+    # the same after the batch-1 full-depth graph became lean (as minilm-uniform-6ep-b1-lean)
+    mpnet-b1-lean) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1-lean \
+      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
+      --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
+      --label "all-mpnet-base-v2 NER, self-sampling, batch 1, lean full-depth graph, AVX512-BF16 CPU" ;;
     # MiniLM at batch 1 with the ONNX Runtime backend only (the one-call climb), scored at batch 1 too; int8-mixed
     # as `earlytag quantize models/minilm-ner-ss uner-en-ewt:dev --backend onnxruntime --batch-size 1 --limit 0`
     # stored it in the model (the FFN output of layers 0 and 1 float32); small τ, where the F1 bound of 0.5 lies
@@ -123,12 +128,30 @@ for name in ${BENCHES:-minilm mpnet}; do
       --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 \
       --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, branching climb" ;;
+    # the same after the batch-1 full-depth graph became one sentence's rows with constant-shape reshapes (the
+    # none/static graph the climb backend runs; fp32 full depth against ONNX Runtime fp32's own graph)
+    minilm-uniform-6ep-b1-lean) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-lean --policies token \
+      --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 \
+      --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, lean full-depth graph" ;;
     # batch 32 with torch's fp32 products in oneDNN (--backend onednn) against torch's own (MKL) and ONNX Runtime
     minilm-uniform-6ep-onednn) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn --policies token --thresholds 0.05 0.1 0.15 \
       --precisions fp32 bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
       --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products in oneDNN, batch 32" ;;
+    # the same after the onednn backend's layer finish put the residual sums and the FFN's GELU inside oneDNN's
+    # products; and all-mpnet-base-v2 at batch 32 with the onednn backend against ONNX Runtime fp32 and int8
+    minilm-uniform-6ep-onednn-fused) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-fused --policies token --thresholds 0.05 0.1 0.15 \
+      --precisions fp32 bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
+      --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products and layer finish in oneDNN, batch 32" ;;
+    mpnet-onednn) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-onednn \
+      --policies token --thresholds 0.07 0.15 0.25 --precisions fp32 --backends onednn --batch-sizes 32 \
+      --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 300 \
+      --label "all-mpnet-base-v2 NER, self-sampling, fp32 in oneDNN, batch 32, AVX512-BF16 CPU" ;;
     # batch 32 through the ONNX Runtime backend's layer sessions (fp32, int8) against the torch backend and ONNX
     # Runtime's own full-depth graphs: which backend's fp32 full depth is level with ONNX Runtime fp32 at batch 32
     minilm-uniform-6ep-ort32) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
