@@ -622,7 +622,7 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
                     "cannot be tested here")
     from earlytag.engine import runner
 
-    calls = {"modules": 0, "fused": 0}
+    calls = {"modules": 0, "fused": 0, "finish": 0}
 
     def counted(where, original):
         def fn(*args):
@@ -632,6 +632,9 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
 
     monkeypatch.setattr(precision_module, "onednn_linear", counted("modules", precision_module.onednn_linear))
     monkeypatch.setattr(runner, "onednn_linear", counted("fused", runner.onednn_linear))
+    # the layer's finish: output projection + residual, FFN in + GELU, FFN out + residual, all in oneDNN
+    monkeypatch.setattr(runner, "onednn_linear_add", counted("finish", runner.onednn_linear_add))
+    monkeypatch.setattr(runner, "onednn_linear_gelu", counted("finish", runner.onednn_linear_gelu))
     torch_tagger = Tagger.from_pretrained(model_dir)
     tagger = Tagger.from_pretrained(model_dir, backend="onednn")
     linears = [m for m in tagger.model.encoder.modules() if isinstance(m, torch.nn.Linear)]
@@ -643,10 +646,14 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
             assert got.tags == ref.tags and got.exit_layers == ref.exit_layers, cfg.describe()
             for x, y in zip(got.scores, ref.scores):
                 assert x == pytest.approx(y, abs=1e-4)
-    assert calls["modules"] > 0 and calls["fused"] > 0
+    assert calls["fused"] > 0 and calls["finish"] > 0
+    layer = linears[0]
+    with torch.inference_mode():  # a module's own inference product: oneDNN, the values of F.linear
+        x = torch.randn(5, layer.in_features)
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+    assert calls["modules"] == 1
     # training: the same output and gradients as nn.Linear (F.linear), oneDNN not called
     before = dict(calls)
-    layer = linears[0]
     plain = torch.nn.Linear(layer.in_features, layer.out_features)
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(4, layer.in_features, requires_grad=True)
@@ -655,3 +662,38 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
     assert torch.equal(y, y_ref) and layer.weight.grad is not None and calls == before
     with pytest.raises(ConfigError, match="onednn runs fp32"):
         Tagger.from_pretrained(model_dir, backend="onednn", precision="bf16")
+
+
+def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer():
+    """The onednn backend's fused finish (residual sums and GELU inside oneDNN's products) is used only where the
+    encoder's activation is torch's exact GELU, recognised by its values; and it computes what
+    ``model.layers.finish`` computes, on 2-D packed rows and 3-D dense batches."""
+    if not precision_module.onednn_available():
+        pytest.fail("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): the onednn backend "
+                    "cannot be tested here")
+    from transformers.activations import ACT2FN
+
+    from earlytag.engine.runner import _FusedLayer
+    from earlytag.model.layers import finish
+
+    exact = precision_module.is_exact_gelu
+    assert exact(torch.nn.functional.gelu) and exact(ACT2FN["gelu"]) and exact(torch.nn.GELU())
+    assert not exact(ACT2FN["gelu_new"]) and not exact(torch.nn.GELU(approximate="tanh"))
+    assert not exact(torch.nn.functional.relu) and not exact(ACT2FN["quick_gelu"])
+    model = tiny_model("bert", labels=LABELS, seed=3)
+    precision_module.use_onednn(model)
+    model.eval()
+    parts = model.adapter.layers[1]
+    assert exact(parts.act)
+    fused = _FusedLayer(parts)
+    assert fused._finish == fused._onednn_finish
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for shape in ((7, model.adapter.hidden_size), (2, 5, model.adapter.hidden_size)):
+            ctx, residual = torch.randn(shape), torch.randn(shape)
+            want = finish(parts, ctx, residual)
+            got = fused.finish(ctx, residual)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4), (shape, (got - want).abs().max())
+    parts.act = ACT2FN["gelu_new"]  # an approximation oneDNN's exact GELU would not match: the plain finish
+    plain = _FusedLayer(parts)
+    assert plain._finish != plain._onednn_finish

@@ -34,7 +34,15 @@ from ..data.batching import Batch
 from ..errors import ConfigError
 from ..model.adapters import LayerParts
 from ..model.layers import attend, finish, key_bias
-from ..model.precision import Int8Linear, OneDnnLinear, onednn_linear, onednn_pack
+from ..model.precision import (
+    Int8Linear,
+    OneDnnLinear,
+    is_exact_gelu,
+    onednn_linear,
+    onednn_linear_add,
+    onednn_linear_gelu,
+    onednn_pack,
+)
 from .flops import ExitStats
 from .plan import ExitPlan, active_tokens
 from .policies import ExitConfig, ExitPolicy, head_scores
@@ -93,6 +101,9 @@ class _FusedLayer:
             self._q = lambda x: onednn_linear(x, pq, bq)
             self._kv = lambda x: onednn_linear(x, pkv, bkv)
             self._qkv = lambda x: onednn_linear(x, pqkv, bqkv)
+            if (isinstance(parts.attn_out, OneDnnLinear) and isinstance(parts.ffn_in, OneDnnLinear)
+                    and isinstance(parts.ffn_out, OneDnnLinear) and is_exact_gelu(parts.act)):
+                self._finish = self._onednn_finish  # the residual sums and GELU inside the products
             return
         self._q = lambda x: F.linear(x, wq, bq)
         self._kv = lambda x: F.linear(x, wkv, bkv)
@@ -121,7 +132,18 @@ class _FusedLayer:
 
     def finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Output projection, residual + LayerNorm, FFN, residual + LayerNorm (``model.layers.finish``)."""
-        return self._rows(lambda c, r: finish(self.parts, c, r), ctx, residual)
+        return self._rows(self._finish, ctx, residual)
+
+    def _finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return finish(self.parts, ctx, residual)
+
+    def _onednn_finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """:func:`~earlytag.model.layers.finish` with each residual sum and the FFN's GELU done by oneDNN as the
+        product writes its output (two passes over the rows and one over the FFN's wide activations saved)."""
+        p = self.parts
+        x = p.attn_norm(onednn_linear_add(ctx, residual, p.attn_out.packed(), p.attn_out.bias))  # (N, d)
+        wide = onednn_linear_gelu(x, p.ffn_in.packed(), p.ffn_in.bias)  # (N, d_ff)
+        return p.ffn_norm(onednn_linear_add(wide, x, p.ffn_out.packed(), p.ffn_out.bias))  # (N, d)
 
     def _version(self) -> tuple:
         p = self.parts

@@ -22,6 +22,7 @@ import functools
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..defaults import PRECISIONS
@@ -179,6 +180,28 @@ def onednn_pack(weight: torch.Tensor) -> torch.Tensor:
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x (..., in) -> (..., out)`` through oneDNN's float32 matrix product with a prepacked weight."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def onednn_linear_gelu(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``gelu(x W^T + b)`` (exact, erf) with the activation applied by oneDNN as the product writes its output."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
+
+
+def onednn_linear_add(x: torch.Tensor, other: torch.Tensor, packed: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b + other`` (a residual) with the sum done by oneDNN as the product writes its output."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, packed, bias, "add")
+
+
+def is_exact_gelu(act) -> bool:
+    """Whether ``act`` computes torch's exact (erf) GELU, which oneDNN can fuse into a product: checked on values,
+    not by type (transformers names several approximations gelu)."""
+    probe = torch.linspace(-6.0, 6.0, 241)
+    with torch.no_grad():
+        try:
+            return bool(torch.equal(act(probe), F.gelu(probe)))
+        except (TypeError, RuntimeError):
+            return False
 
 
 class OneDnnLinear(nn.Linear):
