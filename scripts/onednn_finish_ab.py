@@ -48,7 +48,7 @@ def main() -> None:
             raise SystemExit(f"{path}: the fused finish is not in use (not the exact GELU?)")
         fused = [fl._finish for fl in layers]
 
-        def use(on: bool) -> None:
+        def use(on: bool, layers=layers, fused=fused) -> None:
             for fl, f in zip(layers, fused):
                 fl._finish = f if on else type(fl)._finish.__get__(fl)
 
