@@ -120,3 +120,35 @@ def test_bench_names_the_layers_int8_mixed_kept(models):
     from earlytag.report import layer_list  # how results.md, quantize and the card name them
 
     assert [layer_list(x) for x in ([], [1], [3, 4])] == ["no layer", "layer 1", "layers 3, 4"]
+
+
+def test_paired_alternates_blocks_of_units_and_collects_every_unit(monkeypatch):
+    """``paired(..., block=N)`` (``bench --alternate N``): after the warm-up, the baseline runs N units, then the
+    contender the same N, block after block (the last one shorter); unit by unit with N = 1. Each side's time is
+    summed over its own runs only (a fake clock: the baseline's units take 3 ticks, the contender's 1), and the
+    contender's output of every unit of the first pass is collected once, in order."""
+    from earlytag import bench
+    from earlytag.errors import ConfigError
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    for block, expected in ((3, ["b0", "b1", "b2", "c0", "c1", "c2", "b3", "b4", "b5", "c3", "c4", "c5", "b6", "c6"]),
+                            (1, ["b0", "c0", "b1", "c1", "b2", "c2", "b3", "c3", "b4", "c4", "b5", "c5", "b6", "c6"])):
+        calls, collected = [], []
+
+        def base(u, calls=calls):
+            calls.append(f"b{u}")
+            clock[0] += 3.0
+
+        def contender(u, calls=calls):
+            calls.append(f"c{u}")
+            clock[0] += 1.0
+            return u * 10
+
+        timing = bench.paired(base, contender, list(range(7)), 2, collected.append, block=block)
+        assert calls[:2] == ["b0", "c0"]  # the warm-up: one unit of each
+        assert calls[2:16] == expected and calls[16:] == expected  # two passes
+        assert collected == [u * 10 for u in range(7)]
+        assert timing.ratios == [3.0, 3.0] and timing.seconds == 7.0 and timing.baseline_seconds == 21.0
+    with pytest.raises(ConfigError, match="alternate"):
+        bench.paired(lambda u: None, lambda u: None, [0], 1, block=0)

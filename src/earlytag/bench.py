@@ -91,6 +91,7 @@ class BenchConfig:
     compare_models: list[str] = field(default_factory=list)  # other models timed at full depth (smaller models)
     refill: bool = True  # batch sizes > 1: the engine refills thin layers across consecutive batches
     refill_unit: int = 8  # batches per timed unit (the engine refills within a unit)
+    alternate: int = 1  # units per alternation block (1: unit by unit; more: each side runs warm, paired())
     device: str | None = None  # cpu (default), cuda, ...
     decoding: dict[str, Any] = field(default_factory=dict)  # a CRF model's decode, meanfield_iters, crf_uncertainty
     reference: str | None = None  # speed-ups against this model's fp32 full depth (e.g. the unpruned model)
@@ -114,27 +115,34 @@ class Timing:
 
 
 def paired(base: Callable[[Any], Any], contender: Callable[[Any], Any], units: list, repeats: int,
-           collect: Callable[[Any], None] | None = None) -> Timing:
-    """Time ``contender`` against ``base``, unit by unit in alternation, ``repeats`` passes after a warm-up.
+           collect: Callable[[Any], None] | None = None, block: int = 1) -> Timing:
+    """Time ``contender`` against ``base`` in alternation, ``repeats`` passes after a warm-up.
 
     A unit is one batch (batch size 1) or a few consecutive batches that the engine may refill across
-    (``Engine.run_many``). Alternating per unit makes both see the same machine state, so a noisy machine
-    moves both alike. ``collect`` receives the contender's output of every unit of the first pass."""
+    (``Engine.run_many``). Alternating makes both see the same machine state, so a noisy machine moves both alike.
+    ``block`` units at a time: 1 (the default) alternates unit by unit, so each side starts every unit with the
+    caches the other left; larger blocks let each side run warm through ``block`` units, as a server tagging a
+    stream with one model does. ``collect`` receives the contender's output of every unit of the first pass."""
+    if block < 1:
+        raise ConfigError("alternate", "must be at least 1")
+    blocks = [units[i:i + block] for i in range(0, len(units), block)]
     for unit in units[: max(1, len(units) // 20)]:  # warm-up
         base(unit)
         contender(unit)
     ratios, secs, base_secs = [], [], []
     for r in range(repeats):
         tb = tc = 0.0
-        for unit in units:
+        for group in blocks:
             t0 = time.perf_counter()
-            base(unit)
+            for unit in group:
+                base(unit)
             t1 = time.perf_counter()
-            out = contender(unit)
+            outs = [contender(unit) for unit in group]
             tc += time.perf_counter() - t1
             tb += t1 - t0
             if r == 0 and collect is not None:
-                collect(out)
+                for out in outs:
+                    collect(out)
         ratios.append(tb / tc)
         secs.append(tc)
         base_secs.append(tb)
@@ -285,7 +293,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     for o in outs:
                         stats = stats + o.stats
 
-                timing = paired(base_fn, contender, units, cfg.repeats, collect)
+                timing = paired(base_fn, contender, units, cfg.repeats, collect, cfg.alternate)
             if exit_cfg is _FULL:
                 precision_full[runtime] = timing.speedup if timing else 1.0
             score, whole = scores[runtime, id(exit_cfg)]
@@ -298,9 +306,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         for peer, (score, agree) in zip(peers, peer_scores):
             if isinstance(peer, HFPipelinePeer):  # it takes raw texts: the words of the same units
                 run = peer.unit_runner(unit_words.__getitem__, bs)
-                timing = paired(lambda i, units=units: base_fn(units[i]), run, list(range(len(units))), cfg.repeats)
+                timing = paired(lambda i, units=units: base_fn(units[i]), run, list(range(len(units))), cfg.repeats,
+                                block=cfg.alternate)
             else:
-                timing = paired(base_fn, peer.unit_runner(), units, cfg.repeats)
+                timing = paired(base_fn, peer.unit_runner(), units, cfg.repeats, block=cfg.alternate)
             rows.append(_peer_row(peer.name, bs, score, agree, timing, sum(len(w) for w in unit_words),
                                   cfg.noise_spread))
             bar.update(1)
@@ -315,7 +324,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     meta = {"model": cfg.model, "label": cfg.label or Path(cfg.model).name, "data": str(dataset.path),
             "sentences": len(docs), "timing_sentences": {str(bs): limits[bs] or len(docs) for bs in cfg.batch_sizes},
             "repeats": cfg.repeats, "task": base.config.task, "num_layers": num_layers,
-            "refill": cfg.refill, "refill_unit": cfg.refill_unit, "refill_tokens": base.engine.refill_tokens,
+            "refill": cfg.refill, "refill_unit": cfg.refill_unit, "alternate": cfg.alternate, "refill_tokens": base.engine.refill_tokens,
             "machine": machine_info(), "calibration": calibration.to_dict() if calibration else None,
             "compare_models": cfg.compare_models, "head": base.decoding, "reference": cfg.reference, "precisions": cfg.precisions, "backends": cfg.backends,
             "compare": cfg.compare,
@@ -470,8 +479,10 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"int8-mixed keeps the FFN output projection float32 in ({kept}; counted from 0), the rest int8.")
     if timing:
         lines.append(
-            f"Wall-clock speed-up: earlytag at full depth in float32 and the contender timed in alternation, unit by "
-            f"unit (batch size 1: one sentence; larger: {meta.get('refill_unit', 1)} batches, "
+            "Wall-clock speed-up: earlytag at full depth in float32 and the contender timed in alternation, "
+            + ("unit by unit" if meta.get("alternate", 1) == 1 else
+               f"{meta['alternate']} units at a time (each side running warm through them)")
+            + f" (a unit at batch size 1: one sentence; larger: {meta.get('refill_unit', 1)} batches, "
             + ("the engine refilling thin layers across them" if meta.get("refill") else "no refill")
             + f"), median of {meta['repeats']} passes after a warm-up"
             + (f"; ~ marks a figure whose passes spread by more than {100 * meta.get('noise_spread', 0.15):.0f}% "

@@ -293,7 +293,7 @@ def cmd_bench(args) -> int:
                       data_dir=args.data_dir, progress=not args.quiet, target_speedup=args.target_speedup,
                       calibration_data=args.calibration_data, label=args.label, grid=args.grid,
                       thresholds=args.thresholds, window=args.window, min_layer=args.min_layer,
-                      compare_models=args.compare_model or [], refill=not args.no_refill,
+                      compare_models=args.compare_model or [], refill=not args.no_refill, alternate=args.alternate,
                       decoding=decoding(args),
                       reference=args.reference)
     result = run_bench(cfg)
@@ -717,6 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "setting (default: 1, any layer)")
     p.add_argument("--no-refill", action="store_true", help="time every batch on its own (no refill of thin "
                                                             "layers across consecutive batches)")
+    p.add_argument("--alternate", type=int, default=1, metavar="N",
+                   help="time the baseline and each contender N units at a time (default 1: unit by unit, each side "
+                        "starting every unit with the caches the other left; more: each runs warm through N units, "
+                        "as a server tagging a stream with one model)")
     p.add_argument("--compare-model", action="append", help="another (smaller) model timed at full depth against "
                                                              "this one in the same process (repeatable)")
     p.add_argument("--target-speedup", type=float, help="also the setting calibrated for this FLOPs speed-up")
