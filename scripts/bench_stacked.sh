@@ -4,7 +4,7 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-b1-lean | minilm-uniform-6ep-b1-warm | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | minilm-uniform-6ep-onednn-fused | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-avx512 | mpnet-b1-lean | mpnet-b1-warm | mpnet-onednn | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-b1-lean | minilm-uniform-6ep-b1-warm | minilm-uniform-6ep-b1-torch-warm | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | minilm-uniform-6ep-onednn-fused | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-avx512 | mpnet-b1-lean | mpnet-b1-warm | mpnet-onednn | mpnet-b1-check | mpnet-check)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
@@ -45,6 +45,12 @@ for name in ${BENCHES:-minilm mpnet}; do
       --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
       --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 --alternate 25 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1, lean full-depth graph, warm blocks of 25, AVX512-BF16 CPU" ;;
+    # the torch engine at batch 1 in fp32 and bf16 (the layer loop in Python, no ONNX Runtime), warm blocks of 25
+    minilm-uniform-6ep-b1-torch-warm) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-torch-warm --policies token \
+      --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 bf16 --backends torch --batch-sizes 1 \
+      --repeats 3 --threads 1 --quiet --timing-limit-b1 200 --alternate 25 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, torch engine, warm blocks of 25" ;;
     # the same after the batch-1 full-depth graph became lean (as minilm-uniform-6ep-b1-lean)
     mpnet-b1-lean) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1-lean \
       --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
