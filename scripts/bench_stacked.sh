@@ -4,11 +4,19 @@
 # Every wall-clock speed-up is against earlytag fp32 full depth timed in alternation in the same run. Run on an
 # otherwise idle machine (the load average at the start is recorded in meta.json). One intra-op thread for every
 # contender, as the measurement that opened issue 10 (on two shared cores, two threads made every run slower).
-#   BENCHES="minilm" scripts/bench_stacked.sh       (minilm | minilm-b1 | minilm-check | minilm-int8 | minilm-uniform-int8 | minilm-uniform-mixed | minilm-uniform-mixed-exit | minilm-uniform-mixed-exit-check | minilm-uniform-b1 | minilm-uniform-6ep | minilm-uniform-6ep-all | minilm-uniform-6ep-b1 | minilm-uniform-6ep-b1-branching | minilm-uniform-6ep-b1-lean | minilm-uniform-6ep-b1-warm | minilm-uniform-6ep-b1-torch-warm | minilm-uniform-6ep-ort32 | minilm-uniform-6ep-onednn | minilm-uniform-6ep-onednn-fused | mpnet | mpnet-avx512 | mpnet-b1 | mpnet-b1-avx512 | mpnet-b1-lean | mpnet-b1-warm | mpnet-onednn | mpnet-b1-check | mpnet-check)
+#   BENCHES="minilm" scripts/bench_stacked.sh       (one or more of the names of the case entries below; an
+#   unknown name lists them)
 set -euo pipefail
 OUT=${OUT:-models}
 B="--policies token --grid small --precisions fp32 bf16 int8 int8-mixed --backends torch onnxruntime --batch-sizes 1 32 \
   --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet"
+# the settings shared by the runs of one series (each run differs in what the code did then, or in --alternate)
+MINILM6_B1="--policies token --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime \
+  --batch-sizes 1 --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200"
+MPNET_B1="--policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
+  --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100"
+MINILM6_ONEDNN="--policies token --thresholds 0.05 0.1 0.15 --precisions fp32 bf16 --backends torch onednn \
+  --batch-sizes 32 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000"
 for name in ${BENCHES:-minilm mpnet}; do
   echo "=== $(date +%T) $name"
   case $name in
@@ -30,20 +38,16 @@ for name in ${BENCHES:-minilm mpnet}; do
       --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1" ;;
     # the same on the AVX512-BF16 CPU with the branching climb (fp32 and int8; the model has no int8-mixed choice)
-    mpnet-b1-avx512) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1-avx512bf16 \
-      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
-      --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
+    mpnet-b1-avx512) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test \
+      --out docs/bench/stacked-mpnet-ner-ss-b1-avx512bf16 $MPNET_B1 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1, branching climb, AVX512-BF16 CPU" ;;
     # the two lean batch-1 benches with every side running warm through 25 sentences at a time (--alternate 25)
     # instead of unit by unit, where each starts every sentence with the caches the other model left
     minilm-uniform-6ep-b1-warm) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-warm --policies token \
-      --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 \
-      --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 --alternate 25 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-warm $MINILM6_B1 --alternate 25 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, lean full-depth graph, warm blocks of 25" ;;
-    mpnet-b1-warm) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1-warm \
-      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
-      --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 --alternate 25 \
+    mpnet-b1-warm) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test \
+      --out docs/bench/stacked-mpnet-ner-ss-b1-warm $MPNET_B1 --alternate 25 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1, lean full-depth graph, warm blocks of 25, AVX512-BF16 CPU" ;;
     # the torch engine at batch 1 in fp32 and bf16 (the layer loop in Python, no ONNX Runtime), warm blocks of 25
     minilm-uniform-6ep-b1-torch-warm) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
@@ -52,9 +56,8 @@ for name in ${BENCHES:-minilm mpnet}; do
       --repeats 3 --threads 1 --quiet --timing-limit-b1 200 --alternate 25 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, torch engine, warm blocks of 25" ;;
     # the same after the batch-1 full-depth graph became lean (as minilm-uniform-6ep-b1-lean)
-    mpnet-b1-lean) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1-lean \
-      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
-      --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100 \
+    mpnet-b1-lean) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test \
+      --out docs/bench/stacked-mpnet-ner-ss-b1-lean $MPNET_B1 \
       --label "all-mpnet-base-v2 NER, self-sampling, batch 1, lean full-depth graph, AVX512-BF16 CPU" ;;
     # MiniLM at batch 1 with the ONNX Runtime backend only (the one-call climb), scored at batch 1 too; int8-mixed
     # as `earlytag quantize models/minilm-ner-ss uner-en-ewt:dev --backend onnxruntime --batch-size 1 --limit 0`
@@ -141,29 +144,21 @@ for name in ${BENCHES:-minilm mpnet}; do
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1" ;;
     # the same at batch 1 with the branching climb graph (no layer runs once every word has halted)
     minilm-uniform-6ep-b1-branching) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-branching --policies token \
-      --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 \
-      --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-branching $MINILM6_B1 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, branching climb" ;;
     # the same after the batch-1 full-depth graph became one sentence's rows with constant-shape reshapes (the
     # none/static graph the climb backend runs; fp32 full depth against ONNX Runtime fp32's own graph)
     minilm-uniform-6ep-b1-lean) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-lean --policies token \
-      --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions fp32 int8 --backends onnxruntime --batch-sizes 1 \
-      --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-lean $MINILM6_B1 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, lean full-depth graph" ;;
     # batch 32 with torch's fp32 products in oneDNN (--backend onednn) against torch's own (MKL) and ONNX Runtime
     minilm-uniform-6ep-onednn) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn --policies token --thresholds 0.05 0.1 0.15 \
-      --precisions fp32 bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
-      --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn $MINILM6_ONEDNN \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products in oneDNN, batch 32" ;;
     # the same after the onednn backend's layer finish put the residual sums and the FFN's GELU inside oneDNN's
     # products; and all-mpnet-base-v2 at batch 32 with the onednn backend against ONNX Runtime fp32 and int8
     minilm-uniform-6ep-onednn-fused) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-fused --policies token --thresholds 0.05 0.1 0.15 \
-      --precisions fp32 bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
-      --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-fused $MINILM6_ONEDNN \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products and layer finish in oneDNN, batch 32" ;;
     mpnet-onednn) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-onednn \
       --policies token --thresholds 0.07 0.15 0.25 --precisions fp32 --backends onednn --batch-sizes 32 \
@@ -176,7 +171,7 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 int8 --backends torch onnxruntime --batch-sizes 32 --repeats 3 \
       --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, both backends, batch 32" ;;
-    *) echo "unknown bench: $name (minilm, minilm-b1, minilm-check, minilm-int8, minilm-uniform-int8, minilm-uniform-mixed, minilm-uniform-mixed-exit, minilm-uniform-mixed-exit-check, minilm-uniform-b1, minilm-uniform-6ep, minilm-uniform-6ep-all, minilm-uniform-6ep-b1, minilm-uniform-6ep-b1-branching, minilm-uniform-6ep-ort32, minilm-uniform-6ep-onednn, mpnet, mpnet-avx512, mpnet-b1, mpnet-b1-avx512, mpnet-b1-check, mpnet-check)" >&2
+    *) echo "unknown bench: $name (one of: $(grep -oE '^    [a-z0-9-]+\)' "$0" | tr -d ' )' | paste -sd ' '))" >&2
        exit 2 ;;
   esac
 done

@@ -86,6 +86,7 @@ class _FusedLayer:
         self.parts = parts
         self.bucket = bucket
         self.version = self._version()
+        self._finish = self._plain_finish  # output projection, residual + LN, FFN, residual + LN (finish)
         q, k, v = parts.query, parts.key, parts.value
         if isinstance(q, Int8Linear):
             self._q = q
@@ -134,7 +135,7 @@ class _FusedLayer:
         """Output projection, residual + LayerNorm, FFN, residual + LayerNorm (``model.layers.finish``)."""
         return self._rows(self._finish, ctx, residual)
 
-    def _finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def _plain_finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return finish(self.parts, ctx, residual)
 
     def _onednn_finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
