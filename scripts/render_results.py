@@ -547,7 +547,9 @@ def crfdecode(name: str) -> str:
     load_avg = data.get("load_average")
     source = (f"the model's emissions on {data['emissions']}, sentences end to end" if data.get("emissions")
               else "random emissions")
+    m = data["machine"]
     note = (f"\n\n{data['command']}; {source}; batch {data['rows'][0]['batch']}, {data['rows'][0]['labels']} labels, "
+            f"{m['cpus']} CPUs ({m['cpu_capability']}), torch {m['torch']}, "
             f"{data['threads']} thread, median of {data['passes']} alternating passes"
             + (f", load average {load_avg[0]:.2f} at the end" if load_avg else "") + ".")
     return markdown_table(head, out) + note

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+LOG2E = 1.0 / math.log(2.0)
 NEG = -1e4  # a forbidden transition at decoding (finite: 0·NEG stays 0, -inf would give NaN)
 
 
@@ -274,8 +275,8 @@ def meanfield_probs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor,
     ``(B, W)`` and every label's probability ``(B, C, W)``. Not for training (no log-probabilities to take a
     loss on)."""
     logits = _meanfield_logits(emit, mask, trans, start, end, iters)  # (B, C, W)
-    z = logits - logits.amax(1, keepdim=True)  # 0 at each word's best labels
-    probs = z.exp()
+    z = (logits - logits.amax(1, keepdim=True)).mul_(LOG2E)  # 0 at each word's best labels, in bits
+    probs = torch.exp2(z)  # exp(x) as 2^(x·log2 e): torch's CPU exp2 is several times faster than its exp
     best = probs.sum(1, keepdim=True).reciprocal_()  # (B, 1, W): exp(0) / the sum, the best label's probability
     probs.mul_(best)
     return best.squeeze(1), _first_top(z, 1), probs
