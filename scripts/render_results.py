@@ -566,6 +566,21 @@ def int8bits(name: str) -> str:
             f"this CPU {'has' if data['vnni'] else 'lacks'} VNNI; load average {data['load_average'][0]:.2f}.")
 
 
+def mfpenalty(name: str) -> str:
+    """Mean-field decoding with the scheme's forbidden steps as a penalty P (scripts/meanfield_penalty.py)."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    viterbi = next(r["f1"] for r in data["rows"] if r["decode"] == "viterbi")
+    pens = sorted({r["penalty"] for r in data["rows"] if r["decode"] == "meanfield"})
+    iters = sorted({r["meanfield_iters"] for r in data["rows"] if r["decode"] == "meanfield"})
+    f1 = {(r["meanfield_iters"], r["penalty"]): r["f1"] for r in data["rows"] if r["decode"] == "meanfield"}
+    out = [[f"mean-field M={m}"] + [f"{pct(f1[m, p])} ({100 * (f1[m, p] - viterbi):+.2f})" for p in pens] for m in iters]
+    m = data["machine"]
+    return (markdown_table(["decoding (F1, in brackets − Viterbi's " + pct(viterbi) + ")"]
+                           + [f"P = {p:g}" + (" (as decoded)" if p == 0 else "") for p in pens], out)
+            + f"\n\n`{data['command']}`; {data['data']}, full depth; {m['cpus']} CPUs ({m['cpu_capability']}), "
+              f"torch {m['torch']}, scores only.")
+
+
 def crfiters(name: str) -> str:
     """F1 by decoding and mean-field iterations (scripts/crf_iters.py), full depth and token exit at one τ."""
     data = load(DOCS / "bench" / f"{name}.json")
@@ -715,7 +730,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "mfpenalty": mfpenalty, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "shiftedorders": shiftedorders, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code, "evaluation": evaluation}
