@@ -447,3 +447,43 @@ def test_window_band_lets_only_the_stream_since_the_warmup_move_tau_inside_the_b
     for bad in (-0.1, 1.0, "0.1", True, (0.1,), (0.1, -0.1), (0.1, 0.0, 0.0)):
         with pytest.raises(ConfigError, match="exit.window_band"):
             SpeedController(BASE, 2.0, window_band=bad)
+
+
+def test_band_drift_drops_the_band_while_the_recent_inputs_are_longer_or_shorter_than_the_streams():
+    """band_drift: the window band holds only while the recent window's mean input length (the lengths that
+    current() is given) stays within exp(±band_drift) of the mean since the start; beyond it the window's
+    deviation counts in full, as without a band. length_drift is that log ratio, computed from what was seen."""
+    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=0.2, warmup_tokens=10**9, window_tokens=1000)
+    short = [10] * 50  # 500 tokens, mean 10
+    for _ in range(4):  # a steady stream: no drift, 5% slow is inside the band
+        call = list(short)  # each Tagger call passes its own list of lengths
+        control.current(call)
+        control.current(call)  # the same call's lengths again (a second batch of it): counted once
+        before = control.log_tau
+        control.observe(1e6 * 500 / 1.9, 1e6 * 500, 500)
+        assert control.length_drift == pytest.approx(0.0)
+        since = 2.0 / control.realised_after_warmup if control.after_warmup[1] else 2.0 / control.realised_total
+        assert control.log_tau - before == pytest.approx(0.5 * math.log(since))  # the window's term dropped
+    long = [40] * 25  # 1000 tokens, mean 40: the window (1000 tokens) holds this call alone
+    control.current(long)
+    total_mean = (4 * 500 + 1000) / (4 * 50 + 25)
+    assert control.length_drift == pytest.approx(math.log(40 / total_mean))
+    assert control.length_drift > 0.2
+    before = control.log_tau
+    control.observe(1e6 * 1000 / 1.9, 1e6 * 1000, 1000)
+    window_term = math.log(2.0) - math.log(control.realised_window)
+    assert window_term == pytest.approx(math.log(2.0) - math.log(1.9))
+    assert control.log_tau - before == pytest.approx(
+        min(control.max_step, 0.5 * (window_term + math.log(2.0) - math.log(control.realised_total))))
+    assert control.to_dict()["band_drift"] == 0.2
+    # without band_drift the same stream keeps the band
+    plain = SpeedController(BASE, 2.0, window_band=0.1, warmup_tokens=10**9, window_tokens=1000)
+    for part in (short, short, short, short, long):
+        plain.current(list(part))
+        before = plain.log_tau
+        plain.observe(1e6 * sum(part) / 1.9, 1e6 * sum(part), sum(part))
+    assert plain.log_tau - before == pytest.approx(0.5 * (math.log(2.0) - math.log(plain.realised_total)))
+    assert plain.to_dict()["band_drift"] is None
+    for bad in (0, -0.1, "0.1", True):
+        with pytest.raises(ConfigError, match="exit.band_drift"):
+            SpeedController(BASE, 2.0, window_band=0.1, band_drift=bad)
