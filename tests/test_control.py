@@ -476,6 +476,7 @@ def test_band_drift_drops_the_band_while_the_recent_inputs_are_longer_or_shorter
     assert control.log_tau - before == pytest.approx(
         min(control.max_step, 0.5 * (window_term + math.log(2.0) - math.log(control.realised_total))))
     assert control.to_dict()["band_drift"] == 0.2
+    assert control.to_dict()["length_drift"] == pytest.approx(math.log(40 / total_mean), abs=1e-4)
     # without band_drift the same stream keeps the band
     plain = SpeedController(BASE, 2.0, window_band=0.1, warmup_tokens=10**9, window_tokens=1000)
     for part in (short, short, short, short, long):

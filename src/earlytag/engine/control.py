@@ -352,7 +352,7 @@ class SpeedController:
                 "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None, "window_band": list(self.window_band),
-                "band_drift": self.band_drift,
+                "band_drift": self.band_drift, "length_drift": round(self.length_drift, 4),
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
