@@ -414,6 +414,8 @@ def shifted(name: str) -> str:
               "_band10slow": f"length profile + feedback {per_call}, window band −10% (slower side only)",
               "_band05drift10": f"length profile + feedback {per_call}, window band ±5% unless lengths drift >~10%",
               "_band05drift20": f"length profile + feedback {per_call}, window band ±5% unless lengths drift >~22%",
+              "_band05steady": f"length profile + feedback {per_call}, window band ±5% past two windows unless lengths "
+                               "drift >~22%",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",
               "_lengthdiff": f"length profile + difficulty per length group + feedback {per_call}",

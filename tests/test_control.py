@@ -447,3 +447,38 @@ def test_window_band_lets_only_the_stream_since_the_warmup_move_tau_inside_the_b
     for bad in (-0.1, 1.0, "0.1", True, (0.1,), (0.1, -0.1), (0.1, 0.0, 0.0)):
         with pytest.raises(ConfigError, match="exit.window_band"):
             SpeedController(BASE, 2.0, window_band=bad)
+
+
+def test_band_drift_drops_the_band_while_the_recent_inputs_are_longer_or_shorter_than_the_streams():
+    """band_drift: the window band holds only once the stream has run past the warm-up and two windows, and while
+    the recent window's mean input length (the lengths current() is given) stays within exp(±band_drift) of the mean
+    since the start; otherwise the window's deviation counts in full, as without a band."""
+    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=0.2, warmup_tokens=0, window_tokens=1000)
+    short = [10] * 50  # 500 tokens, mean 10
+
+    def step(lengths, speed):
+        control.current(lengths)
+        control.current(lengths)  # the same call's lengths again (a second batch of it): counted once
+        before = control.log_tau
+        control.observe(1e6 * sum(lengths) / speed, 1e6 * sum(lengths), sum(lengths))
+        return control.log_tau - before
+
+    for i in range(8):  # a steady stream, 5% slow: inside the band, which holds only from 2,000 tokens on
+        moved = step(list(short), 1.9)  # each Tagger call passes its own list of lengths
+        assert control.length_drift == pytest.approx(0.0)
+        since = math.log(2.0) - math.log(control.realised_after_warmup)
+        window = math.log(2.0) - math.log(1.9) if 500 * (i + 1) < 2000 else 0.0
+        assert moved == pytest.approx(min(control.max_step, 0.5 * (window + since))), i
+    long = [40] * 25  # 1000 tokens, mean 40: the window (1000 tokens) holds this call alone
+    moved = step(long, 1.9)
+    total_mean = (8 * 500 + 1000) / (8 * 50 + 25)
+    assert control.length_drift == pytest.approx(math.log(40 / total_mean)) and control.length_drift > 0.2
+    window = math.log(2.0) - math.log(control.realised_window)
+    assert window == pytest.approx(math.log(2.0) - math.log(1.9))
+    assert moved == pytest.approx(min(control.max_step, 0.5 * (window + math.log(2.0)
+                                                               - math.log(control.realised_after_warmup))))
+    assert control.to_dict()["band_drift"] == 0.2
+    assert control.to_dict()["length_drift"] == pytest.approx(math.log(40 / total_mean), abs=1e-4)
+    for bad in (0, -0.1, "0.1", True):
+        with pytest.raises(ConfigError, match="exit.band_drift"):
+            SpeedController(BASE, 2.0, window_band=0.1, band_drift=bad)

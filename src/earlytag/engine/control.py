@@ -182,7 +182,8 @@ class SpeedController:
     def __init__(self, base: ExitConfig, target: float, window_tokens: int = 4000, gain: float = 0.5,
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
                  batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request",
-                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0):
+                 ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = 0.0,
+                 band_drift: float | None = None):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -195,6 +196,10 @@ class SpeedController:
                                   for b in bands):
             raise ConfigError("exit.window_band", "must be a number in [0, 1) (a log speed-up), or two (below the "
                                                   f"target, above it), got {window_band!r}")
+        if band_drift is not None and (isinstance(band_drift, bool) or not isinstance(band_drift, (int, float))
+                                       or not band_drift > 0):
+            raise ConfigError("exit.band_drift", "must be a number > 0 (a log ratio of mean input lengths) or None, "
+                                                 f"got {band_drift!r}")
         if profile_over not in ("request", "window"):
             raise ConfigError("exit.profile_over", f"expected request or window, got {profile_over!r}")
         self.base = base
@@ -219,6 +224,14 @@ class SpeedController:
         # how far (in log speed-up) the recent window may run below / above the target before it moves τ: inside
         # the band only the stream since the warm-up does (0: the window always counts)
         self.window_band = (float(bands[0]), float(bands[1]))
+        # the band only holds while the recent inputs are about as long as the stream's so far: where the mean input
+        # length of the recent window strays from the mean since the start by more than band_drift (a log ratio),
+        # the lengths drift (e.g. a stream sorted by length) and the window counts in full (None: the band always holds)
+        self.band_drift = band_drift
+        self._seen: Sequence[int] | None = None  # the last call's lengths counted
+        self._calls_seen: deque[tuple[int, int]] = deque()  # (tokens, inputs) of recent Tagger calls
+        self._seen_window = [0, 0]  # tokens, inputs of those
+        self._seen_total = [0, 0]  # tokens, inputs since the start
         self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
         self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
@@ -236,8 +249,11 @@ class SpeedController:
     def current(self, lengths: Sequence[int] | None = None) -> ExitConfig:
         """The setting to run the next engine call with; ``lengths``: the token counts of the inputs it is for
         (with a length profile, τ is chosen for them: the Tagger passes those of its whole call)."""
+        if lengths and lengths is not self._seen:  # the same call's lengths come with each of its batches
+            self._seen = lengths
+            self._see(lengths)
         if self.profile is not None and lengths:
-            if lengths is not self._lengths:  # the same call's lengths for each of its batches: weighed once
+            if lengths is not self._lengths:  # weighed once per call
                 self._lengths, self._weights = lengths, self.profile.weights(lengths)
                 if self.profile_over == "window":
                     self._recent.append((self._weights, sum(lengths)))
@@ -248,6 +264,25 @@ class SpeedController:
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
             self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
         return replace(self.base, threshold=round(self.tau, 6))
+
+    def _see(self, lengths: Sequence[int]) -> None:
+        """Count a Tagger call's inputs for the length drift (recent window against the stream since the start)."""
+        call = (sum(lengths), len(lengths))
+        self._calls_seen.append(call)
+        for acc in (self._seen_window, self._seen_total):
+            acc[0] += call[0]
+            acc[1] += call[1]
+        while len(self._calls_seen) > 1 and self._seen_window[0] - self._calls_seen[0][0] >= self.window_tokens:
+            tokens, inputs = self._calls_seen.popleft()
+            self._seen_window[0] -= tokens
+            self._seen_window[1] -= inputs
+
+    @property
+    def length_drift(self) -> float:
+        """|log| of the recent window's mean input length over the stream's since the start (0 before any)."""
+        if not self._seen_window[1] or not self._seen_total[1]:
+            return 0.0
+        return abs(math.log((self._seen_window[0] / self._seen_window[1]) / (self._seen_total[0] / self._seen_total[1])))
 
     @staticmethod
     def _ratio(flops: float, full: float) -> float:
@@ -288,6 +323,9 @@ class SpeedController:
         since = self.realised_after_warmup if warm else self.realised_total
         window_error = math.log(self.target) - math.log(self.realised_window)
         below, above = self.window_band  # window_error > 0: the window ran slower than the target
+        if self.band_drift is not None and (self.length_drift > self.band_drift
+                                            or self._seen_total[0] < self.warmup_tokens + 2 * self.window_tokens):
+            below = above = 0.0  # the lengths drift, or too little has been seen to tell: the window counts in full
         window_error = max(0.0, window_error - below) if window_error > 0 else min(0.0, window_error + above)
         error = window_error + math.log(self.target) - math.log(since)
         limit = self.max_step if self.profile is None else self.ask_step  # of log τ, or of log(speed-up asked)
@@ -315,6 +353,7 @@ class SpeedController:
                 "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None, "window_band": list(self.window_band),
+                "band_drift": self.band_drift, "length_drift": round(self.length_drift, 4),
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
