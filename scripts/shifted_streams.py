@@ -8,7 +8,7 @@ giving a fixed setting per target speed-up (2x, 3x, 4x). Every other genre's dev
 stream tagged per target with the fixed setting, and with the controller (--target-speedup) starting from it,
 over the stream in file order, shuffled, and sorted by length: as --target-speedup runs it (looking ahead with
 the calibration's length profile) and with the feedback alone (`_noprofile`); --variants picks other controllers
-(window: τ solved for the recent window's lengths; slowask, slowask02, slowask10, askstep20: the feedback moves the
+(noband: the default without its window band; window: τ solved for the recent window's lengths; slowask, slowask02, slowask10, askstep20: the feedback moves the
 speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call; band03, band05, band10: the recent window
 counts only where it strays more than ~3% / ~5% / ~10% from the target; band05slow, band10slow: only where it
 runs slower than the target by more than ~5% / ~10%, and always where it runs faster; band05steady:
@@ -35,7 +35,13 @@ from earlytag import Tagger  # noqa: E402
 from earlytag.calibrate import calibrate  # noqa: E402
 from earlytag.data.datasets import Dataset  # noqa: E402
 from earlytag.engine import ExitConfig  # noqa: E402
-from earlytag.engine.control import DEFAULT_ASK_STEP, LengthProfile, SpeedController  # noqa: E402
+from earlytag.engine.control import (  # noqa: E402
+    DEFAULT_ASK_STEP,
+    DEFAULT_BAND_DRIFT,
+    DEFAULT_WINDOW_BAND,
+    LengthProfile,
+    SpeedController,
+)
 from earlytag.engine.policies import CALIBRATION_THRESHOLDS  # noqa: E402
 from earlytag.metrics import task_scores  # noqa: E402
 
@@ -43,7 +49,9 @@ GENRES = ("answers", "email", "newsgroup", "reviews", "weblog")
 TARGETS = (2.0, 3.0, 4.0)
 # controllers: (suffix of the row key, uses the profile, SpeedController options)
 VARIANTS = {
-    "profile": ("", True, {}),  # as --target-speedup runs it (the feedback moves the ask by DEFAULT_ASK_STEP a call)
+    "profile": ("", True, {}),  # as --target-speedup runs it (the feedback moves the ask by DEFAULT_ASK_STEP a call,
+    # the window band of DEFAULT_WINDOW_BAND / DEFAULT_BAND_DRIFT)
+    "noband": ("_noband", True, {"window_band": 0.0}),  # the same without a window band (the default before it)
     "askstep20": ("_askstep20", True, {"ask_step": 0.2}),  # ... by at most ~22% a call (the default before 0.05)
     "noprofile": ("_noprofile", False, {}),  # the feedback alone
     "window": ("_window", True, {"profile_over": "window"}),  # τ solved for the recent window's lengths
@@ -52,12 +60,12 @@ VARIANTS = {
     "slowask10": ("_slowask10", True, {"ask_step": 0.1}),  # ... by at most ~10% a call
     # the recent window moves the ask only when it strays more than ~3% / ~5% / ~10% from the target (the stream since
     # the warm-up always does): τ stays put through a hard or an easy stretch of text
-    "band03": ("_band03", True, {"window_band": 0.03}),
-    "band05": ("_band05", True, {"window_band": 0.05}),
-    "band10": ("_band10", True, {"window_band": 0.1}),
+    "band03": ("_band03", True, {"window_band": 0.03, "band_drift": None}),
+    "band05": ("_band05", True, {"window_band": 0.05, "band_drift": None}),
+    "band10": ("_band10", True, {"window_band": 0.1, "band_drift": None}),
     # ... only where it runs slower than the target by more than ~5% / ~10%; faster, it always counts
-    "band05slow": ("_band05slow", True, {"window_band": (0.05, 0.0)}),
-    "band10slow": ("_band10slow", True, {"window_band": (0.1, 0.0)}),
+    "band05slow": ("_band05slow", True, {"window_band": (0.05, 0.0), "band_drift": None}),
+    "band10slow": ("_band10slow", True, {"window_band": (0.1, 0.0), "band_drift": None}),
     # ±5% once past the warm-up and two windows, while the recent inputs are about as long as the stream's so far
     # (mean length within ~22%); in full before that and where the lengths drift
     "band05steady": ("_band05steady", True, {"window_band": 0.05, "band_drift": 0.2}),
@@ -168,7 +176,8 @@ def main() -> None:
                 print(f"{cal}->{g} {target}x: fixed {speed:.2f}x F1 {100 * score:.2f}; controller ({variants[0]}) "
                       f"{c['speedup_after_warmup']:.2f}x F1 {100 * c['f1']:.2f}", file=sys.stderr, flush=True)
     out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "variants": variants,
-           "profile_ask_step": DEFAULT_ASK_STEP, "targets": args.targets, "genres": GENRES,
+           "profile_ask_step": DEFAULT_ASK_STEP, "profile_window_band": DEFAULT_WINDOW_BAND,
+           "profile_band_drift": DEFAULT_BAND_DRIFT, "targets": args.targets, "genres": GENRES,
            "curves": {g: sorted(c) for g, c in curves.items()}, "rows": rows}
     from earlytag.storage import atomic_write_text
 
