@@ -419,6 +419,8 @@ def shifted(name: str) -> str:
               "_band05drift20": f"length profile + feedback {per_call}, window band ±5% unless lengths drift >~22%",
               "_band05steady": f"length profile + feedback {per_call}, window band ±5% past two windows unless lengths "
                                "drift >~22%",
+              "_band10steady": f"length profile + feedback {per_call}, window band ±10% past two windows unless lengths "
+                               "drift >~22%",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",
               "_lengthdiff": f"length profile + difficulty per length group + feedback {per_call}",

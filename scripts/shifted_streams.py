@@ -11,8 +11,8 @@ the calibration's length profile) and with the feedback alone (`_noprofile`); --
 (noband: the default without its window band; window: τ solved for the recent window's lengths; slowask, slowask02, slowask10, askstep20: the feedback moves the
 speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call; band03, band05, band10: the recent window
 counts only where it strays more than ~3% / ~5% / ~10% from the target; band05slow, band10slow: only where it
-runs slower than the target by more than ~5% / ~10%, and always where it runs faster; band05steady:
-±5% only past the warm-up and two windows, and while the recent window's mean input length is within ~22% of the
+runs slower than the target by more than ~5% / ~10%, and always where it runs faster; band05steady, band10steady:
+±5% / ±10% only past the warm-up and two windows, and while the recent window's mean input length is within ~22% of the
 stream's so far). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
@@ -69,6 +69,7 @@ VARIANTS = {
     # ±5% once past the warm-up and two windows, while the recent inputs are about as long as the stream's so far
     # (mean length within ~22%); in full before that and where the lengths drift
     "band05steady": ("_band05steady", True, {"window_band": 0.05, "band_drift": 0.2}),
+    "band10steady": ("_band10steady", True, {"window_band": 0.1, "band_drift": 0.2}),  # the same with ±10%
 }
 
 
