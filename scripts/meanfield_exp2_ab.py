@@ -27,6 +27,7 @@ from crf_decode_bench import alternating_times, documents, model_emissions  # no
 from earlytag.bench import machine_info  # noqa: E402
 from earlytag.model import crf  # noqa: E402
 from earlytag.model.tagger import EarlyExitTagger  # noqa: E402
+from earlytag.storage import atomic_write_text  # noqa: E402
 
 
 def with_exp(emit, mask, trans, start, end, iters):
@@ -75,8 +76,7 @@ def main(argv=None) -> int:
                  f"({m['cpu_capability']}), torch {m['torch']}, 1 thread, batch 32, median of {args.passes} alternating "
                  f"passes, load average {os.getloadavg()[0]:.2f} at the end.")
     text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from earlytag import Tagger  # noqa: E402
 from earlytag.bench import machine_info  # noqa: E402
 from earlytag.model import crf  # noqa: E402
+from earlytag.storage import atomic_write_text  # noqa: E402
 
 
 def with_penalty(head, p: float):
@@ -70,8 +71,7 @@ def main(argv=None) -> int:
             print(f"M={iters} P={p:g}: {100 * rows[-1]['f1']:.2f}", file=sys.stderr)
     out = {"command": "python scripts/meanfield_penalty.py " + " ".join(argv or sys.argv[1:]), "model": args.model,
            "data": args.data, "machine": machine_info(), "load_average": os.getloadavg(), "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -400,8 +400,9 @@ def shifted(name: str) -> str:
     per_call = f"(≤ ~{100 * (math.exp(ask) - 1):.0f}% a call)"  # how far the feedback moves the speed-up asked
     band = d.get("profile_window_band", 0.0)  # the default's band for the recent window (before it existed: none)
     drift = d.get("profile_band_drift")  # ... held only past two windows and while lengths hold still (since then)
-    in_band = (f", window band ±{100 * band:.0f}%" + (f" past two windows unless lengths drift >~{100 * (math.exp(drift) - 1):.0f}%"
-                                                      if drift else "")) if band else ""
+    in_band = f", window band ±{100 * band:.0f}%" if band else ""
+    if band and drift:
+        in_band += f" past two windows unless lengths drift >~{100 * (math.exp(drift) - 1):.0f}%"
     labels = {"": f"length profile + feedback {per_call}{in_band}",
               "_askstep20": "length profile + feedback (≤ ~22% a call)", "_noprofile": "feedback alone",
               "_noband": f"length profile + feedback {per_call}",

@@ -222,8 +222,7 @@ class SpeedController:
         # with a length profile the feedback moves the speed-up asked of the profile; τ follows each call's lengths
         self.profile = profile
         self.log_ask = math.log(self.target)
-        self._lengths: Sequence[int] | None = None  # the last lengths weighed by the profile, and their weights
-        self._weights: list[float] = []
+        self._weights: list[float] = []  # the profile's weights of the lengths τ is solved for
         # what τ is solved for: each call's own inputs ("request"), or the recent window's with them ("window":
         # τ then moves with the length mix of the stream, not with each request's)
         self.profile_over = profile_over
@@ -235,12 +234,11 @@ class SpeedController:
         # length of the recent window strays from the mean since the start by more than band_drift (a log ratio),
         # the lengths drift (e.g. a stream sorted by length) and the window counts in full (None: the band always holds)
         self.band_drift = band_drift
-        self._seen: Sequence[int] | None = None  # the last call's lengths counted
-        self._calls_seen: deque[tuple[int, int]] = deque()  # (tokens, inputs) of recent Tagger calls
+        self._seen: Sequence[int] | None = None  # the lengths of the last Tagger call counted
+        # (tokens, inputs, the profile's weights or None) of the recent Tagger calls, about window_tokens of them
+        self._calls_seen: deque[tuple[int, int, list[float] | None]] = deque()
         self._seen_window = [0, 0]  # tokens, inputs of those
         self._seen_total = [0, 0]  # tokens, inputs since the start
-        self._recent: deque[tuple[list[float], int]] = deque()  # (weights, tokens) of recent calls
-        self._recent_tokens = 0
         self.window: deque[tuple[float, float, int]] = deque()  # (flops, flops_full, tokens) per engine call
         self.window_size = 0
         self.total = [0.0, 0.0, 0]  # flops, flops_full, tokens since the start
@@ -256,33 +254,31 @@ class SpeedController:
     def current(self, lengths: Sequence[int] | None = None) -> ExitConfig:
         """The setting to run the next engine call with; ``lengths``: the token counts of the inputs it is for
         (with a length profile, τ is chosen for them: the Tagger passes those of its whole call)."""
-        if lengths and lengths is not self._seen:  # the same call's lengths come with each of its batches
+        if lengths and lengths is not self._seen:  # a new call: its lengths come again with each of its batches
             self._seen = lengths
             self._see(lengths)
         if self.profile is not None and lengths:
-            if lengths is not self._lengths:  # weighed once per call
-                self._lengths, self._weights = lengths, self.profile.weights(lengths)
-                if self.profile_over == "window":
-                    self._recent.append((self._weights, sum(lengths)))
-                    self._recent_tokens += self._recent[-1][1]
-                    while len(self._recent) > 1 and self._recent_tokens - self._recent[0][1] >= self.window_tokens:
-                        self._recent_tokens -= self._recent.popleft()[1]
-                    self._weights = [sum(col) for col in zip(*(w for w, _ in self._recent))]
             floor, ceiling = math.log(self.tau_min), math.log(self.tau_max)
             self.log_tau, self.capped = self.profile.threshold(self.log_ask, lengths, floor, ceiling, self._weights)
         return replace(self.base, threshold=round(self.tau, 6))
 
     def _see(self, lengths: Sequence[int]) -> None:
-        """Count a Tagger call's inputs for the length drift (recent window against the stream since the start)."""
-        call = (sum(lengths), len(lengths))
-        self._calls_seen.append(call)
+        """Count a Tagger call once: its tokens and inputs (the length drift: the recent window against the stream
+        since the start) and, with a profile, its weights and the ones τ is solved with (the call's own, or the
+        recent window's with it)."""
+        weights = self.profile.weights(lengths) if self.profile is not None else None
+        tokens, inputs = sum(lengths), len(lengths)
+        self._calls_seen.append((tokens, inputs, weights))
         for acc in (self._seen_window, self._seen_total):
-            acc[0] += call[0]
-            acc[1] += call[1]
+            acc[0] += tokens
+            acc[1] += inputs
         while len(self._calls_seen) > 1 and self._seen_window[0] - self._calls_seen[0][0] >= self.window_tokens:
-            tokens, inputs = self._calls_seen.popleft()
-            self._seen_window[0] -= tokens
-            self._seen_window[1] -= inputs
+            old_tokens, old_inputs, _ = self._calls_seen.popleft()
+            self._seen_window[0] -= old_tokens
+            self._seen_window[1] -= old_inputs
+        if weights is not None:
+            self._weights = (weights if self.profile_over == "request"
+                             else [sum(col) for col in zip(*(w for _, _, w in self._calls_seen))])
 
     @property
     def length_drift(self) -> float:
