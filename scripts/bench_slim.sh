@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 figures (docs/results.md section 9), after scripts/train_minilm_slim.sh. Needs EARLYTAG_DATA.
-# STEP=name runs one step only (magnitude, eval, curves, ss, half, half-ss; mpnet-eval, mpnet-curves). THREADS (default 1) torch threads of the timed benches.
+# STEP=name runs one step only (magnitude, eval, curves, ss, half, half-ss; mpnet-eval, mpnet-curves;
+# mpnet-full-eval, mpnet-full-curves). THREADS (default 1) torch threads of the timed benches.
 set -euo pipefail
 B=docs/bench
 T=${THREADS:-1}
@@ -59,4 +60,22 @@ if step mpnet-curves; then
   earlytag bench models/mpnet-ner-2k-slim uner-en-ewt:test --out $B/slim-mpnet-slim --policies token --grid small \
     --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner-2k-slim \
     --reference models/mpnet-ner-2k-plain --quiet
+fi
+# the 12-layer all-mpnet-base-v2 at full scale: models/mpnet-ner (stage 1, the checkpoint after epoch 2) and
+# models/mpnet-ner-slim trained with the same recipe and --slim heads=0.33,ffn=0.4 (STEPS=ner-slim
+# scripts/train_mpnet.sh); the unpruned model's per-layer scores under its own name here (docs/eval/mpnet-ner-*.json
+# are the first round's model), then the curves as above, the first 300 test sentences timed
+if step mpnet-full-eval; then
+  for split in dev test; do
+    earlytag evaluate models/mpnet-ner "uner-en-ewt:$split" --exit none --per-layer \
+      --json "docs/eval/mpnet-ner-avx512-$split.json" > /dev/null
+  done
+  scripts/eval_models.sh mpnet-ner-slim
+fi
+if step mpnet-full-curves; then
+  earlytag bench models/mpnet-ner uner-en-ewt:test --out $B/slim-mpnet-full-plain --policies token --grid small \
+    --batch-sizes 32 --threads "$T" --timing-limit 300 --label mpnet-ner --quiet
+  earlytag bench models/mpnet-ner-slim uner-en-ewt:test --out $B/slim-mpnet-full-slim --policies token --grid small \
+    --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner-slim \
+    --reference models/mpnet-ner --quiet
 fi

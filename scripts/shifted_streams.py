@@ -13,7 +13,8 @@ speed-up asked of the profile by at most ~5%, ~2%, ~10%, ~22% a call; band03, ba
 counts only where it strays more than ~3% / ~5% / ~10% from the target; band05slow, band10slow: only where it
 runs slower than the target by more than ~5% / ~10%, and always where it runs faster; band05steady, band10steady:
 ±5% / ±10% only past the warm-up and two windows, and while the recent window's mean input length is within ~22% of the
-stream's so far). Recorded: the realised FLOPs speed-up (the
+stream's so far; hold05, hold15: the window band ±5% / ±15% and the stream since the warm-up moving the ask only
+beyond ±5% of the target, under the same conditions). Recorded: the realised FLOPs speed-up (the
 controller's after its warm-up; the controller runs get the stream in pieces of --piece sentences, one
 Tagger call each, as requests reach the service), the F1, and the F1 that the fixed-threshold curve of that genre reaches at the
 same speed-up (interpolated on a sweep of thresholds), so the controller is compared with the setting that
@@ -70,6 +71,10 @@ VARIANTS = {
     # (mean length within ~22%); in full before that and where the lengths drift
     "band05steady": ("_band05steady", True, {"window_band": 0.05, "band_drift": 0.2}),
     "band10steady": ("_band10steady", True, {"window_band": 0.1, "band_drift": 0.2}),  # the same with ±10%
+    # the default's window band, and the stream since the warm-up counting only beyond ±5% of the target too (same
+    # conditions): inside both bands the ask stays put; hold15: the window's band ±15%
+    "hold05": ("_hold05", True, {"window_band": 0.05, "band_drift": 0.2, "since_band": 0.05}),
+    "hold15": ("_hold15", True, {"window_band": 0.15, "band_drift": 0.2, "since_band": 0.05}),
 }
 
 

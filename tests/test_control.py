@@ -484,3 +484,38 @@ def test_band_drift_drops_the_band_while_the_recent_inputs_are_longer_or_shorter
     for bad in (0, -0.1, "0.1", True):
         with pytest.raises(ConfigError, match="exit.band_drift"):
             SpeedController(BASE, 2.0, window_band=0.1, band_drift=bad)
+
+
+def test_since_band_holds_the_ask_while_the_stream_since_the_warmup_is_near_the_target():
+    """since_band: under the window band's conditions (past the warm-up and two windows, lengths steady) the stream
+    since the warm-up moves the ask only by what lies beyond ±since_band of the target; before that it counts in
+    full. Streams that turn harder or alternate stay within 10% of the target."""
+    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=0.2, since_band=0.05, warmup_tokens=0,
+                              window_tokens=1000)
+    lengths = [10] * 50  # 500 tokens a call, the lengths never drift
+
+    def step(speed):
+        control.current(list(lengths))
+        before = control.log_tau
+        control.observe(1e6 * 500 / speed, 1e6 * 500, 500)
+        return control.log_tau - before
+
+    for i in range(8):  # 2.5% slow: the bands hold from 2,000 tokens on, and then nothing moves
+        moved = step(1.95)
+        since = math.log(2.0) - math.log(control.realised_after_warmup)
+        expected = 0.5 * (math.log(2.0) - math.log(1.95) + since) if 500 * (i + 1) < 2000 else 0.0
+        assert moved == pytest.approx(min(control.max_step, expected)), i
+    assert control.to_dict()["since_band"] == 0.05
+    for _ in range(3):  # 1.6x: the stream since the warm-up falls below the band; only the part beyond it counts
+        moved = step(1.6)
+        window = math.log(2.0) - math.log(control.realised_window) - 0.1
+        since = math.log(2.0) - math.log(control.realised_after_warmup) - 0.05
+        assert moved == pytest.approx(min(control.max_step, 0.5 * (max(window, 0.0) + max(since, 0.0))))
+    assert moved > 0
+    for difficulties in (([1.0] * 15 + [1.6] * 15) * 8, [1.0] * 10 + [3.0] * 190):
+        control = SpeedController(BASE, 3.0, window_band=0.15, band_drift=None, since_band=0.05)
+        run_stream(control, difficulties, seed=2)
+        assert control.realised_after_warmup == pytest.approx(3.0, rel=0.10)
+    for bad in (-0.1, 1.0, "0.1", True):
+        with pytest.raises(ConfigError, match="exit.since_band"):
+            SpeedController(BASE, 2.0, since_band=bad)

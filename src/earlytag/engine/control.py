@@ -190,7 +190,7 @@ class SpeedController:
                  max_step: float = 0.2, tau_max: float = 1.0, tau_min: float = 1e-4, warmup_tokens: int = 1500,
                  batches_per_step: int = 1, profile: LengthProfile | None = None, profile_over: str = "request",
                  ask_step: float = DEFAULT_ASK_STEP, window_band: float | tuple[float, float] = DEFAULT_WINDOW_BAND,
-                 band_drift: float | None = DEFAULT_BAND_DRIFT):
+                 band_drift: float | None = DEFAULT_BAND_DRIFT, since_band: float = 0.0):
         if base.policy not in ("token", "sentence") or isinstance(base.threshold, list) or base.threshold is None:
             raise ConfigError("exit.target_speedup", "holding a speed-up needs a token or sentence setting with one "
                                                      f"threshold to scale, not {base.describe()}")
@@ -207,6 +207,8 @@ class SpeedController:
                                        or not band_drift > 0):
             raise ConfigError("exit.band_drift", "must be a number > 0 (a log ratio of mean input lengths) or None, "
                                                  f"got {band_drift!r}")
+        if isinstance(since_band, bool) or not isinstance(since_band, (int, float)) or not 0 <= since_band < 1:
+            raise ConfigError("exit.since_band", f"must be a number in [0, 1) (a log speed-up), got {since_band!r}")
         if profile_over not in ("request", "window"):
             raise ConfigError("exit.profile_over", f"expected request or window, got {profile_over!r}")
         self.base = base
@@ -234,6 +236,9 @@ class SpeedController:
         # length of the recent window strays from the mean since the start by more than band_drift (a log ratio),
         # the lengths drift (e.g. a stream sorted by length) and the window counts in full (None: the band always holds)
         self.band_drift = band_drift
+        # the same for the stream since the warm-up, under the same conditions: inside ±since_band of the target
+        # nothing moves the ask (0: the stream since the warm-up always counts)
+        self.since_band = float(since_band)
         self._seen: Sequence[int] | None = None  # the lengths of the last Tagger call counted
         # (tokens, inputs, the profile's weights or None) of the recent Tagger calls, about window_tokens of them
         self._calls_seen: deque[tuple[int, int, list[float] | None]] = deque()
@@ -325,12 +330,14 @@ class SpeedController:
         # (making up for a fast warm-up by running the rest slow would leave the stream after it short)
         since = self.realised_after_warmup if warm else self.realised_total
         window_error = math.log(self.target) - math.log(self.realised_window)
-        below, above = self.window_band  # window_error > 0: the window ran slower than the target
+        since_error = math.log(self.target) - math.log(since)
+        (below, above), since_band = self.window_band, self.since_band  # error > 0: ran slower than the target
         if self.band_drift is not None and (self.length_drift > self.band_drift
                                             or self._seen_total[0] < self.warmup_tokens + 2 * self.window_tokens):
-            below = above = 0.0  # the lengths drift, or too little has been seen to tell: the window counts in full
+            below = above = since_band = 0.0  # the lengths drift, or too little seen to tell: every error counts in full
         window_error = max(0.0, window_error - below) if window_error > 0 else min(0.0, window_error + above)
-        error = window_error + math.log(self.target) - math.log(since)
+        since_error = math.copysign(max(0.0, abs(since_error) - since_band), since_error)
+        error = window_error + since_error
         limit = self.max_step if self.profile is None else self.ask_step  # of log τ, or of log(speed-up asked)
         step = max(-limit, min(limit, self.gain * error))
         ceiling, floor = math.log(self.tau_max), math.log(self.tau_min)
@@ -356,7 +363,7 @@ class SpeedController:
                 "capped": self.capped,
                 "start_threshold": self.base.threshold, "window_tokens": self.window_tokens,
                 "length_profile": self.profile is not None, "window_band": list(self.window_band),
-                "band_drift": self.band_drift, "length_drift": round(self.length_drift, 4),
+                "band_drift": self.band_drift, "since_band": self.since_band, "length_drift": round(self.length_drift, 4),
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
