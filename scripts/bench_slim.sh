@@ -74,7 +74,7 @@ if step mpnet-full-eval; then
 fi
 if step mpnet-full-curves; then
   earlytag bench models/mpnet-ner uner-en-ewt:test --out $B/slim-mpnet-full-plain --policies token --grid small \
-    --batch-sizes 32 --threads "$T" --timing-limit 300 --label mpnet-ner --quiet
+    --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner --quiet
   earlytag bench models/mpnet-ner-slim uner-en-ewt:test --out $B/slim-mpnet-full-slim --policies token --grid small \
     --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner-slim \
     --reference models/mpnet-ner --quiet

@@ -31,6 +31,13 @@ for name in ${BENCHES:-minilm mpnet}; do
       --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions bf16 int8 --backends torch --batch-sizes 32 \
       --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 300 \
       --label "all-mpnet-base-v2 NER, self-sampling, AVX512-BF16 CPU" ;;
+    # the same model and peers with a finer threshold grid below τ = 0.15 (where the scores cross ONNX Runtime
+    # int8's), bf16 and int8
+    mpnet-avx512-fine) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test \
+      --out docs/bench/stacked-mpnet-ner-ss-avx512bf16-fine --policies token \
+      --thresholds 0.02 0.04 0.05 0.06 0.08 0.1 0.12 --precisions bf16 int8 --backends torch --batch-sizes 32 \
+      --repeats 3 --compare ort-int8 --threads 1 --quiet --timing-limit 300 \
+      --label "all-mpnet-base-v2 NER, self-sampling, AVX512-BF16 CPU, fine grid" ;;
     # the 12-layer model at batch 1 (latency): ONNX Runtime's one-call climb in fp32, int8 and int8-mixed against
     # ONNX Runtime's own full-depth graphs; scored at batch 1 too (what the climb computes)
     mpnet-b1) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-b1 \

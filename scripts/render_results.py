@@ -183,6 +183,35 @@ def compare(*args: str) -> str:
     return markdown_table(["", "score", "speed-up"] + [f"~{t:g}x FLOPs" for t in ts], out)
 
 
+def slimtarget(plain: str, slim: str, *losses: str) -> str:
+    """Issue 13's MPNet target: for each F1 budget, the fastest unpruned and the fastest slim setting (wall speed-up
+    against the unpruned fp32 full depth, the slim bench run with --reference) within that loss of the unpruned fp32
+    full depth, per precision and over all; the slim one must reach 1.5x the unpruned one's."""
+    prows, _ = _rows(plain)
+    srows, _ = _rows(slim)
+    full = next(r for r in prows if r["policy"] == "none" and r["precision"] == "fp32")["score"]
+    out = []
+    precisions = sorted({r["precision"] for r in srows} & {r["precision"] for r in prows}) + ["any"]
+
+    def fastest(rows, budget, precision):
+        ok = [r for r in rows if full - r["score"] <= budget + 1e-9 and r.get("wall_speedup")
+              and (precision == "any" or r["precision"] == precision)]
+        return max(ok, key=lambda r: r["wall_speedup"], default=None)
+
+    def cell(r):
+        return "-" if r is None else f"{r['describe']} {r['precision']}: {pct(r['score'])} at {r['wall_speedup']:.2f}x"
+
+    for budget in map(float, losses):
+        for precision in precisions:
+            p, q = fastest(prows, budget, precision), fastest(srows, budget, precision)
+            ratio = q["wall_speedup"] / p["wall_speedup"] if p and q else None
+            out.append([f"≤ {budget:g}", precision, cell(p), cell(q), "-" if ratio is None else f"{ratio:.2f}x",
+                        "-" if ratio is None else ("yes" if ratio >= 1.5 else "no")])
+    return (f"Unpruned fp32 full depth: {pct(full)}.\n\n"
+            + markdown_table(["F1 loss", "precision", "unpruned: fastest within it", "slim: fastest within it",
+                              "slim / unpruned wall", "≥ 1.5x"], out))
+
+
 def load_test(name: str) -> str:
     results = load(DOCS / "serve" / f"{name}.json")
     rows = [[r["mode"], r["requests"], r["concurrency"], r["errors"], r["wrong"], f"{r['p50_ms']:.0f}",
@@ -401,6 +430,8 @@ def shifted(name: str) -> str:
     band = d.get("profile_window_band", 0.0)  # the default's band for the recent window (before it existed: none)
     drift = d.get("profile_band_drift")  # ... held only past two windows and while lengths hold still (since then)
     in_band = f", window band ±{100 * band:.0f}%" if band else ""
+    since = d.get("profile_since_band", 0.0)  # ... and the band of the stream since the warm-up (since then)
+    in_band += f", stream band ±{100 * since:.0f}%" if since else ""
     if band and drift:
         in_band += f" past two windows unless lengths drift >~{100 * (math.exp(drift) - 1):.0f}%"
     labels = {"": f"length profile + feedback {per_call}{in_band}",
@@ -422,6 +453,10 @@ def shifted(name: str) -> str:
                                "drift >~22%",
               "_band10steady": f"length profile + feedback {per_call}, window band ±10% past two windows unless lengths "
                                "drift >~22%",
+              "_hold05": f"length profile + feedback {per_call}, window band ±5%, stream band ±5% past two windows "
+                         "unless lengths drift >~22%",
+              "_hold15": f"length profile + feedback {per_call}, window band ±15%, stream band ±5% past two windows "
+                         "unless lengths drift >~22%",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",
               "_lengthdiff": f"length profile + difficulty per length group + feedback {per_call}",
@@ -740,7 +775,7 @@ def e5check(name: str) -> str:
                           rows) + f"\n\nMachine: {data['machine']}."
 
 
-HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "mfpenalty": mfpenalty, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
+HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "slimtarget": slimtarget, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "mfpenalty": mfpenalty, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "shiftedorders": shiftedorders, "mixed": mixed, "memory": memory,
             "trainmem": trainmem, "shapes": shapes, "code": code, "evaluation": evaluation}

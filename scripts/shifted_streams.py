@@ -39,6 +39,7 @@ from earlytag.engine import ExitConfig  # noqa: E402
 from earlytag.engine.control import (  # noqa: E402
     DEFAULT_ASK_STEP,
     DEFAULT_BAND_DRIFT,
+    DEFAULT_SINCE_BAND,
     DEFAULT_WINDOW_BAND,
     LengthProfile,
     SpeedController,
@@ -51,8 +52,8 @@ TARGETS = (2.0, 3.0, 4.0)
 # controllers: (suffix of the row key, uses the profile, SpeedController options)
 VARIANTS = {
     "profile": ("", True, {}),  # as --target-speedup runs it (the feedback moves the ask by DEFAULT_ASK_STEP a call,
-    # the window band of DEFAULT_WINDOW_BAND / DEFAULT_BAND_DRIFT)
-    "noband": ("_noband", True, {"window_band": 0.0}),  # the same without a window band (the default before it)
+    # the bands of DEFAULT_WINDOW_BAND / DEFAULT_SINCE_BAND / DEFAULT_BAND_DRIFT)
+    "noband": ("_noband", True, {"window_band": 0.0, "since_band": 0.0}),  # the same without bands (the default before them)
     "askstep20": ("_askstep20", True, {"ask_step": 0.2}),  # ... by at most ~22% a call (the default before 0.05)
     "noprofile": ("_noprofile", False, {}),  # the feedback alone
     "window": ("_window", True, {"profile_over": "window"}),  # τ solved for the recent window's lengths
@@ -61,18 +62,18 @@ VARIANTS = {
     "slowask10": ("_slowask10", True, {"ask_step": 0.1}),  # ... by at most ~10% a call
     # the recent window moves the ask only when it strays more than ~3% / ~5% / ~10% from the target (the stream since
     # the warm-up always does): τ stays put through a hard or an easy stretch of text
-    "band03": ("_band03", True, {"window_band": 0.03, "band_drift": None}),
-    "band05": ("_band05", True, {"window_band": 0.05, "band_drift": None}),
-    "band10": ("_band10", True, {"window_band": 0.1, "band_drift": None}),
+    "band03": ("_band03", True, {"window_band": 0.03, "band_drift": None, "since_band": 0.0}),
+    "band05": ("_band05", True, {"window_band": 0.05, "band_drift": None, "since_band": 0.0}),
+    "band10": ("_band10", True, {"window_band": 0.1, "band_drift": None, "since_band": 0.0}),
     # ... only where it runs slower than the target by more than ~5% / ~10%; faster, it always counts
-    "band05slow": ("_band05slow", True, {"window_band": (0.05, 0.0), "band_drift": None}),
-    "band10slow": ("_band10slow", True, {"window_band": (0.1, 0.0), "band_drift": None}),
+    "band05slow": ("_band05slow", True, {"window_band": (0.05, 0.0), "band_drift": None, "since_band": 0.0}),
+    "band10slow": ("_band10slow", True, {"window_band": (0.1, 0.0), "band_drift": None, "since_band": 0.0}),
     # ±5% once past the warm-up and two windows, while the recent inputs are about as long as the stream's so far
     # (mean length within ~22%); in full before that and where the lengths drift
-    "band05steady": ("_band05steady", True, {"window_band": 0.05, "band_drift": 0.2}),
-    "band10steady": ("_band10steady", True, {"window_band": 0.1, "band_drift": 0.2}),  # the same with ±10%
-    # the default's window band, and the stream since the warm-up counting only beyond ±5% of the target too (same
-    # conditions): inside both bands the ask stays put; hold15: the window's band ±15%
+    "band05steady": ("_band05steady", True, {"window_band": 0.05, "band_drift": 0.2, "since_band": 0.0}),
+    "band10steady": ("_band10steady", True, {"window_band": 0.1, "band_drift": 0.2, "since_band": 0.0}),  # the same with ±10%
+    # the window band of band05steady, and the stream since the warm-up counting only beyond ±5% of the target too
+    # (same conditions): inside both bands the ask stays put; hold15: the window's band ±15% (the default now)
     "hold05": ("_hold05", True, {"window_band": 0.05, "band_drift": 0.2, "since_band": 0.05}),
     "hold15": ("_hold15", True, {"window_band": 0.15, "band_drift": 0.2, "since_band": 0.05}),
 }
@@ -183,7 +184,8 @@ def main() -> None:
                       f"{c['speedup_after_warmup']:.2f}x F1 {100 * c['f1']:.2f}", file=sys.stderr, flush=True)
     out = {"model": args.model, "batch_size": args.batch_size, "piece": args.piece, "variants": variants,
            "profile_ask_step": DEFAULT_ASK_STEP, "profile_window_band": DEFAULT_WINDOW_BAND,
-           "profile_band_drift": DEFAULT_BAND_DRIFT, "targets": args.targets, "genres": GENRES,
+           "profile_band_drift": DEFAULT_BAND_DRIFT,
+           "profile_since_band": DEFAULT_SINCE_BAND, "targets": args.targets, "genres": GENRES,
            "curves": {g: sorted(c) for g, c in curves.items()}, "rows": rows}
     from earlytag.storage import atomic_write_text
 

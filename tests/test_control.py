@@ -413,27 +413,27 @@ def test_the_controller_summary_says_held_missed_or_too_short_from_the_numbers()
 
 
 def test_window_band_lets_only_the_stream_since_the_warmup_move_tau_inside_the_band():
-    """window_band (band_drift=None: the band at every step): the recent window's deviation from the target counts only beyond the band (in log speed-up);
+    """window_band (band_drift=None: the band at every step; since_band=0: the stream since the warm-up in full): the recent window's deviation from the target counts only beyond the band (in log speed-up);
     inside it τ moves with the stream since the warm-up alone. Checked on one observation against the error each
     way, and on streams that alternate easy and hard stretches or turn harder: still within 10% of the target.
     (On this simulated plant a band does not make τ steadier; on real text it cost less F1: docs/results.md s.5.)"""
     # one observation at 1.9x of 2x (5% short, inside a band of 0.1): the window's term is dropped
     for band, window_term in ((0.0, math.log(2.0) - math.log(1.9)), (0.1, 0.0)):
-        control = SpeedController(BASE, 2.0, window_band=band, band_drift=None, warmup_tokens=10**9)
+        control = SpeedController(BASE, 2.0, window_band=band, band_drift=None, since_band=0.0, warmup_tokens=10**9)
         before = control.log_tau
         control.observe(1e6 * 500 / 1.9, 1e6 * 500, 500)
         since_term = math.log(2.0) - math.log(1.9)
         assert control.log_tau - before == pytest.approx(0.5 * (window_term + since_term))
         assert control.to_dict()["window_band"] == [band, band]
     # far outside the band only the part beyond it counts: 1.5x of 2x with a band of 0.1
-    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=None, warmup_tokens=10**9)
+    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=None, since_band=0.0, warmup_tokens=10**9)
     before = control.log_tau
     control.observe(1e6 * 500 / 1.5, 1e6 * 500, 500)
     expected = 0.5 * ((math.log(2.0) - math.log(1.5) - 0.1) + (math.log(2.0) - math.log(1.5)))
     assert control.log_tau - before == pytest.approx(min(expected, control.max_step))
     # a band on the slower side only: a window running 5% slow is ignored, one running 5% fast counts in full
     for speed, window_term in ((1.9, 0.0), (2.1, math.log(2.0) - math.log(2.1))):
-        control = SpeedController(BASE, 2.0, window_band=(0.1, 0.0), band_drift=None, warmup_tokens=10**9)
+        control = SpeedController(BASE, 2.0, window_band=(0.1, 0.0), band_drift=None, since_band=0.0, warmup_tokens=10**9)
         before = control.log_tau
         control.observe(1e6 * 500 / speed, 1e6 * 500, 500)
         assert control.log_tau - before == pytest.approx(0.5 * (window_term + math.log(2.0) - math.log(speed)))
@@ -441,7 +441,7 @@ def test_window_band_lets_only_the_stream_since_the_warmup_move_tau_inside_the_b
     # documents of alternating difficulty, and a text that turns three times harder: held either way
     for difficulties in (([1.0] * 15 + [1.6] * 15) * 8, [1.0] * 10 + [3.0] * 190):
         for band in (0.0, 0.05, 0.1, (0.1, 0.0)):
-            control = SpeedController(BASE, 3.0, window_band=band, band_drift=None)
+            control = SpeedController(BASE, 3.0, window_band=band, band_drift=None, since_band=0.0)
             run_stream(control, difficulties, seed=2)
             assert control.realised_after_warmup == pytest.approx(3.0, rel=0.10)
     for bad in (-0.1, 1.0, "0.1", True, (0.1,), (0.1, -0.1), (0.1, 0.0, 0.0)):
@@ -453,7 +453,8 @@ def test_band_drift_drops_the_band_while_the_recent_inputs_are_longer_or_shorter
     """band_drift: the window band holds only once the stream has run past the warm-up and two windows, and while
     the recent window's mean input length (the lengths current() is given) stays within exp(±band_drift) of the mean
     since the start; otherwise the window's deviation counts in full, as without a band."""
-    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=0.2, warmup_tokens=0, window_tokens=1000)
+    control = SpeedController(BASE, 2.0, window_band=0.1, band_drift=0.2, since_band=0.0, warmup_tokens=0,
+                              window_tokens=1000)
     short = [10] * 50  # 500 tokens, mean 10
 
     def step(lengths, speed):
@@ -479,7 +480,7 @@ def test_band_drift_drops_the_band_while_the_recent_inputs_are_longer_or_shorter
                                                                - math.log(control.realised_after_warmup))))
     assert control.to_dict()["band_drift"] == 0.2
     default = SpeedController(BASE, 2.0).to_dict()  # the default: this band
-    assert default["window_band"] == [0.05, 0.05] and default["band_drift"] == 0.2
+    assert default["window_band"] == [0.15, 0.15] and default["band_drift"] == 0.2 and default["since_band"] == 0.05
     assert control.to_dict()["length_drift"] == pytest.approx(math.log(40 / total_mean), abs=1e-4)
     for bad in (0, -0.1, "0.1", True):
         with pytest.raises(ConfigError, match="exit.band_drift"):
