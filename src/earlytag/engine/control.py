@@ -38,7 +38,7 @@ stream within ±10% as the faster one did, at a median F1 +0.05 / −0.00 / −0
 reaches the same speed-up at 2x / 3x / 4x, against −0.04 / −0.63 / −0.85 with steps of 0.2; steps of 0.02
 lost the target on some streams.
 
-**A band for the window** (``window_band``, ±0.05 by default, with ``band_drift`` 0.2): the recent window's
+**A band for the window** (``window_band``, ±0.05 here, ±0.15 by default since the next paragraph; ``band_drift`` 0.2): the recent window's
 deviation from the target counts only beyond ±band (in log speed-up), inside it the stream since the warm-up alone
 moves the ask. A window of ~4,000 tokens sees one hard document run slow and raises τ for it, moving FLOPs from the
 words that need them to those that do not. A band alone (``band_drift=None``) cut the median F1 cost at 4x on the
