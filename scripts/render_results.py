@@ -188,13 +188,13 @@ def slimtarget(plain: str, slim: str, *losses: str) -> str:
     against the unpruned fp32 full depth, the slim bench run with --reference) within that loss of the unpruned fp32
     full depth, per precision and over all; the slim one must reach 1.5x the unpruned one's."""
     prows, _ = _rows(plain)
-    srows, _ = _rows(slim)
+    srows = [r for r in _rows(slim)[0] if r["policy"] != "reference"]  # the unpruned full depth timed beside it
     full = next(r for r in prows if r["policy"] == "none" and r["precision"] == "fp32")["score"]
     out = []
     precisions = sorted({r["precision"] for r in srows} & {r["precision"] for r in prows}) + ["any"]
 
     def fastest(rows, budget, precision):
-        ok = [r for r in rows if full - r["score"] <= budget + 1e-9 and r.get("wall_speedup")
+        ok = [r for r in rows if 100 * (full - r["score"]) <= budget + 1e-9 and r.get("wall_speedup")
               and (precision == "any" or r["precision"] == precision)]
         return max(ok, key=lambda r: r["wall_speedup"], default=None)
 
