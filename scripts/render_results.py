@@ -457,6 +457,10 @@ def shifted(name: str) -> str:
                          "unless lengths drift >~22%",
               "_hold15": f"length profile + feedback {per_call}, window band ±15%, stream band ±5% past two windows "
                          "unless lengths drift >~22%",
+              "_hold25": f"length profile + feedback {per_call}, window band ±25%, stream band ±5% past two windows "
+                         "unless lengths drift >~22%",
+              "_hold15s07": f"length profile + feedback {per_call}, window band ±15%, stream band ±7% past two windows "
+                            "unless lengths drift >~22%",
               "_w2k": f"length profile + feedback {per_call}{in_band}, window of ~2,000 tokens",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",
