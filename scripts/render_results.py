@@ -453,14 +453,9 @@ def shifted(name: str) -> str:
                                "drift >~22%",
               "_band10steady": f"length profile + feedback {per_call}, window band ±10% past two windows unless lengths "
                                "drift >~22%",
-              "_hold05": f"length profile + feedback {per_call}, window band ±5%, stream band ±5% past two windows "
-                         "unless lengths drift >~22%",
-              "_hold15": f"length profile + feedback {per_call}, window band ±15%, stream band ±5% past two windows "
-                         "unless lengths drift >~22%",
-              "_hold25": f"length profile + feedback {per_call}, window band ±25%, stream band ±5% past two windows "
-                         "unless lengths drift >~22%",
-              "_hold15s07": f"length profile + feedback {per_call}, window band ±15%, stream band ±7% past two windows "
-                            "unless lengths drift >~22%",
+              **{f"_hold{name}": f"length profile + feedback {per_call}, window band ±{w}%, stream band ±{st}% past "
+                                 "two windows unless lengths drift >~22%"
+                 for name, w, st in (("05", 5, 5), ("15", 15, 5), ("25", 25, 5), ("15s07", 15, 7))},
               "_w2k": f"length profile + feedback {per_call}{in_band}, window of ~2,000 tokens",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",

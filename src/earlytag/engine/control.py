@@ -346,9 +346,7 @@ class SpeedController:
         if self.band_drift is not None and (self.length_drift > self.band_drift
                                             or self._seen_total[0] < self.warmup_tokens + 2 * self.window_tokens):
             below = above = since_band = 0.0  # the lengths drift, or too little seen to tell: every error counts in full
-        window_error = max(0.0, window_error - below) if window_error > 0 else min(0.0, window_error + above)
-        since_error = math.copysign(max(0.0, abs(since_error) - since_band), since_error)
-        error = window_error + since_error
+        error = _beyond(window_error, below, above) + _beyond(since_error, since_band, since_band)
         limit = self.max_step if self.profile is None else self.ask_step  # of log τ, or of log(speed-up asked)
         step = max(-limit, min(limit, self.gain * error))
         ceiling, floor = math.log(self.tau_max), math.log(self.tau_min)
@@ -378,6 +376,11 @@ class SpeedController:
                 **({"profile_over": self.profile_over, "asked_of_profile": round(math.exp(self.log_ask), 4),
                     "ask_step": self.ask_step}
                    if self.profile is not None else {})}
+
+
+def _beyond(error: float, below: float, above: float) -> float:
+    """What of ``error`` (log target − log realised: > 0 ran slower) lies outside the dead band [−above, +below]."""
+    return max(0.0, error - below) if error > 0 else min(0.0, error + above)
 
 
 def exit_report(exit: ExitConfig | SpeedController) -> dict[str, Any]:
