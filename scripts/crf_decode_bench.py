@@ -13,7 +13,8 @@ model's own last-layer emissions on a data set, its sentences laid end to end in
 Transitions are random or the model's (--model); C = the model's labels (7 for UNER without a model). Every
 contender runs on the same tensors in alternating passes (the order shuffled per pass); the figure is the median
 over passes of the per-call time, with each contender's share of words labelled as Viterbi labels them. One
-torch thread unless --threads.
+torch thread unless --threads. The C allocator keeps freed memory, as the CLI's (earlytag.allocator), unless
+--plain-malloc.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from earlytag.allocator import keep_freed_memory  # noqa: E402
 from earlytag.bench import machine_info  # noqa: E402
 from earlytag.model import crf  # noqa: E402
 
@@ -110,7 +112,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     ap.add_argument("--emissions", metavar="DATA", help="the model's own emissions on this data set (needs --model)")
+    ap.add_argument("--plain-malloc", action="store_true",
+                    help="leave the C allocator's defaults (the CLI keeps freed memory: earlytag.allocator)")
     args = ap.parse_args(argv)
+    if not args.plain_malloc:
+        keep_freed_memory()  # as every earlytag CLI verb does
     if args.emissions and not args.model:
         ap.error("--emissions needs --model")
     torch.set_num_threads(args.threads)

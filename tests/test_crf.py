@@ -275,14 +275,18 @@ def broken_next_to(path, t, trans, start, end, row) -> bool:
     return any(s < crf.NEG / 2 for s in steps)
 
 
-@pytest.mark.parametrize("per_position", [False, True], ids=["shared", "per-position"])
+REFINERS = [("shared", "refine_runs_numpy"), ("shared", "refine_runs_torch"), ("per-position", "refine_runs_torch")]
+
+
+@pytest.mark.parametrize("transitions, refiner", REFINERS, ids=[f"{t}-{r}" for t, r in REFINERS])
 @pytest.mark.parametrize("seed", range(4))
-def test_run_refinement_is_exact_between_anchors(seed, per_position):
+def test_run_refinement_is_exact_between_anchors(seed, transitions, refiner):
     """From any labels (random ones, or mean-field's) with random confidences: the sure words (at least ``below``,
     no forbidden step next to them) keep their labels, and the sentence gets the best labels among all that keep
     them (brute force); never a lower path score than it started with, never a forbidden step; 0 on padding;
-    ``below`` 1: Viterbi's labels."""
-    emit, mask, trans, start, end = random_case(seed, b=5, w=7, per_position=per_position)
+    ``below`` 1: Viterbi's labels. Each implementation (NumPy: one transition matrix only)."""
+    refine_runs = getattr(crf, refiner)
+    emit, mask, trans, start, end = random_case(seed, b=5, w=7, per_position=transitions == "per-position")
     trans = forbid(trans)
     g = torch.Generator().manual_seed(seed + 10)
     best, _ = crf.viterbi(emit, mask, trans, start, end)
@@ -290,7 +294,7 @@ def test_run_refinement_is_exact_between_anchors(seed, per_position):
              crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, 1), 1)[1]]
     for init in inits:
         confidence = torch.rand(mask.shape, generator=g)
-        out = crf.refine_runs(emit, mask, trans, start, end, init, confidence, 0.5)
+        out = refine_runs(emit, mask, trans, start, end, init, confidence, 0.5)
         before = crf.path_score(emit, init, mask, trans, start, end)
         after = crf.path_score(emit, out, mask, trans, start, end)
         assert (after >= before - 1e-4).all() and (after > crf.NEG / 2).all()
@@ -305,28 +309,50 @@ def test_run_refinement_is_exact_between_anchors(seed, per_position):
             assert all(out[row, t] == init[row, t] for t in anchors)
             keeping = {p: s for p, s in scores.items() if all(p[t] == path[t] for t in anchors)}
             assert scores[tuple(out[row, :n].tolist())] == pytest.approx(max(keeping.values()), abs=1e-4)
-        assert torch.equal(crf.refine_runs(emit, mask, trans, start, end, init, confidence, 1.0), best)
+        assert torch.equal(refine_runs(emit, mask, trans, start, end, init, confidence, 1.0), best)
 
 
-def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch):
+def spy_run_viterbi(monkeypatch, refiner: str) -> list:
+    """Record what the Viterbi over runs really received from ``refiner``, as ``(emit (R, K, C), mask (R, K),
+    (trans, start (R, C), end (R, C)))``: torch's through :func:`crf.viterbi`, NumPy's through the labels-first
+    core :func:`crf._viterbi_np` (its ``(K, C, R)`` arrays and last positions read back into that form)."""
+    seen = []
+    if refiner == "refine_runs_torch":
+        real = crf.viterbi
+        monkeypatch.setattr(crf, "viterbi",
+                            lambda e, m, *a: seen.append((e.clone(), m.clone(), a)) or real(e, m, *a))
+    else:
+        core = crf._viterbi_np
+
+        def record(em, tr, st, en, lastpos):
+            k = em.shape[0]
+            seen.append((torch.from_numpy(em.transpose(2, 0, 1).copy()),
+                         torch.arange(k).unsqueeze(0) <= torch.from_numpy(lastpos).unsqueeze(1),
+                         (torch.from_numpy(tr.copy()), torch.from_numpy(st.T.copy()), torch.from_numpy(en.T.copy()))))
+            return core(em, tr, st, en, lastpos)
+        monkeypatch.setattr(crf, "_viterbi_np", record)
+    return seen
+
+
+@pytest.mark.parametrize("refiner", ["refine_runs_numpy", "refine_runs_torch"])
+def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch, refiner):
     """What Viterbi really received (spied): nothing when every word is sure and no step is forbidden; else one
     row per run of doubtful words, as long as the run, the anchors' transitions as its start/end scores."""
+    refine_runs = getattr(crf, refiner)
     emit, mask, trans, start, end = random_case(0, b=2, w=12)
     mask[:] = True
     trans = forbid(trans)
     best, _ = crf.viterbi(emit, mask, trans, start, end)
-    seen = []
-    real = crf.viterbi
-    monkeypatch.setattr(crf, "viterbi", lambda e, m, *a: seen.append((e.clone(), m.clone(), a)) or real(e, m, *a))
+    seen = spy_run_viterbi(monkeypatch, refiner)
     sure = torch.ones(mask.shape)
-    assert torch.equal(crf.refine_runs(emit, mask, trans, start, end, best, sure, 0.9), best)
+    assert torch.equal(refine_runs(emit, mask, trans, start, end, best, sure, 0.9), best)
     assert seen == []  # a valid path and every word sure: nothing decoded
     doubt = sure.clone()
     doubt[1, 5] = doubt[1, 6] = 0.5  # one run of two words
     doubt[0, 0] = 0.5  # a run at a sentence's start
     wrong = best.clone()
     wrong[1, 5] = (best[1, 5] + 1) % 3
-    out = crf.refine_runs(emit, mask, trans, start, end, wrong, doubt, 0.9)
+    out = refine_runs(emit, mask, trans, start, end, wrong, doubt, 0.9)
     assert torch.equal(out, best)
     (e, m, (tr, st, en)), = seen
     assert m.tolist() == [[True, False], [True, True]]
@@ -336,9 +362,29 @@ def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch):
     seen.clear()
     broken = best.clone()
     broken[0, 3], broken[0, 4] = 0, 2  # a forbidden step (0 -> 2) between two "sure" words
-    crf.refine_runs(emit, mask, trans, start, end, broken, sure, 0.9)
+    refine_runs(emit, mask, trans, start, end, broken, sure, 0.9)
     (e, m, _), = seen
     assert m.tolist() == [[True, True]] and torch.equal(e[0], emit[0, 3:5])
+
+
+def test_run_refinement_runs_in_numpy_on_cpu_with_one_matrix(monkeypatch):
+    """Which implementation really ran (spied): NumPy for CPU tensors without gradients and one transition
+    matrix, torch for per-position transitions or when a tensor needs gradients; the same labels from all."""
+    ran = []
+    for name in ("refine_runs_numpy", "refine_runs_torch"):
+        real = getattr(crf, name)
+        monkeypatch.setattr(crf, name, lambda *a, real=real, name=name: ran.append(name) or real(*a))
+    for per_position in (False, True):
+        emit, mask, trans, start, end = random_case(5, b=4, w=9, per_position=per_position)
+        trans = forbid(trans)
+        init = crf.best_labels(crf.meanfield_labels_first(emit, mask, trans, start, end, 1), 1)[1]
+        confidence = torch.rand(mask.shape, generator=torch.Generator().manual_seed(1))
+        ran.clear()
+        out = crf.refine_runs(emit, mask, trans, start, end, init, confidence, 0.6)
+        assert ran == ["refine_runs_torch" if per_position else "refine_runs_numpy"]
+        emit.requires_grad_(True)
+        again = crf.refine_runs(emit, mask, trans, start, end, init, confidence, 0.6)
+        assert ran[-1] == "refine_runs_torch" and torch.equal(out, again)
 
 
 def test_blockwise_head_refines_long_batches_and_hands_short_ones_to_viterbi(monkeypatch):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .allocator import kept_freed_memory
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
 from .defaults import HALTED_DEFAULT, ONNX_PRECISIONS
@@ -164,6 +165,8 @@ def machine_info() -> dict[str, Any]:
     info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     info["cpu_matrix_flags"] = sorted(cpu_flags() & {"avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
                                                      "avx512_fp16", "amx_int8", "amx_bf16", "amx_fp16"})
+    # the C allocator keeping freed memory (earlytag.allocator; the CLI sets it): MiB kept, or None
+    info["keep_freed_memory_mb"] = kept_freed_memory()
     try:
         with open("/proc/loadavg") as f:
             info["load_average"] = [float(x) for x in f.read().split()[:3]]  # the machine's load when it ran

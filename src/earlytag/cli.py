@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .allocator import keep_freed_memory_from_env
 from .defaults import (
     BACKENDS,
     CRF_UNCERTAINTIES,
@@ -868,6 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "verb_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.command_line = "earlytag " + shlex.join(sys.argv[1:] if argv is None else argv)  # for model cards
     try:
+        keep_freed_memory_from_env()  # this process is ours: keep freed tensor memory for reuse (allocator.py)
         return args.func(args)
     except EarlytagError as err:
         print(f"earlytag: error: {err}", file=sys.stderr)

@@ -96,20 +96,32 @@ def viterbi(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: 
 
 def viterbi_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
                   end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`viterbi` on CPU tensors, computed in NumPy, labels first ``(C, B)`` per position. The forward pass
-    runs through padding without masking it (each sentence's scores are read at its last word), the backtrace
-    starts each sentence there."""
+    """:func:`viterbi` on CPU tensors, computed in NumPy (:func:`_viterbi_np`), labels first ``(C, B)`` per
+    position."""
     b, w, c = emit.shape
     dtype = torch.float64 if emit.dtype == torch.float64 else torch.float32
     em = np.ascontiguousarray(emit.detach().to(dtype).numpy().transpose(1, 2, 0))  # (W, C, B)
-    per_position = trans.dim() == 4
     tr_t = trans.detach().to(dtype)
-    tr = (np.ascontiguousarray(tr_t.permute(1, 2, 3, 0).numpy()) if per_position  # (W, C, C, B)
+    tr = (np.ascontiguousarray(tr_t.permute(1, 2, 3, 0).numpy()) if trans.dim() == 4  # (W, C, C, B)
           else tr_t.numpy())  # (C, C)
     st = start.detach().to(dtype).numpy()
     en = end.detach().to(dtype).numpy()
     st, en = (st.T, en.T) if start.dim() == 2 else (st[:, None], en[:, None])  # (C, B) or (C, 1)
     lastpos = np.maximum(mask.sum(1).numpy() - 1, 0)  # (B,) each sentence's last word
+    path, best = _viterbi_np(em, tr, st, en, lastpos)
+    labels = torch.from_numpy(np.ascontiguousarray(path.T)).masked_fill_(~mask, 0)
+    return labels, torch.from_numpy(best).to(emit.dtype)
+
+
+def _viterbi_np(em: np.ndarray, tr: np.ndarray, st: np.ndarray, en: np.ndarray,
+                lastpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Viterbi recursion in NumPy, labels first: ``em (W, C, B)``, ``tr (C, C)`` or ``(W, C, C, B)``,
+    ``st``/``en (C, B)`` or ``(C, 1)``, ``lastpos (B,)`` each sentence's last word. The forward pass runs
+    through padding without masking it (each sentence's scores are read at its last word), the backtrace starts
+    each sentence there. The best path ``(W, B)`` (past a sentence's end its last label) and its score
+    ``(B,)``."""
+    w, c, b = em.shape
+    per_position = tr.ndim == 4
     cols = np.arange(b)
     scores = np.empty_like(em)  # (W, C, B): the best score of every label at every position
     np.add(st, em[0], out=scores[0])
@@ -128,8 +140,7 @@ def viterbi_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, s
         into = tr[t + 1][:, last, cols] if per_position else tr[:, last]  # (C, B): every label -> the next one
         last = np.where(t < lastpos, (scores[t] + into).argmax(0), last)  # past a sentence's end its label stays
         path[t] = last
-    labels = torch.from_numpy(np.ascontiguousarray(path.T)).masked_fill_(~mask, 0)
-    return labels, torch.from_numpy(best).to(emit.dtype)
+    return path, best
 
 
 def viterbi_torch(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
@@ -188,7 +199,66 @@ def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, sta
 
     Exact where the anchors are Viterbi's labels (the best path through fixed labels is the best path of each
     run between them), and never a lower path score than the labels it started from. Nothing loops over the
-    sentence: a few dozen operations on the whole batch, then a loop as long as the longest run."""
+    sentence: a few dozen operations on the whole batch, then a loop as long as the longest run.
+
+    On a CPU without gradients and with one transition matrix it runs in NumPy (:func:`refine_runs_numpy`:
+    its operations are on ``(B, W)`` masks and a few runs, where a torch operator's fixed cost of several
+    microseconds was most of the time); elsewhere in torch (:func:`refine_runs_torch`). Both give the same
+    labels."""
+    if (emit.device.type == "cpu" and trans.dim() == 2
+            and not any(x.requires_grad for x in (emit, trans, start, end))):
+        return refine_runs_numpy(emit, mask, trans, start, end, labels, confidence, below)
+    return refine_runs_torch(emit, mask, trans, start, end, labels, confidence, below)
+
+
+def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                      end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
+                      below: float = 0.9) -> torch.Tensor:
+    """:func:`refine_runs` in NumPy, for CPU tensors and one transition matrix ``(C, C)``."""
+    b, w, c = emit.shape
+    m = mask.numpy()
+    dtype = np.float64 if emit.dtype == torch.float64 else np.float32
+    ext = np.zeros((c + 1, c + 1), dtype=dtype)  # the transitions with the boundary label C (_with_boundary)
+    ext[:c, :c], ext[c, :c], ext[:c, c] = trans.numpy(), start.numpy(), end.numpy()
+    # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
+    framed = np.full((b, w + 2), c, dtype=np.int64)
+    np.copyto(framed[:, 1:-1], labels.numpy(), where=m)
+    pair = framed[:, :-1] * (c + 1) + framed[:, 1:]  # (B, W+1) each step into a place: ext[previous, next]
+    broken = np.take((ext < NEG / 2).ravel(), pair)  # (B, W+1) the step into a place breaks the scheme
+    framed_doubt = np.zeros((b, w + 2), dtype=bool)
+    doubt = framed_doubt[:, 1:-1]  # (B, W) a view: a step into or out of the word, or a doubtful label
+    if below >= 1:
+        doubt[:] = m
+    else:
+        np.logical_or(broken[:, :w], broken[:, 1:], out=doubt)
+        doubt |= confidence.numpy() < below
+        doubt &= m
+    # runs of doubtful words, as in refine_runs_torch
+    edges = np.flatnonzero(framed_doubt[:, 1:] != framed_doubt[:, :-1]).reshape(-1, 2)  # (R, 2)
+    out = np.zeros(b * w + 1, dtype=np.int64)  # the labels, 0 on padding, and one spare place at the end
+    np.copyto(out[:-1].reshape(b, w), labels.numpy(), where=m)
+    if len(edges):
+        first, stop = edges[:, 0], edges[:, 1]  # (R,) places in (B, W+1)
+        length = stop - first
+        k = int(length.max())
+        row = first // (w + 1)
+        word = first - row  # the run's first word as a place of (B*W,)
+        inside = np.arange(k)
+        real = inside < length[:, None]  # (R, K)
+        pos = np.minimum(word[:, None] + inside, b * w - 1)  # (R, K); past a run's end unused
+        em = emit.numpy().reshape(b * w, c)[pos.T].astype(dtype, copy=False).transpose(0, 2, 1)  # (K, C, R)
+        edge = framed.ravel()
+        prev, nxt = edge[first + row], edge[stop + row + 1]  # (R,) the anchors around it (C: the boundary)
+        path, _ = _viterbi_np(np.ascontiguousarray(em), ext[:c, :c], ext[prev, :c].T, ext[:c, nxt], length - 1)
+        out[np.where(real, pos, b * w)] = path.T
+    return torch.from_numpy(out[:-1].reshape(b, w))
+
+
+def refine_runs_torch(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                      end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
+                      below: float = 0.9) -> torch.Tensor:
+    """:func:`refine_runs` in torch, on any device, with one transition matrix or per-position ones."""
+
     b, w, c = emit.shape
     pad = ~mask
     # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
