@@ -2,7 +2,8 @@
 runs it: in NumPy on a CPU; and its torch implementation, as on a GPU), exact
 marginals (forward-backward), mean-field with M = 1..5 updates, and blockwise (mean-field M = 0, 1 or 3, then
 exact decoding of every run of words whose mean-field probability is below 0.9 or whose step breaks the scheme,
-between the words it is sure of) (earlytag.model.crf).
+between the words it is sure of, or Viterbi where that is cheaper; blockwise-1-torch: the refinement in torch,
+not NumPy) (earlytag.model.crf).
 
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode.json [--model models/minilm-ner-crf]
     python scripts/crf_decode_bench.py --out docs/bench/crf-decode-real.json --model models/minilm-ner-crf-lr1e-2 \
@@ -49,14 +50,18 @@ def contenders(trans, start, end, trans_c, start_c, end_c):
         out[f"meanfield-{iters}"] = lambda e, m, k=iters: crf.meanfield_probs(e, m, trans, start, end, k)[1]
     for iters in (0, 1, 3):  # 0: from the emission softmax (with start/end scores), no mean-field update
         out[f"blockwise-{iters}"] = lambda e, m, k=iters: blockwise(e, m, k, trans, start, end, trans_c, start_c, end_c)
+    # the run refinement in torch, as on a GPU (on a CPU it runs in NumPy): the same labels
+    out["blockwise-1-torch"] = lambda e, m: blockwise(e, m, 1, trans, start, end, trans_c, start_c, end_c,
+                                                      refine=crf.refine_runs_torch)
     return out
 
 
-def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, below=0.9):
+def blockwise(emit, mask, iters, trans, start, end, trans_c, start_c, end_c, below=0.9, refine=None):
     """What a CRF head with decode blockwise computes on a batch it refines (earlytag.model.heads.CRFHead.decode;
-    the head hands batches of sentences shorter than its blockwise_from to Viterbi)."""
+    the head hands batches of sentences shorter than its blockwise_from to Viterbi, and a batch whose runs would
+    cost more than Viterbi over it to Viterbi too)."""
     best, pred, _ = crf.meanfield_probs(emit, mask, trans, start, end, iters)
-    return crf.refine_runs(emit, mask, trans_c, start_c, end_c, pred, best, below)
+    return (refine or crf.refine_runs)(emit, mask, trans_c, start_c, end_c, pred, best, below, whole_if_cheaper=True)
 
 
 def alternating_times(fns: dict[str, Callable[[], object]], passes: int, calls: int,

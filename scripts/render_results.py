@@ -596,8 +596,33 @@ def crfdecode(name: str) -> str:
     note = (f"\n\n{data['command']}; {source}; batch {data['rows'][0]['batch']}, {data['rows'][0]['labels']} labels, "
             f"{m['cpus']} CPUs ({m['cpu_capability']}), torch {m['torch']}, "
             f"{data['threads']} thread, median of {data['passes']} alternating passes"
-            + (f", load average {load_avg[0]:.2f} at the end" if load_avg else "") + ".")
+            + (f", load average {load_avg[0]:.2f} at the end" if load_avg else "") + allocator_note(m) + ".")
     return markdown_table(head, out) + note
+
+
+def allocator_note(machine: dict) -> str:
+    """How the run's C allocator was set (earlytag.allocator), where the result recorded it."""
+    if "keep_freed_memory_mb" not in machine:
+        return ""
+    kept = machine["keep_freed_memory_mb"]
+    return f", freed memory kept (up to {kept} MiB)" if kept is not None else ", glibc's default allocator settings"
+
+
+def allocatorab(name: str) -> str:
+    """The C allocator plain against kept, on the engine (scripts/allocator_ab.py): per setting the median
+    over rounds of wall/FLOPs and of the wall-clock speed-up against the run's fp32 full depth."""
+    data = load(DOCS / "bench" / f"{name}.json")
+    out = [s["setting"].split(" | ") + [f"{s['flops_speedup']:.2f}x", f"{s['wall_over_flops']['plain']:.2f}",
+            f"{s['wall_over_flops']['kept']:.2f}", f"{s['wall_speedup_vs_fp32']['plain']:.2f}x",
+            f"{s['wall_speedup_vs_fp32']['kept']:.2f}x"] for s in data["summary"]]
+    m = data["machine"]
+    head = ["setting", "precision", "batch", "FLOPs speed-up", "wall/FLOPs, plain", "wall/FLOPs, kept",
+            "wall vs fp32 full depth, plain", "kept"]
+    table = markdown_table(head, out)
+    return (table + f"\n\n`{data['command']}`; {data['rounds']} rounds of `earlytag bench "
+            + " ".join(data["bench_args"]) + "` per allocator setting, alternating processes, medians over rounds; "
+            f"{m['cpus']} CPUs ({m['cpu_capability']}), torch {m['torch']}, load average "
+            f"{m['load_average'][0]:.2f} at the end.")
 
 
 def int8bits(name: str) -> str:
@@ -778,7 +803,7 @@ def e5check(name: str) -> str:
 HANDLERS = {"devlayers": devlayers, "int8bits": int8bits, "pipeline": pipeline, "pipelinetiming": pipelinetiming, "e5check": e5check, "slimsweep": slimsweep, "slimlog": slimlog, "slimtime": slimtime, "slimtarget": slimtarget, "optstep": optstep, "crfdecode": crfdecode, "crfiters": crfiters, "mfpenalty": mfpenalty, "crftarget": crftarget, "layers": layers, "training": training, "targets": targets, "wall": wall, "compare": compare,
             "load": load_test, "ray": ray_run, "profile": profile, "gemm": gemm, "verdict": verdict, "wallcheck": wallcheck,
             "file": file, "interp": interp, "stacked": stacked, "stackedtargets": stackedtargets, "shifted": shifted, "shiftedorders": shiftedorders, "mixed": mixed, "memory": memory,
-            "trainmem": trainmem, "shapes": shapes, "code": code, "evaluation": evaluation}
+            "trainmem": trainmem, "shapes": shapes, "code": code, "evaluation": evaluation, "allocatorab": allocatorab}
 
 
 def render(template: str) -> str:

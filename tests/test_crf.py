@@ -367,6 +367,40 @@ def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch, refiner):
     assert m.tolist() == [[True, True]] and torch.equal(e[0], emit[0, 3:5])
 
 
+@pytest.mark.parametrize("refiner", ["refine_runs_numpy", "refine_runs_torch"])
+def test_a_batch_whose_runs_cost_more_gets_viterbi_over_the_whole_batch(monkeypatch, refiner):
+    """``whole_if_cheaper``: where most words doubt (long runs, more rows than sentences) Viterbi really receives
+    the whole batch (spied) and the labels are Viterbi's; where a few words doubt it receives only their runs.
+    The cost rule itself: runs x their padded length against sentences x their length, plus a fixed step cost."""
+    refine_runs = getattr(crf, refiner)
+    emit, mask, trans, start, end = random_case(2, b=4, w=40)
+    trans = forbid(trans)
+    best, _ = crf.viterbi(emit, mask, trans, start, end)
+    seen = []
+    real = crf.viterbi
+    monkeypatch.setattr(crf, "viterbi", lambda e, m, *a: seen.append(e.shape) or real(e, m, *a))
+    if refiner == "refine_runs_numpy":  # its runs go to the NumPy core, not to viterbi
+        core = crf._viterbi_np
+        monkeypatch.setattr(crf, "_viterbi_np", lambda em, *a: seen.append(("runs", em.shape[2], em.shape[0]))
+                            or core(em, *a))
+    doubt = torch.zeros(mask.shape)  # every word doubts: one run per sentence, as long as it
+    out = refine_runs(emit, mask, trans, start, end, best.roll(1, 1), doubt, 0.9, whole_if_cheaper=True)
+    numpy = refiner == "refine_runs_numpy"  # (viterbi on a CPU runs the same NumPy core: b rows, w steps)
+    assert seen == [emit.shape] + ([("runs", 4, 40)] if numpy else []) and torch.equal(out, best)
+    seen.clear()
+    sure = torch.ones(mask.shape)
+    sure[0, 3] = sure[2, 10] = 0.0  # two runs of one word
+    wrong = best.clone()
+    wrong[0, 3] = (best[0, 3] + 1) % 3
+    out = refine_runs(emit, mask, trans, start, end, wrong, sure, 0.9, whole_if_cheaper=True)
+    (call,) = seen  # two runs (a word, and its neighbour where the wrong label breaks the scheme), not the batch
+    rows, steps = call[1:] if numpy else call[:2]
+    assert rows == 2 and steps <= 3 and out[0, 3] == best[0, 3]
+    assert crf._runs_cost_more(40, 4, 40, 4, 7) and not crf._runs_cost_more(1, 2, 40, 4, 7)
+    assert crf._runs_cost_more(50, 3045, 1024, 32, 7)  # random emissions, 1,024 words: K=50 over 3,045 runs
+    assert not crf._runs_cost_more(6, 479, 1024, 32, 7)  # the model's own: K=6 over 479 runs
+
+
 def test_run_refinement_runs_in_numpy_on_cpu_with_one_matrix(monkeypatch):
     """Which implementation really ran (spied): NumPy for CPU tensors without gradients and one transition
     matrix, torch for per-position transitions or when a tensor needs gradients; the same labels from all."""

@@ -188,7 +188,8 @@ def _with_boundary(trans: torch.Tensor, start: torch.Tensor, end: torch.Tensor) 
 
 
 def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
-                end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, below: float = 0.9) -> torch.Tensor:
+                end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, below: float = 0.9,
+                whole_if_cheaper: bool = False) -> torch.Tensor:
     """Improve the labels ``(B, W)`` of a parallel decoder (mean-field) toward the Viterbi path: the words it is
     sure of (``confidence (B, W)`` at least ``below``, e.g. the mean-field probability of each label) are anchors
     and keep their labels; every run of doubtful words between anchors gets its exact best labels given the
@@ -196,6 +197,9 @@ def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, sta
     :func:`viterbi` over all runs at once, as long as the longest. A word whose step from or to a neighbour
     breaks the tag scheme (a very negative ``trans``, ``start`` or ``end``) doubts too, so labels that break the
     scheme are repaired wherever valid ones exist. ``below >= 1``: every word doubts, which is Viterbi.
+    ``whole_if_cheaper``: where Viterbi over the whole batch would cost less than over the runs (many long runs:
+    a model unsure of most words; :func:`_runs_cost_more`), the batch gets Viterbi's labels instead: exact, and
+    the sure words may then change too.
 
     Exact where the anchors are Viterbi's labels (the best path through fixed labels is the best path of each
     run between them), and never a lower path score than the labels it started from. Nothing loops over the
@@ -207,13 +211,25 @@ def refine_runs(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, sta
     labels."""
     if (emit.device.type == "cpu" and trans.dim() == 2
             and not any(x.requires_grad for x in (emit, trans, start, end))):
-        return refine_runs_numpy(emit, mask, trans, start, end, labels, confidence, below)
-    return refine_runs_torch(emit, mask, trans, start, end, labels, confidence, below)
+        return refine_runs_numpy(emit, mask, trans, start, end, labels, confidence, below, whole_if_cheaper)
+    return refine_runs_torch(emit, mask, trans, start, end, labels, confidence, below, whole_if_cheaper)
+
+
+STEP_COST = 64 * 7 * 7  # a Viterbi step's fixed cost, as arithmetic on 64 rows of 7 labels (see _runs_cost_more)
+
+
+def _runs_cost_more(k: int, r: int, w: int, b: int, c: int) -> bool:
+    """Whether a Viterbi over ``r`` runs padded to ``k`` words costs more than one over the ``b`` sentences of
+    ``w`` words: each costs its steps times (a fixed cost per step + rows x labels² of arithmetic), the fixed
+    cost about that of 64 rows at 7 labels (on random emissions, where most words doubt, the runs cost more at
+    every length from 64 to 1,024 words and this rule sends them to Viterbi; on a model's own emissions the runs
+    are a few words long and it keeps them: scripts/crf_decode_bench.py)."""
+    return k * (r * c * c + STEP_COST) >= w * (b * c * c + STEP_COST)
 
 
 def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
                       end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
-                      below: float = 0.9) -> torch.Tensor:
+                      below: float = 0.9, whole_if_cheaper: bool = False) -> torch.Tensor:
     """:func:`refine_runs` in NumPy, for CPU tensors and one transition matrix ``(C, C)``."""
     b, w, c = emit.shape
     m = mask.numpy()
@@ -241,6 +257,8 @@ def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
         first, stop = edges[:, 0], edges[:, 1]  # (R,) places in (B, W+1)
         length = stop - first
         k = int(length.max())
+        if whole_if_cheaper and _runs_cost_more(k, len(edges), w, b, c):
+            return viterbi(emit, mask, trans, start, end)[0]
         row = first // (w + 1)
         word = first - row  # the run's first word as a place of (B*W,)
         inside = np.arange(k)
@@ -256,7 +274,7 @@ def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
 
 def refine_runs_torch(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
                       end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
-                      below: float = 0.9) -> torch.Tensor:
+                      below: float = 0.9, whole_if_cheaper: bool = False) -> torch.Tensor:
     """:func:`refine_runs` in torch, on any device, with one transition matrix or per-position ones."""
 
     b, w, c = emit.shape
@@ -283,6 +301,8 @@ def refine_runs_torch(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
     first, stop = edges.unbind(1)  # (R,) places in (B, W+1)
     length = stop - first  # (R,)
     k = int(length.max())
+    if whole_if_cheaper and _runs_cost_more(k, edges.shape[0], w, b, c):
+        return viterbi(emit, mask, trans, start, end)[0]
     row = first.div(w + 1, rounding_mode="floor")  # (R,)
     word = first - row  # (R,) the run's first word as a place of (B*W,)
     inside = torch.arange(k, device=emit.device)

@@ -265,7 +265,8 @@ class CRFHead(nn.Module):
             return pred, best
         trans, start, end = self._params_at(exit_layer, word_mask, constrained=True)
         if self.decode_with == "blockwise" and emit.shape[1] >= self.blockwise_from:
-            pred = crf.refine_runs(emit, word_mask, trans, start, end, pred, best, self.block_below)
+            pred = crf.refine_runs(emit, word_mask, trans, start, end, pred, best, self.block_below,
+                                   whole_if_cheaper=True)
         else:
             pred, _ = crf.viterbi(emit, word_mask, trans, start, end)
         return pred, probs.gather(1, pred.unsqueeze(1)).squeeze(1)  # (B, W)
