@@ -580,7 +580,8 @@ def crfdecode(name: str) -> str:
     decoder's speed-up over Viterbi and, where recorded, its share of words labelled as Viterbi labels them."""
     data = load(DOCS / "bench" / f"{name}.json")
     kinds = list(data["rows"][0]["ms"])
-    ratios = [k for k in kinds if k in ("meanfield-1", "meanfield-3", "blockwise-0", "blockwise-1", "blockwise-3")]
+    ratios = [k for k in kinds if k in ("meanfield-1", "meanfield-3", "blockwise-0", "blockwise-1", "blockwise-1-torch",
+                                        "blockwise-3")]
     agree = [k for k in ratios if "as_viterbi" in data["rows"][0]]
     torch_too = "viterbi-torch" in kinds  # Viterbi in NumPy (what decoding runs on a CPU) and in torch
     out = [[r["words"]] + [f"{r['ms'][k]:.3f}" for k in kinds]
