@@ -71,3 +71,27 @@ def test_every_cli_verb_sets_it_first(monkeypatch, mallopt, capsys):
     assert main(["evaluate", "no-such-model-dir", "no-such-data"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("earlytag: error:") and allocator.ENV in err and "\n" not in err
+
+
+def test_a_ray_actor_sets_it_as_the_cli_does(monkeypatch, mallopt, tokenizer, tmp_path):
+    """A Ray Data actor's process belongs to its tagger: building one sets the allocator (the actor class
+    itself, constructed here without Ray), and honours the same variable."""
+    from earlytag import Tagger
+    from earlytag.ray_tagging import TaggerPredictor
+
+    from .conftest import tiny_model
+
+    import torch
+
+    Tagger(tiny_model("bert"), tokenizer).save_pretrained(tmp_path / "m")
+    monkeypatch.delenv(allocator.ENV, raising=False)
+    threads = torch.get_num_threads()  # the actor sets its own (1): put this process's back afterwards
+    try:
+        TaggerPredictor(str(tmp_path / "m"))
+        assert mallopt == [(-3, 32 << 20), (-1, 1024 << 20)]
+        mallopt.clear()
+        monkeypatch.setenv(allocator.ENV, "0")
+        TaggerPredictor(str(tmp_path / "m"))
+        assert mallopt == []
+    finally:
+        torch.set_num_threads(threads)

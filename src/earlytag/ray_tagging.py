@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import keep_freed_memory_from_env
 from .errors import ConfigError, DataError
 
 
@@ -34,6 +35,7 @@ class TaggerPredictor:
         from .api import Tagger
 
         torch.set_num_threads(threads)
+        keep_freed_memory_from_env()  # an actor's process is the tagger's alone, as the CLI's is (allocator.py)
         # load: precision, backend and a CRF's decoding, as the local predict loads the model
         self.tagger = Tagger.from_pretrained(model_dir, batch_size=batch_size, **(load or {}))
         self.exit = self.tagger.exit_config(exit)
