@@ -76,12 +76,12 @@ def test_every_cli_verb_sets_it_first(monkeypatch, mallopt, capsys):
 def test_a_ray_actor_sets_it_as_the_cli_does(monkeypatch, mallopt, tokenizer, tmp_path):
     """A Ray Data actor's process belongs to its tagger: building one sets the allocator (the actor class
     itself, constructed here without Ray), and honours the same variable."""
+    import torch
+
     from earlytag import Tagger
     from earlytag.ray_tagging import TaggerPredictor
 
     from .conftest import tiny_model
-
-    import torch
 
     Tagger(tiny_model("bert"), tokenizer).save_pretrained(tmp_path / "m")
     monkeypatch.delenv(allocator.ENV, raising=False)
