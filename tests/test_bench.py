@@ -22,7 +22,8 @@ def models(tmp_path_factory, tokenizer):
     return root
 
 
-def test_bench_writes_results(models, tmp_path, capsys, shared_data):
+def test_bench_writes_results(models, tmp_path, capsys, shared_data, monkeypatch):
+    monkeypatch.delenv("EARLYTAG_KEEP_FREED_MEMORY", raising=False)  # the CLI's default: freed memory kept
     out = tmp_path / "bench"
     code = main(["bench", str(models / "big"), "uner-en-ewt:dev", "--out", str(out), "--limit", "40",
                  "--timing-limit-b1", "10", "--repeats", "1", "--grid", "small", "--kv-modes", "keep", "drop",
@@ -48,6 +49,8 @@ def test_bench_writes_results(models, tmp_path, capsys, shared_data):
     assert (out / "results.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "All settings, batch size 1" in md and "~2x" in md
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["machine"]["keep_freed_memory_mb"] == 1024 and "freed memory kept (up to 1024 MiB)" in md
     assert "| token |" in capsys.readouterr().out
 
 

@@ -472,7 +472,8 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
     timed = ", ".join(f"batch {bs}: {n}" for bs, n in meta["timing_sentences"].items())
     load = m.get("load_average")
     where = (f"{m['processor']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}"
-             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + (f", load average {load[0]:.2f} at the start" if load else ""))
+             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + (f", load average {load[0]:.2f} at the start" if load else "")
+             + (f", freed memory kept (up to {m['keep_freed_memory_mb']} MiB)" if m.get("keep_freed_memory_mb") else ""))
     timing = meta.get("timing", True)
     lines = [f"Model `{meta['label']}` ({meta['num_layers']} layers) on `{Path(meta['data']).name}` "
              f"({meta['sentences']} sentences scored" + (f"; sentences timed: {timed}" if timing else "; not timed")
