@@ -21,13 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCH = ["--policies", "token", "--thresholds", "0.1", "0.3", "--batch-sizes", "1", "32", "--precisions", "fp32",
-         "bf16", "--limit", "500", "--timing-limit", "500", "--timing-limit-b1", "200", "--threads", "1", "--quiet"]
+def bench_args(thresholds: list[str], batch_sizes: list[str], limit: int) -> list[str]:
+    return ["--policies", "token", "--thresholds", *thresholds, "--batch-sizes", *batch_sizes, "--precisions", "fp32",
+            "bf16", "--limit", str(limit), "--timing-limit", str(limit), "--timing-limit-b1", str(min(limit, 200)),
+            "--threads", "1", "--quiet"]
 
 
-def run(model: str, data: str, out: Path, kept: bool) -> list[dict]:
+def run(model: str, data: str, out: Path, kept: bool, args: list[str]) -> list[dict]:
     env = dict(os.environ, EARLYTAG_KEEP_FREED_MEMORY="1" if kept else "0", OMP_NUM_THREADS="1")
-    subprocess.run(["earlytag", "bench", model, data, "--out", str(out), *BENCH], env=env, check=True)
+    subprocess.run(["earlytag", "bench", model, data, "--out", str(out), *args], env=env, check=True)
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["machine"]["keep_freed_memory_mb"] is not None) == kept, "the setting did not reach the run"
     return json.loads((out / "results.json").read_text())
@@ -42,13 +44,17 @@ def main(argv=None) -> int:
     ap.add_argument("model")
     ap.add_argument("--data", default="uner-en-ewt:test")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--thresholds", nargs="+", default=["0.1", "0.3"])
+    ap.add_argument("--batch-sizes", nargs="+", default=["1", "32"])
+    ap.add_argument("--limit", type=int, default=500, help="sentences scored and timed (batch 1: at most 200)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    bench = bench_args(args.thresholds, args.batch_sizes, args.limit)
     rounds: dict[str, list[list[dict]]] = {"plain": [], "kept": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             for name in ("plain", "kept"):
-                rows = run(args.model, args.data, Path(tmp) / f"{name}{i}", name == "kept")
+                rows = run(args.model, args.data, Path(tmp) / f"{name}{i}", name == "kept", bench)
                 rounds[name].append([r for r in rows if r.get("wall_over_flops") is not None])
                 print(f"round {i + 1} {name} done", file=sys.stderr)
     summary = []
@@ -62,7 +68,7 @@ def main(argv=None) -> int:
                         "wall_speedup_vs_fp32": {n: med[n]["wall_speedup"] for n in med}})
     from earlytag.bench import machine_info
 
-    result = {"command": "python scripts/allocator_ab.py " + " ".join(argv or sys.argv[1:]), "bench_args": BENCH,
+    result = {"command": "python scripts/allocator_ab.py " + " ".join(argv or sys.argv[1:]), "bench_args": bench,
               "rounds": args.rounds, "machine": machine_info(), "summary": summary, "runs": rounds}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
