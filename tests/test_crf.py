@@ -696,3 +696,24 @@ def test_a_retired_crf_setting_of_an_older_model_is_dropped():
     """block_words (fixed blocks, before runs of doubtful words) in a saved config loads, and is gone."""
     model = tiny_model(head="crf", crf={"block_words": 3, "decode": "blockwise"})
     assert "block_words" not in model.config.crf and model.head.decode_with == "blockwise"
+
+
+def test_the_engine_s_blockwise_decoding_refines_in_numpy(monkeypatch):
+    """Which refinement the head's decoding really ran (spied): NumPy under inference mode, as the engine runs
+    (the head's transitions then need no gradients), torch where they do; the same labels from both."""
+    head = CRFHead(list(LABELS), "ner", "iob2", 2, {"decode": "blockwise", "blockwise_from": 6})
+    with torch.no_grad():
+        head.transitions.copy_(torch.randn(head.transitions.shape, generator=torch.Generator().manual_seed(3)))
+    ran = []
+    for name in ("refine_runs_numpy", "refine_runs_torch"):
+        real = getattr(crf, name)
+        monkeypatch.setattr(crf, name, lambda *a, real=real, name=name, **k: ran.append(name) or real(*a, **k))
+    g = torch.Generator().manual_seed(4)
+    emit = torch.randn(3, 9, len(LABELS), generator=g) * 2
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    layer = torch.ones(3, 9, dtype=torch.long)
+    with torch.inference_mode():
+        fast, _ = head.decode(emit, mask, layer)
+    assert ran == ["refine_runs_numpy"]
+    slow, _ = head.decode(emit, mask, layer)
+    assert ran == ["refine_runs_numpy", "refine_runs_torch"] and torch.equal(fast, slow)

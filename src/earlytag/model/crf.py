@@ -276,7 +276,6 @@ def refine_runs_torch(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
                       end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
                       below: float = 0.9, whole_if_cheaper: bool = False) -> torch.Tensor:
     """:func:`refine_runs` in torch, on any device, with one transition matrix or per-position ones."""
-
     b, w, c = emit.shape
     pad = ~mask
     # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
