@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+
 def bench_args(thresholds: list[str], batch_sizes: list[str], limit: int) -> list[str]:
     return ["--policies", "token", "--thresholds", *thresholds, "--batch-sizes", *batch_sizes, "--precisions", "fp32",
             "bf16", "--limit", str(limit), "--timing-limit", str(limit), "--timing-limit-b1", str(min(limit, 200)),
