@@ -12,6 +12,8 @@
 #   STEPS=ner-slim: NER stage 1 with structured slimming (issue 13; --slim heads=0.33,ffn=0.4, the search in the
 #   frozen epoch with the defaults), stopped after epoch 2 like models/mpnet-ner, whose full-scale unpruned
 #   counterpart it is (STOP_AFTER=0: all 3 epochs).
+#   STEPS=ner-slim-3ep: the same slim training through the whole 3-epoch schedule (two unfrozen epochs after the
+#   ticket instead of one), into models/mpnet-ner-slim-3ep.
 #   STOP_AFTER=N on ner / ner-ss stops those after epoch N too: the committed models/mpnet-ner is the checkpoint after
 #   epoch 2 (a machine restart cut epoch 3) and models/mpnet-ner-ss the one after epoch 1 (the heads only), so
 #   STOP_AFTER=2 STEPS=ner, then STOP_AFTER=1 STEPS=ner-ss makes them again (default 0: the whole schedule).
@@ -48,6 +50,8 @@ for step in $STEPS; do
       --overwrite ;;
     ner-slim) stop_after "${STOP_AFTER:-2}" earlytag train $S1 --epochs 3 $NER --slim heads=0.33,ffn=0.4 \
       --output "$OUT/mpnet-ner-slim" --overwrite ;;
+    ner-slim-3ep) earlytag train $S1 --epochs 3 $NER --slim heads=0.33,ffn=0.4 --output "$OUT/mpnet-ner-slim-3ep" \
+      --overwrite ;;
     ner-crf-ss) stop_after "${STOP_AFTER:-1}" earlytag train $SS $NER --init "$OUT/mpnet-ner-crf" --flooding batch \
       --output "$OUT/mpnet-ner-crf-ss" --overwrite ;;
     ner-ss-drop) earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss-drop" --kv drop --overwrite ;;
