@@ -337,7 +337,8 @@ def spy_run_viterbi(monkeypatch, refiner: str) -> list:
 @pytest.mark.parametrize("refiner", ["refine_runs_numpy", "refine_runs_torch"])
 def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch, refiner):
     """What Viterbi really received (spied): nothing when every word is sure and no step is forbidden; else one
-    row per run of doubtful words, as long as the run, the anchors' transitions as its start/end scores."""
+    row per run of doubtful words, as long as the run, the anchors' transitions as its start/end scores. NumPy
+    decides a run of one word without the loop (its best label between its anchors): only longer runs reach it."""
     refine_runs = getattr(crf, refiner)
     emit, mask, trans, start, end = random_case(0, b=2, w=12)
     mask[:] = True
@@ -352,13 +353,19 @@ def test_run_refinement_decodes_only_the_doubtful_runs(monkeypatch, refiner):
     doubt[0, 0] = 0.5  # a run at a sentence's start
     wrong = best.clone()
     wrong[1, 5] = (best[1, 5] + 1) % 3
+    # the one-word run gets a wrong label too, one whose step to its neighbour the scheme allows (forbid: 0 -> 2)
+    wrong[0, 0] = next(x for x in range(3) if x != best[0, 0] and not (x == 0 and best[0, 1] == 2))
     out = refine_runs(emit, mask, trans, start, end, wrong, doubt, 0.9)
     assert torch.equal(out, best)
     (e, m, (tr, st, en)), = seen
-    assert m.tolist() == [[True, False], [True, True]]
-    assert torch.equal(e[0, 0], emit[0, 0]) and torch.equal(e[1], emit[1, 5:7])
-    assert torch.equal(st[0], start) and torch.equal(st[1], trans[best[1, 4]])  # the sentence's start; anchor 4
-    assert torch.equal(en[0], trans[:, best[0, 1]]) and torch.equal(en[1], trans[:, best[1, 7]])
+    if refiner == "refine_runs_numpy":  # the one-word run was decided without the loop
+        assert m.tolist() == [[True, True]] and torch.equal(e[0], emit[1, 5:7])
+        assert torch.equal(st[0], trans[best[1, 4]]) and torch.equal(en[0], trans[:, best[1, 7]])
+    else:
+        assert m.tolist() == [[True, False], [True, True]]
+        assert torch.equal(e[0, 0], emit[0, 0]) and torch.equal(e[1], emit[1, 5:7])
+        assert torch.equal(st[0], start) and torch.equal(st[1], trans[best[1, 4]])  # the sentence's start; anchor 4
+        assert torch.equal(en[0], trans[:, best[0, 1]]) and torch.equal(en[1], trans[:, best[1, 7]])
     seen.clear()
     broken = best.clone()
     broken[0, 3], broken[0, 4] = 0, 2  # a forbidden step (0 -> 2) between two "sure" words
@@ -393,9 +400,12 @@ def test_a_batch_whose_runs_cost_more_gets_viterbi_over_the_whole_batch(monkeypa
     wrong = best.clone()
     wrong[0, 3] = (best[0, 3] + 1) % 3
     out = refine_runs(emit, mask, trans, start, end, wrong, sure, 0.9, whole_if_cheaper=True)
-    (call,) = seen  # two runs (a word, and its neighbour where the wrong label breaks the scheme), not the batch
-    rows, steps = call[1:] if numpy else call[:2]
-    assert rows == 2 and steps <= 3 and out[0, 3] == best[0, 3]
+    # two short runs (a word, and its neighbour where the wrong label breaks the scheme), never the whole batch;
+    # NumPy decides runs of one word without the loop, so it may see one run or none
+    assert emit.shape not in seen and len(seen) <= 1 and out[0, 3] == best[0, 3]
+    for call in seen:
+        rows, steps = call[1:] if numpy else call[:2]
+        assert rows <= 2 and steps <= 3 and (numpy or rows == 2)
     assert crf._runs_cost_more(40, 4, 40, 4, 7) and not crf._runs_cost_more(1, 2, 40, 4, 7)
     assert crf._runs_cost_more(50, 3045, 1024, 32, 7)  # random emissions, 1,024 words: K=50 over 3,045 runs
     assert not crf._runs_cost_more(6, 479, 1024, 32, 7)  # the model's own: K=6 over 479 runs
