@@ -230,9 +230,9 @@ def _runs_cost_more(k: int, r: int, w: int, b: int, c: int) -> bool:
 def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
                       end: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
                       below: float = 0.9, whole_if_cheaper: bool = False) -> torch.Tensor:
-    """:func:`refine_runs` in NumPy, for CPU tensors and one transition matrix ``(C, C)``. A run of one word (most
-    runs, on a model's own emissions) gets its best label between its two anchors in one vectorised step (the
-    Viterbi of a one-word run, the same sums in the same order); only longer runs go through the loop."""
+    """:func:`refine_runs` in NumPy, for CPU tensors and one transition matrix ``(C, C)``. A run of one word gets
+    its best label between its two anchors in one vectorised step (the Viterbi of a one-word run, the same sums
+    in the same order); only longer runs go through the loop."""
     b, w, c = emit.shape
     m = mask.numpy()
     dtype = np.float64 if emit.dtype == torch.float64 else np.float32
