@@ -406,6 +406,18 @@ def test_a_batch_whose_runs_cost_more_gets_viterbi_over_the_whole_batch(monkeypa
     for call in seen:
         rows, steps = call[1:] if numpy else call[:2]
         assert rows <= 2 and steps <= 3 and (numpy or rows == 2)
+    # one run of 60 words and 32 runs of one word: the rule counts every run (33, not the one long run alone, which
+    # would keep the runs), so both implementations send this batch to Viterbi and give the same labels
+    emit, mask, trans, start, end = random_case(5, b=2, w=64)
+    mask[:] = True
+    best, _ = crf.viterbi(emit, mask, trans, start, end)
+    sure = torch.ones(mask.shape)
+    sure[0, :60] = 0.0
+    sure[1, 1::2] = 0.0
+    assert crf._runs_cost_more(60, 33, 64, 2, 3) and not crf._runs_cost_more(60, 1, 64, 2, 3)
+    seen.clear()
+    out = refine_runs(emit, mask, trans, start, end, best, sure, 0.9, whole_if_cheaper=True)
+    assert seen[0] == emit.shape and torch.equal(out, best)
     assert crf._runs_cost_more(40, 4, 40, 4, 7) and not crf._runs_cost_more(1, 2, 40, 4, 7)
     assert crf._runs_cost_more(50, 3045, 1024, 32, 7)  # random emissions, 1,024 words: K=50 over 3,045 runs
     assert not crf._runs_cost_more(6, 479, 1024, 32, 7)  # the model's own: K=6 over 479 runs

@@ -236,7 +236,9 @@ def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
     b, w, c = emit.shape
     m = mask.numpy()
     dtype = np.float64 if emit.dtype == torch.float64 else np.float32
-    ext = np.zeros((c + 1, c + 1), dtype=dtype)  # the transitions with the boundary label C (_with_boundary)
+    # the transitions with the boundary label C, as _with_boundary makes them (here in NumPy: its torch operators
+    # would cost more than the rest of this function on a model's own emissions)
+    ext = np.zeros((c + 1, c + 1), dtype=dtype)
     ext[:c, :c], ext[c, :c], ext[:c, c] = trans.numpy(), start.numpy(), end.numpy()
     # the labels between boundary labels C (before the first word, on padding, after the last column): (B, W+2)
     framed = np.full((b, w + 2), c, dtype=np.int64)
@@ -258,6 +260,9 @@ def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
     if len(edges):
         first, stop = edges[:, 0], edges[:, 1]  # (R,) places in (B, W+1)
         length = stop - first
+        # decided on every run, as refine_runs_torch decides it, so that both give the same labels
+        if whole_if_cheaper and _runs_cost_more(int(length.max()), len(length), w, b, c):
+            return viterbi(emit, mask, trans, start, end)[0]
         row = first // (w + 1)
         word = first - row  # the run's first word as a place of (B*W,)
         edge = framed.ravel()
@@ -270,10 +275,7 @@ def refine_runs_numpy(emit: torch.Tensor, mask: torch.Tensor, trans: torch.Tenso
             keep = ~one
             length, word, prev, nxt = length[keep], word[keep], prev[keep], nxt[keep]
         if len(length):
-            k = int(length.max())
-            if whole_if_cheaper and _runs_cost_more(k, len(length), w, b, c):
-                return viterbi(emit, mask, trans, start, end)[0]
-            inside = np.arange(k)
+            inside = np.arange(int(length.max()))
             real = inside < length[:, None]  # (R, K)
             pos = np.minimum(word[:, None] + inside, b * w - 1)  # (R, K); past a run's end unused
             em = flat[pos.T].astype(dtype, copy=False).transpose(0, 2, 1)  # (K, C, R)
