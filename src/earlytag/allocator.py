@@ -6,8 +6,8 @@ serves blocks above ``M_MMAP_THRESHOLD`` with a fresh ``mmap`` each; both thresh
 with the program's allocations. An inference loop frees and reallocates the same few-hundred-kilobyte to
 few-megabyte buffers at every layer step and every decode, so whether those buffers come back as memory the
 process already touched, or as new pages that the kernel must fault in and zero, depends on the history of
-the heap: the same call can take 1x or 3x its time from one run to the next (measured on the CRF decoders and
-the engine's layer loop: docs/results.md, "The C allocator").
+the heap: the same CRF decoding call took two to three times as long in some runs as in others, and token
+exit kept less of its FLOPs speed-up at batch 32 (docs/results.md, "The C allocator").
 
 :func:`keep_freed_memory` fixes both thresholds high (glibc's ``mallopt``): freed memory stays with the
 process, to be reused, up to ``trim_mb`` at the top of the heap. The cost is memory: the process keeps its
