@@ -2,7 +2,7 @@
 """Where the time of an early-exit run goes, next to full depth: GEMMs, other operators, Python.
 
     python scripts/profile_engine.py MODEL_DIR DATA --batch-size 32 --sentences 1000 \
-        --exit '{"policy": "token", "threshold": 0.2}' [--json OUT]
+        --exit '{"policy": "token", "threshold": 0.2}' [--precision bf16] [--json OUT]
 
 Runs full depth and the setting under torch.profiler (3 passes each, alternating; medians) on the same pre-built batches and splits
 the wall time into matrix multiplications (aten::addmm/mm/bmm), the other operators, and what is left
@@ -73,9 +73,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--sentences", type=int, default=1000)
     p.add_argument("--exit", default='{"policy": "token", "threshold": 0.2}')
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | int8 (both settings run in it)")
     p.add_argument("--json")
     args = p.parse_args()
-    tagger = Tagger.from_pretrained(args.model)
+    tagger = Tagger.from_pretrained(args.model, precision=args.precision)
     docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
     windows = tagger.featurizer.windows(docs)
     batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
@@ -90,7 +91,7 @@ def main() -> None:
     units = [batches[i:i + size] for i in range(0, len(batches), size)]
     timing = paired(lambda u: run(tagger, u, cfgs["full"]), lambda u: run(tagger, u, cfgs["early"]), units, 3)
     speedup, early_s, full_s = timing.speedup, timing.seconds, timing.baseline_seconds
-    result = {"batch_size": args.batch_size, "sentences": len(docs), "torch_threads": torch.get_num_threads(),
+    result = {"batch_size": args.batch_size, "precision": args.precision, "sentences": len(docs), "torch_threads": torch.get_num_threads(),
               "full": full, "early": early,
               "unprofiled": {"full_s": full_s, "early_s": early_s, "wall_speedup": speedup},
               "ratios": {k: full[k] / early[k] for k in ("wall_s", "gemm_s", "other_ops_s", "python_and_dispatch_s")

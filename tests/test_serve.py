@@ -165,3 +165,94 @@ def test_concurrent_requests_share_engine_calls(model_dir):
         assert r.json()["results"][0] == expected[text]
     count = next(line for line in metrics.splitlines() if line.startswith("earlytag_engine_batch_texts_count"))
     assert float(count.split()[-1]) < len(texts)  # fewer engine calls than requests
+
+
+# ----------------------------------------------------------------------------- the service's default exit
+
+TEXTS = ["Angela Merkel visited Paris.", "Hello there", "The United Nations met in New York on Monday ."]
+
+
+def test_default_exit_serves_requests_without_their_own(model_dir):
+    fixed = {"policy": "token", "threshold": 1.01, "upper_multiplier": 1.0, "window": 1}  # all halt at layer 1
+    tagger = Tagger.from_pretrained(model_dir)
+    expected, _ = tagger.documents([tagger.to_sentence(t) for t in TEXTS], fixed)
+    stored, _ = tagger.documents([tagger.to_sentence(t) for t in TEXTS], None)
+    assert expected != stored  # the service's default and the model's stored one tag these texts differently
+    with TestClient(create_app(str(model_dir), default_exit=fixed)) as c:
+        wait_ready(c)
+        assert c.post("/predict", json={"texts": TEXTS}).json()["results"] == expected
+        # a request's own exit object wins (an empty one: the model's stored default)
+        assert c.post("/predict", json={"texts": TEXTS, "exit": {}}).json()["results"] == stored
+        assert c.get("/info").json()["service_default_exit"] == fixed
+
+
+def test_default_target_speedup_is_one_controller_for_all_traffic(model_dir, monkeypatch):
+    from earlytag.engine.control import SpeedController
+
+    built = []
+    original = SpeedController.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(SpeedController, "__init__", spy)
+    with TestClient(create_app(str(model_dir), default_exit={"target_speedup": 2.0})) as c:
+        wait_ready(c)
+        assert len(built) == 1  # made when the model came in, before any request
+        assert 'earlytag_target_speedup_threshold{control="feedback",policy="default",target="2"}' in c.get(
+            "/metrics").text  # (this table has no length profile: the feedback alone)
+        for _ in range(3):
+            assert c.post("/predict", json={"texts": TEXTS}).status_code == 200
+        words = sum(len(t.split()) for t in TEXTS)
+        assert built[0].calls >= 3 and built[0].total[2] >= 3 * words  # the requests without exit ran under it
+        asked = c.post("/predict", json={"texts": TEXTS, "exit": {"target_speedup": 2.0}})
+        assert asked.status_code == 200 and len(built) == 1  # asking for the same target shares it
+        assert c.post("/predict", json={"texts": TEXTS, "exit": {"target_speedup": 3.0}}).status_code == 200
+        assert len(built) == 2 and built[1].target == 3.0
+        assert c.get("/info").json()["service_default_exit"] == {"target_speedup": 2.0}
+
+
+def test_a_default_exit_the_model_cannot_run_keeps_the_service_unready(model_dir, tmp_path):
+    with TestClient(create_app(str(model_dir), default_exit={"policy": "token"})) as c:
+        deadline = time.time() + 30
+        while c.get("/ready").json().get("error") is None and time.time() < deadline:
+            time.sleep(0.05)
+        r = c.get("/ready")
+        assert r.status_code == 503 and "default exit" in r.json()["error"] and "exit.threshold" in r.json()["error"]
+        assert c.post("/predict", json={"texts": ["a"]}).status_code == 503
+    bare = tmp_path / "bare"
+    Tagger(tiny_model("bert", labels=LABELS), Tagger.from_pretrained(model_dir).tokenizer).save_pretrained(bare)
+    with TestClient(create_app(str(bare), default_exit={"target_speedup": 2.0}, load_in_background=False)) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503 and "no calibration table" in r.json()["error"]
+
+
+@pytest.mark.parametrize("default_exit, field", [({"speed": 3}, "exit.speed"),
+                                                 ({"window": -1, "policy": "token"}, "exit.window"),
+                                                 ({"length_profile": False}, "exit.length_profile")])
+def test_a_malformed_default_exit_fails_before_the_service_starts(model_dir, default_exit, field):
+    from earlytag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        create_app(str(model_dir), default_exit=default_exit)
+
+
+def test_serve_cli_passes_its_default_exit(model_dir, tmp_path, monkeypatch, capsys):
+    import earlytag.serve.app as app_module
+    from earlytag.cli import main
+
+    seen = {}
+    monkeypatch.setattr(app_module, "serve", lambda model, **kw: seen.update(kw))
+    assert main(["serve", str(model_dir), "--target-speedup", "2", "--no-length-profile"]) == 0
+    assert seen["default_exit"] == {"target_speedup": 2.0, "length_profile": False}
+    assert main(["serve", str(model_dir), "--exit", "token", "--threshold", "0.2", "--window", "1"]) == 0
+    assert seen["default_exit"] == {"policy": "token", "threshold": 0.2, "window": 1}
+    assert main(["serve", str(model_dir)]) == 0 and seen["default_exit"] is None
+    seen.clear()
+    assert main(["serve", str(model_dir), "--no-length-profile"]) == 2
+    assert "no-length-profile: only with --target-speedup" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    Tagger(tiny_model("bert", labels=LABELS), Tagger.from_pretrained(model_dir).tokenizer).save_pretrained(bare)
+    assert main(["serve", str(bare), "--target-speedup", "2"]) == 2
+    assert "has no calibration table" in capsys.readouterr().err and not seen  # the service never started

@@ -37,7 +37,8 @@ DEMO_SENTENCES = [
 
 
 def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True,
-               title: str = "early exit (unset: the model's stored setting, else full depth)") -> None:
+               title: str = "early exit (unset: the model's stored setting, else full depth)",
+               calibration_data: bool = True) -> None:
     g = p.add_argument_group(title)
     from .engine.policies import REGISTRY
 
@@ -63,9 +64,12 @@ def _exit_args(p: argparse.ArgumentParser, calibrate: bool = True,
                         "(rescore, the authors' code)")
     if calibrate:
         g.add_argument("--target-speedup", type=float,
-                       help="choose thresholds on dev data that reach this FLOPs speed-up with the best score, "
-                            "and store them in the model directory as its default")
-        g.add_argument("--calibration-data", help="dev data for --target-speedup (default: the model's dev set)")
+                       help="hold this FLOPs speed-up on the text being tagged: a controller moves the thresholds as "
+                            "the text flows, from the setting the model's calibration table gives for it" +
+                            (" (or a calibration on --calibration-data made in memory); nothing is written into the "
+                             "model directory" if calibration_data else ""))
+        if calibration_data:
+            g.add_argument("--calibration-data", help="dev data for --target-speedup (default: the model's dev set)")
         g.add_argument("--no-length-profile", action="store_true",
                        help="hold --target-speedup by feedback alone, without looking ahead at the lengths of each "
                             "request: slightly better F1, but it trails streams whose lengths drift (docs/results.md "
@@ -359,8 +363,28 @@ def cmd_serve(args) -> int:
     set_threads(args.threads)
     serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           batching=not args.no_batching, limits=limits,
-          load={"precision": args.precision, "backend": args.backend, "device": args.device, **decoding(args)})
+          load={"precision": args.precision, "backend": args.backend, "device": args.device, **decoding(args)},
+          default_exit=_service_exit(args))
     return 0
+
+
+def _service_exit(args) -> dict | None:
+    """``serve``'s default exit as the fields of a request's ``exit`` object, checked before the service starts
+    (a target speed-up needs the model's calibration table: the service does not calibrate)."""
+    from .model.tagger import read_tagger_config
+    from .serve.app import default_settings
+
+    settings = _exit_settings(args)
+    if args.target_speedup is not None:
+        settings["target_speedup"] = args.target_speedup
+        if not (read_tagger_config(args.model).exit_calibration or {}).get("table"):
+            raise ConfigError("target-speedup", f"{args.model} has no calibration table; run `earlytag calibrate "
+                                                f"{args.model} DEV --target-speedup {args.target_speedup:g}` once")
+    if args.no_length_profile:
+        if args.target_speedup is None:
+            raise ConfigError("no-length-profile", "only with --target-speedup")
+        settings["length_profile"] = False
+    return default_settings(settings) or None
 
 
 def cmd_loadtest(args) -> int:
@@ -785,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(sub, "serve", "HTTP service: /predict with micro-batching, /metrics, and a page that shows where each "
                             "word exits",
               "  earlytag serve models/ner --port 8000          # then open http://127.0.0.1:8000/\n"
-              "  earlytag serve models/ner --precision int8 --request-timeout 10")
+              "  earlytag serve models/ner --precision int8 --request-timeout 10\n"
+              "  earlytag serve models/ner --target-speedup 3    # requests without an exit object: 3x held")
     model_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -800,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a client has to send its whole request (then 408 and the connection closes)")
     p.add_argument("--max-queue-words", type=int, default=200_000,
                    help="words allowed to wait for the model; beyond it requests get 503 with Retry-After")
+    _exit_args(p, title="default exit of requests that send no exit object (unset: the model's stored setting); "
+                        "--target-speedup X holds X over all of that traffic (the model's calibration table)",
+               calibration_data=False)
     _runtime_args(p)
     p.set_defaults(func=cmd_serve)
 

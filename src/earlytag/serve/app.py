@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -25,12 +26,14 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..api import Tagger
 from ..engine.policies import POLICIES, REGISTRY
-from ..errors import EarlytagError
+from ..errors import ConfigError, EarlytagError
 from .batching import MicroBatcher, Overloaded
+
+logger = logging.getLogger("uvicorn.error")  # shown where uvicorn shows its own start-up errors
 
 
 @dataclass
@@ -221,14 +224,32 @@ def _static_dir() -> Path:
 
 
 def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: float = 5.0, batching: bool = True,
-               limits: Limits | None = None, load_in_background: bool = True, load: dict | None = None) -> FastAPI:
+               limits: Limits | None = None, load_in_background: bool = True, load: dict | None = None,
+               default_exit: dict | None = None) -> FastAPI:
     """The service for a model directory (loaded in a background thread: ``/ready`` says when) or a Tagger.
-    ``load``: options of :meth:`Tagger.from_pretrained` (precision, backend, device)."""
+    ``load``: options of :meth:`Tagger.from_pretrained` (precision, backend, device). ``default_exit``: the exit
+    of requests that send no ``exit`` object, in its fields (``{"target_speedup": 3}``: one controller holds 3x
+    over all of that traffic, shared with requests that ask for 3x themselves); None: the model's stored
+    default. Checked once the model is in: a setting the model cannot run keeps ``/ready`` at 503 with the
+    reason."""
     limits = limits or Limits()
     load_options = dict(load or {})  # (the name `load` is the loader function below)
+    service_exit = default_settings(default_exit)
     metrics = Metrics()
     state: dict[str, Any] = {"tagger": model if isinstance(model, Tagger) else None, "error": None, "batcher": None}
     controllers: dict[tuple[float, str | None, bool], Any] = {}  # (target, policy, length profile) -> controller
+
+    def exit_for(tagger: Tagger, settings: dict):
+        """A request's exit fields as the engine takes them: a fixed setting, or the one controller of its
+        target speed-up (made on first use, then shared by all the traffic that asks for it)."""
+        settings = dict(settings)
+        profile = settings.pop("length_profile", None) is not False
+        if settings.get("target_speedup") is None:
+            return tagger.exit_config(settings or None)
+        key = (float(settings["target_speedup"]), settings.get("policy"), profile)
+        if key not in controllers:
+            controllers[key] = tagger.speed_controller(*key[:2], **({} if profile else {"profile": None}))
+        return controllers[key]
 
     def load() -> None:
         try:
@@ -252,6 +273,13 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
     async def _start_batcher():
         while state["tagger"] is None and state["error"] is None:
             await asyncio.sleep(0.05)
+        if state["tagger"] is not None and service_exit:
+            try:  # the service's default exit, checked (and its controller made) before any request comes
+                exit_for(state["tagger"], service_exit)
+            except EarlytagError as err:
+                state["error"] = f"the service's default exit {service_exit}: {err}"
+                logger.error("%s", state["error"])
+                return
         if state["tagger"] is not None:
             batcher = MicroBatcher(state["tagger"], max_batch, max_wait_ms, batching,
                                    on_batch=metrics.batch_texts.observe, quantum_words=limits.quantum_words,
@@ -311,7 +339,8 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
         calib = tagger.config.exit_calibration or {}
         speedups = sorted({round(r["flops_speedup"], 2) for r in calib.get("table", [])})
         return {"task": tagger.config.task, "labels": tagger.labels, "num_layers": tagger.num_layers,
-                "default_exit": tagger.default_exit.to_dict(), "limits": limits.__dict__,
+                "default_exit": tagger.default_exit.to_dict(), "service_default_exit": service_exit or None,
+                "limits": limits.__dict__,
                 "max_target_speedup": speedups[-1] if speedups else None,
                 "policies": [{"name": n, "summary": r.summary} for n, r in REGISTRY.items()],
                 "batching": batching, "encoder": tagger.config.encoder_name, "precision": tagger.precision,
@@ -330,17 +359,11 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
                 return JSONResponse({"detail": f"texts[{i}] has {len(text)} characters; the limit is "
                                                f"{limits.max_chars}"}, status_code=413)
         tagger = batcher.tagger
-        settings = req.exit.model_dump(exclude_none=True) if req.exit else {}
-        profile = settings.pop("length_profile", None) is not False
-        if settings.get("target_speedup") is not None:  # one controller per target holds it over all the traffic
-            key = (float(settings["target_speedup"]), settings.get("policy"), profile)
-            if key not in controllers:
-                controllers[key] = tagger.speed_controller(*key[:2], **({} if profile else {"profile": None}))
-            exit_cfg = controllers[key]
-        elif "length_profile" in (req.exit.model_fields_set if req.exit else ()):
+        # no exit object: the service's default (serve --exit/--target-speedup), else the model's stored one
+        settings = req.exit.model_dump(exclude_none=True) if req.exit else service_exit
+        if "length_profile" in settings and settings.get("target_speedup") is None:
             return JSONResponse({"detail": "exit.length_profile: only with exit.target_speedup"}, status_code=422)
-        else:
-            exit_cfg = tagger.exit_config(settings or None)
+        exit_cfg = exit_for(tagger, settings)
         sentences = [tagger.to_sentence(t, f"texts[{i}]") for i, t in enumerate(req.texts)]
         future = batcher.submit(sentences, exit_cfg)
         watcher = asyncio.create_task(_cancel_when_gone(request, future))
@@ -392,11 +415,28 @@ def uvicorn_options(limits: Limits) -> dict[str, Any]:
     return {"http": read_timeout_protocol(limits.read_timeout_s), "timeout_keep_alive": 5}
 
 
+def default_settings(default_exit: dict | None) -> dict:
+    """A service's default exit checked as a request's ``exit`` object is; errors name the field."""
+    if not default_exit:
+        return {}
+    try:
+        settings = ExitSettings(**default_exit).model_dump(exclude_none=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"exit.{field}", first["msg"]) from None
+    if "length_profile" in settings and settings.get("target_speedup") is None:
+        raise ConfigError("exit.length_profile", "only with exit.target_speedup")
+    return settings
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
-          batching: bool = True, limits: Limits | None = None, load: dict | None = None) -> None:
+          batching: bool = True, limits: Limits | None = None, load: dict | None = None,
+          default_exit: dict | None = None) -> None:
     import uvicorn
 
     limits = limits or Limits()
-    uvicorn.run(create_app(model, max_batch, max_wait_ms, batching, limits, load=load), host=host, port=port,
+    app = create_app(model, max_batch, max_wait_ms, batching, limits, load=load, default_exit=default_exit)
+    uvicorn.run(app, host=host, port=port,
                 log_level="info",
                 **uvicorn_options(limits))
