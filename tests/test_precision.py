@@ -697,3 +697,44 @@ def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer(
     parts.act = ACT2FN["gelu_new"]  # an approximation oneDNN's exact GELU would not match: the plain finish
     plain = _FusedLayer(parts)
     assert plain._finish != plain._onednn_finish
+
+
+@pytest.mark.parametrize("bias_shape", [None, (3, 1, 1, 7), (3, 4, 5, 7), (1, 4, 5, 7)],
+                         ids=["none", "keys", "per-head", "shared-per-head"])
+def test_unfused_attention_computes_what_the_fused_one_does(bias_shape):
+    from earlytag.model.layers import attend, attend_unfused
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 5, 32, generator=g)  # (B, Tq, d), 4 heads of 8
+    k, v = (torch.randn(3, 7, 32, generator=g) for _ in range(2))  # (B, Tk, d)
+    bias = None if bias_shape is None else torch.randn(bias_shape, generator=g)
+    if bias_shape == (3, 1, 1, 7):
+        bias[0, ..., 5:] = torch.finfo(torch.float32).min  # the first sentence's last two keys masked
+    expected = attend(q, k, v, bias, 4)
+    got = attend_unfused(q, k, v, bias, 4)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    half = attend_unfused(q.bfloat16(), k.bfloat16(), v.bfloat16(), None if bias is None else bias.bfloat16(), 4)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), expected, atol=0.06)
+    if bias_shape == (3, 1, 1, 7):  # masked keys change nothing: the same as attending over the first five
+        alone = attend(q[:1], k[:1, :5], v[:1, :5], bias[:1, ..., :5], 4)
+        assert torch.allclose(got[:1], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision, unfused", [("fp32", False), ("bf16", True), ("fp16", True), ("int8", False)])
+def test_engine_attends_unfused_in_half_precision_on_a_cpu(model_dir, precision, unfused, monkeypatch):
+    from earlytag.model.layers import attend, attend_unfused
+
+    tagger = Tagger.from_pretrained(model_dir, precision=precision)
+    chosen = tagger.engine.attend
+    assert chosen is (attend_unfused if unfused else attend)
+    seen = []
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return chosen(q, *args, **kwargs)
+
+    monkeypatch.setattr(tagger.engine, "attend", spy)
+    for batch_size in (1, 3):  # packed steps of one sentence and of several, and dense ones
+        list(tagger.pipe(SENTENCES, exit=ExitConfig("token", threshold=0.3, window=1), batch_size=batch_size))
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    assert len(seen) >= 2 * tagger.num_layers and set(seen) == {half}

@@ -33,7 +33,7 @@ from torch import nn
 from ..data.batching import Batch
 from ..errors import ConfigError
 from ..model.adapters import LayerParts
-from ..model.layers import attend, finish, key_bias
+from ..model.layers import attend, attend_unfused, finish, key_bias
 from ..model.precision import (
     Int8Linear,
     OneDnnLinear,
@@ -269,6 +269,9 @@ class Engine:
         first = next(model.encoder.parameters())
         # bf16/fp16 GEMMs on a CPU are prepared per shape: pad their rows to a few sizes (see _FusedLayer)
         self.bucket = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
+        # attention of the layer steps: torch's fused kernel, except in bf16/fp16 on a CPU, where three plain
+        # operators ran ~10% faster at full depth and with token exit (scripts/attention_ab.py; not in fp32)
+        self.attend = attend_unfused if self.bucket else attend
         self.dense_above = dense_above  # run a layer densely when this share of positions is active
         self.refill_tokens = refill_tokens
         self._fused: list[_FusedLayer | None] = [None] * model.num_layers
@@ -493,7 +496,7 @@ class Engine:
         if self.layers is not None:
             out = self.layers.dense(fl, h, bias)
         else:
-            out = fl.finish(attend(q, k, v, bias, parts.num_heads), h)  # (b, T, d)
+            out = fl.finish(self.attend(q, k, v, bias, parts.num_heads), h)  # (b, T, d)
         if not all_active:  # halted tokens keep their state
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
@@ -519,7 +522,7 @@ class Engine:
             else:
                 q, k, v = fl.qkv(x).split(da, -1)  # (N_a, da)
                 bias = None if pos is None else pos[:, flat][:, :, flat][None]  # (1, h, N_a, N_a)
-            ctx = attend(q[None], k[None], v[None], bias, heads)[0]  # (N_a, d)
+            ctx = self.attend(q[None], k[None], v[None], bias, heads)[0]  # (N_a, d)
             y = fl.finish(ctx, x)
             h.view(-1, d).index_copy_(0, flat, y)  # in place: the group owns h, K/V are already computed
             return h
@@ -552,7 +555,7 @@ class Engine:
                 pb = pos[:, query_pos]  # (h, b, Ta, T)
                 pb = pb.gather(3, query_pos[None, :, None, :].expand(pb.shape[0], -1, ta, -1))  # (h, b, Ta, Ta)
                 bias = bias + pb.permute(1, 0, 2, 3)
-        ctx = attend(pad(q), k, v, bias, heads)  # (b, Ta, da)
+        ctx = self.attend(pad(q), k, v, bias, heads)  # (b, Ta, da)
         y = fl.finish(ctx.reshape(-1, da).index_select(0, slot), x)  # (N_a, d)
         h.view(-1, d).index_copy_(0, flat, y)  # in place: the group owns h, K/V are already computed
         return h

@@ -37,6 +37,25 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return merge_heads(out)
 
 
+def attend_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, num_heads: int,
+                   dropout_p: float = 0.0) -> torch.Tensor:
+    """:func:`attend` as three plain operators over ``(B·h)`` rows: ``baddbmm`` (the scores with the bias added in
+    the product) -> ``softmax`` -> ``bmm``. For inference (no dropout). On a CPU in bf16/fp16 torch's fused attention
+    runs slower than these at the engine's shapes (scripts/attention_ab.py); in fp32 it does not."""
+    b, tq, d = q.shape
+    tk, dh = k.shape[1], d // num_heads
+    qh = split_heads(q, num_heads).reshape(b * num_heads, tq, dh)  # (B·h, Tq, dh)
+    kh = split_heads(k, num_heads).reshape(b * num_heads, tk, dh)  # (B·h, Tk, dh)
+    vh = split_heads(v, num_heads).reshape(b * num_heads, tk, dh)
+    if bias is None:
+        scores = torch.bmm(qh, kh.transpose(1, 2)).mul_(dh ** -0.5)  # (B·h, Tq, Tk)
+    else:
+        full = bias.to(q.dtype).expand(b, num_heads, tq, tk).reshape(b * num_heads, tq, tk)  # a copy: baddbmm's input
+        scores = torch.baddbmm(full, qh, kh.transpose(1, 2), alpha=dh ** -0.5)  # (B·h, Tq, Tk)
+    out = torch.bmm(scores.softmax(-1), vh)  # (B·h, Tq, dh)
+    return out.view(b, num_heads, tq, dh).transpose(1, 2).reshape(b, tq, d)
+
+
 def finish(parts: LayerParts, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Output projection, residual + LayerNorm, FFN, residual + LayerNorm. ``(..., d) -> (..., d)``
 

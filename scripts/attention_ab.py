@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Attention in the engine's layer steps: torch's fused scaled_dot_product_attention against the same arithmetic as
+three plain operators (``model.layers.attend_unfused``), timed inside the engine (issue 10, fixed per-step costs).
+
+    python scripts/attention_ab.py models/minilm-ner-uniform-6ep --precisions bf16 fp32 \
+        --out docs/bench/attention-ab.txt
+
+On this CPU torch's fused attention runs slower in bf16 than in fp32 at the engine's shapes, so a plain
+``baddbmm`` (scores plus the mask in one product) -> ``softmax`` -> ``bmm`` is a candidate there (the engine's
+choice since this script's first run: unfused in bf16/fp16 on a CPU, fused elsewhere). For each
+precision, full depth and token exit are run with each attention in alternating passes over the same pre-built
+batches (batch 32, the engine's refill on), one torch thread; medians of the passes, and the share of words
+labelled as with the fused attention (padding excluded). The engine's ``attend`` is set for each pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from earlytag import Tagger
+from earlytag.allocator import keep_freed_memory
+from earlytag.bench import machine_info
+from earlytag.data.batching import collate, length_sorted_batches
+from earlytag.engine import ExitConfig
+from earlytag.model.layers import attend, attend_unfused
+
+VARIANTS = {"fused (sdpa)": attend, "baddbmm-softmax-bmm": attend_unfused}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--data", default="uner-en-ewt:test")
+    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
+    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
+    ap.add_argument("--sentences", type=int, default=1000)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    keep_freed_memory()  # as every earlytag verb runs
+    lines = ["| precision | setting | attention | seconds (median) | full depth / this setting | words as fused |",
+             "|---|---|---|---|---|---|"]
+    for precision in args.precisions:
+        tagger = Tagger.from_pretrained(args.model, precision=precision)
+        docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
+        windows = tagger.featurizer.windows(docs)
+        batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
+                   for idx in length_sorted_batches(windows, 32)]
+        cfgs = {"full depth": ExitConfig(),
+                f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+        times = {(v, c): [] for v in VARIANTS for c in cfgs}
+        labels = {}
+        for _ in range(args.passes):
+            for v, fn in VARIANTS.items():
+                tagger.engine.attend = fn
+                for c, cfg in cfgs.items():
+                    tagger.engine.run_many(batches[:4], cfg)  # warm
+                    start = time.perf_counter()
+                    outs = tagger.engine.run_many(batches, cfg)
+                    times[(v, c)].append(time.perf_counter() - start)
+                    labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
+        for c in cfgs:
+            for v in VARIANTS:
+                med = statistics.median(times[(v, c)])
+                full = statistics.median(times[(v, "full depth")])
+                same = float((labels[(v, c)] == labels[("fused (sdpa)", c)]).float().mean())
+                lines.append(f"| {precision} | {c} | {v} | {med:.3f} | {full / med:.2f}x | {100 * same:.2f}% |")
+    m = machine_info()
+    lines += ["", f"python scripts/attention_ab.py {args.model} --precisions {' '.join(args.precisions)} --out {args.out}; "
+              f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
+              f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
+              f"{torch.__version__}, load average {m['load_average'][0]} at the end, freed memory kept."]
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
