@@ -143,6 +143,13 @@ for name in ${BENCHES:-minilm mpnet}; do
       --precisions fp32 bf16 int8 int8-mixed --backends torch --batch-sizes 32 --repeats 3 \
       --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, every precision, batch 32" ;;
+    # bf16 again after the engine's attention in bf16 became three plain operators (scripts/attention_ab.py):
+    # fp32 and bf16 token exit at the thresholds of minilm-uniform-6ep-all, against ONNX Runtime int8
+    minilm-uniform-6ep-bf16-unfused) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-bf16-unfused --policies token \
+      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
+      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16 (bf16 attention unfused), batch 32" ;;
     # and at batch 1 (latency), as minilm-uniform-b1: the ONNX Runtime backend's one-call climb in fp32 and int8
     minilm-uniform-6ep-b1) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-b1 --policies token --thresholds 0.02 0.05 0.1 0.15 0.2 \
