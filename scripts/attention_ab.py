@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def main() -> None:
                 lines.append(f"| {precision} | {c} | {v} | {med:.3f} | {fused / med:.2f}x | {full / med:.2f}x "
                              f"| {100 * same:.2f}% |")
     m = machine_info()
-    lines += ["", f"python scripts/attention_ab.py {args.model} --precisions {' '.join(args.precisions)} --out {args.out}; "
+    lines += ["", "python scripts/attention_ab.py " + " ".join(sys.argv[1:]) + "; "
               f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
               f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
               f"{torch.__version__}, load average {m['load_average'][0]} at the end, freed memory kept."]
