@@ -7,7 +7,8 @@ three plain operators (``model.layers.attend_unfused``), timed inside the engine
 
 On this CPU torch's fused attention runs slower in bf16 than in fp32 at the engine's shapes, so a plain
 ``baddbmm`` (scores plus the mask in one product) -> ``softmax`` -> ``bmm`` is a candidate there (the engine's
-choice since this script's first run: unfused in bf16/fp16 on a CPU, fused elsewhere). For each
+choice since this script's first run: unfused in bf16/fp16 on a CPU, fused elsewhere), with the softmax taken in
+float32 pieces (``layers.softmax_``) or, as first, in bf16/fp16 itself. For each
 precision, full depth and token exit are run with each attention in alternating passes over the same pre-built
 batches (batch 32, the engine's refill on), one torch thread; medians of the passes, and the share of words
 labelled as with the fused attention (padding excluded). The engine's ``attend`` is set for each pass.
@@ -20,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -28,9 +30,19 @@ from earlytag.allocator import keep_freed_memory
 from earlytag.bench import machine_info
 from earlytag.data.batching import collate, length_sorted_batches
 from earlytag.engine import ExitConfig
+from earlytag.model import layers
 from earlytag.model.layers import attend, attend_unfused
 
-VARIANTS = {"fused (sdpa)": attend, "baddbmm-softmax-bmm": attend_unfused}
+
+def unfused_half_softmax(*args, **kwargs):
+    """``attend_unfused`` with torch's softmax taken in the scores' own precision (bf16/fp16), as it first was,
+    instead of ``softmax_``'s float32 pieces."""
+    with patch.object(layers, "softmax_", lambda scores: scores.softmax(-1)):
+        return attend_unfused(*args, **kwargs)
+
+
+VARIANTS = {"fused (sdpa)": attend, "baddbmm-softmax-bmm": attend_unfused,
+            "baddbmm-softmax-bmm, softmax in bf16/fp16": unfused_half_softmax}  # the last: half precisions only
 
 
 def main() -> None:
@@ -55,10 +67,11 @@ def main() -> None:
                    for idx in length_sorted_batches(windows, 32)]
         cfgs = {"full depth": ExitConfig(),
                 f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
-        times = {(v, c): [] for v in VARIANTS for c in cfgs}
+        variants = {v: fn for v, fn in VARIANTS.items() if precision in ("bf16", "fp16") or "bf16/fp16" not in v}
+        times = {(v, c): [] for v in variants for c in cfgs}
         labels = {}
         for _ in range(args.passes):
-            for v, fn in VARIANTS.items():
+            for v, fn in variants.items():
                 tagger.engine.attend = fn
                 for c, cfg in cfgs.items():
                     tagger.engine.run_many(batches[:4], cfg)  # warm
@@ -67,7 +80,7 @@ def main() -> None:
                     times[(v, c)].append(time.perf_counter() - start)
                     labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
         for c in cfgs:
-            for v in VARIANTS:
+            for v in variants:
                 med = statistics.median(times[(v, c)])
                 full = statistics.median(times[(v, "full depth")])
                 same = float((labels[(v, c)] == labels[("fused (sdpa)", c)]).float().mean())

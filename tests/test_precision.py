@@ -738,3 +738,20 @@ def test_engine_attends_unfused_in_half_precision_on_a_cpu(model_dir, precision,
         list(tagger.pipe(SENTENCES, exit=ExitConfig("token", threshold=0.3, window=1), batch_size=batch_size))
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     assert len(seen) >= 2 * tagger.num_layers and set(seen) == {half}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_softmax_in_float32_pieces_is_the_softmax(dtype, monkeypatch):
+    from earlytag.model import layers
+
+    monkeypatch.setattr(layers, "SOFTMAX_CHUNK", 7 * 9 * 3)  # pieces of 3 rows: 5 pieces, the last of 1 row
+    scores = (torch.randn(13, 7, 9, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
+    scores[2, :, 4:] = torch.finfo(dtype).min  # masked keys
+    expected = scores.float().softmax(-1)
+    got = layers.softmax_(scores.clone())
+    assert got.dtype == dtype and got.shape == scores.shape
+    assert torch.allclose(got.float(), expected, atol={torch.float32: 1e-6}.get(dtype, 4e-3))
+    assert float(got[2, :, 4:].float().abs().max()) == 0.0  # nothing on masked keys, in every piece
+    if dtype != torch.float32:  # written in place: no second tensor of the scores' size
+        same = scores.clone()
+        assert layers.softmax_(same).data_ptr() == same.data_ptr()

@@ -52,8 +52,24 @@ def attend_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
     else:
         full = bias.to(q.dtype).expand(b, num_heads, tq, tk).reshape(b * num_heads, tq, tk)  # a copy: baddbmm's input
         scores = torch.baddbmm(full, qh, kh.transpose(1, 2), alpha=dh ** -0.5)  # (B·h, Tq, Tk)
-    out = torch.bmm(scores.softmax(-1), vh)  # (B·h, Tq, dh)
+    out = torch.bmm(softmax_(scores), vh)  # (B·h, Tq, dh)
     return out.view(b, num_heads, tq, dh).transpose(1, 2).reshape(b, tq, d)
+
+
+SOFTMAX_CHUNK = 1 << 18  # elements of a float32 piece of softmax_: 1 MiB, a piece that stays in the CPU's cache
+
+
+def softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension of ``scores (N, Tq, Tk)``, written into ``scores`` where it is bf16/fp16.
+    torch's CPU softmax of half-precision input is about twice as slow as taking it in float32 and rounding back
+    (scripts/attention_ab.py), and a float32 copy of a long batch's scores is large enough to come as fresh
+    pages from the kernel at every call: the rows go through float32 in pieces of at most SOFTMAX_CHUNK."""
+    if scores.dtype == torch.float32:
+        return scores.softmax(-1)
+    per = max(1, SOFTMAX_CHUNK // max(1, scores.shape[1] * scores.shape[2]))
+    for piece in scores.split(per):
+        piece.copy_(piece.softmax(-1, dtype=torch.float32))
+    return scores
 
 
 def finish(parts: LayerParts, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
