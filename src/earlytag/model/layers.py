@@ -61,9 +61,10 @@ SOFTMAX_CHUNK = 1 << 18  # elements of a float32 piece of softmax_: 1 MiB, a pie
 
 def softmax_(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension of ``scores (N, Tq, Tk)``, written into ``scores`` where it is bf16/fp16.
-    torch's CPU softmax of half-precision input is about twice as slow as taking it in float32 and rounding back
-    (scripts/attention_ab.py), and a float32 copy of a long batch's scores is large enough to come as fresh
-    pages from the kernel at every call: the rows go through float32 in pieces of at most SOFTMAX_CHUNK."""
+    torch's CPU softmax of half-precision input is slower than taking it in float32 and rounding back (the engine
+    ran 1.03x / 1.06x faster at full depth / with token exit: scripts/attention_ab.py), but a float32 copy of a
+    long batch's scores is large enough to come as fresh pages from the kernel at every call: the rows go through
+    float32 in pieces of at most SOFTMAX_CHUNK."""
     if scores.dtype == torch.float32:
         return scores.softmax(-1)
     per = max(1, SOFTMAX_CHUNK // max(1, scores.shape[1] * scores.shape[2]))
