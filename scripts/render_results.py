@@ -457,6 +457,8 @@ def shifted(name: str) -> str:
                                  "two windows unless lengths drift >~22%"
                  for name, w, st in (("05", 5, 5), ("15", 15, 5), ("25", 25, 5), ("15s07", 15, 7))},
               "_w2k": f"length profile + feedback {per_call}{in_band}, window of ~2,000 tokens",
+              "_bandsearly": f"length profile + feedback {per_call}, window band ±15%, stream band ±5% from the end "
+                             "of the warm-up unless lengths drift >~22% (window or last call)",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",
               "_lengthdiff": f"length profile + difficulty per length group + feedback {per_call}",

@@ -82,6 +82,9 @@ VARIANTS = {
     "hold15s07": ("_hold15s07", True, {"window_band": 0.15, "band_drift": 0.2, "since_band": 0.07}),
     # the default with a recent window of ~2,000 tokens instead of ~4,000: the bands may hold sooner on short streams
     "w2k": ("_w2k", True, {"window_tokens": 2000}),
+    # the default's bands from the end of the warm-up on (not two windows later), the lengths' drift also that of
+    # the last call against the stream so far
+    "bandsearly": ("_bandsearly", True, {"band_windows": 0}),
 }
 
 

@@ -520,3 +520,39 @@ def test_since_band_holds_the_ask_while_the_stream_since_the_warmup_is_near_the_
     for bad in (-0.1, 1.0, "0.1", True):
         with pytest.raises(ConfigError, match="exit.since_band"):
             SpeedController(BASE, 2.0, since_band=bad)
+
+
+def test_band_windows_lets_the_bands_hold_from_the_warmup_on_unless_the_last_call_drifts():
+    """band_windows=0: the bands hold as soon as the warm-up is over, not two windows later; the lengths' drift is
+    then also the last Tagger call's mean length against the stream's so far (while the window is most of the
+    stream, a call of longer inputs would not show in the window's drift)."""
+    def make(band_windows):
+        return SpeedController(BASE, 2.0, window_band=0.1, band_drift=0.2, since_band=0.05, warmup_tokens=1000,
+                               window_tokens=10_000, band_windows=band_windows)
+
+    def step(control, lengths, speed):
+        control.current(lengths)
+        before = control.log_tau
+        control.observe(1e6 * sum(lengths) / speed, 1e6 * sum(lengths), sum(lengths))
+        return control.log_tau - before
+
+    early, late = make(0), make(2)
+    for i in range(6):  # 2.5% slow, lengths steady: inside both bands
+        moved_early, moved_late = step(early, [10] * 50, 1.95), step(late, [10] * 50, 1.95)
+        full = min(early.max_step, 0.5 * (math.log(2.0) - math.log(1.95) + math.log(2.0)
+                                          - math.log(late.realised_after_warmup if i >= 2 else late.realised_total)))
+        assert moved_late == pytest.approx(full), i  # two windows of 10,000 tokens are far off: in full
+        assert moved_early == pytest.approx(0.0 if 500 * (i + 1) >= 1000 else full), i  # held from the warm-up's end
+    assert early.length_drift == pytest.approx(0.0)
+    moved = step(early, [40] * 25, 1.95)  # a call of longer inputs: the window (the whole stream) drifts little ...
+    step(late, [40] * 25, 1.95)
+    mean = (6 * 500 + 1000) / (6 * 50 + 25)  # the stream's mean input length, which is also the window's
+    assert early.length_drift == pytest.approx(math.log(40 / mean)) and early.length_drift > 0.2  # the call's drift
+    assert late.length_drift == pytest.approx(0.0)  # band_windows=2: the window's drift alone, none here
+    window = math.log(2.0) - math.log(early.realised_window)
+    since = math.log(2.0) - math.log(early.realised_after_warmup)
+    assert moved == pytest.approx(min(early.max_step, 0.5 * (window + since))) and moved > 0  # the bands dropped
+    assert early.to_dict()["band_windows"] == 0
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ConfigError, match="exit.band_windows"):
+            SpeedController(BASE, 2.0, band_windows=bad)
