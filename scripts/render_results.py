@@ -459,6 +459,8 @@ def shifted(name: str) -> str:
               "_w2k": f"length profile + feedback {per_call}{in_band}, window of ~2,000 tokens",
               "_bandsearly": f"length profile + feedback {per_call}, window band ±15%, stream band ±5% from the end "
                              "of the warm-up unless lengths drift >~22% (window or last call)",
+              "_bandsone": f"length profile + feedback {per_call}, window band ±15%, stream band ±5% one window past "
+                           "the warm-up unless lengths drift >~22% (window or last call)",
               "_band05shrink": f"length profile + feedback {per_call}, window band ±5% less the stream's deviation",
               "_band10shrink": f"length profile + feedback {per_call}, window band ±10% less the stream's deviation",
               "_lengthdiff": f"length profile + difficulty per length group + feedback {per_call}",

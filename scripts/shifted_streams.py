@@ -85,6 +85,7 @@ VARIANTS = {
     # the default's bands from the end of the warm-up on (not two windows later), the lengths' drift also that of
     # the last call against the stream so far
     "bandsearly": ("_bandsearly", True, {"band_windows": 0}),
+    "bandsone": ("_bandsone", True, {"band_windows": 1}),  # ... one window past the warm-up
 }
 
 
