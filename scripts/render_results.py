@@ -437,7 +437,7 @@ def shifted(name: str) -> str:
     labels = {"": f"length profile + feedback {per_call}{in_band}",
               "_askstep20": "length profile + feedback (≤ ~22% a call)", "_noprofile": "feedback alone",
               "_noband": f"length profile + feedback {per_call}",
-              "_window": f"length profile of the recent window + feedback {per_call}",
+              "_window": f"length profile of the recent window + feedback {per_call}{in_band}",
               "_taustep": "length profile + feedback, τ step ≤ ~22% a call",
               "_slowask": "length profile + slower feedback (≤ ~5% a call)",
               "_slowask02": "length profile + slower feedback (≤ ~2% a call)",
