@@ -270,7 +270,7 @@ class Engine:
         # bf16/fp16 GEMMs on a CPU are prepared per shape: pad their rows to a few sizes (see _FusedLayer)
         self.bucket = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
         # attention of the layer steps: torch's fused kernel, except in bf16/fp16 on a CPU, where three plain
-        # operators ran ~10% faster at full depth and with token exit (scripts/attention_ab.py; not in fp32)
+        # operators ran the engine faster at full depth and with token exit (scripts/attention_ab.py; not in fp32)
         self.attend = attend_unfused if self.bucket else attend
         self.dense_above = dense_above  # run a layer densely when this share of positions is active
         self.refill_tokens = refill_tokens

@@ -37,8 +37,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return merge_heads(out)
 
 
-def attend_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, num_heads: int,
-                   dropout_p: float = 0.0) -> torch.Tensor:
+def attend_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                   num_heads: int) -> torch.Tensor:
     """:func:`attend` as three plain operators over ``(B·h)`` rows: ``baddbmm`` (the scores with the bias added in
     the product) -> ``softmax`` -> ``bmm``. For inference (no dropout). On a CPU in bf16/fp16 torch's fused attention
     runs slower than these at the engine's shapes (scripts/attention_ab.py); in fp32 it does not."""

@@ -242,6 +242,7 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
     def exit_for(tagger: Tagger, settings: dict):
         """A request's exit fields as the engine takes them: a fixed setting, or the one controller of its
         target speed-up (made on first use, then shared by all the traffic that asks for it)."""
+        _check_length_profile(settings)
         settings = dict(settings)
         profile = settings.pop("length_profile", None) is not False
         if settings.get("target_speedup") is None:
@@ -361,9 +362,7 @@ def create_app(model: str | Path | Tagger, max_batch: int = 64, max_wait_ms: flo
         tagger = batcher.tagger
         # no exit object: the service's default (serve --exit/--target-speedup), else the model's stored one
         settings = req.exit.model_dump(exclude_none=True) if req.exit else service_exit
-        if "length_profile" in settings and settings.get("target_speedup") is None:
-            return JSONResponse({"detail": "exit.length_profile: only with exit.target_speedup"}, status_code=422)
-        exit_cfg = exit_for(tagger, settings)
+        exit_cfg = exit_for(tagger, settings)  # a bad setting: ConfigError, 422 naming the field
         sentences = [tagger.to_sentence(t, f"texts[{i}]") for i, t in enumerate(req.texts)]
         future = batcher.submit(sentences, exit_cfg)
         watcher = asyncio.create_task(_cancel_when_gone(request, future))
@@ -425,9 +424,13 @@ def default_settings(default_exit: dict | None) -> dict:
         first = err.errors()[0]
         field = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"exit.{field}", first["msg"]) from None
+    _check_length_profile(settings)
+    return settings
+
+
+def _check_length_profile(settings: dict) -> None:
     if "length_profile" in settings and settings.get("target_speedup") is None:
         raise ConfigError("exit.length_profile", "only with exit.target_speedup")
-    return settings
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
