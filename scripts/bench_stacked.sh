@@ -150,6 +150,13 @@ for name in ${BENCHES:-minilm mpnet}; do
       --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
       --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16 (bf16 attention unfused), batch 32" ;;
+    # the same with each side warm through the whole 1,000 sentences (4 units of 8 batches) before the other runs:
+    # under unit-by-unit alternation every contender starts each unit with the caches fp32 full depth left
+    minilm-uniform-6ep-bf16-warm) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-bf16-warm --policies token \
+      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
+      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 --alternate 4 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16, batch 32, warm blocks of 4 units" ;;
     # and at batch 1 (latency), as minilm-uniform-b1: the ONNX Runtime backend's one-call climb in fp32 and int8
     minilm-uniform-6ep-b1) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-b1 --policies token --thresholds 0.02 0.05 0.1 0.15 0.2 \

@@ -699,8 +699,8 @@ def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer(
     assert plain._finish != plain._onednn_finish
 
 
-@pytest.mark.parametrize("bias_shape", [None, (3, 1, 1, 7), (3, 4, 5, 7), (1, 4, 5, 7)],
-                         ids=["none", "keys", "per-head", "shared-per-head"])
+@pytest.mark.parametrize("bias_shape", [None, (3, 1, 1, 7), (3, 4, 5, 7), (1, 4, 5, 7), (3, 1, 5, 7), (1, 1, 1, 7)],
+                         ids=["none", "keys", "per-head", "shared-per-head", "per-query", "shared-keys"])
 def test_unfused_attention_computes_what_the_fused_one_does(bias_shape):
     from earlytag.model.layers import attend, attend_unfused
 
