@@ -38,18 +38,20 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=2)
     ap.add_argument("--graph", choices=["branching", "unrolled"], default="branching")
     ap.add_argument("--sentences", type=int, default=200)
+    ap.add_argument("--precision", default="fp32", help="fp32 | int8 | int8-mixed (the backend's climb graph in it)")
     ap.add_argument("--out", required=True, help="directory for climb-profile.json and climb-profile.md")
     args = ap.parse_args()
     import onnxruntime as ort
 
     torch.set_num_threads(1)
-    tagger = Tagger.from_pretrained(args.model, backend="onnxruntime")
+    tagger = Tagger.from_pretrained(args.model, backend="onnxruntime", precision=args.precision)
     docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
     batches, _ = prebuilt_batches(tagger, docs, 1)
     layers = tagger.engine.layers
     layers.branching = args.graph == "branching"
     layers._climb_session()  # exported (and cached) as the backend uses it
-    graph = "climb.onnx" if layers.branching else "climb-unrolled.onnx"
+    graph = "climb" if layers.branching else "climb-unrolled"
+    graph += ".onnx" if args.precision == "fp32" else f"-{args.precision}.onnx"  # as the backend names them
     results = []
     for tau in args.thresholds:
         opts = ort.SessionOptions()
@@ -80,10 +82,10 @@ def main() -> None:
                         "ops": [[op, us / n, calls[op] / n] for op, us in kernels.most_common()]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"model": args.model, "graph": graph, "sentences": len(batches), "window": args.window, "profiles": results,
+    result = {"model": args.model, "graph": graph, "precision": args.precision, "sentences": len(batches), "window": args.window, "profiles": results,
               "machine": machine_info()}
     atomic_write_text(out / "climb-profile.json", json.dumps(result, indent=2) + "\n")
-    lines = [f"{args.model}, `{graph}` (fp32), token exit k={args.window}, {len(batches)} sentences one at a time "
+    lines = [f"{args.model}, `{graph}` ({args.precision}), token exit k={args.window}, {len(batches)} sentences one at a time "
              f"under ONNX Runtime's profiler, one thread, load average {result['machine'].get('load_average', ['?'])[0]}:",
              "", "| τ | run (µs per sentence) | kernels | outside the kernels | nodes run | GEMM kernels | other kernels |",
              "|---|---|---|---|---|---|---|"]

@@ -8,6 +8,7 @@ import torch
 
 from earlytag import Tagger
 from earlytag.engine import ExitConfig
+from earlytag.engine.policies import head_scores
 from earlytag.engine.runner import ExitPolicy
 from earlytag.errors import ConfigError, EarlytagError
 from earlytag.model import precision as precision_module
@@ -300,6 +301,25 @@ def test_onnxruntime_climbs_one_sentence_in_one_call(tokenizer, tmp_path, monkey
     assert {e for s in early.exit_layers for e in s} == {1}  # everyone after layer 1: layers 2.. did not run
     floor = ort_tagger.predict_words(docs, ExitConfig("token", threshold=1.5, window=1, min_layer=2), 1)
     assert {e for s in floor.exit_layers for e in s} == {2}  # the floor holds everyone to layer 2 in the graph too
+
+
+@pytest.mark.parametrize("labels", [9, 2, 1])
+def test_climb_head_is_the_engines_head(labels):
+    """The batch-1 graphs' head (fewer nodes: the probabilities once, no guard for a log-probability of -inf) gives
+    the score, label and entropy of the engine's ``head_scores``, on logits whose smaller probabilities underflow
+    to 0 in float32 too (a gap of 200)."""
+    from earlytag.engine.backends import _climb_head
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(40, labels, generator=g) * 5
+    logits[:8, 0] += 200.0  # every other label's probability is 0 in float32
+    score, pred, unc = _climb_head(logits, labels)
+    want_score, want_pred, want_unc = head_scores(logits)
+    assert torch.equal(pred, want_pred)
+    assert torch.allclose(score, want_score, atol=1e-6) and torch.allclose(unc, want_unc, atol=1e-6)
+    assert not torch.isnan(unc).any() and float(unc[:8].abs().max()) == 0.0
+    if labels > 1:
+        assert float(unc[8:].min()) > 0.0  # the values are real entropies, not a constant
 
 
 def test_branching_climb_runs_no_layer_after_every_word_halted(model_dir, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -44,7 +45,7 @@ from .policies import MAX_WINDOW, ExitPolicy, head_scores
 if TYPE_CHECKING:
     import onnx
 
-GRAPHS_VERSION = "v7"  # part of the cache key: bump it when the code of an exported graph changes
+GRAPHS_VERSION = "v10"  # part of the cache key: bump it when the code of an exported graph changes
 
 
 class _LayerGraph(nn.Module):
@@ -111,6 +112,16 @@ class _PutRows(torch.autograd.Function):
         return g.op("ScatterND", h, rows, new)
 
 
+def _climb_head(logits, num_labels: int):
+    """:func:`~earlytag.engine.policies.head_scores` (entropy) of ``logits (W, C)`` in the batch-1 graphs, in fewer
+    nodes: the probabilities once, their max the score, and no guard for a label of probability 0 (log-probability
+    -inf), which a float32 head's finite logits never give (a probability that underflows to 0 adds 0·log p = 0)
+    -> ``score, pred, unc (W,)``; the same values to rounding (scripts/climb_ab.py)."""
+    p = logits.softmax(-1)  # (W, C)
+    unc = (p * logits.log_softmax(-1)).sum(-1) * (-1.0 / math.log(num_labels)) if num_labels > 1 else p[:, 0] * 0
+    return p.amax(-1), logits.argmax(-1), unc
+
+
 def _climb_start(m, input_ids, token_word, word_pos, window):
     """What every layer of one sentence's climb reads and nothing changes: ``h (T, d)`` the embeddings,
     ``is_word``/``tw (T,)`` which tokens are sub-words and of which word, ``band (W, W)`` each word's window,
@@ -136,7 +147,7 @@ def _climb_layer(m, layer: int, state, consts, word_pos, taus, maxprob, live):
     is_word, tw, band, pos = consts
     parts = m.adapter.layers[layer]
     if live is None:
-        active_t = (is_word & active.index_select(0, tw)) | ~is_word  # (T,)
+        active_t = active.index_select(0, tw) | ~is_word  # (T,) a sub-word: its word's state; [CLS]/[SEP]: active
     else:
         active_t = (is_word & active.index_select(0, tw)) | (~is_word & live)  # (T,) (no bool Where in ORT)
     rows = active_t.nonzero()  # (N_a, 1)
@@ -154,15 +165,15 @@ def _climb_layer(m, layer: int, state, consts, word_pos, taus, maxprob, live):
     ctx = _attend_rows(parts.query(x), parts.key(hk), parts.value(hk), bias, parts.num_heads,
                        parts.attn_size // parts.num_heads)  # (N_a, da)
     h = _PutRows.apply(h, rows, finish(parts, ctx, x))  # (T, d): halted rows unchanged
-    s, p_, u = head_scores(m.heads[layer].linear(h.index_select(0, word_pos)))  # (W,) each, float32
+    s, p_, u = _climb_head(m.heads[layer].linear(h.index_select(0, word_pos)), m.config.num_labels)  # (W,) each
     u = torch.where(maxprob, 1.0 - s, u)
     unc = torch.where(active, u, unc)  # halted words keep the uncertainty they halted with
     pred = torch.where(active, p_, pred)
     score = torch.where(active, s, score)
     if layer < len(m.adapter.layers) - 1:
-        halt = active & (torch.where(band, unc[None, :], 0.0).amax(1) < taus[layer])  # (W,)
+        halt = active & (torch.where(band, unc, 0.0).amax(1) < taus[layer])  # (W,) unc broadcast over j's row
         exit_layer = torch.where(halt, layer, exit_layer)
-        active = active & ~halt
+        active = active ^ halt  # halt ⊆ active: one Xor node
     return h, active, unc, score, pred, exit_layer
 
 
@@ -367,7 +378,7 @@ class _Truncated(nn.Module):
             ctx = _attend_rows(parts.query(h), parts.key(h), parts.value(h), bias, parts.num_heads,
                                parts.attn_size // parts.num_heads)  # (T, da)
             h = finish(parts, ctx, h)  # (T, d)
-        score, pred, _ = head_scores(m.heads[self.depth - 1].linear(h.index_select(0, word_pos)))
+        score, pred, _ = _climb_head(m.heads[self.depth - 1].linear(h.index_select(0, word_pos)), m.config.num_labels)
         everyone = torch.full_like(input_ids[0], -1)  # (T,) every token computed up to the last layer, as [CLS] is
         return pred, score, _counts(m, torch.full_like(word_pos, self.depth - 1), everyone, self.depth, False)
 
