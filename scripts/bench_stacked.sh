@@ -157,6 +157,17 @@ for name in ${BENCHES:-minilm mpnet}; do
       --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
       --compare ort-int8 --threads 1 --quiet --timing-limit 1000 --alternate 4 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16, batch 32, warm blocks of 4 units" ;;
+    # after a packed step's keys and values became the real tokens' rows only (Engine.kv_real_below): MiniLM as
+    # minilm-uniform-6ep-bf16-unfused, and all-mpnet-base-v2 in fp32, bf16 and int8 at the thresholds of mpnet-avx512
+    minilm-uniform-6ep-kv-real) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-kv-real --policies token \
+      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
+      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16, batch 32, K/V of real tokens" ;;
+    mpnet-kv-real) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-kv-real \
+      --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 bf16 int8 --backends torch \
+      --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 --quiet --timing-limit 300 \
+      --label "all-mpnet-base-v2 NER, self-sampling, fp32 bf16 int8, batch 32, K/V of real tokens" ;;
     # and at batch 1 (latency), as minilm-uniform-b1: the ONNX Runtime backend's one-call climb in fp32 and int8
     minilm-uniform-6ep-b1) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-b1 --policies token --thresholds 0.02 0.05 0.1 0.15 0.2 \

@@ -87,6 +87,60 @@ def test_packed_equals_dense_masked_forward(tokenizer, family, kv):
 
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_packed_keys_and_values_of_the_real_tokens_only(tokenizer, family, monkeypatch):
+    """Where padding is a large share of a group's (b, T) positions, a packed step's K/V product multiplies the real
+    tokens' rows only (the rows it was given are recorded), with the outputs of K/V over every position."""
+    from earlytag.engine.runner import _FusedLayer
+
+    model = tiny_model(family, seed=3)
+    batch = batch_of(tokenizer, SENTENCES)  # "Hi" beside 13 words: padding is a large share of the positions
+    cfg = mixed(model, batch)
+    real, positions = int(batch.attention_mask.sum()), batch.attention_mask.numel()
+    assert real < 0.75 * positions
+    rows: list[int] = []
+    kv = _FusedLayer.kv
+    monkeypatch.setattr(_FusedLayer, "kv", lambda self, x: rows.append(x.numel() // x.shape[-1]) or kv(self, x))
+    runs = {}
+    for below in (0.0, None):  # never; the default (wherever there is padding)
+        rows.clear()
+        engine = Engine(model, dense_above=2.0) if below is None else Engine(model, dense_above=2.0, kv_real_below=0)
+        runs[below] = engine.run(batch, cfg), list(rows)
+    (every, every_rows), (out, real_rows) = runs[0.0], runs[None]
+    assert every_rows[0] == positions and real_rows[0] == real  # layer 0: every sentence live, all packed
+    assert len(every_rows) == len(real_rows) == model.num_layers  # one K/V product per packed step
+    assert all(r <= e for r, e in zip(real_rows, every_rows)) and sum(real_rows) < sum(every_rows)
+    assert 0 < (out.exit_layer[batch.word_mask] < model.num_layers - 1).float().mean() < 1  # a real mix
+    assert torch.equal(out.exit_layer, every.exit_layer) and torch.equal(out.pred, every.pred)
+    assert torch.allclose(out.score, every.score, atol=1e-6)
+    # several batches refilling each other: merged groups of different lengths, groups compacted (their padding
+    # columns dropped) as sentences finish
+    batches = [batch_of(tokenizer, SENTENCES), batch_of(tokenizer, [["Yes"], SENTENCES[3] * 3]), batch]
+    many = {below: Engine(model, refill_tokens=10_000, kv_real_below=below).run_many(batches, cfg)
+            for below in (0.0, 1.0)}
+    for x, y in zip(many[0.0], many[1.0]):
+        assert torch.equal(x.exit_layer, y.exit_layer) and torch.equal(x.pred, y.pred)
+        assert torch.allclose(x.score, y.score, atol=1e-6)
+
+
+def test_keys_values_of_the_real_tokens_of_a_compacted_group(tokenizer):
+    """A group the longest sentence has left keeps a column slice of its token mask: the real tokens' K/V rows are
+    found in it, equal the product over every position there, and padding keys are zero (masked anyway)."""
+    model = tiny_model("bert", seed=3)
+    engine = Engine(model)  # the default: real rows wherever there is padding
+    batch = batch_of(tokenizer, [SENTENCES[3], SENTENCES[1], SENTENCES[0]])  # the longest first
+    g = engine._start(batch, 0, ExitPolicy(ExitConfig("token", threshold=0.1), model.num_layers))
+    g.keep(torch.tensor([1, 2]))  # the longest sentence leaves: padding columns dropped
+    assert not g.tok_mask.is_contiguous()
+    fl, da = engine._layer(0), model.adapter.layers[0].attn_size
+    k, v = engine._keys_values(fl, g, da)  # (b, T, da) each
+    want_k, want_v = fl.kv(g.h).split(da, -1)
+    m = g.tok_mask
+    assert k.shape == want_k.shape and 0 < int(m.sum()) < m.numel()
+    assert torch.allclose(k[m], want_k[m], atol=1e-5) and torch.allclose(v[m], want_v[m], atol=1e-5)
+    assert float(k[~m].abs().max()) == 0.0 and float(v[~m].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
 @pytest.mark.parametrize("policy", ["token", "token-drop", "sentence", "patience"])
 def test_results_do_not_depend_on_batch_composition(tokenizer, family, policy):
     model = tiny_model(family, seed=3)

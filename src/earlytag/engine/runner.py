@@ -178,6 +178,7 @@ class _Group:
         self.word_flat = (self.word_pos + torch.arange(b, device=self.h.device)[:, None] * t).view(-1)  # (b*W,)
         self.total_tokens = int(self.tok_mask.sum())
         self.padded = self.total_tokens < self.tok_mask.numel()
+        self.real_rows: torch.Tensor | None = None  # (N_real,) flat indices of the real tokens, when first needed
         self.pad_bias = key_bias(self.tok_mask, self.h.dtype) if self.padded else None  # (b, 1, 1, T)
         self.words_flat = self.word_mask.view(-1).nonzero().squeeze(1)  # (N_w,) every real word (rescoring)
         self.active_t: torch.Tensor | None = None
@@ -260,7 +261,7 @@ class Engine:
     """
 
     def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384, layers=None,
-                 single=None):
+                 single=None, kv_real_below: float = 1.0):
         self.model = model
         self.layers = layers  # None: torch computes the steps; else a backend (earlytag.engine.backends)
         # what climbs a one-sentence batch in one call where it can (OnnxLayers.climb): the layer backend, or one
@@ -274,6 +275,11 @@ class Engine:
         self.attend = attend_unfused if self.bucket else attend
         self.dense_above = dense_above  # run a layer densely when this share of positions is active
         self.refill_tokens = refill_tokens
+        # a packed step computes keys/values of the real tokens only, not of every (b, T) position, when real tokens
+        # are less than this share of the positions (sentences of different lengths, merged groups): 1.0, whenever
+        # the group has padding (the gather and scatter cost less than the padding's rows in the K/V product:
+        # scripts/kv_rows_ab.py); 0, never
+        self.kv_real_below = kv_real_below
         self._fused: list[_FusedLayer | None] = [None] * model.num_layers
 
     @property
@@ -501,6 +507,20 @@ class Engine:
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
 
+    def _keys_values(self, fl: _FusedLayer, s: _Group, da: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b, T, da)`` keys and values of every token of the group's sentences; where padding is a large share of
+        the ``(b, T)`` positions, computed on the real tokens' rows only and scattered back (padding keys: zero,
+        masked by the group's key bias)."""
+        h = s.h
+        b, t, d = h.shape
+        if s.total_tokens >= self.kv_real_below * b * t:
+            return fl.kv(h).split(da, -1)
+        if s.real_rows is None:
+            s.real_rows = s.tok_mask.reshape(-1).nonzero().squeeze(1)  # (N_real,) (the mask may be a column slice)
+        kv = fl.kv(h.view(-1, d).index_select(0, s.real_rows))  # (N_real, 2·da)
+        full = kv.new_zeros(b * t, kv.shape[1]).index_copy_(0, s.real_rows, kv)  # (b·T, 2·da)
+        return full.view(b, t, -1).split(da, -1)
+
     def _packed_step(self, fl: _FusedLayer | int, parts: LayerParts, s: _Group, active_t: torch.Tensor,
                      n_act: torch.Tensor, kv: str) -> torch.Tensor:
         h = s.h
@@ -546,7 +566,7 @@ class Engine:
                 h.view(-1, d).index_copy_(0, flat, self.layers.packed(fl, x, h, slot, ta, bias))
                 return h
             q = fl.q(x)  # (N_a, d)
-            k, v = fl.kv(h).split(da, -1)  # (b, T, da): halted tokens are keys too
+            k, v = self._keys_values(fl, s, da)  # (b, T, da) each: halted tokens are keys too
         else:
             q, k, v = fl.qkv(x).split(da, -1)  # (N_a, da): only active tokens are keys
             k, v = pad(k), pad(v)

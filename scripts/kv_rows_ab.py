@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Keys and values of a packed step over every ``(b, T)`` position of the group, or over its real tokens only
+(``Engine.kv_real_below``), timed inside the engine (issue 10, fixed per-step costs; docs/results.md section 4).
+
+    OMP_NUM_THREADS=1 python scripts/kv_rows_ab.py models/mpnet-ner-ss --precisions bf16 fp32 --sentences 300 \
+        --out docs/bench/kv-rows-ab-mpnet.txt
+
+A group's sentences differ in length (and merged groups join batches of different lengths), so part of its
+``(b, T)`` positions are padding; a packed step multiplied every position by the K/V weights. The variants: every
+position (``kv_real_below=0``), the real tokens' rows only where they are less than 75% of the positions
+(``0.75``), and the real tokens' rows wherever the group has padding (``1.0``, the engine's default: the gather
+and scatter paid on every packed step of a padded group). Full depth and token exit run with each over the same pre-built batches (batch 32, the engine's
+refill on, units of 8 batches) in alternating passes, one torch thread; medians of the passes, and the share of
+words labelled as with every position (padding excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from earlytag import Tagger
+from earlytag.allocator import keep_freed_memory
+from earlytag.bench import machine_info
+from earlytag.data.batching import collate, length_sorted_batches
+from earlytag.engine import ExitConfig
+
+VARIANTS = {"every position": 0.0, "real rows where padding is 25% or more": 0.75,
+            "real rows wherever there is padding (default)": 1.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--data", default="uner-en-ewt:test")
+    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
+    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
+    ap.add_argument("--sentences", type=int, default=1000)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    keep_freed_memory()  # as every earlytag verb runs
+    lines = ["| precision | setting | keys and values | seconds (median) | every position / this (time) "
+             "| full depth / this setting | words as every position |", "|---|---|---|---|---|---|---|"]
+    for precision in args.precisions:
+        tagger = Tagger.from_pretrained(args.model, precision=precision)
+        docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
+        windows = tagger.featurizer.windows(docs)
+        batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
+                   for idx in length_sorted_batches(windows, 32)]
+        units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
+        cfgs = {"full depth": ExitConfig(),
+                f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+        times = {(v, c): [] for v in VARIANTS for c in cfgs}
+        labels = {}
+        engine = tagger.engine
+        for _ in range(args.passes):
+            for v, below in VARIANTS.items():
+                engine.kv_real_below = below
+                for c, cfg in cfgs.items():
+                    engine.run_many(units[0][:2], cfg)  # warm
+                    start = time.perf_counter()
+                    outs = [out for unit in units for out in engine.run_many(unit, cfg)]
+                    times[(v, c)].append(time.perf_counter() - start)
+                    labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
+        base = next(iter(VARIANTS))
+        for c in cfgs:
+            for v in VARIANTS:
+                med = statistics.median(times[(v, c)])
+                full = statistics.median(times[(v, "full depth")])
+                every = statistics.median(times[(base, c)])
+                same = float((labels[(v, c)] == labels[(base, c)]).float().mean())
+                lines.append(f"| {precision} | {c} | {v} | {med:.3f} | {every / med:.3f}x | {full / med:.2f}x "
+                             f"| {100 * same:.2f}% |")
+    m = machine_info()
+    lines += ["", "python scripts/kv_rows_ab.py " + " ".join(sys.argv[1:]) + "; "
+              f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
+              f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
+              f"{torch.__version__}, load average {m['load_average'][0]} at the end, freed memory kept."]
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
