@@ -9,7 +9,8 @@ State of a batch (working rows = sentences still live; ``b`` of them, ``T`` sub-
 
 One layer step, packed (the hot path; see docs/design.md):
 
-    K, V = W_k·h, W_v·h                      every token of a live sentence is a key/value (kv=keep)
+    K, V = W_k·h, W_v·h                      every token of a live sentence is a key/value (kv=keep); on the
+                                             real tokens' rows only where the group has padding
     x    = h[active_t]                       (N_a, d) active rows of the whole batch, one flat matrix
     Q    = W_q·x                             big GEMMs on the packed rows
     ctx  = attention(Q padded per sentence to its active count, K, V)   -> (N_a, d)
