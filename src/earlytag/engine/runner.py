@@ -509,9 +509,9 @@ class Engine:
         return out
 
     def _keys_values(self, fl: _FusedLayer, s: _Group, da: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(b, T, da)`` keys and values of every token of the group's sentences; where padding is a large share of
-        the ``(b, T)`` positions, computed on the real tokens' rows only and scattered back (padding keys: zero,
-        masked by the group's key bias)."""
+        """``(b, T, da)`` keys and values of every token of the group's sentences; where real tokens are less than
+        ``kv_real_below`` of the ``(b, T)`` positions (by default: wherever the group has padding), computed on the
+        real tokens' rows only and scattered back (padding keys: zero, masked by the group's key bias)."""
         h = s.h
         b, t, d = h.shape
         if s.total_tokens >= self.kv_real_below * b * t:
