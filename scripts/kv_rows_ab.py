@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Keys and values of a packed step over every ``(b, T)`` position of the group, or over its real tokens only
-(``Engine.kv_real_below``), timed inside the engine (issue 10, fixed per-step costs; docs/results.md section 4).
+(``Engine.kv_real_below``), timed inside the engine (issue 10, fixed per-step costs; docs/results.md section 4);
+with ``--knob dense_above``, which steps run densely (every position) instead of packed.
 
     OMP_NUM_THREADS=1 python scripts/kv_rows_ab.py models/mpnet-ner-ss --precisions bf16 fp32 --sentences 300 \
         --out docs/bench/kv-rows-ab-mpnet.txt
+    OMP_NUM_THREADS=1 python scripts/kv_rows_ab.py models/mpnet-ner-ss --knob dense_above --precisions bf16 fp32 \
+        --sentences 300 --out docs/bench/dense-above-ab-mpnet.txt
 
 A group's sentences differ in length (and merged groups join batches of different lengths), so part of its
 ``(b, T)`` positions are padding; a packed step multiplied every position by the K/V weights. The variants: every
@@ -11,7 +14,9 @@ position (``kv_real_below=0``), the real tokens' rows only where they are less t
 (``0.75``), and the real tokens' rows wherever the group has padding (``1.0``, the engine's default: the gather
 and scatter paid on every packed step of a padded group). Full depth and token exit run with each over the same pre-built batches (batch 32, the engine's
 refill on, units of 8 batches) in alternating passes, one torch thread; medians of the passes, and the share of
-words labelled as with every position (padding excluded).
+words labelled as with every position (padding excluded). ``dense_above``: a layer step runs densely when at least
+this share of the group's positions is active — 0.8 (the engine's first default), 0.9 (now), or 1.0 (only a group with
+no padding and every token active; any other step packed, its padding out of every product but the attention).
 """
 
 from __future__ import annotations
@@ -30,8 +35,13 @@ from earlytag.bench import machine_info
 from earlytag.data.batching import collate, length_sorted_batches
 from earlytag.engine import ExitConfig
 
-VARIANTS = {"every position": 0.0, "real rows where padding is 25% or more": 0.75,
-            "real rows wherever there is padding (default)": 1.0}
+KNOBS = {  # the Engine attribute -> its variants (label: value), the first the baseline of the table's ratios
+    "kv_real_below": {"every position": 0.0, "real rows where padding is 25% or more": 0.75,
+                      "real rows wherever there is padding (default)": 1.0},
+    "dense_above": {"dense at 80% active": 0.8, "dense at 90% active (default)": 0.9,
+                    "dense only with every position active": 1.0},
+}
+HEADERS = {"kv_real_below": ("keys and values", "every position"), "dense_above": ("layer steps", "80%")}
 
 
 def main() -> None:
@@ -42,12 +52,15 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
     ap.add_argument("--sentences", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--knob", choices=list(KNOBS), default="kv_real_below")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    variants = KNOBS[args.knob]
+    what, base_name = HEADERS[args.knob]
     torch.set_num_threads(1)
     keep_freed_memory()  # as every earlytag verb runs
-    lines = ["| precision | setting | keys and values | seconds (median) | every position / this (time) "
-             "| full depth / this setting | words as every position |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| precision | setting | {what} | seconds (median) | {base_name} / this (time) "
+             f"| full depth / this setting | words as {base_name} |", "|---|---|---|---|---|---|---|"]
     for precision in args.precisions:
         tagger = Tagger.from_pretrained(args.model, precision=precision)
         docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
@@ -57,21 +70,21 @@ def main() -> None:
         units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
         cfgs = {"full depth": ExitConfig(),
                 f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
-        times = {(v, c): [] for v in VARIANTS for c in cfgs}
+        times = {(v, c): [] for v in variants for c in cfgs}
         labels = {}
         engine = tagger.engine
         for _ in range(args.passes):
-            for v, below in VARIANTS.items():
-                engine.kv_real_below = below
+            for v, value in variants.items():
+                setattr(engine, args.knob, value)
                 for c, cfg in cfgs.items():
                     engine.run_many(units[0][:2], cfg)  # warm
                     start = time.perf_counter()
                     outs = [out for unit in units for out in engine.run_many(unit, cfg)]
                     times[(v, c)].append(time.perf_counter() - start)
                     labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
-        base = next(iter(VARIANTS))
+        base = next(iter(variants))
         for c in cfgs:
-            for v in VARIANTS:
+            for v in variants:
                 med = statistics.median(times[(v, c)])
                 full = statistics.median(times[(v, "full depth")])
                 every = statistics.median(times[(base, c)])

@@ -261,7 +261,7 @@ class Engine:
     (results are the same; GEMMs on a handful of rows are inefficient).
     """
 
-    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.8, refill_tokens: int = 384, layers=None,
+    def __init__(self, model: EarlyExitTagger, dense_above: float = 0.9, refill_tokens: int = 384, layers=None,
                  single=None, kv_real_below: float = 1.0):
         self.model = model
         self.layers = layers  # None: torch computes the steps; else a backend (earlytag.engine.backends)
@@ -274,7 +274,10 @@ class Engine:
         # attention of the layer steps: torch's fused kernel, except in bf16/fp16 on a CPU, where three plain
         # operators ran the engine faster at full depth and with token exit (scripts/attention_ab.py; not in fp32)
         self.attend = attend_unfused if self.bucket else attend
-        self.dense_above = dense_above  # run a layer densely when this share of positions is active
+        # run a layer densely when this share of the group's positions is active (packed steps keep the padding out
+        # of every product but the attention; 0.9 was no slower than 0.8 or 1.0 on either model and faster on MPNet:
+        # scripts/kv_rows_ab.py --knob dense_above)
+        self.dense_above = dense_above
         self.refill_tokens = refill_tokens
         # a packed step computes keys/values of the real tokens only, not of every (b, T) position, when real tokens
         # are less than this share of the positions (sentences of different lengths, merged groups): 1.0, whenever
