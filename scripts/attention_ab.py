@@ -18,9 +18,8 @@ labelled as with the fused attention (padding excluded). The engine's ``attend``
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from unittest.mock import patch
 
@@ -28,8 +27,7 @@ import torch
 
 from earlytag import Tagger
 from earlytag.allocator import keep_freed_memory
-from earlytag.bench import machine_info
-from earlytag.data.batching import collate, length_sorted_batches
+from earlytag.bench import engine_variants_ab, one_thread_machine, prebuilt_batches, variants_ab_rows
 from earlytag.engine import ExitConfig
 from earlytag.model import layers
 from earlytag.model.layers import attend, attend_unfused
@@ -79,36 +77,16 @@ def main() -> None:
     for precision in args.precisions:
         tagger = Tagger.from_pretrained(args.model, precision=precision)
         docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-        windows = tagger.featurizer.windows(docs)
-        batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
-                   for idx in length_sorted_batches(windows, 32)]
+        batches, _ = prebuilt_batches(tagger, docs, 32)
         cfgs = {"full depth": ExitConfig(),
                 f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
-        variants = {v: fn for v, fn in VARIANTS.items() if precision in ("bf16", "fp16") or "bf16/fp16" not in v}
-        times = {(v, c): [] for v in variants for c in cfgs}
-        labels = {}
-        for _ in range(args.passes):
-            for v, fn in variants.items():
-                tagger.engine.attend = fn
-                for c, cfg in cfgs.items():
-                    tagger.engine.run_many(batches[:4], cfg)  # warm
-                    start = time.perf_counter()
-                    outs = tagger.engine.run_many(batches, cfg)
-                    times[(v, c)].append(time.perf_counter() - start)
-                    labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
-        for c in cfgs:
-            for v in variants:
-                med = statistics.median(times[(v, c)])
-                full = statistics.median(times[(v, "full depth")])
-                same = float((labels[(v, c)] == labels[("fused (sdpa)", c)]).float().mean())
-                fused = statistics.median(times[("fused (sdpa)", c)])
-                lines.append(f"| {precision} | {c} | {v} | {med:.3f} | {fused / med:.2f}x | {full / med:.2f}x "
-                             f"| {100 * same:.2f}% |")
-    m = machine_info()
+        variants = {v: partial(setattr, tagger.engine, "attend", fn) for v, fn in VARIANTS.items()
+                    if precision in ("bf16", "fp16") or "bf16/fp16" not in v}
+        medians, labels = engine_variants_ab(tagger.engine, [batches], cfgs, variants, args.passes, batches[:4])
+        lines += variants_ab_rows(precision, medians, labels, "fused (sdpa)")
     lines += ["", "python scripts/attention_ab.py " + " ".join(sys.argv[1:]) + "; "
               f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
-              f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
-              f"{torch.__version__}, load average {m['load_average'][0]} at the end, freed memory kept."]
+              + one_thread_machine()]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -15,6 +15,8 @@ MINILM6_B1="--policies token --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisio
   --batch-sizes 1 --repeats 3 --compare hf-pipeline ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 200"
 MPNET_B1="--policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 int8 --backends onnxruntime \
   --batch-sizes 1 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit-b1 100"
+MINILM6_BF16="--policies token --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch \
+  --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 --quiet --timing-limit 1000"
 MINILM6_ONEDNN="--policies token --thresholds 0.05 0.1 0.15 --precisions fp32 bf16 --backends torch onednn \
   --batch-sizes 32 --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 1000"
 for name in ${BENCHES:-minilm mpnet}; do
@@ -146,23 +148,17 @@ for name in ${BENCHES:-minilm mpnet}; do
     # bf16 again after the engine's attention in bf16 became three plain operators (scripts/attention_ab.py):
     # fp32 and bf16 token exit at the thresholds of minilm-uniform-6ep-all, against ONNX Runtime int8
     minilm-uniform-6ep-bf16-unfused) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-bf16-unfused --policies token \
-      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
-      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-bf16-unfused $MINILM6_BF16 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16 (bf16 attention unfused), batch 32" ;;
     # the same with each side warm through the whole 1,000 sentences (4 units of 8 batches) before the other runs:
     # under unit-by-unit alternation every contender starts each unit with the caches fp32 full depth left
     minilm-uniform-6ep-bf16-warm) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-bf16-warm --policies token \
-      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
-      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 --alternate 4 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-bf16-warm $MINILM6_BF16 --alternate 4 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16, batch 32, warm blocks of 4 units" ;;
     # after a packed step's keys and values became the real tokens' rows only (Engine.kv_real_below): MiniLM as
     # minilm-uniform-6ep-bf16-unfused, and all-mpnet-base-v2 in fp32, bf16 and int8 at the thresholds of mpnet-avx512
     minilm-uniform-6ep-kv-real) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
-      --out docs/bench/stacked-minilm-ner-uniform-6ep-kv-real --policies token \
-      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions fp32 bf16 --backends torch --batch-sizes 32 --repeats 3 \
-      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-kv-real $MINILM6_BF16 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 and bf16, batch 32, K/V of real tokens" ;;
     mpnet-kv-real) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-kv-real \
       --policies token --thresholds 0.03 0.07 0.15 0.25 0.3 --precisions fp32 bf16 int8 --backends torch \

@@ -22,17 +22,15 @@ no padding and every token active; any other step packed, its padding out of eve
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from earlytag import Tagger
 from earlytag.allocator import keep_freed_memory
-from earlytag.bench import machine_info
-from earlytag.data.batching import collate, length_sorted_batches
+from earlytag.bench import engine_variants_ab, one_thread_machine, prebuilt_batches, variants_ab_rows
 from earlytag.engine import ExitConfig
 
 KNOBS = {  # the Engine attribute -> its variants (label: value), the first the baseline of the table's ratios
@@ -64,38 +62,16 @@ def main() -> None:
     for precision in args.precisions:
         tagger = Tagger.from_pretrained(args.model, precision=precision)
         docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-        windows = tagger.featurizer.windows(docs)
-        batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
-                   for idx in length_sorted_batches(windows, 32)]
+        batches, _ = prebuilt_batches(tagger, docs, 32)
         units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
         cfgs = {"full depth": ExitConfig(),
                 f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
-        times = {(v, c): [] for v in variants for c in cfgs}
-        labels = {}
-        engine = tagger.engine
-        for _ in range(args.passes):
-            for v, value in variants.items():
-                setattr(engine, args.knob, value)
-                for c, cfg in cfgs.items():
-                    engine.run_many(units[0][:2], cfg)  # warm
-                    start = time.perf_counter()
-                    outs = [out for unit in units for out in engine.run_many(unit, cfg)]
-                    times[(v, c)].append(time.perf_counter() - start)
-                    labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
-        base = next(iter(variants))
-        for c in cfgs:
-            for v in variants:
-                med = statistics.median(times[(v, c)])
-                full = statistics.median(times[(v, "full depth")])
-                every = statistics.median(times[(base, c)])
-                same = float((labels[(v, c)] == labels[(base, c)]).float().mean())
-                lines.append(f"| {precision} | {c} | {v} | {med:.3f} | {every / med:.3f}x | {full / med:.2f}x "
-                             f"| {100 * same:.2f}% |")
-    m = machine_info()
+        setups = {v: partial(setattr, tagger.engine, args.knob, value) for v, value in variants.items()}
+        medians, labels = engine_variants_ab(tagger.engine, units, cfgs, setups, args.passes, units[0][:2])
+        lines += variants_ab_rows(precision, medians, labels, next(iter(variants)), ratio_digits=3)
     lines += ["", "python scripts/kv_rows_ab.py " + " ".join(sys.argv[1:]) + "; "
               f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
-              f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
-              f"{torch.__version__}, load average {m['load_average'][0]} at the end, freed memory kept."]
+              + one_thread_machine()]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -28,8 +28,7 @@ import torch
 
 from earlytag import Tagger
 from earlytag.allocator import keep_freed_memory
-from earlytag.bench import machine_info
-from earlytag.data.batching import collate, length_sorted_batches
+from earlytag.bench import one_thread_machine, prebuilt_batches
 from earlytag.engine import ExitConfig, runner
 
 
@@ -103,9 +102,7 @@ def main() -> None:
     keep_freed_memory()  # as every earlytag verb runs
     tagger = Tagger.from_pretrained(args.model, precision=args.precision)
     docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-    windows = tagger.featurizer.windows(docs)
-    batches = [collate([windows[i] for i in idx], tagger.featurizer.pad_id)
-               for idx in length_sorted_batches(windows, 32)]
+    batches, _ = prebuilt_batches(tagger, docs, 32)
     units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
     cfgs = {"full depth": ExitConfig(),
             f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
@@ -141,10 +138,7 @@ def main() -> None:
         wall, layers = full["wall"] / r["wall"], full["layers"] / r["layers"]
         lines.append(f"| {c} | {r['flops_speedup']:.2f}x | {wall:.2f}x ({wall / r['flops_speedup']:.2f}) "
                      f"| {layers:.2f}x ({layers / r['flops_speedup']:.2f}) |")
-    m = machine_info()
-    lines += ["", "python scripts/step_costs.py " + " ".join(sys.argv[1:]) + f"; 1 thread, {m['cpus']} CPUs "
-              f"({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch {torch.__version__}, load average "
-              f"{m['load_average'][0]} at the end, freed memory kept."]
+    lines += ["", "python scripts/step_costs.py " + " ".join(sys.argv[1:]) + "; " + one_thread_machine()]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -155,3 +155,39 @@ def test_paired_alternates_blocks_of_units_and_collects_every_unit(monkeypatch):
         assert timing.ratios == [3.0, 3.0] and timing.seconds == 7.0 and timing.baseline_seconds == 21.0
     with pytest.raises(ConfigError, match="alternate"):
         bench.paired(lambda u: None, lambda u: None, [0], 1, block=0)
+
+
+def test_engine_variants_ab_times_each_variant_and_compares_labels(models, monkeypatch):
+    """Each variant's setup runs before its settings, every setting runs over every unit after its warm-up, and the
+    rows compare each variant with the baseline: the same labels (100%), a variant that changes the labels less."""
+    from earlytag.bench import engine_variants_ab, prebuilt_batches, variants_ab_rows
+    from earlytag.engine import ExitConfig
+
+    tagger = Tagger.from_pretrained(models / "big")
+    docs = [["Angela", "Merkel", "visited", "Paris", "."], ["Hi"], ["Obama", "met", "Putin", "in", "Geneva"]] * 3
+    batches, _ = prebuilt_batches(tagger, docs, 4)
+    calls, seen = [], []
+    run_many = tagger.engine.run_many
+    variants = {"plain": lambda: calls.append("plain"), "dense": lambda: calls.append("dense"),
+                "wrong": lambda: calls.append("wrong")}
+    cfgs = {"full depth": ExitConfig(), "static 1": ExitConfig("static", layer=1)}
+
+    def fake_run(unit, cfg):  # the "wrong" variant labels every word otherwise
+        outs = run_many(unit, cfg)
+        if calls[-1] == "wrong":
+            for o in outs:
+                o.pred = o.pred + 1
+        return outs
+
+    monkeypatch.setattr(tagger.engine, "run_many", lambda unit, cfg: seen.append(len(unit)) or fake_run(unit, cfg))
+    units = [batches[:2], batches[2:]]
+    medians, labels = engine_variants_ab(tagger.engine, units, cfgs, variants, 2, batches[:1])
+    assert calls == ["plain", "dense", "wrong"] * 2
+    assert seen == [1, 2, len(batches) - 2] * 12  # warm-up, then each unit, per variant, setting and pass
+    assert set(medians) == {(v, c) for v in variants for c in cfgs} and all(t > 0 for t in medians.values())
+    rows = variants_ab_rows("fp32", medians, labels, "plain")
+    assert [r.split(" | ")[1:3] for r in rows] == [[c, v] for c in cfgs for v in variants]
+    share = {tuple(r.split(" | ")[1:3]): float(r.split(" | ")[-1].rstrip("% |")) for r in rows}
+    assert share[("full depth", "dense")] == 100.0 and share[("full depth", "wrong")] < 100.0
+    base = medians[("plain", "static 1")]
+    assert f"| {base / medians[('dense', 'static 1')]:.2f}x |" in rows[4]

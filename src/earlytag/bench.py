@@ -175,6 +175,51 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def one_thread_machine() -> str:
+    """How a one-thread measurement script's figures were made, for the line under its table: the CPU, torch, the
+    load at the end, and that freed memory was kept (the script calls ``keep_freed_memory`` as every verb does)."""
+    m = machine_info()
+    return (f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
+            f"{torch.__version__}, load average {m.get('load_average', ['?'])[0]} at the end, freed memory kept.")
+
+
+def engine_variants_ab(engine, units: list[list], cfgs: dict[str, ExitConfig], variants: dict[str, Callable[[], Any]],
+                       passes: int, warm: list) -> tuple[dict, dict]:
+    """Engine variants timed inside the engine: each ``variants`` entry sets the engine up (an attribute, a function
+    it calls), then every setting of ``cfgs`` runs over the same ``units`` (lists of batches, one ``run_many`` each),
+    in alternating passes, each after a warm-up call on ``warm`` -> the median seconds and the labels of the real
+    words (of the last pass) per ``(variant, setting)``."""
+    times: dict = {(v, c): [] for v in variants for c in cfgs}
+    labels = {}
+    batches = [b for unit in units for b in unit]
+    for _ in range(passes):
+        for v, setup in variants.items():
+            setup()
+            for c, cfg in cfgs.items():
+                engine.run_many(warm, cfg)
+                start = time.perf_counter()
+                outs = [out for unit in units for out in engine.run_many(unit, cfg)]
+                times[(v, c)].append(time.perf_counter() - start)
+                labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
+    return {k: statistics.median(t) for k, t in times.items()}, labels
+
+
+def variants_ab_rows(precision: str, medians: dict, labels: dict, base: str, ratio_digits: int = 2) -> list[str]:
+    """Table rows of :func:`engine_variants_ab`'s results, per setting then variant: the median seconds, the
+    baseline variant's time over this one's, the setting's full depth (the first setting) over it, and the share of
+    words labelled as with the baseline variant."""
+    variants = list(dict.fromkeys(v for v, _ in medians))
+    cfgs = list(dict.fromkeys(c for _, c in medians))
+    rows = []
+    for c in cfgs:
+        for v in variants:
+            med = medians[(v, c)]
+            same = float((labels[(v, c)] == labels[(base, c)]).float().mean())
+            rows.append(f"| {precision} | {c} | {v} | {med:.3f} | {medians[(base, c)] / med:.{ratio_digits}f}x "
+                        f"| {medians[(v, cfgs[0])] / med:.2f}x | {100 * same:.2f}% |")
+    return rows
+
+
 def prebuilt_batches(tagger: Tagger, docs: list, batch_size: int, limit: int | None = None) -> tuple[list, list[list]]:
     """Pre-built batches (on the tagger's device) and the word lists of each batch."""
     docs = docs[:limit] if limit else docs
