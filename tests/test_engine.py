@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from earlytag.data.batching import Featurizer, collate
 from earlytag.engine import Engine, ExitConfig, ExitPlan, ExitPolicy
 from earlytag.engine.plan import sentence_counts
-from earlytag.engine.policies import head_scores, simulate_exits, uncertainty, window_max
+from earlytag.engine.policies import head_scores, label_scores, simulate_exits, uncertainty, window_max
 from earlytag.errors import ConfigError
 
 from .conftest import tiny_model
@@ -455,7 +457,8 @@ def test_sentence_counts_equal_the_plan(tokenizer, heads_every_layer):
 
 
 class RowRecorder:
-    """Forward hooks on every layer's FFN input projection and exit head: rows each really multiplied."""
+    """Rows each layer really multiplied: forward hooks on every layer's FFN input projection, and the rows the
+    engine's exit head was given (it multiplies the head's weights itself, labels first: ``Engine._head``)."""
 
     def __init__(self, model):
         self.ffn = [0] * model.num_layers
@@ -463,7 +466,14 @@ class RowRecorder:
         self.hooks = []
         for i, parts in enumerate(model.adapter.layers):
             self.hooks.append(parts.ffn_in.register_forward_hook(self._count(self.ffn, i)))
-            self.hooks.append(model.heads[i].linear.register_forward_hook(self._count(self.head, i)))
+        head, store = Engine._head, self.head
+
+        def counted_head(engine, layer, hw, criterion):
+            store[layer] += hw.shape[0]
+            return head(engine, layer, hw, criterion)
+
+        Engine._head = counted_head
+        self.hooks.append(SimpleNamespace(remove=lambda: setattr(Engine, "_head", head)))
 
     @staticmethod
     def _count(store, i):
@@ -570,6 +580,27 @@ def test_head_scores_never_nan():
     for dtype in (torch.bfloat16, torch.float16):
         _, _, u = head_scores(torch.tensor([[30.0, -30.0, 0.0]], dtype=dtype))
         assert u.dtype == torch.float32 and torch.isfinite(u).all()
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "maxprob"])
+def test_label_scores_are_head_scores_labels_first(criterion):
+    """The engine's head scores its logits laid out ``(C, N)``: the same score, label and uncertainty as
+    ``head_scores`` of the ``(N, C)`` logits, with a label of probability 0 (a -inf logit or an underflow), ties
+    (the first best label, as ``max``) and two labels."""
+    g = torch.Generator().manual_seed(3)
+    for c in (2, 9):
+        logits = torch.randn(64, c, generator=g) * 6
+        logits[0, 0] = float("-inf")
+        logits[1] = torch.tensor([80.0, -80.0] + [0.0] * (c - 2))  # probabilities that underflow to 0
+        logits[2, :2] = 1.5  # a tie between labels 0 and 1, both the best
+        logits[2, 2:] = -1.0
+        want = head_scores(logits, criterion)
+        got = label_scores(logits.t().contiguous(), criterion)
+        assert torch.equal(got[1], want[1]) and got[1][2] == 0
+        for g_, w_ in ((got[0], want[0]), (got[2], want[2])):
+            assert g_.dtype == torch.float32 and not torch.isnan(g_).any()
+            torch.testing.assert_close(g_, w_, atol=1e-6, rtol=1e-5)
+        assert got[2][1] < 1e-6 and abs(float(got[2][2]) - float(want[2][2])) < 1e-6
 
 
 def test_exit_config_from_dict_does_not_drop_target_speedup():

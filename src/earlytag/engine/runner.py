@@ -46,7 +46,7 @@ from ..model.precision import (
 )
 from .flops import ExitStats
 from .plan import ExitPlan, active_tokens
-from .policies import ExitConfig, ExitPolicy, head_scores
+from .policies import ExitConfig, ExitPolicy, label_scores
 
 if TYPE_CHECKING:
     from ..model.tagger import EarlyExitTagger
@@ -395,8 +395,7 @@ class Engine:
             if self.layers is not None:
                 score, pred, unc = self.layers.head(layer, hw, cfg.criterion)
             else:
-                head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
-                score, pred, unc = head_scores(head(hw.to(head.weight.dtype)), cfg.criterion)  # float32 each
+                score, pred, unc = self._head(layer, hw, cfg.criterion)
             self._word_scores(g, rows, score, pred, unc, policy.rescore)
         if traces is not None:  # tests only: a loop over rows is fine here
             for r, (i, row) in enumerate(g.origin.tolist()):
@@ -405,6 +404,13 @@ class Engine:
         g.exit.masked_fill_(halt, layer)
         g.active_w = g.active_w & ~halt
         g.active_t = None
+
+    def _head(self, layer: int, hw: torch.Tensor, criterion: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s exit head on the words' rows ``hw (N_w, d)`` -> score, label, uncertainty ``(N_w,)``
+        float32 each. The logits are written labels first, ``(C, N_w)``, for :func:`label_scores`."""
+        head = self.model.heads[layer].linear  # float32, whatever the encoder's precision
+        cols = torch.addmm(head.bias[:, None], head.weight, hw.to(head.weight.dtype).t())  # (C, N_w)
+        return label_scores(cols, criterion)
 
     @staticmethod
     def _word_scores(g: _Group, rows: torch.Tensor, score: torch.Tensor, pred: torch.Tensor, unc: torch.Tensor,
