@@ -188,6 +188,17 @@ for name in ${BENCHES:-minilm mpnet}; do
     minilm-uniform-6ep-onednn-fused) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-fused $MINILM6_ONEDNN \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products and layer finish in oneDNN, batch 32" ;;
+    # bf16 with the onednn backend (weights prepacked; bias, residual sums and GELU inside the products; no row
+    # buckets) against bf16 through torch's F.linear, batch 32
+    minilm-uniform-6ep-onednn-bf16) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-bf16 --policies token \
+      --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
+      --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, bf16 in oneDNN, batch 32" ;;
+    mpnet-onednn-bf16) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test \
+      --out docs/bench/stacked-mpnet-ner-ss-onednn-bf16 --policies token --thresholds 0.07 0.15 0.25 \
+      --precisions bf16 --backends torch onednn --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 --quiet \
+      --timing-limit 300 --label "all-mpnet-base-v2 NER, self-sampling, bf16 in oneDNN, batch 32" ;;
     mpnet-onednn) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test --out docs/bench/stacked-mpnet-ner-ss-onednn \
       --policies token --thresholds 0.07 0.15 0.25 --precisions fp32 --backends onednn --batch-sizes 32 \
       --repeats 3 --compare ort-fp32 ort-int8 --threads 1 --quiet --timing-limit 300 \

@@ -47,7 +47,8 @@ def micro(tagger: Tagger, sizes: list[int], repeats: int) -> list[str]:
     gen = torch.Generator().manual_seed(0)
     for n in sizes:
         hw = torch.randn(n, d, generator=gen) * 2
-        fns = {"words": lambda: previous_head(engine, 0, hw, "entropy"), "labels": lambda: engine._head(0, hw, "entropy")}
+        fns = {"words": lambda hw=hw: previous_head(engine, 0, hw, "entropy"),
+               "labels": lambda hw=hw: engine._head(0, hw, "entropy")}
         times = {k: [] for k in fns}
         for _ in range(repeats):
             for k, f in fns.items():
@@ -90,8 +91,11 @@ def main() -> None:
         units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
         cfgs = {"full depth": ExitConfig(),
                 f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+        def labels_first(e=engine) -> None:
+            e.__dict__.pop("_head", None)
+
         setups = {"words first (previous)": lambda e=engine: setattr(e, "_head", types.MethodType(previous_head, e)),
-                  "labels first (default)": lambda e=engine: e.__dict__.pop("_head", None)}
+                  "labels first (default)": labels_first}
         medians, labels = engine_variants_ab(engine, units, cfgs, setups, args.passes, units[0][:2])
         lines += variants_ab_rows(precision, medians, labels, "words first (previous)", ratio_digits=3)
     lines += ["", "python scripts/label_scores_ab.py " + " ".join(sys.argv[1:]) + "; "

@@ -191,3 +191,10 @@ def test_engine_variants_ab_times_each_variant_and_compares_labels(models, monke
     assert share[("full depth", "dense")] == 100.0 and share[("full depth", "wrong")] < 100.0
     base = medians[("plain", "static 1")]
     assert f"| {base / medians[('dense', 'static 1')]:.2f}x |" in rows[4]
+    # a variant's setup may hand back another engine (the same model loaded another way): that engine runs
+    other = Tagger.from_pretrained(models / "big").engine
+    ran = []
+    monkeypatch.setattr(other, "run_many", lambda unit, cfg: ran.append(len(unit)) or run_many(unit, cfg))
+    seen.clear()
+    engine_variants_ab(tagger.engine, units, cfgs, {"plain": lambda: None, "other": lambda: other}, 1, batches[:1])
+    assert seen == [1, 2, len(batches) - 2] * 2 and ran == [1, 2, len(batches) - 2] * 2

@@ -633,10 +633,12 @@ def test_quantize_scores_every_trial_at_the_exit_setting_it_is_given(model_dir, 
     assert "full depth, torch at batch size 4" in capsys.readouterr().err
 
 
-def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, monkeypatch, precision):
     """``--backend onednn``: every Linear of the encoder a OneDnnLinear (same parameters), the engine's products —
     the fused Q/K/V and the modules' — really run through oneDNN (counted), and the tags, exit layers and scores
-    are torch's, for every policy at batch sizes 1 and 3. Gradients and other precisions take F.linear / a refusal."""
+    are torch's in the same precision, for every policy at batch sizes 1 and 3. Gradients take F.linear, fp16 and
+    int8 a refusal."""
     if not precision_module.onednn_available():
         pytest.fail("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): the onednn backend "
                     "cannot be tested here")
@@ -655,36 +657,41 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
     # the layer's finish: output projection + residual, FFN in + GELU, FFN out + residual, all in oneDNN
     monkeypatch.setattr(runner, "onednn_linear_add", counted("finish", runner.onednn_linear_add))
     monkeypatch.setattr(runner, "onednn_linear_gelu", counted("finish", runner.onednn_linear_gelu))
-    torch_tagger = Tagger.from_pretrained(model_dir)
-    tagger = Tagger.from_pretrained(model_dir, backend="onednn")
+    torch_tagger = Tagger.from_pretrained(model_dir, precision=precision)
+    tagger = Tagger.from_pretrained(model_dir, backend="onednn", precision=precision)
     linears = [m for m in tagger.model.encoder.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m) is precision_module.OneDnnLinear for m in linears)
+    dtype = precision_module.DTYPES[precision]
+    assert all(m.weight.dtype == dtype for m in linears)
     for cfg in POLICY_SETTINGS:
         for batch_size in (1, 3):
             ref = torch_tagger.predict_words(SENTENCES, cfg, batch_size)
             got = tagger.predict_words(SENTENCES, cfg, batch_size)
             assert got.tags == ref.tags and got.exit_layers == ref.exit_layers, cfg.describe()
-            for x, y in zip(got.scores, ref.scores):
-                assert x == pytest.approx(y, abs=1e-4)
+            for x, y in zip(got.scores, ref.scores):  # bf16: the sums rounded once inside a product, not twice
+                assert x == pytest.approx(y, abs=1e-4 if precision == "fp32" else 5e-3)
     assert calls["fused"] > 0 and calls["finish"] > 0
     layer = linears[0]
     with torch.inference_mode():  # a module's own inference product: oneDNN, the values of F.linear
-        x = torch.randn(5, layer.in_features)
-        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+        x = torch.randn(5, layer.in_features, dtype=dtype)
+        assert torch.allclose(layer(x).float(), torch.nn.functional.linear(x, layer.weight, layer.bias).float(),
+                              atol=1e-5 if precision == "fp32" else 2e-2)
     assert calls["modules"] == 1
     # training: the same output and gradients as nn.Linear (F.linear), oneDNN not called
     before = dict(calls)
-    plain = torch.nn.Linear(layer.in_features, layer.out_features)
+    plain = torch.nn.Linear(layer.in_features, layer.out_features, dtype=dtype)
     plain.load_state_dict(layer.state_dict())
-    x = torch.randn(4, layer.in_features, requires_grad=True)
+    x = torch.randn(4, layer.in_features, requires_grad=True, dtype=dtype)
     y, y_ref = layer(x), plain(x)
     y.sum().backward()
     assert torch.equal(y, y_ref) and layer.weight.grad is not None and calls == before
-    with pytest.raises(ConfigError, match="onednn runs fp32"):
-        Tagger.from_pretrained(model_dir, backend="onednn", precision="bf16")
+    for other in ("fp16", "int8"):
+        with pytest.raises(ConfigError, match="onednn runs fp32 or bf16"):
+            Tagger.from_pretrained(model_dir, backend="onednn", precision=other)
 
 
-def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer(dtype):
     """The onednn backend's fused finish (residual sums and GELU inside oneDNN's products) is used only where the
     encoder's activation is torch's exact GELU, recognised by its values; and it computes what
     ``model.layers.finish`` computes, on 2-D packed rows and 3-D dense batches."""
@@ -701,6 +708,7 @@ def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer(
     assert not exact(ACT2FN["gelu_new"]) and not exact(torch.nn.GELU(approximate="tanh"))
     assert not exact(torch.nn.functional.relu) and not exact(ACT2FN["quick_gelu"])
     model = tiny_model("bert", labels=LABELS, seed=3)
+    model.encoder.to(dtype)
     precision_module.use_onednn(model)
     model.eval()
     parts = model.adapter.layers[1]
@@ -710,10 +718,12 @@ def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer(
     torch.manual_seed(0)
     with torch.inference_mode():
         for shape in ((7, model.adapter.hidden_size), (2, 5, model.adapter.hidden_size)):
-            ctx, residual = torch.randn(shape), torch.randn(shape)
+            ctx, residual = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
             want = finish(parts, ctx, residual)
             got = fused.finish(ctx, residual)
-            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4), (shape, (got - want).abs().max())
+            tol = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: values of order 1, 8 bits of mantissa
+            assert got.dtype == dtype and got.shape == want.shape
+            assert torch.allclose(got.float(), want.float(), atol=tol), (shape, (got - want).abs().max())
     parts.act = ACT2FN["gelu_new"]  # an approximation oneDNN's exact GELU would not match: the plain finish
     plain = _FusedLayer(parts)
     assert plain._finish != plain._onednn_finish

@@ -23,7 +23,7 @@ from .data.batching import Featurizer, check_text, collate, length_sorted_batche
 from .data.datasets import Dataset, load_dataset, map_labels
 from .data.segmentation import word_spans
 from .data.types import Sentence
-from .defaults import BACKENDS
+from .defaults import BACKENDS, ONEDNN_PRECISIONS
 from .engine import Engine, ExitConfig, ExitStats
 from .engine.control import LengthProfile, SpeedController, exit_report
 from .errors import ConfigError, DataError, EarlytagError
@@ -138,16 +138,16 @@ class Tagger:
 
     def _layer_backend(self, precision: str, backend: str):
         """(what runs the layer steps, what climbs a one-sentence batch in one call): ``torch`` (None, None),
-        ``onednn`` (torch, its fp32 Linears in oneDNN: :func:`~earlytag.model.precision.use_onednn`),
+        ``onednn`` (torch, its fp32/bf16 Linears in oneDNN with prepacked weights: :func:`~earlytag.model.precision.use_onednn`),
         ``onnxruntime`` (its sessions for both), ``auto`` (torch steps; ONNX Runtime's whole-climb graph for single
         sentences when onnxruntime is installed, the model is fp32 and on the CPU — else torch alone)."""
         self._precision = precision
         if backend == "torch":
             return None, None
-        if backend == "onednn":  # torch's engine, its fp32 products in oneDNN with prepacked weights
-            if precision != "fp32" or self.device.type != "cpu":
-                raise ConfigError("backend", f"onednn runs fp32 on a CPU, not {precision} on {self.device.type}: "
-                                             "use --backend torch (bf16 and int8 run in oneDNN there already)")
+        if backend == "onednn":  # torch's engine, its fp32/bf16 products in oneDNN with prepacked weights
+            if precision not in ONEDNN_PRECISIONS or self.device.type != "cpu":
+                raise ConfigError("backend", f"onednn runs fp32 or bf16 on a CPU, not {precision} on "
+                                             f"{self.device.type}: use --backend torch")
             use_onednn(self.model)
             return None, None
         from .engine.backends import OnnxLayers

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .allocator import kept_freed_memory
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
-from .defaults import HALTED_DEFAULT, ONNX_PRECISIONS
+from .defaults import HALTED_DEFAULT, ONEDNN_PRECISIONS, ONNX_PRECISIONS
 from .engine import REGISTRY, ExitConfig, ExitStats
 from .engine.policies import TARGETS, with_settings
 from .errors import ConfigError
@@ -186,19 +186,20 @@ def one_thread_machine() -> str:
 def engine_variants_ab(engine, units: list[list], cfgs: dict[str, ExitConfig], variants: dict[str, Callable[[], Any]],
                        passes: int, warm: list) -> tuple[dict, dict]:
     """Engine variants timed inside the engine: each ``variants`` entry sets the engine up (an attribute, a function
-    it calls), then every setting of ``cfgs`` runs over the same ``units`` (lists of batches, one ``run_many`` each),
-    in alternating passes, each after a warm-up call on ``warm`` -> the median seconds and the labels of the real
-    words (of the last pass) per ``(variant, setting)``."""
+    it calls; or returns another engine to time, e.g. of the same model loaded another way), then every setting of
+    ``cfgs`` runs over the same ``units`` (lists of batches, one ``run_many`` each), in alternating passes, each
+    after a warm-up call on ``warm`` -> the median seconds and the labels of the real words (of the last pass) per
+    ``(variant, setting)``."""
     times: dict = {(v, c): [] for v in variants for c in cfgs}
     labels = {}
     batches = [b for unit in units for b in unit]
     for _ in range(passes):
         for v, setup in variants.items():
-            setup()
+            engine_v = setup() or engine
             for c, cfg in cfgs.items():
-                engine.run_many(warm, cfg)
+                engine_v.run_many(warm, cfg)
                 start = time.perf_counter()
-                outs = [out for unit in units for out in engine.run_many(unit, cfg)]
+                outs = [out for unit in units for out in engine_v.run_many(unit, cfg)]
                 times[(v, c)].append(time.perf_counter() - start)
                 labels[(v, c)] = torch.cat([o.pred[b.word_mask.bool()] for o, b in zip(outs, batches)])
     return {k: statistics.median(t) for k, t in times.items()}, labels
@@ -236,7 +237,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise ConfigError("repeats", "must be at least 1")
     base = Tagger.from_pretrained(cfg.model, device=cfg.device, **cfg.decoding)  # fp32: the reference of every wall-clock speed-up
     runtimes = [(p, b) for b in cfg.backends for p in cfg.precisions
-                if b == "torch" or (b == "onednn" and p == "fp32") or (b == "onnxruntime" and p in ONNX_PRECISIONS)]
+                if b == "torch" or (b == "onednn" and p in ONEDNN_PRECISIONS) or (b == "onnxruntime" and p in ONNX_PRECISIONS)]
     taggers = {(p, b): base if (p, b) == ("fp32", "torch") else
                Tagger.from_pretrained(cfg.model, precision=p, backend=b, device=cfg.device, **cfg.decoding)
                for p, b in runtimes}

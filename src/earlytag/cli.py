@@ -87,8 +87,10 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
                    help="what runs each layer step and exit head: torch, or ONNX Runtime sessions (fp32/int8; "
                         "the exit loop stays in earlytag; a single sentence climbs in one graph call); auto: torch "
                         "for batches, ONNX Runtime's one-call climb for single sentences (fp32 on the CPU, when "
-                        "onnxruntime is installed); onednn: torch with its fp32 matrix products in oneDNN, weights "
-                        "prepacked (fp32 on the CPU; faster where torch's BLAS is slow, e.g. MKL on AMD CPUs)")
+                        "onnxruntime is installed); onednn: torch with its matrix products in oneDNN, weights "
+                        "prepacked and bias, residual sums and GELU inside the products (fp32 or bf16 on the CPU; "
+                        "faster where torch's BLAS is slow, e.g. MKL on AMD CPUs, and in bf16, where torch reorders the "
+                        "weights at every product)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cpu)")
     g.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: what torch picks, usually one per core; on a shared "
@@ -721,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every setting in each precision; wall-clock speed-ups are against fp32 full depth")
     p.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnxruntime", "onednn"],
                    help="also run the settings with ONNX Runtime layer steps (fp32 and int8 precisions), or with "
-                        "torch's fp32 products in oneDNN (onednn, fp32 only)")
+                        "torch's fp32/bf16 products in oneDNN (onednn, fp32 and bf16)")
     p.add_argument("--compare", nargs="+", choices=["hf-pipeline", "ort-fp32", "ort-int8"],
                    help="peers on the same weights at full depth, timed in the same run on the same texts")
     p.add_argument("--no-timing", action="store_true", help="scores and FLOPs only, no wall-clock timing")

@@ -20,3 +20,4 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed")
 BACKENDS = ("torch", "onnxruntime", "auto", "onednn")
 QUANTIZE_BACKENDS = ("torch", "onnxruntime")  # what earlytag quantize chooses for (int8_mixed keys)
 ONNX_PRECISIONS = ("fp32", "int8", "int8-mixed")  # what the onnxruntime backend runs
+ONEDNN_PRECISIONS = ("fp32", "bf16")  # what the onednn backend runs (torch's engine, products prepacked in oneDNN)

@@ -269,11 +269,14 @@ class Engine:
         # of its own (backend "auto": torch for batches, ONNX Runtime for single sentences); None: the layer loop
         self.single = layers if single is None else single
         first = next(model.encoder.parameters())
-        # bf16/fp16 GEMMs on a CPU are prepared per shape: pad their rows to a few sizes (see _FusedLayer)
-        self.bucket = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
+        half = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
+        # bf16/fp16 GEMMs of F.linear on a CPU are prepared per shape: pad their rows to a few sizes (see
+        # _FusedLayer); not the onednn backend's prepacked products, which padding only slowed (1.08-1.09x on
+        # MiniLM: scripts/onednn_bf16_ab.py)
+        self.bucket = half and not isinstance(model.adapter.layers[0].query, OneDnnLinear)
         # attention of the layer steps: torch's fused kernel, except in bf16/fp16 on a CPU, where three plain
         # operators ran the engine faster at full depth and with token exit (scripts/attention_ab.py; not in fp32)
-        self.attend = attend_unfused if self.bucket else attend
+        self.attend = attend_unfused if half else attend
         # run a layer densely when this share of the group's positions is active (packed steps keep the padding out
         # of every product but the attention; 0.9 was no slower than 0.8 or 1.0 on either model and faster on MPNet:
         # scripts/kv_rows_ab.py --knob dense_above)

@@ -172,13 +172,17 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
+ONEDNN_DTYPES = (torch.float32, torch.bfloat16)  # the onednn backend's precisions: fp32 and bf16
+
+
 def onednn_pack(weight: torch.Tensor) -> torch.Tensor:
-    """``weight (out, in)`` float32 reordered once into oneDNN's layout for :func:`onednn_linear`."""
+    """``weight (out, in)`` float32 or bfloat16 reordered once into oneDNN's layout for :func:`onednn_linear`."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 64)
 
 
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x (..., in) -> (..., out)`` through oneDNN's float32 matrix product with a prepacked weight."""
+    """``x (..., in) -> (..., out)`` through oneDNN's matrix product with a prepacked weight (float32 or bfloat16,
+    the bias added as the product writes its output)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -205,10 +209,12 @@ def is_exact_gelu(act) -> bool:
 
 
 class OneDnnLinear(nn.Linear):
-    """A float32 Linear whose inference product runs in oneDNN with its weight prepacked (the ``onednn``
-    backend), instead of the BLAS that ``F.linear`` calls (MKL in torch's CPU wheels, which on some non-Intel CPUs
-    runs at half of what the CPU can: docs/results.md section 4). The same parameters; training, gradients and
-    other dtypes take ``F.linear``. The packed copy is rebuilt when the weight changes."""
+    """A float32 or bfloat16 Linear whose inference product runs in oneDNN with its weight prepacked (the
+    ``onednn`` backend). In float32 instead of the BLAS that ``F.linear`` calls (MKL in torch's CPU wheels, which on
+    some non-Intel CPUs runs at half of what the CPU can: docs/results.md section 4); in bfloat16 ``F.linear`` is
+    oneDNN already, but reorders the weight at every call and writes the bias as a pass of its own. The same
+    parameters; training, gradients and an input of another dtype take ``F.linear``. The packed copy is rebuilt
+    when the weight changes."""
 
     _packed: tuple | None = None
 
@@ -226,13 +232,15 @@ class OneDnnLinear(nn.Linear):
         return self._packed[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
+        if (self.training or torch.is_grad_enabled() or x.dtype != self.weight.dtype or x.dtype not in ONEDNN_DTYPES
+                or x.device.type != "cpu"):
             return super().forward(x)
         return onednn_linear(x, self.packed(), self.bias)
 
 
 def use_onednn(model):
-    """Every Linear of the encoder becomes a :class:`OneDnnLinear` (the ``onednn`` backend; fp32 on a CPU)."""
+    """Every Linear of the encoder becomes a :class:`OneDnnLinear` (the ``onednn`` backend; fp32 or bf16 on a
+    CPU: call it after :func:`apply_precision`)."""
     from .adapters import adapter_for
 
     if not onednn_available():
