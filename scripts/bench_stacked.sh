@@ -188,13 +188,19 @@ for name in ${BENCHES:-minilm mpnet}; do
     minilm-uniform-6ep-onednn-fused) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-fused $MINILM6_ONEDNN \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, fp32 products and layer finish in oneDNN, batch 32" ;;
-    # bf16 with the onednn backend (weights prepacked; bias, residual sums and GELU inside the products; no row
-    # buckets) against bf16 through torch's F.linear, batch 32
+    # bf16 with the onednn backend (weights prepacked; bias, residual sums and GELU inside the products; the packed
+    # steps' rows bucketed, not the dense steps') against bf16 through torch's F.linear, batch 32; and batch 1, the
+    # torch engine warm through blocks of 25 sentences (as minilm-uniform-6ep-b1-torch-warm)
     minilm-uniform-6ep-onednn-bf16) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
       --out docs/bench/stacked-minilm-ner-uniform-6ep-onednn-bf16 --policies token \
       --thresholds 0.03 0.05 0.075 0.1 0.15 --precisions bf16 --backends torch onednn --batch-sizes 32 --repeats 3 \
       --compare ort-int8 --threads 1 --quiet --timing-limit 1000 \
       --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, bf16 in oneDNN, batch 32" ;;
+    minilm-uniform-6ep-b1-onednn-bf16-warm) earlytag bench "$OUT/minilm-ner-uniform-6ep" uner-en-ewt:test \
+      --out docs/bench/stacked-minilm-ner-uniform-6ep-b1-onednn-bf16-warm --policies token \
+      --thresholds 0.02 0.05 0.1 0.15 0.2 0.25 --precisions bf16 --backends torch onednn --batch-sizes 1 \
+      --repeats 3 --threads 1 --quiet --timing-limit-b1 200 --alternate 25 \
+      --label "all-MiniLM-L6-v2 NER, uniform layer weights, 6 epochs, batch 1, bf16 in oneDNN, warm blocks of 25" ;;
     mpnet-onednn-bf16) earlytag bench "$OUT/mpnet-ner-ss" uner-en-ewt:test \
       --out docs/bench/stacked-mpnet-ner-ss-onednn-bf16 --policies token --thresholds 0.07 0.15 0.25 \
       --precisions bf16 --backends torch onednn --batch-sizes 32 --repeats 3 --compare ort-int8 --threads 1 --quiet \

@@ -101,7 +101,7 @@ def test_packed_keys_and_values_of_the_real_tokens_only(tokenizer, family, monke
     assert real < 0.75 * positions
     rows: list[int] = []
     kv = _FusedLayer.kv
-    monkeypatch.setattr(_FusedLayer, "kv", lambda self, x: rows.append(x.numel() // x.shape[-1]) or kv(self, x))
+    monkeypatch.setattr(_FusedLayer, "kv", lambda self, x, **kw: rows.append(x.numel() // x.shape[-1]) or kv(self, x, **kw))
     runs = {}
     for below in (0.0, None):  # never; the default (wherever there is padding)
         rows.clear()

@@ -729,6 +729,38 @@ def test_onednn_fuses_only_torchs_exact_gelu_and_computes_the_finish_of_a_layer(
     assert plain._finish != plain._onednn_finish
 
 
+def test_row_buckets_pad_packed_steps_and_dense_steps_where_the_products_need_it(model_dir):
+    """bf16 products on a CPU see their rows padded to a few bucket sizes (at most 12.5% more rows): through
+    ``F.linear`` (the torch backend) on every step, through the onednn backend's prepacked products on the packed
+    steps only (a dense step's b·T rows repeat from layer to layer); fp32 never. The padded rows reach the product
+    and only the real rows come back."""
+    from earlytag.engine.runner import _FusedLayer, bucket_rows
+
+    assert [bucket_rows(n) for n in (1, 16, 17, 100, 128, 129, 1000)] == [1, 16, 18, 104, 128, 144, 1024]
+    assert all(n <= bucket_rows(n) <= 1.125 * n for n in range(1, 5000))
+    flags = {}
+    for precision, backend in (("fp32", "torch"), ("bf16", "torch"), ("bf16", "onednn"), ("fp32", "onednn")):
+        e = Tagger.from_pretrained(model_dir, precision=precision, backend=backend).engine
+        flags[(precision, backend)] = (e.bucket, e.bucket_dense)
+    assert flags == {("fp32", "torch"): (False, False), ("bf16", "torch"): (True, True),
+                     ("bf16", "onednn"): (True, False), ("fp32", "onednn"): (False, False)}
+    model = tiny_model("bert", labels=LABELS, seed=3)
+    seen = []
+
+    def product(x):
+        seen.append(x.numel() // x.shape[-1])  # rows, whatever the leading dimensions
+        return x * 2
+
+    x = torch.randn(2, 50, 8)  # (b, T, d): 100 rows
+    for bucket, dense, want in ((True, False, [104, 100]), (True, True, [104, 104]), (False, False, [100, 100])):
+        seen.clear()
+        fl = _FusedLayer(model.adapter.layers[0], bucket, dense)
+        for as_dense in (False, True):
+            y = fl._rows(product, x, dense=as_dense)
+            assert torch.equal(y, x * 2)
+        assert seen == want
+
+
 @pytest.mark.parametrize("bias_shape", [None, (3, 1, 1, 7), (3, 4, 5, 7), (1, 4, 5, 7), (3, 1, 5, 7), (1, 1, 1, 7)],
                          ids=["none", "keys", "per-head", "shared-per-head", "per-query", "shared-keys"])
 def test_unfused_attention_computes_what_the_fused_one_does(bias_shape):

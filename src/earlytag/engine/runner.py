@@ -83,9 +83,10 @@ class _FusedLayer:
     packed step would show it a new shape at almost every step (scripts/gemm_shapes.py measures the difference;
     docs/design.md says what it found). fp32 and int8 products are not padded."""
 
-    def __init__(self, parts: LayerParts, bucket: bool = False):
+    def __init__(self, parts: LayerParts, bucket: bool = False, bucket_dense: bool | None = None):
         self.parts = parts
-        self.bucket = bucket
+        self.bucket = bucket  # pad the rows of a packed step's products
+        self.bucket_dense = bucket if bucket_dense is None else bucket_dense  # and of a dense step's (b·T rows)
         self.version = self._version()
         self._finish = self._plain_finish  # output projection, residual + LN, FFN, residual + LN (finish)
         q, k, v = parts.query, parts.key, parts.value
@@ -111,8 +112,8 @@ class _FusedLayer:
         self._kv = lambda x: F.linear(x, wkv, bkv)
         self._qkv = lambda x: F.linear(x, wqkv, bqkv)
 
-    def _rows(self, fn, *xs: torch.Tensor) -> torch.Tensor:
-        if not self.bucket:
+    def _rows(self, fn, *xs: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        if not (self.bucket_dense if dense else self.bucket):
             return fn(*xs)
         lead = xs[0].shape[:-1]
         n = xs[0].numel() // xs[0].shape[-1]
@@ -126,15 +127,16 @@ class _FusedLayer:
     def q(self, x: torch.Tensor) -> torch.Tensor:
         return self._rows(self._q, x)
 
-    def kv(self, x: torch.Tensor) -> torch.Tensor:
-        return self._rows(self._kv, x)
+    def kv(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        return self._rows(self._kv, x, dense=dense)
 
-    def qkv(self, x: torch.Tensor) -> torch.Tensor:
-        return self._rows(self._qkv, x)
+    def qkv(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        return self._rows(self._qkv, x, dense=dense)
 
-    def finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Output projection, residual + LayerNorm, FFN, residual + LayerNorm (``model.layers.finish``)."""
-        return self._rows(self._finish, ctx, residual)
+    def finish(self, ctx: torch.Tensor, residual: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        """Output projection, residual + LayerNorm, FFN, residual + LayerNorm (``model.layers.finish``). ``dense``:
+        rows of every ``(b, T)`` position, whose count repeats from layer to layer (``bucket_dense`` pads them)."""
+        return self._rows(self._finish, ctx, residual, dense=dense)
 
     def _plain_finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return finish(self.parts, ctx, residual)
@@ -271,9 +273,10 @@ class Engine:
         first = next(model.encoder.parameters())
         half = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
         # bf16/fp16 GEMMs of F.linear on a CPU are prepared per shape: pad their rows to a few sizes (see
-        # _FusedLayer); not the onednn backend's prepacked products, which padding only slowed (1.08-1.09x on
-        # MiniLM: scripts/onednn_bf16_ab.py)
-        self.bucket = half and not isinstance(model.adapter.layers[0].query, OneDnnLinear)
+        # _FusedLayer); not the onednn backend's prepacked products, which the padding only slowed (1.02-1.03x on
+        # MiniLM and MPNet: scripts/onednn_bf16_ab.py)
+        self.bucket = half
+        self.bucket_dense = half and not isinstance(model.adapter.layers[0].query, OneDnnLinear)
         # attention of the layer steps: torch's fused kernel, except in bf16/fp16 on a CPU, where three plain
         # operators ran the engine faster at full depth and with token exit (scripts/attention_ab.py; not in fp32)
         self.attend = attend_unfused if half else attend
@@ -297,7 +300,7 @@ class Engine:
     def _layer(self, i: int) -> _FusedLayer:
         fused = self._fused[i]
         if fused is None or fused.parts is not self.adapter.layers[i] or fused.stale():
-            fused = self._fused[i] = _FusedLayer(self.adapter.layers[i], self.bucket)
+            fused = self._fused[i] = _FusedLayer(self.adapter.layers[i], self.bucket, self.bucket_dense)
         return fused
 
     @torch.inference_mode()
@@ -503,7 +506,7 @@ class Engine:
         h = s.h
         da = parts.attn_size  # Q/K/V width: d, or fewer heads' in a slim layer
         if self.layers is None:
-            q, k, v = fl.qkv(h).split(da, -1)  # (b, T, da) each
+            q, k, v = fl.qkv(h, dense=True).split(da, -1)  # (b, T, da) each
         all_active = total_act == s.total_tokens
         if kv == "keep" or all_active:
             bias = s.pad_bias
@@ -515,7 +518,7 @@ class Engine:
         if self.layers is not None:
             out = self.layers.dense(fl, h, bias)
         else:
-            out = fl.finish(self.attend(q, k, v, bias, parts.num_heads), h)  # (b, T, d)
+            out = fl.finish(self.attend(q, k, v, bias, parts.num_heads), h, dense=True)  # (b, T, d)
         if not all_active:  # halted tokens keep their state
             out = torch.where(active_t.unsqueeze(-1), out, h)
         return out
@@ -527,7 +530,7 @@ class Engine:
         h = s.h
         b, t, d = h.shape
         if s.total_tokens >= self.kv_real_below * b * t:
-            return fl.kv(h).split(da, -1)
+            return fl.kv(h, dense=True).split(da, -1)
         if s.real_rows is None:
             s.real_rows = s.tok_mask.reshape(-1).nonzero().squeeze(1)  # (N_real,) (the mask may be a column slice)
         kv = fl.kv(h.view(-1, d).index_select(0, s.real_rows))  # (N_real, 2·da)
