@@ -81,7 +81,9 @@ class _FusedLayer:
     model's dtype (fp32, bf16, fp16), or :class:`~earlytag.model.precision.Int8Linear` rows joined exactly. With
     ``bucket`` their rows are padded to :func:`bucket_rows`: oneDNN prepares a bf16/fp16 GEMM per shape, and the
     packed step would show it a new shape at almost every step (scripts/gemm_shapes.py measures the difference;
-    docs/design.md says what it found). fp32 and int8 products are not padded."""
+    docs/design.md says what it found). ``bucket_dense`` pads the dense steps' rows too (every ``(b, T)``
+    position; ``F.linear``'s bf16 products, not the onednn backend's prepacked ones). fp32 and int8 products are
+    not padded."""
 
     def __init__(self, parts: LayerParts, bucket: bool = False, bucket_dense: bool | None = None):
         self.parts = parts
@@ -272,9 +274,10 @@ class Engine:
         self.single = layers if single is None else single
         first = next(model.encoder.parameters())
         half = first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float16)
-        # bf16/fp16 GEMMs of F.linear on a CPU are prepared per shape: pad their rows to a few sizes (see
-        # _FusedLayer); not the onednn backend's prepacked products, which the padding only slowed (1.02-1.03x on
-        # MiniLM and MPNet: scripts/onednn_bf16_ab.py)
+        # bf16/fp16 GEMMs on a CPU are prepared per shape: pad their rows to a few sizes (see _FusedLayer). The
+        # onednn backend's prepacked products pad the packed steps' rows only (new counts at almost every step): a
+        # dense step's b·T rows repeat from layer to layer, and padding them only slowed it, warm and on a first
+        # pass (scripts/onednn_bf16_ab.py)
         self.bucket = half
         self.bucket_dense = half and not isinstance(model.adapter.layers[0].query, OneDnnLinear)
         # attention of the layer steps: torch's fused kernel, except in bf16/fp16 on a CPU, where three plain
