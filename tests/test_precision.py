@@ -642,6 +642,9 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
     if not precision_module.onednn_available():
         pytest.fail("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): the onednn backend "
                     "cannot be tested here")
+    if precision == "bf16" and not precision_module.onednn_bf16_available():
+        pytest.fail("oneDNN has no bfloat16 products on this CPU: the onednn backend's bf16 cannot be tested here")
+    from earlytag import api as api_module
     from earlytag.engine import runner
 
     calls = {"modules": 0, "fused": 0, "finish": 0}
@@ -688,6 +691,11 @@ def test_onednn_backend_tags_as_torch_with_its_products_in_onednn(model_dir, mon
     for other in ("fp16", "int8"):
         with pytest.raises(ConfigError, match="onednn runs fp32 or bf16"):
             Tagger.from_pretrained(model_dir, backend="onednn", precision=other)
+    if precision == "bf16":  # a CPU without oneDNN bf16 kernels: refused in one line, fp32 still served
+        monkeypatch.setattr(api_module, "onednn_bf16_available", lambda: False)
+        with pytest.raises(ConfigError, match="no oneDNN bfloat16 products: use --backend torch"):
+            Tagger.from_pretrained(model_dir, backend="onednn", precision="bf16")
+        assert Tagger.from_pretrained(model_dir, backend="onednn").engine.bucket is False
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -28,7 +28,7 @@ from .engine import Engine, ExitConfig, ExitStats
 from .engine.control import LengthProfile, SpeedController, exit_report
 from .errors import ConfigError, DataError, EarlytagError
 from .metrics import task_scores
-from .model.precision import apply_precision, check_precision, use_onednn
+from .model.precision import apply_precision, check_precision, onednn_bf16_available, use_onednn
 from .model.tagger import EarlyExitTagger
 
 ExitLike = ExitConfig | SpeedController | dict | str | None
@@ -148,6 +148,9 @@ class Tagger:
             if precision not in ONEDNN_PRECISIONS or self.device.type != "cpu":
                 raise ConfigError("backend", f"onednn runs fp32 or bf16 on a CPU, not {precision} on "
                                              f"{self.device.type}: use --backend torch")
+            if precision == "bf16" and not onednn_bf16_available():
+                raise ConfigError("backend", "this CPU has no oneDNN bfloat16 products: use --backend torch, or "
+                                             "--backend onednn with --precision fp32")
             use_onednn(self.model)
             return None, None
         from .engine.backends import OnnxLayers

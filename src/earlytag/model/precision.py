@@ -175,6 +175,16 @@ def onednn_available() -> bool:
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)  # the onednn backend's precisions: fp32 and bf16
 
 
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN runs bfloat16 products on this CPU (it needs AVX-512 at least; AVX512-BF16 or AMX makes them
+    fast)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
 def onednn_pack(weight: torch.Tensor) -> torch.Tensor:
     """``weight (out, in)`` float32 or bfloat16 reordered once into oneDNN's layout for :func:`onednn_linear`."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 64)
