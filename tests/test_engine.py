@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -460,7 +458,7 @@ class RowRecorder:
     """Rows each layer really multiplied: forward hooks on every layer's FFN input projection, and the rows the
     engine's exit head was given (it multiplies the head's weights itself, labels first: ``Engine._head``)."""
 
-    def __init__(self, model):
+    def __init__(self, model, monkeypatch):
         self.ffn = [0] * model.num_layers
         self.head = [0] * model.num_layers
         self.hooks = []
@@ -472,8 +470,7 @@ class RowRecorder:
             store[layer] += hw.shape[0]
             return head(engine, layer, hw, criterion)
 
-        Engine._head = counted_head
-        self.hooks.append(SimpleNamespace(remove=lambda: setattr(Engine, "_head", head)))
+        monkeypatch.setattr(Engine, "_head", counted_head)  # undone after the test, whatever happens in it
 
     @staticmethod
     def _count(store, i):
@@ -488,14 +485,14 @@ class RowRecorder:
 
 @pytest.mark.parametrize("halted", ["rescore", "frozen"])
 @pytest.mark.parametrize("kv", ["keep", "drop"])
-def test_rows_really_computed_match_active_tokens_and_flops(tokenizer, halted, kv):
+def test_rows_really_computed_match_active_tokens_and_flops(tokenizer, halted, kv, monkeypatch):
     """Packed steps: the FFN multiplies exactly the active tokens of each layer (counted here in plain loops from
     the exit layers), the heads exactly the words the exit rule says, and the reported FLOPs are the formula
     applied to those recorded rows."""
     model = tiny_model("bert", seed=3)
     batch = batch_of(tokenizer, SENTENCES)
     cfg = mixed(model, batch, kv=kv, halted=halted)
-    rec = RowRecorder(model)
+    rec = RowRecorder(model, monkeypatch)
     out = Engine(model, dense_above=2.0).run(batch, cfg)  # always packed: no wasted rows
     rec.remove()
     assert 0 < (out.exit_layer[batch.word_mask] < model.num_layers - 1).float().mean() < 1
