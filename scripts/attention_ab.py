@@ -17,18 +17,13 @@ labelled as with the fused attention (padding excluded). The engine's ``attend``
 
 from __future__ import annotations
 
-import argparse
-import sys
 from functools import partial
-from pathlib import Path
 from unittest.mock import patch
 
 import torch
 
 from earlytag import Tagger
-from earlytag.allocator import keep_freed_memory
-from earlytag.bench import engine_variants_ab, one_thread_machine, prebuilt_batches, variants_ab_rows
-from earlytag.engine import ExitConfig
+from earlytag.bench import ab_finish, ab_parser, ab_start, ab_workload, engine_variants_ab, variants_ab_rows
 from earlytag.model import layers
 from earlytag.model.layers import attend, attend_unfused
 
@@ -61,34 +56,18 @@ VARIANTS = {"fused (sdpa)": attend, "baddbmm-softmax-bmm": attend_unfused,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--data", default="uner-en-ewt:test")
-    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
-    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
-    ap.add_argument("--sentences", type=int, default=1000)
-    ap.add_argument("--passes", type=int, default=5)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    keep_freed_memory()  # as every earlytag verb runs
+    args = ab_start(ab_parser(__doc__.split("\n\n")[0], precisions=["bf16", "fp32"]))
     lines = ["| precision | setting | attention | seconds (median) | fused / this (time) | full depth / this setting "
              "| words as fused |", "|---|---|---|---|---|---|---|"]
     for precision in args.precisions:
         tagger = Tagger.from_pretrained(args.model, precision=precision)
-        docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-        batches, _ = prebuilt_batches(tagger, docs, 32)
-        cfgs = {"full depth": ExitConfig(),
-                f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+        _, units, cfgs = ab_workload(tagger, args)
+        batches = [b for unit in units for b in unit]  # one unit: the refill across all of them
         variants = {v: partial(setattr, tagger.engine, "attend", fn) for v, fn in VARIANTS.items()
                     if precision in ("bf16", "fp16") or "bf16/fp16" not in v}
         medians, labels = engine_variants_ab(tagger.engine, [batches], cfgs, variants, args.passes, batches[:4])
         lines += variants_ab_rows(precision, medians, labels, "fused (sdpa)")
-    lines += ["", "python scripts/attention_ab.py " + " ".join(sys.argv[1:]) + "; "
-              f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
-              + one_thread_machine()]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    ab_finish(args, lines)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,10 @@ no padding and every token active; any other step packed, its padding out of eve
 
 from __future__ import annotations
 
-import argparse
-import sys
 from functools import partial
-from pathlib import Path
-
-import torch
 
 from earlytag import Tagger
-from earlytag.allocator import keep_freed_memory
-from earlytag.bench import engine_variants_ab, one_thread_machine, prebuilt_batches, variants_ab_rows
-from earlytag.engine import ExitConfig
+from earlytag.bench import ab_finish, ab_parser, ab_start, ab_workload, engine_variants_ab, variants_ab_rows
 
 KNOBS = {  # the Engine attribute -> its variants (label: value), the first the baseline of the table's ratios
     "kv_real_below": {"every position": 0.0, "real rows where padding is 25% or more": 0.75,
@@ -43,37 +36,20 @@ HEADERS = {"kv_real_below": ("keys and values", "every position"), "dense_above"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--data", default="uner-en-ewt:test")
-    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
-    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
-    ap.add_argument("--sentences", type=int, default=1000)
-    ap.add_argument("--passes", type=int, default=5)
+    ap = ab_parser(__doc__.split("\n\n")[0], precisions=["bf16", "fp32"])
     ap.add_argument("--knob", choices=list(KNOBS), default="kv_real_below")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = ab_start(ap)
     variants = KNOBS[args.knob]
     what, base_name = HEADERS[args.knob]
-    torch.set_num_threads(1)
-    keep_freed_memory()  # as every earlytag verb runs
     lines = [f"| precision | setting | {what} | seconds (median) | {base_name} / this (time) "
              f"| full depth / this setting | words as {base_name} |", "|---|---|---|---|---|---|---|"]
     for precision in args.precisions:
         tagger = Tagger.from_pretrained(args.model, precision=precision)
-        docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-        batches, _ = prebuilt_batches(tagger, docs, 32)
-        units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
-        cfgs = {"full depth": ExitConfig(),
-                f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+        _, units, cfgs = ab_workload(tagger, args)
         setups = {v: partial(setattr, tagger.engine, args.knob, value) for v, value in variants.items()}
         medians, labels = engine_variants_ab(tagger.engine, units, cfgs, setups, args.passes, units[0][:2])
         lines += variants_ab_rows(precision, medians, labels, next(iter(variants)), ratio_digits=3)
-    lines += ["", "python scripts/kv_rows_ab.py " + " ".join(sys.argv[1:]) + "; "
-              f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
-              + one_thread_machine()]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    ab_finish(args, lines)
 
 
 if __name__ == "__main__":

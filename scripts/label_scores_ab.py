@@ -17,19 +17,14 @@ passes, one torch thread; the share of words labelled as with the previous head.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 import types
-from pathlib import Path
 
 import torch
 
 from earlytag import Tagger
-from earlytag.allocator import keep_freed_memory
-from earlytag.bench import engine_variants_ab, one_thread_machine, prebuilt_batches, variants_ab_rows
-from earlytag.engine import ExitConfig
+from earlytag.bench import ab_finish, ab_parser, ab_start, ab_workload, engine_variants_ab, variants_ab_rows
 from earlytag.engine.policies import head_scores
 from earlytag.engine.runner import Engine
 
@@ -65,18 +60,9 @@ def micro(tagger: Tagger, sizes: list[int], repeats: int) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--data", default="uner-en-ewt:test")
-    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
-    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
-    ap.add_argument("--sentences", type=int, default=1000)
-    ap.add_argument("--passes", type=int, default=5)
+    ap = ab_parser(__doc__.split("\n\n")[0], precisions=["bf16", "fp32"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[30, 200, 800, 3000])
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    keep_freed_memory()  # as every earlytag verb runs
+    args = ab_start(ap)
     lines = [f"Layer 1's exit head of `{args.model}` and its scores (entropy), float32, median of {args.passes} "
              "alternating repeats of 100 calls:", ""]
     with torch.no_grad():
@@ -86,11 +72,8 @@ def main() -> None:
     for precision in args.precisions:
         tagger = Tagger.from_pretrained(args.model, precision=precision)
         engine = tagger.engine
-        docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-        batches, _ = prebuilt_batches(tagger, docs, 32)
-        units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
-        cfgs = {"full depth": ExitConfig(),
-                f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+        _, units, cfgs = ab_workload(tagger, args)
+
         def labels_first(e=engine) -> None:
             e.__dict__.pop("_head", None)
 
@@ -98,11 +81,7 @@ def main() -> None:
                   "labels first (default)": labels_first}
         medians, labels = engine_variants_ab(engine, units, cfgs, setups, args.passes, units[0][:2])
         lines += variants_ab_rows(precision, medians, labels, "words first (previous)", ratio_digits=3)
-    lines += ["", "python scripts/label_scores_ab.py " + " ".join(sys.argv[1:]) + "; "
-              f"{args.sentences} sentences of {args.data}, batch 32, median of {args.passes} alternating passes, "
-              + one_thread_machine()]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    ab_finish(args, lines)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import torch
 
 from earlytag import Tagger
-from earlytag.allocator import keep_freed_memory
-from earlytag.bench import engine_variants_ab, one_thread_machine, prebuilt_batches, variants_ab_rows
-from earlytag.engine import ExitConfig
+from earlytag.bench import ab_finish, ab_parser, ab_start, ab_workload, engine_variants_ab, variants_ab_rows
 
 # variant -> (backend, pad the packed steps' rows, pad the dense steps' rows); None: the backend's own choice
 VARIANTS = {"torch": ("torch", None, None), "onednn, every step bucketed": ("onednn", True, True),
@@ -53,12 +48,7 @@ def set_buckets(tagger: Tagger, packed: bool | None, dense: bool | None):
 
 def setup(args) -> tuple[dict, list, dict]:
     taggers = {b: Tagger.from_pretrained(args.model, precision="bf16", backend=b) for b in ("torch", "onednn")}
-    plain = taggers["torch"]
-    docs = [s.tokens for s in plain.load(args.data).sentences[: args.sentences]]
-    batches, _ = prebuilt_batches(plain, docs, 32)
-    units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
-    cfgs = {"full depth": ExitConfig(),
-            f"token τ={args.threshold:g}": plain.exit_config({"policy": "token", "threshold": args.threshold})}
+    _, units, cfgs = ab_workload(taggers["torch"], args)
     return taggers, units, cfgs
 
 
@@ -97,18 +87,10 @@ def fresh_rows(args, cfg_names: list[str]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--data", default="uner-en-ewt:test")
-    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
-    ap.add_argument("--sentences", type=int, default=1000)
-    ap.add_argument("--passes", type=int, default=5)
+    ap = ab_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--fresh", type=int, default=3, help="rounds of fresh processes (0: none)")
     ap.add_argument("--first-pass", choices=list(VARIANTS), help=argparse.SUPPRESS)  # the child of --fresh
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    keep_freed_memory()  # as every earlytag verb runs
+    args = ab_start(ap)
     if args.first_pass:
         first_pass(args)
         return
@@ -122,10 +104,7 @@ def main() -> None:
     if args.fresh:
         del taggers
         lines += [""] + fresh_rows(args, list(cfgs))
-    lines += ["", "python scripts/onednn_bf16_ab.py " + " ".join(sys.argv[1:]) + "; "
-              f"{args.sentences} sentences of {args.data}, batch 32, " + one_thread_machine()]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    ab_finish(args, lines, passes=False)  # two tables, each says its passes
 
 
 if __name__ == "__main__":

@@ -17,18 +17,12 @@ layer steps alone, each over full depth's. Medians of the passes; the timers add
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-
-import torch
 
 from earlytag import Tagger
-from earlytag.allocator import keep_freed_memory
-from earlytag.bench import one_thread_machine, prebuilt_batches
+from earlytag.bench import ab_finish, ab_parser, ab_start, ab_workload
 from earlytag.engine import ExitConfig, runner
 
 
@@ -89,23 +83,11 @@ def one_pass(tagger: Tagger, units: list, cfg: ExitConfig) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--data", default="uner-en-ewt:test")
+    ap = ab_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--precision", default="bf16")
-    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
-    ap.add_argument("--sentences", type=int, default=1000)
-    ap.add_argument("--passes", type=int, default=5)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    keep_freed_memory()  # as every earlytag verb runs
+    args = ab_start(ap)
     tagger = Tagger.from_pretrained(args.model, precision=args.precision)
-    docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
-    batches, _ = prebuilt_batches(tagger, docs, 32)
-    units = [batches[i:i + 8] for i in range(0, len(batches), 8)]
-    cfgs = {"full depth": ExitConfig(),
-            f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+    docs, units, cfgs = ab_workload(tagger, args)
     for cfg in cfgs.values():
         one_pass(tagger, units[:1], cfg)  # warm
     passes = {c: [] for c in cfgs}
@@ -138,9 +120,7 @@ def main() -> None:
         wall, layers = full["wall"] / r["wall"], full["layers"] / r["layers"]
         lines.append(f"| {c} | {r['flops_speedup']:.2f}x | {wall:.2f}x ({wall / r['flops_speedup']:.2f}) "
                      f"| {layers:.2f}x ({layers / r['flops_speedup']:.2f}) |")
-    lines += ["", "python scripts/step_costs.py " + " ".join(sys.argv[1:]) + "; " + one_thread_machine()]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    ab_finish(args, lines, workload=False)  # the first line says the workload
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
+import torch
 
 from earlytag import Tagger
 from earlytag.cli import main
@@ -155,6 +157,37 @@ def test_paired_alternates_blocks_of_units_and_collects_every_unit(monkeypatch):
         assert timing.ratios == [3.0, 3.0] and timing.seconds == 7.0 and timing.baseline_seconds == 21.0
     with pytest.raises(ConfigError, match="alternate"):
         bench.paired(lambda u: None, lambda u: None, [0], 1, block=0)
+
+
+def test_ab_script_helpers_parse_build_the_workload_and_write_the_tables(models, tmp_path, monkeypatch, capsys):
+    """The engine A/B scripts' shared pieces: the options (and one torch thread), the first N sentences in units of
+    at most 8 batches of 32 with full depth and token exit at τ, and the file written whole with the command line,
+    the workload and the machine under the tables."""
+    from earlytag.bench import ab_finish, ab_parser, ab_start, ab_workload
+
+    data = tmp_path / "d.conll"
+    data.write_text("".join(f"w{i}\tO\nParis\tB-LOC\n\n" for i in range(300)), encoding="utf-8")
+    out = tmp_path / "ab.txt"
+    argv = ["scripts/some_ab.py", str(models / "big"), "--data", str(data), "--sentences", "290", "--passes", "2",
+            "--threshold", "0.2", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        args = ab_start(ab_parser("x", precisions=["bf16"]))
+        assert torch.get_num_threads() == 1 and args.precisions == ["bf16"] and args.passes == 2
+    finally:
+        torch.set_num_threads(threads)
+    tagger = Tagger.from_pretrained(models / "big")
+    docs, units, cfgs = ab_workload(tagger, args)
+    assert len(docs) == 290 and docs[0] == ["w0", "Paris"]
+    assert [len(u) for u in units] == [8, 2] and sum(b.size for u in units for b in u) == 290
+    assert list(cfgs) == ["full depth", "token τ=0.2"] and cfgs["token τ=0.2"].threshold == 0.2
+    ab_finish(args, ["| a |"])
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("| a |\n\npython scripts/some_ab.py " + " ".join(argv[1:]) + "; 290 sentences of ")
+    assert "batch 32, median of 2 alternating passes, 1 thread" in text and text == capsys.readouterr().out
+    ab_finish(args, ["| b |"], workload=False)
+    assert "; 1 thread" in out.read_text(encoding="utf-8") and "sentences of" not in out.read_text(encoding="utf-8")
 
 
 def test_engine_variants_ab_times_each_variant_and_compares_labels(models, monkeypatch):

@@ -11,6 +11,7 @@ Writes ``results.json`` (a list of rows), ``results.md`` and ``results.png`` (sc
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .allocator import kept_freed_memory
+from .allocator import keep_freed_memory, kept_freed_memory
 from .api import Tagger
 from .data.batching import collate, length_sorted_batches
 from .defaults import HALTED_DEFAULT, ONEDNN_PRECISIONS, ONNX_PRECISIONS
@@ -181,6 +182,53 @@ def one_thread_machine() -> str:
     m = machine_info()
     return (f"1 thread, {m['cpus']} CPUs ({m['cpu_capability']}: {', '.join(m['cpu_matrix_flags'])}), torch "
             f"{torch.__version__}, load average {m.get('load_average', ['?'])[0]} at the end, freed memory kept.")
+
+
+def ab_parser(description: str, precisions: list[str] | None = None) -> argparse.ArgumentParser:
+    """The options every engine A/B script shares (``scripts/*_ab.py``, ``scripts/step_costs.py``): the model,
+    ``--data``, ``--threshold`` (token exit τ, window 2), ``--sentences``, ``--passes``, ``--out``, and
+    ``--precisions`` where a default is given. A script adds its own, then calls :func:`ab_start`."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("model")
+    ap.add_argument("--data", default="uner-en-ewt:test")
+    if precisions is not None:
+        ap.add_argument("--precisions", nargs="+", default=precisions)
+    ap.add_argument("--threshold", type=float, default=0.1, help="token exit τ (window 2)")
+    ap.add_argument("--sentences", type=int, default=1000)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--out", required=True)
+    return ap
+
+
+def ab_start(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed options, with torch on one thread and freed memory kept (as every earlytag verb runs)."""
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    return args
+
+
+def ab_workload(tagger: Tagger, args: argparse.Namespace) -> tuple[list, list[list], dict[str, ExitConfig]]:
+    """The first ``args.sentences`` of ``args.data`` (their words), the same as pre-built batches of 32 in units of
+    8 batches (one ``run_many`` each, as ``earlytag bench`` times them), and the two settings an A/B times: full
+    depth and token exit at ``args.threshold``."""
+    docs = [s.tokens for s in tagger.load(args.data).sentences[: args.sentences]]
+    batches, _ = prebuilt_batches(tagger, docs, 32)
+    cfgs = {"full depth": ExitConfig(),
+            f"token τ={args.threshold:g}": tagger.exit_config({"policy": "token", "threshold": args.threshold})}
+    return docs, [batches[i:i + 8] for i in range(0, len(batches), 8)], cfgs
+
+
+def ab_finish(args: argparse.Namespace, lines: list[str], workload: bool = True, passes: bool = True) -> None:
+    """The line under an A/B script's tables — its command, the workload (sentences, data, batch size; the passes)
+    and :func:`one_thread_machine` — then ``args.out`` written whole and the tables printed."""
+    note = f"python scripts/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]) + "; "
+    if workload:
+        note += f"{args.sentences} sentences of {args.data}, batch 32, "
+        note += f"median of {args.passes} alternating passes, " if passes else ""
+    text = "\n".join([*lines, "", note + one_thread_machine()])
+    atomic_write_text(Path(args.out), text + "\n")
+    print(text)
 
 
 def engine_variants_ab(engine, units: list[list], cfgs: dict[str, ExitConfig], variants: dict[str, Callable[[], Any]],
