@@ -14,6 +14,8 @@
 #   counterpart it is (STOP_AFTER=0: all 3 epochs).
 #   STEPS=ner-slim-3ep: the same slim training through the whole 3-epoch schedule (two unfrozen epochs after the
 #   ticket instead of one), into models/mpnet-ner-slim-3ep.
+#   STEPS=ner-slim-kd: ner-slim-3ep with the unpruned models/mpnet-ner as a teacher (--teacher: every exit head
+#   also learns from its last head, the default weight and temperature), into models/mpnet-ner-slim-kd.
 #   STOP_AFTER=N on ner / ner-ss stops those after epoch N too: the committed models/mpnet-ner is the checkpoint after
 #   epoch 2 (a machine restart cut epoch 3) and models/mpnet-ner-ss the one after epoch 1 (the heads only), so
 #   STOP_AFTER=2 STEPS=ner, then STOP_AFTER=1 STEPS=ner-ss makes them again (default 0: the whole schedule).
@@ -52,11 +54,13 @@ for step in $STEPS; do
       --output "$OUT/mpnet-ner-slim" --overwrite ;;
     ner-slim-3ep) earlytag train $S1 --epochs 3 $NER --slim heads=0.33,ffn=0.4 --output "$OUT/mpnet-ner-slim-3ep" \
       --overwrite ;;
+    ner-slim-kd) earlytag train $S1 --epochs 3 $NER --slim heads=0.33,ffn=0.4 --teacher "$OUT/mpnet-ner" \
+      --output "$OUT/mpnet-ner-slim-kd" --overwrite ;;
     ner-crf-ss) stop_after "${STOP_AFTER:-1}" earlytag train $SS $NER --init "$OUT/mpnet-ner-crf" --flooding batch \
       --output "$OUT/mpnet-ner-crf-ss" --overwrite ;;
     ner-ss-drop) earlytag train $SS $NER --init "$OUT/mpnet-ner" --output "$OUT/mpnet-ner-ss-drop" --kv drop --overwrite ;;
     pos) earlytag train $S1 --epochs 2 $POS --output "$OUT/mpnet-pos" --overwrite ;;
     pos-ss) earlytag train $SS $POS --init "$OUT/mpnet-pos" --output "$OUT/mpnet-pos-ss" --overwrite ;;
-    *) echo "unknown step: $step (ner, ner-crf, ner-crf-ss, ner-ss, ner-ss-drop, pos, pos-ss)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (ner, ner-crf, ner-crf-ss, ner-ss, ner-ss-drop, ner-slim, ner-slim-3ep, ner-slim-kd, pos, pos-ss)" >&2; exit 2 ;;
   esac
 done

@@ -338,3 +338,110 @@ def test_distill_adds_to_the_joint_loss_and_reaches_it_from_the_command_line(cap
     import json
     log = json.loads((tmp_path / "distilled" / "training_log.json").read_text())
     assert log["config"]["distill"] == 0.5 and log["epochs"][0]["distill_loss"] > 0
+
+
+def test_teacher_distillation_by_hand():
+    """``--teacher``: every head (the last one too) pulled towards another model's softmax: per layer the mean over
+    labelled words of T²·KL(p_teacher ‖ p_l) (as torch's kl_div computes it), weighted over layers like the joint
+    loss; no gradient reaches the teacher, and heads that already say what it says cost nothing."""
+    from earlytag.model.heads import distillation
+
+    torch.manual_seed(7)
+    logits = [torch.randn(2, 4, 5, requires_grad=True) for _ in range(3)]
+    teacher = torch.randn(2, 4, 5, requires_grad=True)
+    labels = torch.tensor([[0, 1, 2, 3], [4, 0, -100, -100]])
+    keep = (labels != -100).flatten()
+    for temperature in (1.0, 2.0):
+        target = torch.softmax(teacher.flatten(0, 1)[keep] / temperature, -1)
+        kl = [torch.nn.functional.kl_div(torch.log_softmax(lg.flatten(0, 1)[keep] / temperature, -1), target,
+                                         reduction="batchmean") * temperature ** 2 for lg in logits]
+        depth = distillation(logits, teacher, labels, temperature)
+        assert torch.allclose(depth, (kl[0] + 2 * kl[1] + 3 * kl[2]) / 6)
+        assert torch.allclose(distillation(logits, teacher, labels, temperature, "uniform"), sum(kl) / 3)
+    depth.backward()
+    assert teacher.grad is None
+    assert all(lg.grad.abs().sum() > 0 for lg in logits)
+    assert distillation([teacher.detach() - 2.0] * 3, teacher, labels).abs() < 1e-6
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        distillation(logits, teacher, labels, -1.0)
+
+
+def test_teacher_reaches_every_head_from_the_command_line(capsys, tmp_path, tiny_encoder_dirs, shared_data,
+                                                          monkeypatch):
+    """``earlytag train --teacher DIR --teacher-weight 0.7 --teacher-temperature 3`` (here with --slim, its use):
+    the term is computed on the teacher's real last-head logits for the batch (recorded as the trainer computed
+    them and recomputed here from the saved teacher), in the student's label order, over every head of the
+    student, and logged; the model's card records the teacher. A teacher with other labels, or one that splits
+    words with another tokenizer (a cased copy of the uncased one), stops training with the reason; bad settings
+    are refused."""
+    import json
+
+    from earlytag import Tagger
+    from earlytag.cli import main
+    from earlytag.train import trainer as trainer_module
+    from earlytag.train.trainer import TrainConfig
+
+    base = ["train", "--task", "ner", "--train", "uner-en-ewt:train", "--dev", "uner-en-ewt:dev", "--epochs", "1",
+            "--freeze-epochs", "0", "--train-limit", "32", "--dev-limit", "16", "--batch-size", "16",
+            "--data-dir", str(shared_data), "--quiet"]
+    teacher_dir = tmp_path / "teacher"
+    assert main([*base, "--encoder", str(tiny_encoder_dirs["bert"]), "--output", str(teacher_dir)]) == 0
+    seen, computed = [], []
+    real_logits, real_kd = trainer_module._Teacher.logits, trainer_module.distillation
+
+    def logits(self, batch):
+        out = real_logits(self, batch)
+        computed.append((batch, out))
+        return out
+
+    monkeypatch.setattr(trainer_module._Teacher, "logits", logits)
+    monkeypatch.setattr(trainer_module, "distillation", lambda *a: seen.append(a) or real_kd(*a))
+    student_dir = tmp_path / "student"
+    assert main([*base, "--encoder", str(tiny_encoder_dirs["mpnet"]), "--output", str(student_dir), "--teacher",
+                 str(teacher_dir), "--teacher-weight", "0.7", "--teacher-temperature", "3", "--slim",
+                 "heads=0.5,ffn=0.5", "--slim-check-every", "1"]) == 0
+    capsys.readouterr()
+    assert len(seen) == len(computed) == 2  # 32 sentences in batches of 16
+    teacher = Tagger.from_pretrained(str(teacher_dir)).model.eval()
+    depth = Tagger.from_pretrained(str(student_dir)).model.num_layers
+    for (batch, out), args in zip(computed, seen):
+        student_logits, target, labels, temperature, weights = args
+        assert target is out and temperature == 3.0 and weights == "depth" and labels is batch.labels
+        assert len(student_logits) == depth  # every head of the student
+        with torch.no_grad():
+            again = teacher(batch.input_ids, batch.attention_mask, batch.word_pos).logits[-1]
+        assert torch.allclose(out, again, atol=1e-5)
+    log = json.loads((student_dir / "training_log.json").read_text())
+    assert log["config"]["teacher"] == str(teacher_dir) and log["config"]["teacher_weight"] == 0.7
+    assert log["epochs"][0]["teacher_loss"] > 0
+    assert json.loads((student_dir / "config.json").read_text())["earlytag"]["training"]["teacher"] == str(teacher_dir)
+
+    # another label set: a teacher trained on PER alone
+    per_dir = tmp_path / "teacher-per"
+    assert main([*base, "--encoder", str(tiny_encoder_dirs["bert"]), "--output", str(per_dir), "--types", "PER"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--encoder", str(tiny_encoder_dirs["bert"]), "--output", str(tmp_path / "x"), "--teacher",
+                 str(per_dir)]) == 2
+    assert "teacher" in (err := capsys.readouterr().err) and "needs the same labels" in err
+    # another tokenizer: the teacher's copy made cased
+    cased = tmp_path / "teacher-cased"
+    cased.mkdir()
+    for f in teacher_dir.iterdir():
+        (cased / f.name).write_bytes(f.read_bytes())
+    for name, path in (("tokenizer.json", ("normalizer", "lowercase")), ("tokenizer_config.json", ("do_lower_case",))):
+        tok = json.loads((cased / name).read_text())
+        *outer, key = path
+        node = tok
+        for k in outer:
+            node = node[k]
+        assert node[key] is True
+        node[key] = False
+        (cased / name).write_text(json.dumps(tok))
+    assert main([*base, "--encoder", str(tiny_encoder_dirs["bert"]), "--output", str(tmp_path / "y"), "--teacher",
+                 str(cased)]) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    for bad in (dict(teacher_weight=-1.0), dict(teacher_temperature=0.0), dict(head="crf"),
+                dict(stage="self-sampling", init="m")):
+        with pytest.raises(ConfigError, match="teacher"):
+            TrainConfig(train="x", output="y", teacher="t", **bad).validate()

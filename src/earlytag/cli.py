@@ -593,6 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "last head's softmax (KL, weighted over layers like --layer-weights); 0 = off (the paper's)")
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T",
                    help="temperature of both softmaxes of --distill")
+    p.add_argument("--teacher", metavar="MODEL_DIR",
+                   help="stage 1: every exit head also learns from this trained model's last head (KL, weighted over "
+                        "layers like --layer-weights): the same encoder family and labels, e.g. the unpruned model "
+                        "that a --slim one is cut from")
+    p.add_argument("--teacher-weight", type=float, default=d.teacher_weight, metavar="ALPHA",
+                   help="weight of the --teacher term, added to the joint loss")
+    p.add_argument("--teacher-temperature", type=float, default=d.teacher_temperature, metavar="T",
+                   help="temperature of both softmaxes of the --teacher term")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (batches, sampling, dropout)")
     p.add_argument("--max-length", type=int, default=d.max_length,
                    help="sub-word tokens per window; longer documents are cut into overlapping windows")

@@ -67,20 +67,34 @@ def self_distillation(logits: list[torch.Tensor], labels: torch.Tensor, temperat
     labelled words of T²·KL(p_last ‖ p_l), both softmaxes at temperature T, the last layer's detached (a teacher,
     not a student). It pulls every lower head towards what full depth will say, which is what an exit needs: a
     word that exits early should get the label it would get at the top. ``w_l`` as in :func:`layer_weighted`."""
-    if temperature <= 0:
-        raise ConfigError("distill_temperature", f"must be > 0, got {temperature}")
     if len(logits) < 2:  # one layer: nothing below the last
+        _check_temperature(temperature)
         return logits[-1].sum() * 0.0
+    return distillation(logits[:-1], logits[-1], labels, temperature, weights)
+
+
+def distillation(logits: list[torch.Tensor], teacher: torch.Tensor, labels: torch.Tensor,
+                 temperature: float = 1.0, weights: str = "depth") -> torch.Tensor:
+    """Σ_l w_l·KL_l / Σ_l w_l: every head of ``logits`` (each ``(B, W, C)``, layer l at index l) pulled towards the
+    ``teacher``'s softmax ``(B, W, C)`` (detached), ``KL_l`` the mean over the labelled words of
+    T²·KL(p_teacher ‖ p_l), both softmaxes at temperature T; ``w_l`` as in :func:`layer_weighted`. The teacher is
+    the student's own last head (:func:`self_distillation`) or another model's (``earlytag train --teacher``)."""
+    _check_temperature(temperature)
     mask = (labels != -100).flatten()  # (B·W,)
-    teacher = F.log_softmax(logits[-1].detach().float().flatten(0, 1) / temperature, -1)  # (B·W, C)
+    target = F.log_softmax(teacher.detach().float().flatten(0, 1) / temperature, -1)  # (B·W, C)
     sums = []
-    for lg in logits[:-1]:
+    for lg in logits:
         student = F.log_softmax(lg.float().flatten(0, 1) / temperature, -1)
-        kl = (teacher.exp() * (teacher - student)).sum(-1)  # (B·W,)
+        kl = (target.exp() * (target - student)).sum(-1)  # (B·W,)
         sums.append((kl * mask).sum() * temperature ** 2)
     n = mask.sum()
     loss, _ = layer_weighted(sums, [n] * len(sums), n, "active-mean", weights)
     return loss
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ConfigError("distill_temperature", f"must be > 0, got {temperature}")
 
 
 def _check_reduction(reduction: str) -> None:

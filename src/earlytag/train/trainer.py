@@ -31,7 +31,7 @@ from ..defaults import HALTED_DEFAULT, HEADS
 from ..errors import ConfigError, DataError
 from ..model.config import TaggerConfig
 from ..model.encoders import DEFAULT_ENCODER, load_encoder
-from ..model.heads import LAYER_WEIGHTS, crf_settings
+from ..model.heads import LAYER_WEIGHTS, crf_settings, distillation
 from ..model.slim import Coefficients, EarlyBird, SlimSpec, prune_model
 from ..model.tagger import EarlyExitTagger
 from ..storage import atomic_write_text, check_output_dir
@@ -58,6 +58,11 @@ class TrainConfig:
     # stage 1: + distill · (lower heads' KL from the last head's softmax at this temperature); 0 = off, the paper's
     distill: float = 0.0
     distill_temperature: float = 1.0
+    # stage 1: + teacher_weight · (every head's KL from a trained teacher's last head: a model of the same encoder
+    # family and labels, e.g. the unpruned model a slim one is cut from); None = off
+    teacher: str | None = None
+    teacher_weight: float = 1.0
+    teacher_temperature: float = 2.0  # DistilBERT's; not swept
     freeze_epochs: int = 1
     seed: int = 42
     head_dropout: float = 0.1
@@ -142,6 +147,13 @@ class TrainConfig:
         if self.distill and (self.stage != "joint" or self.head != "softmax"):
             raise ConfigError("distill", "self-distillation trains softmax exit heads in stage 1 (--stage joint, "
                                          "--head softmax)")
+        if self.teacher is not None:
+            if self.stage != "joint" or self.head != "softmax":
+                raise ConfigError("teacher", "a teacher trains softmax exit heads in stage 1 (--stage joint, "
+                                             "--head softmax)")
+            if self.teacher_weight < 0 or self.teacher_temperature <= 0:
+                raise ConfigError("teacher", f"--teacher-weight must be >= 0 and --teacher-temperature > 0, got "
+                                             f"{self.teacher_weight} and {self.teacher_temperature}")
         if self.units not in ("auto", "words", "chars") or (self.units == "words" and self.task == "cws") \
                 or (self.units == "chars" and self.task == "pos"):
             raise ConfigError("units", f"{self.units!r} with task {self.task}: cws reads characters; pos reads words; "
@@ -334,6 +346,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise ConfigError("flooding", f"{cfg.init} has a CRF head, whose loss is per sentence; token flooding "
                                           "floods each word's cross-entropy: use --flooding batch or --flooding off")
 
+    teacher = _Teacher(cfg.teacher, model, tokenizer, device) if cfg.teacher else None
     featurizer = Featurizer(tokenizer, model.config.max_length, model.config.window_overlap)
     label_ids = _label_ids(train_set, model.config.labels, model.config.label_scheme or "iob2", chunking)
     windows = featurizer.windows([s.tokens for s in train_set.sentences], label_ids)
@@ -381,7 +394,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.train()
         runner = dist.wrap(model, device)  # DDP under torchrun / accelerate (re-wrapped when freezing changes)
         epoch_start = time.perf_counter()
-        losses, distill_losses = [], []
+        losses, distill_losses, teacher_losses = [], [], []
         batches = _batches(windows, cfg.batch_size, rng)
         batches = batches[dist.rank: len(batches) // dist.world * dist.world: dist.world]  # this process's share
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (encoder frozen)" if frozen else ""),
@@ -401,6 +414,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          flood=flood, layer_weights=cfg.layer_weights, distill=cfg.distill,
                          distill_temperature=cfg.distill_temperature)
             loss = out.loss
+            if teacher is not None:
+                kd = distillation(out.logits, teacher.logits(batch), batch.labels, cfg.teacher_temperature,
+                                  cfg.layer_weights)
+                loss = loss + cfg.teacher_weight * kd
+                teacher_losses.append(kd.item())
             if search is not None:
                 loss = loss + cfg.slim_l1 * search.coefs.penalty()
             if recipe is not None and recipe.flooding == "batch":
@@ -432,6 +450,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                  "seconds": time.perf_counter() - epoch_start}
         if distill_losses:  # the self-distillation term alone (train_loss includes it, weighted)
             entry["distill_loss"] = float(np.mean(distill_losses))
+        if teacher_losses:  # the teacher's term alone (train_loss is the joint cross-entropy without it)
+            entry["teacher_loss"] = float(np.mean(teacher_losses))
         model.eval()
         if main_process:  # evaluation and checkpoints: the first process only
             if dev_set is not None:
@@ -449,7 +469,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "dev": str(cfg.dev), "dev_limit": cfg.dev_limit, "selection_score": score, "seed": cfg.seed,
                     "kv": cfg.kv if cfg.stage == "self-sampling" else "keep", "processes": dist.world,
                     "made_by": cfg.made_by, "command": cfg.command or _command(),
-                    "recipe": cfg.recipe if cfg.stage == "self-sampling" else None,
+                    "recipe": cfg.recipe if cfg.stage == "self-sampling" else None, "teacher": cfg.teacher,
                     **{k: entry[k] for k in ("dev_per_layer", "dev_exit", "dev_exit_score", "dev_exit_flops_speedup")
                        if k in entry}}
                 log["best_selection_score"] = best
@@ -558,6 +578,35 @@ def fused_adamw_on(device: torch.device) -> bool:
         return True
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
     return device.type == "cpu" and (major, minor) >= (2, 4)
+
+
+class _Teacher:
+    """A trained model whose last exit head every head of the model in training learns from (``--teacher``, with
+    the weight and temperature of :func:`earlytag.model.heads.distillation`): typically the unpruned model that a
+    slim one is cut from (EarlyBERT's slimming leaves less capacity than two or three epochs recover alone). It
+    reads the student's batches, so it must split words with the same tokenizer; its labels must be the student's
+    (in any order). Frozen, in eval mode (no dropout), in float32 on the student's device."""
+
+    PROBE = "Angela Merkel didn't visit Zürich's 3 tallest towers in 2019: ÉLYSÉE, naïve co-operation!"
+
+    def __init__(self, path: str, model: EarlyExitTagger, tokenizer, device: torch.device):
+        tagger = Tagger.from_pretrained(path, device=str(device))
+        theirs, ours = tagger.model.config.labels, model.config.labels
+        if sorted(theirs) != sorted(ours):
+            raise ConfigError("teacher", f"{path} predicts {theirs}; the model in training predicts {ours}: a teacher "
+                                         "needs the same labels (train it on the same data and --label-scheme)")
+        if tagger.tokenizer(self.PROBE)["input_ids"] != tokenizer(self.PROBE)["input_ids"]:
+            raise ConfigError("teacher", f"{path} splits words with another tokenizer than the model in training "
+                                         f"({tagger.model.config.encoder_name} against {model.config.encoder_name}): a "
+                                         "teacher reads the student's batches, so both need the same encoder family")
+        self.model = tagger.model.eval().requires_grad_(False)
+        self.order = torch.tensor([theirs.index(lab) for lab in ours], device=device)  # the student's label order
+
+    def logits(self, batch) -> torch.Tensor:
+        """``(B, W, C)`` the teacher's last head on the batch, in the student's label order."""
+        with torch.no_grad():
+            out = self.model(batch.input_ids, batch.attention_mask, batch.word_pos)
+        return out.logits[-1].index_select(-1, self.order)
 
 
 def _optimizer(model: EarlyExitTagger, cfg: TrainConfig) -> torch.optim.Optimizer:
