@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 figures (docs/results.md section 9), after scripts/train_minilm_slim.sh. Needs EARLYTAG_DATA.
 # STEP=name runs one step only (magnitude, eval, curves, ss, half, half-ss; mpnet-eval, mpnet-curves;
-# mpnet-full-eval, mpnet-full-curves). THREADS (default 1) torch threads of the timed benches.
+# mpnet-full-eval, mpnet-full-curves; mpnet-kd). THREADS (default 1) torch threads of the timed benches.
 set -euo pipefail
 B=docs/bench
 T=${THREADS:-1}
@@ -77,5 +77,13 @@ if step mpnet-full-curves; then
     --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner --quiet
   earlytag bench models/mpnet-ner-slim uner-en-ewt:test --out $B/slim-mpnet-full-slim --policies token --grid small \
     --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner-slim \
+    --reference models/mpnet-ner --quiet
+fi
+# the same slim training with the unpruned model as a teacher (STEPS=ner-slim-kd scripts/train_mpnet.sh): its
+# per-layer scores, then its curves against models/mpnet-ner as above (the unpruned curves: mpnet-full-curves)
+if step mpnet-kd; then
+  scripts/eval_models.sh mpnet-ner-slim-kd
+  earlytag bench models/mpnet-ner-slim-kd uner-en-ewt:test --out $B/slim-mpnet-full-kd --policies token --grid small \
+    --batch-sizes 32 --threads "$T" --timing-limit 300 --precisions fp32 bf16 --label mpnet-ner-slim-kd \
     --reference models/mpnet-ner --quiet
 fi
