@@ -9,7 +9,7 @@ SLIM=${SLIM:-heads=0.33,ffn=0.4}
 run() {
   earlytag train --task ner --train uner-en-ewt:train --dev uner-en-ewt:dev --encoder all-MiniLM-L6-v2 \
     --output "$OUT/$1" --epochs 4 --freeze-epochs 1 --lr 1e-4 --head-lr 1e-3 --batch-size 32 --seed 42 \
-    --threads 1 --quiet --overwrite "${@:2}"
+    --threads "${THREADS:-1}" --quiet --overwrite "${@:2}"
 }
 # ε as the first documented run had it (the default became 0.05 after that run: docs/results.md section 9);
 # the second pair: EPS=0.05 SLIM_NAME=minilm-ner-slim-eps05 PLAIN_NAME=minilm-ner-plain-2 scripts/train_minilm_slim.sh
@@ -20,5 +20,11 @@ run() {
 # the fifth (half of the heads and neurons removed):
 #   SLIM=heads=0.5,ffn=0.5 EPS=0.05 CHECK=10 SPAN=50 SLIM_NAME=minilm-ner-slim-half PLAIN_NAME=minilm-ner-plain-5 \
 #     scripts/train_minilm_slim.sh
-run "${SLIM_NAME:-minilm-ner-slim}" --slim "$SLIM" --slim-eps "${EPS:-0.02}" --slim-check-every "${CHECK:-50}" \
-  ${SPAN:+--slim-span "$SPAN"} & run "${PLAIN_NAME:-minilm-ner-plain}" & wait
+# the slim run alone with the unpruned model as its teacher (THREADS torch threads, default 1):
+#   EPS=0.05 TEACHER=models/minilm-ner ONLY=slim THREADS=2 SLIM_NAME=minilm-ner-slim-kd scripts/train_minilm_slim.sh
+if [ "${ONLY:-}" != plain ]; then
+  run "${SLIM_NAME:-minilm-ner-slim}" --slim "$SLIM" --slim-eps "${EPS:-0.02}" --slim-check-every "${CHECK:-50}" \
+    ${SPAN:+--slim-span "$SPAN"} ${TEACHER:+--teacher "$TEACHER"} &
+fi
+if [ "${ONLY:-}" != slim ]; then run "${PLAIN_NAME:-minilm-ner-plain}" & fi
+wait
