@@ -22,6 +22,10 @@ run() {
 #     scripts/train_minilm_slim.sh
 # the slim run alone with the unpruned model as its teacher (THREADS torch threads, default 1):
 #   EPS=0.05 TEACHER=models/minilm-ner ONLY=slim THREADS=2 SLIM_NAME=minilm-ner-slim-kd scripts/train_minilm_slim.sh
+# milder ratios, without and with the teacher (the two started together, one thread each):
+#   SLIM=heads=0.17,ffn=0.2 EPS=0.05 ONLY=slim SLIM_NAME=minilm-ner-slim-mild scripts/train_minilm_slim.sh &
+#   SLIM=heads=0.17,ffn=0.2 EPS=0.05 TEACHER=models/minilm-ner ONLY=slim SLIM_NAME=minilm-ner-slim-mild-kd \
+#     scripts/train_minilm_slim.sh & wait
 if [ "${ONLY:-}" != plain ]; then
   run "${SLIM_NAME:-minilm-ner-slim}" --slim "$SLIM" --slim-eps "${EPS:-0.02}" --slim-check-every "${CHECK:-50}" \
     ${SPAN:+--slim-span "$SPAN"} ${TEACHER:+--teacher "$TEACHER"} &
